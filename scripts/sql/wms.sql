@@ -1,0 +1,17 @@
+-- wms: the warehouse system, which counts stock per storage bin.
+CREATE TABLE IF NOT EXISTS stock (
+    sku         text    NOT NULL,
+    location    text    NOT NULL,
+    quantity    integer NOT NULL DEFAULT 0,
+    reserved    integer NOT NULL DEFAULT 0,
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (sku, location)
+);
+
+INSERT INTO stock (sku, location, quantity, reserved) VALUES
+    ('SKU-1001', 'A-01-1', 120, 4),
+    ('SKU-1002', 'A-01-2',  80, 0),
+    ('SKU-2001', 'B-03-1',  35, 2),
+    ('SKU-3001', 'C-07-4',  12, 1),
+    ('SKU-4001', 'D-02-2', 400, 0)
+ON CONFLICT (sku, location) DO NOTHING;
