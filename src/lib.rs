@@ -1,1 +1,32 @@
-//! harmony
+//! harmony keeps one business record consistent across systems, from their Debezium change
+//! streams. See `DESIGN.md` in the shared folder for the full engine; this crate is built up
+//! towards it issue by issue.
+//!
+//! # Map
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`config`] | the TOML file and its `HARMONY__…` overrides, as a typed, validated tree |
+//! | [`envelope`] | bytes of a Debezium record → typed [`envelope::ChangeEvent`] (pure) |
+//! | [`output`] | a change → harmony's Debezium-shaped output record (pure) |
+//! | [`kafka`] | client settings that carry the delivery guarantee, topic creation, and [`kafka::offsets`], the one owner of input offsets |
+//! | [`worker`] | the consume → process → produce → acknowledge loop and its life cycle |
+//! | [`telemetry`] | named events: each logs and counts together; the Prometheus registry |
+//! | [`http`] | `/metrics`, `/health`, `/ready` |
+//!
+//! # The path of one event
+//!
+//! ```text
+//! Debezium topic ─► worker (recv) ─► envelope::decode ─┬─ change ──► output::encode_change ─► producer ─► output topic
+//!                                                      ├─ tombstone (counted, no output)
+//!                                                      └─ error ───► dead-letter copy ───► producer ─► DLQ topic
+//!                        producer acks ─► kafka::offsets (in offset order) ─► store_offset ─► background commit
+//! ```
+
+pub mod config;
+pub mod envelope;
+pub mod http;
+pub mod kafka;
+pub mod output;
+pub mod telemetry;
+pub mod worker;

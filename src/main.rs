@@ -1,1 +1,153 @@
-fn main() {}
+//! The `harmony` command: `run` a worker, or `check-config` a file without connecting.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::sync::watch;
+
+use harmony::config::Config;
+use harmony::http::{self, Health};
+use harmony::telemetry::Metrics;
+use harmony::worker;
+
+#[derive(Parser)]
+#[command(
+    name = "harmony",
+    version,
+    about = "Keeps business records consistent across systems"
+)]
+struct Cli {
+    /// Log format; `auto` is human-readable on a terminal and JSON otherwise.
+    #[arg(long, value_enum, default_value_t = LogFormat::Auto, env = "HARMONY_LOG_FORMAT", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a worker of the consumer group until SIGTERM or SIGINT.
+    Run {
+        #[arg(long, short, env = "HARMONY_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a configuration file without connecting to anything.
+    CheckConfig { file: PathBuf },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Auto,
+    Json,
+    Text,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HARMONY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => match Config::load(&file) {
+            Ok(config) => {
+                println!(
+                    "{}: ok ({} systems, output {})",
+                    file.display(),
+                    config.systems.len(),
+                    config.output.topic
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", file.display());
+                ExitCode::from(2)
+            }
+        },
+        Command::Run { config } => {
+            init_logging(cli.log_format);
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "invalid configuration");
+                    return ExitCode::from(2);
+                }
+            };
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the async runtime");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "harmony stopped");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let registry = prometheus::Registry::new();
+    let metrics = Metrics::new(&registry).context("registering metrics")?;
+    let health = Health::default();
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    let mut http_shutdown = shutdown_rx.clone();
+    let server = http::serve(config.http.address, registry, health.clone(), async move {
+        let _ = http_shutdown.wait_for(|stop| *stop).await;
+    })
+    .await
+    .with_context(|| format!("binding http.address {}", config.http.address))?;
+
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("termination signal received");
+        let _ = shutdown_tx.send(true);
+    });
+
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "harmony starting");
+    let result = worker::run(&config, &metrics, &health, shutdown_rx.clone()).await;
+    // The worker can also stop on its own (fatal delivery error); take the server down too.
+    drop(shutdown_rx);
+    server.abort();
+    result.context("worker")?;
+    tracing::info!("harmony stopped cleanly");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop harmony with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

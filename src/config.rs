@@ -1,0 +1,556 @@
+//! The configuration file: one TOML document, overridable by environment variables, parsed into
+//! a typed tree once at start. Nothing downstream sees strings where a `Duration`, an address
+//! or a list is meant, and every error names the key at fault.
+//!
+//! Environment overrides address a key by its path, segments joined by `__`, under the prefix
+//! `HARMONY__`:
+//!
+//! ```text
+//! HARMONY__KAFKA__BOOTSTRAP_SERVERS=broker-1:9092   →  [kafka] bootstrap_servers = "broker-1:9092"
+//! HARMONY__KAFKA__PROPERTIES__SASL.PASSWORD=…       →  [kafka.properties] "sasl.password" = "…"
+//! ```
+//!
+//! A value is read as TOML when it parses as such (`3`, `true`, `["a", "b"]`), else as a string.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// Prefix of environment variables that override keys of the file.
+pub const ENV_PREFIX: &str = "HARMONY__";
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{origin}: {message}")]
+    Invalid { origin: String, message: String },
+    #[error("{key}: {message}")]
+    Key { key: String, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    /// The source systems and the Debezium topics each one fills.
+    pub systems: Vec<SystemConfig>,
+    pub output: OutputConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub processing: ProcessingConfig,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub bootstrap_servers: String,
+    pub group_id: String,
+    /// Passed to librdkafka unchanged (TLS, SASL, tuning). harmony's own delivery settings
+    /// (`enable.auto.offset.store`, `enable.idempotence`, `acks`) cannot be overridden here.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// librdkafka properties for the consumer only (e.g. `fetch.min.bytes`).
+    #[serde(default)]
+    pub consumer: BTreeMap<String, String>,
+    /// librdkafka properties for the producer only (e.g. `linger.ms`, `compression.type`).
+    #[serde(default)]
+    pub producer: BTreeMap<String, String>,
+}
+
+/// librdkafka properties whose values are secrets: never logged, never exported.
+const SECRET_PROPERTY_MARKERS: [&str; 4] = ["password", "secret", "sasl.jaas", ".pem"];
+
+pub fn is_secret_property(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    SECRET_PROPERTY_MARKERS.iter().any(|m| name.contains(m))
+        || name.ends_with(".key")
+        || name == "sasl.oauthbearer.config"
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redact = |map: &'_ BTreeMap<String, String>| -> BTreeMap<String, String> {
+            map.iter()
+                .map(|(k, v)| {
+                    let shown = if is_secret_property(k) {
+                        "<redacted>"
+                    } else {
+                        v.as_str()
+                    };
+                    (k.clone(), shown.to_owned())
+                })
+                .collect()
+        };
+        f.debug_struct("KafkaConfig")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("group_id", &self.group_id)
+            .field("properties", &redact(&self.properties))
+            .field("consumer", &redact(&self.consumer))
+            .field("producer", &redact(&self.producer))
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SystemConfig {
+    /// Short name used in outputs, metrics and logs (`erp`, `shop`, …).
+    pub name: String,
+    /// Debezium topics of this system. A name starting with `^` is a regular expression, as in
+    /// librdkafka's subscription.
+    pub topics: Vec<String>,
+    /// Tie-breaker between systems; higher wins.
+    #[serde(default)]
+    pub rank: i32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    /// Topic every resolved change is published to.
+    pub topic: String,
+    /// Topic for input that cannot be decoded, with the reason in headers.
+    pub dead_letter_topic: String,
+    /// Partitions for the topics harmony creates when they are missing.
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: i32,
+}
+
+fn default_partitions() -> i32 {
+    3
+}
+
+fn default_replication_factor() -> i32 {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// `/metrics`, `/health` and `/ready`. Loopback unless deliberately exposed.
+    #[serde(default = "default_http_address")]
+    pub address: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            address: default_http_address(),
+        }
+    }
+}
+
+fn default_http_address() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9464))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessingConfig {
+    /// How often stored offsets are committed. Events acknowledged since the last commit are
+    /// replayed after a crash, so this bounds duplicates, never loss.
+    #[serde(default = "default_commit_interval", with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// Upper bound for draining in-flight events and committing on SIGTERM.
+    #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// Events consumed whose outputs are not yet acknowledged; past it, consumption waits.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+}
+
+impl Default for ProcessingConfig {
+    fn default() -> Self {
+        Self {
+            commit_interval: default_commit_interval(),
+            shutdown_timeout: default_shutdown_timeout(),
+            max_in_flight: default_max_in_flight(),
+        }
+    }
+}
+
+fn default_commit_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_max_in_flight() -> usize {
+    10_000
+}
+
+impl Config {
+    /// Reads `path`, applies `HARMONY__…` overrides from the process environment, validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text, &path.display().to_string(), std::env::vars())
+    }
+
+    /// Parses `text` (named `origin` in errors) with the given environment overrides.
+    pub fn from_toml(
+        text: &str,
+        origin: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut doc: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                    origin: origin.to_owned(),
+                    message: e.to_string(),
+                })?;
+        apply_env_overrides(&mut doc, env)?;
+        let config: Config = toml::Value::Table(doc)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                origin: origin.to_owned(),
+                message: e.to_string().trim_end().to_owned(),
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let key_error = |key: String, message: &str| ConfigError::Key {
+            key,
+            message: message.to_owned(),
+        };
+        if self.kafka.bootstrap_servers.trim().is_empty() {
+            return Err(key_error(
+                "kafka.bootstrap_servers".into(),
+                "must not be empty",
+            ));
+        }
+        if self.kafka.group_id.trim().is_empty() {
+            return Err(key_error("kafka.group_id".into(), "must not be empty"));
+        }
+        for (section, map) in [
+            ("properties", &self.kafka.properties),
+            ("consumer", &self.kafka.consumer),
+            ("producer", &self.kafka.producer),
+        ] {
+            for name in map.keys() {
+                if crate::kafka::is_reserved_property(name) {
+                    return Err(key_error(
+                        format!("kafka.{section}.\"{name}\""),
+                        "is set by harmony to keep its delivery guarantee and cannot be overridden",
+                    ));
+                }
+            }
+        }
+        if self.systems.is_empty() {
+            return Err(key_error("systems".into(), "declare at least one system"));
+        }
+        let mut seen_names = std::collections::BTreeSet::new();
+        for (i, system) in self.systems.iter().enumerate() {
+            if system.name.is_empty()
+                || !system
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(key_error(
+                    format!("systems[{i}].name"),
+                    "must be non-empty ASCII letters, digits, '_' or '-'",
+                ));
+            }
+            if !seen_names.insert(system.name.as_str()) {
+                return Err(key_error(
+                    format!("systems[{i}].name"),
+                    &format!("system \"{}\" is declared twice", system.name),
+                ));
+            }
+            if system.topics.is_empty() {
+                return Err(key_error(
+                    format!("systems[{i}].topics"),
+                    "list at least one topic",
+                ));
+            }
+            for (j, topic) in system.topics.iter().enumerate() {
+                let key = || format!("systems[{i}].topics[{j}]");
+                if topic.starts_with('^') {
+                    if let Err(e) = regex::Regex::new(topic) {
+                        return Err(key_error(key(), &format!("is not a valid pattern: {e}")));
+                    }
+                } else if !is_valid_topic_name(topic) {
+                    return Err(key_error(
+                        key(),
+                        "is not a valid Kafka topic name (1–249 of [a-zA-Z0-9._-]); start a pattern with '^'",
+                    ));
+                }
+            }
+        }
+        for (key, topic) in [
+            ("output.topic", &self.output.topic),
+            ("output.dead_letter_topic", &self.output.dead_letter_topic),
+        ] {
+            if !is_valid_topic_name(topic) {
+                return Err(key_error(
+                    key.into(),
+                    "is not a valid Kafka topic name (1–249 of [a-zA-Z0-9._-])",
+                ));
+            }
+        }
+        if self.output.partitions < 1 {
+            return Err(key_error("output.partitions".into(), "must be at least 1"));
+        }
+        if self.output.replication_factor < 1 {
+            return Err(key_error(
+                "output.replication_factor".into(),
+                "must be at least 1",
+            ));
+        }
+        if self.processing.max_in_flight == 0 {
+            return Err(key_error(
+                "processing.max_in_flight".into(),
+                "must be at least 1",
+            ));
+        }
+        if self.processing.commit_interval.is_zero() {
+            return Err(key_error(
+                "processing.commit_interval".into(),
+                "must be positive",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Resolves topics to the system that owns them.
+    pub fn topic_router(&self) -> TopicRouter {
+        let mut router = TopicRouter::default();
+        for (index, system) in self.systems.iter().enumerate() {
+            for topic in &system.topics {
+                if topic.starts_with('^') {
+                    // validate() compiled every pattern already.
+                    if let Ok(re) = regex::Regex::new(topic) {
+                        router.patterns.push((re, index));
+                    }
+                } else {
+                    router.exact.entry(topic.clone()).or_insert(index);
+                }
+            }
+        }
+        router
+    }
+
+    /// Every topic and pattern to subscribe to, in declaration order.
+    pub fn subscription(&self) -> Vec<&str> {
+        self.systems
+            .iter()
+            .flat_map(|s| s.topics.iter().map(String::as_str))
+            .collect()
+    }
+}
+
+/// Topic → index into `Config::systems`. Exact names win over `^…` patterns, which are tried
+/// in declaration order, as librdkafka's subscription would match them.
+#[derive(Debug, Default, Clone)]
+pub struct TopicRouter {
+    exact: std::collections::HashMap<String, usize>,
+    patterns: Vec<(regex::Regex, usize)>,
+}
+
+impl TopicRouter {
+    pub fn system_index(&self, topic: &str) -> Option<usize> {
+        self.exact.get(topic).copied().or_else(|| {
+            self.patterns
+                .iter()
+                .find(|(re, _)| re.is_match(topic))
+                .map(|(_, index)| *index)
+        })
+    }
+}
+
+/// Kafka's own rule for topic names.
+pub fn is_valid_topic_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+fn apply_env_overrides(
+    doc: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let mut overrides: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .collect();
+    // Deterministic, whatever order the process environment comes in.
+    overrides.sort();
+    for (var, raw) in overrides {
+        let path: Vec<String> = var[ENV_PREFIX.len()..]
+            .split("__")
+            .map(|s| s.to_ascii_lowercase())
+            .collect();
+        if path.iter().any(|s| s.is_empty()) {
+            return Err(ConfigError::Key {
+                key: var,
+                message: "has an empty path segment".into(),
+            });
+        }
+        let value = parse_override_value(&raw);
+        let mut table = &mut *doc;
+        for segment in &path[..path.len() - 1] {
+            let entry = table
+                .entry(segment.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            table = entry.as_table_mut().ok_or_else(|| ConfigError::Key {
+                key: var.clone(),
+                message: format!("`{segment}` is not a table in the file"),
+            })?;
+        }
+        table.insert(path[path.len() - 1].clone(), value);
+    }
+    Ok(())
+}
+
+fn parse_override_value(raw: &str) -> toml::Value {
+    // `key = <raw>` parses only if raw is a TOML value; a bare word like `broker:9092` is not.
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [kafka]
+        bootstrap_servers = "127.0.0.1:9092"
+        group_id = "harmony"
+
+        [[systems]]
+        name = "erp"
+        topics = ["erp.public.products", "^erp[.]inventory[.].*"]
+
+        [output]
+        topic = "harmony.out"
+        dead_letter_topic = "harmony.dlq"
+    "#;
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_toml(
+            text,
+            "test.toml",
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn defaults_fill_optional_sections() {
+        let config = parse(MINIMAL, &[]).unwrap();
+        assert_eq!(config.http.address, "127.0.0.1:9464".parse().unwrap());
+        assert_eq!(config.processing.commit_interval, Duration::from_secs(5));
+        assert_eq!(config.output.partitions, 3);
+    }
+
+    #[test]
+    fn env_overrides_reach_nested_keys_and_keep_types() {
+        let config = parse(
+            MINIMAL,
+            &[
+                ("HARMONY__KAFKA__BOOTSTRAP_SERVERS", "broker-1:9092"),
+                ("HARMONY__KAFKA__PROPERTIES__SECURITY.PROTOCOL", "ssl"),
+                ("HARMONY__PROCESSING__COMMIT_INTERVAL", "250ms"),
+                ("HARMONY__OUTPUT__PARTITIONS", "12"),
+                ("UNRELATED", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.kafka.bootstrap_servers, "broker-1:9092");
+        assert_eq!(config.kafka.properties["security.protocol"], "ssl");
+        assert_eq!(
+            config.processing.commit_interval,
+            Duration::from_millis(250)
+        );
+        assert_eq!(config.output.partitions, 12);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = MINIMAL.replace("group_id", "group_idd");
+        let err = parse(&text, &[]).unwrap_err().to_string();
+        assert!(err.contains("group_idd"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_names_its_key() {
+        let text = format!("{MINIMAL}\n[processing]\ncommit_interval = \"soon\"\n");
+        let err = parse(&text, &[]).unwrap_err().to_string();
+        assert!(err.contains("commit_interval"), "{err}");
+    }
+
+    #[test]
+    fn reserved_librdkafka_property_is_refused() {
+        let text =
+            format!("{MINIMAL}\n[kafka.properties]\n\"enable.auto.offset.store\" = \"true\"\n");
+        let err = parse(&text, &[]).unwrap_err().to_string();
+        assert!(
+            err.starts_with("kafka.properties.\"enable.auto.offset.store\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn invalid_topic_and_duplicate_system_are_named() {
+        let err = parse(&MINIMAL.replace("harmony.out", "bad topic"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("output.topic"), "{err}");
+        let twice = format!("{MINIMAL}\n[[systems]]\nname = \"erp\"\ntopics = [\"x\"]\n");
+        let err = parse(&twice, &[]).unwrap_err().to_string();
+        assert!(err.starts_with("systems[1].name"), "{err}");
+    }
+
+    #[test]
+    fn topics_map_to_systems_by_name_and_prefix_pattern() {
+        let config = parse(MINIMAL, &[]).unwrap();
+        let router = config.topic_router();
+        assert_eq!(router.system_index("erp.public.products"), Some(0));
+        assert_eq!(router.system_index("erp.inventory.bins"), Some(0));
+        assert_eq!(router.system_index("erp.other"), None);
+    }
+
+    #[test]
+    fn bad_topic_pattern_is_named() {
+        let err = parse(
+            &MINIMAL.replace("^erp[.]inventory[.].*", "^erp[.inventory"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("systems[0].topics[1]"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug_output() {
+        let text = format!("{MINIMAL}\n[kafka.properties]\n\"sasl.password\" = \"hunter2\"\n");
+        let config = parse(&text, &[]).unwrap();
+        let shown = format!("{:?}", config.kafka);
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+    }
+}

@@ -1,0 +1,131 @@
+//! Kafka clients as harmony needs them: the settings that carry its delivery guarantee, the
+//! topics it creates, and the one owner of input offsets ([`offsets`]).
+
+pub mod offsets;
+pub mod topics;
+
+use rdkafka::ClientConfig;
+
+use crate::config::{is_secret_property, KafkaConfig};
+
+/// librdkafka properties harmony sets itself. Letting a user override them would silently
+/// break at-least-once delivery (`enable.auto.offset.store`), per-record order
+/// (`enable.idempotence`) or durability (`acks`).
+const RESERVED_PROPERTIES: [&str; 9] = [
+    "bootstrap.servers",
+    "group.id",
+    "enable.auto.offset.store",
+    "enable.auto.commit",
+    "auto.commit.interval.ms",
+    "enable.idempotence",
+    "acks",
+    "request.required.acks",
+    "max.in.flight.requests.per.connection",
+];
+
+pub fn is_reserved_property(name: &str) -> bool {
+    RESERVED_PROPERTIES.contains(&name)
+}
+
+fn base_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &kafka.bootstrap_servers);
+    for (name, value) in &kafka.properties {
+        config.set(name, value);
+    }
+    config
+}
+
+/// The consumer of input topics.
+pub fn consumer_config(kafka: &KafkaConfig, commit_interval_ms: u64) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    // A new group starts at the beginning: Debezium's initial snapshot is part of the input.
+    config.set("auto.offset.reset", "earliest");
+    let base = base_config(kafka);
+    for (name, value) in base.config_map() {
+        config.set(name, value);
+    }
+    for (name, value) in &kafka.consumer {
+        config.set(name, value);
+    }
+    config
+        .set("group.id", &kafka.group_id)
+        // Offsets are stored by kafka::offsets after acknowledgement, never on read.
+        .set("enable.auto.offset.store", "false")
+        // The background committer commits what was stored; it never commits unacknowledged work.
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", commit_interval_ms.to_string());
+    config
+}
+
+/// The producer of outputs and dead-letter records.
+pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    // Small batches, sent soon: latency matters more than the last percent of throughput.
+    config.set("linger.ms", "5").set("compression.type", "lz4");
+    let base = base_config(kafka);
+    for (name, value) in base.config_map() {
+        config.set(name, value);
+    }
+    for (name, value) in &kafka.producer {
+        config.set(name, value);
+    }
+    // Idempotence brings acks=all and keeps per-partition order across retries.
+    config.set("enable.idempotence", "true").set("acks", "all");
+    config
+}
+
+/// The client settings for a log line, secrets replaced.
+pub fn redacted(config: &ClientConfig) -> Vec<(String, String)> {
+    let mut shown: Vec<(String, String)> = config
+        .config_map()
+        .iter()
+        .map(|(k, v)| {
+            let v = if is_secret_property(k) {
+                "<redacted>".to_owned()
+            } else {
+                v.to_string()
+            };
+            (k.to_string(), v)
+        })
+        .collect();
+    shown.sort();
+    shown
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kafka() -> KafkaConfig {
+        KafkaConfig {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            group_id: "g".into(),
+            properties: [("sasl.password".to_string(), "hunter2".to_string())].into(),
+            consumer: [("auto.offset.reset".to_string(), "latest".to_string())].into(),
+            producer: [("linger.ms".to_string(), "50".to_string())].into(),
+        }
+    }
+
+    #[test]
+    fn delivery_settings_cannot_be_weakened_and_user_settings_apply() {
+        let consumer = consumer_config(&kafka(), 5000);
+        assert_eq!(consumer.get("enable.auto.offset.store"), Some("false"));
+        assert_eq!(consumer.get("auto.commit.interval.ms"), Some("5000"));
+        assert_eq!(consumer.get("auto.offset.reset"), Some("latest"));
+        let producer = producer_config(&kafka());
+        assert_eq!(producer.get("enable.idempotence"), Some("true"));
+        assert_eq!(producer.get("acks"), Some("all"));
+        assert_eq!(producer.get("linger.ms"), Some("50"));
+        assert_eq!(producer.get("auto.offset.reset"), None);
+    }
+
+    #[test]
+    fn redaction_hides_secrets() {
+        let shown = redacted(&producer_config(&kafka()));
+        assert!(shown
+            .iter()
+            .any(|(k, v)| k == "sasl.password" && v == "<redacted>"));
+        assert!(!shown.iter().any(|(_, v)| v.contains("hunter2")));
+    }
+}

@@ -1,0 +1,148 @@
+//! Observable occurrences as named events: each function logs and counts together, so a log
+//! line and its metric cannot drift apart. The registry is passed in, never global, so a test
+//! reads the very counters a worker moved.
+//!
+//! Labels are bounded: system, topic, op, error kind. Never a record key or raw error text.
+
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+
+use crate::envelope::{DecodeError, Op};
+
+pub struct Metrics {
+    events_consumed: IntCounterVec,
+    tombstones: IntCounterVec,
+    decode_failures: IntCounterVec,
+    dead_letters: IntCounterVec,
+    outputs_published: IntCounterVec,
+    in_flight: IntGauge,
+    processing_seconds: Histogram,
+}
+
+impl Metrics {
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let metrics = Self {
+            events_consumed: counter(
+                "harmony_events_consumed_total",
+                "Change events read from Debezium topics, by system, topic and op.",
+                &["system", "topic", "op"],
+            )?,
+            tombstones: counter(
+                "harmony_tombstones_total",
+                "Kafka tombstones (null values after deletes) read and skipped.",
+                &["system", "topic"],
+            )?,
+            decode_failures: counter(
+                "harmony_decode_failures_total",
+                "Input records that could not be decoded, by kind of failure.",
+                &["topic", "kind"],
+            )?,
+            dead_letters: counter(
+                "harmony_dead_letter_records_total",
+                "Records written to the dead-letter topic and acknowledged.",
+                &["topic"],
+            )?,
+            outputs_published: counter(
+                "harmony_outputs_published_total",
+                "Output records acknowledged by the broker, by output topic.",
+                &["topic"],
+            )?,
+            in_flight: IntGauge::new(
+                "harmony_events_in_flight",
+                "Events read whose outputs are not yet all acknowledged.",
+            )?,
+            processing_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "harmony_event_processing_seconds",
+                    "Time from reading an event to handing all its outputs to the producer.",
+                )
+                .buckets(vec![
+                    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.0025,
+                    0.005, 0.01, 0.025, 0.1,
+                ]),
+            )?,
+        };
+        registry.register(Box::new(metrics.in_flight.clone()))?;
+        registry.register(Box::new(metrics.processing_seconds.clone()))?;
+        Ok(metrics)
+    }
+
+    pub fn change_consumed(&self, system: &str, topic: &str, op: Op) {
+        tracing::trace!(system, topic, op = op.code(), "change consumed");
+        self.events_consumed
+            .with_label_values(&[system, topic, op.code()])
+            .inc();
+    }
+
+    pub fn tombstone_skipped(&self, system: &str, topic: &str) {
+        tracing::trace!(system, topic, "tombstone skipped");
+        self.tombstones.with_label_values(&[system, topic]).inc();
+    }
+
+    /// An input record is going to the dead-letter topic.
+    pub fn decode_failed(&self, topic: &str, partition: i32, offset: i64, error: &DecodeError) {
+        tracing::warn!(topic, partition, offset, kind = error.kind(), error = %error,
+            "undecodable record; sending it to the dead-letter topic");
+        self.decode_failures
+            .with_label_values(&[topic, error.kind()])
+            .inc();
+    }
+
+    pub fn dead_letter_acknowledged(&self, dead_letter_topic: &str) {
+        self.dead_letters
+            .with_label_values(&[dead_letter_topic])
+            .inc();
+    }
+
+    pub fn output_acknowledged(&self, topic: &str) {
+        self.outputs_published.with_label_values(&[topic]).inc();
+    }
+
+    pub fn processed(&self, seconds: f64, in_flight: usize) {
+        self.processing_seconds.observe(seconds);
+        self.in_flight.set(in_flight as i64);
+    }
+
+    pub fn set_in_flight(&self, in_flight: usize) {
+        self.in_flight.set(in_flight as i64);
+    }
+}
+
+/// The Prometheus text exposition of a registry.
+pub fn render(registry: &Registry) -> String {
+    use prometheus::Encoder;
+    let mut buf = Vec::new();
+    // Text encoding into memory fails only on metric families that cannot exist here.
+    if let Err(e) = prometheus::TextEncoder::new().encode(&registry.gather(), &mut buf) {
+        tracing::error!(error = %e, "cannot encode metrics");
+    }
+    String::from_utf8(buf).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_move_under_their_names() {
+        let registry = Registry::new();
+        let metrics = Metrics::new(&registry).unwrap();
+        metrics.change_consumed("erp", "erp.public.products", Op::Update);
+        metrics.change_consumed("erp", "erp.public.products", Op::Update);
+        metrics.output_acknowledged("harmony.out");
+        let text = render(&registry);
+        assert!(
+            text.contains(r#"harmony_events_consumed_total{op="u",system="erp",topic="erp.public.products"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"harmony_outputs_published_total{topic="harmony.out"} 1"#),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,364 @@
+//! The worker: one consumer-group member that reads Debezium topics, turns each record into
+//! its outputs, and stores the record's offset once every output is acknowledged.
+//!
+//! Life cycle: create clients → ensure topics → subscribe (ready) → process until shutdown →
+//! drain in-flight deliveries under a deadline → commit → leave the group.
+//!
+//! Per record, in offset order: decode → (change) encode output | (tombstone) nothing |
+//! (undecodable) dead-letter copy → hand the records to the producer → register the offset as
+//! in flight. Acknowledgements arrive in any order; [`OffsetStore`] stores offsets in order.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::Message;
+use thiserror::Error;
+use tokio::sync::watch;
+
+use crate::config::{Config, TopicRouter};
+use crate::envelope::{decode, Decoded};
+use crate::http::Health;
+use crate::kafka::offsets::{OffsetStore, Ticket};
+use crate::kafka::{self, topics};
+use crate::output::{encode_change, output_key, Origin};
+use crate::telemetry::Metrics;
+
+#[derive(Debug, Error)]
+pub enum WorkerError {
+    #[error("cannot set up the Kafka clients: {0}")]
+    Setup(#[source] KafkaError),
+    /// The producer gave up on a record after its own retries (`message.timeout.ms`). Its
+    /// input offset was not stored, so the record is read again after a restart.
+    #[error("delivery to {topic} failed: {error}")]
+    Delivery { topic: String, error: KafkaError },
+    #[error("commit failed: {0}")]
+    Commit(#[source] KafkaError),
+}
+
+/// Where an output record goes; decides which counter its acknowledgement moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Destination {
+    Output,
+    DeadLetter,
+}
+
+/// The acknowledgement of every record one input event caused.
+struct Completion {
+    ticket: Ticket,
+    results: Vec<(Destination, Result<(), KafkaError>)>,
+}
+
+type PendingCompletion = Pin<Box<dyn Future<Output = Completion> + Send>>;
+
+/// A record handed to the producer, or the producer's immediate refusal of it.
+type Sent = Result<DeliveryFuture, KafkaError>;
+
+/// Runs until `shutdown` flips to true, then drains and commits. Returns an error only for
+/// what an operator must look at; input that cannot be decoded is never an error here.
+pub async fn run(
+    config: &Config,
+    metrics: &Metrics,
+    health: &Health,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), WorkerError> {
+    let consumer_config = kafka::consumer_config(
+        &config.kafka,
+        config.processing.commit_interval.as_millis() as u64,
+    );
+    let producer_config = kafka::producer_config(&config.kafka);
+    tracing::info!(consumer = ?kafka::redacted(&consumer_config), producer = ?kafka::redacted(&producer_config),
+        "Kafka client settings");
+    let consumer: StreamConsumer = consumer_config.create().map_err(WorkerError::Setup)?;
+    let producer: FutureProducer = producer_config.create().map_err(WorkerError::Setup)?;
+
+    topics::ensure_topics(
+        &producer_config,
+        &[&config.output.topic, &config.output.dead_letter_topic],
+        config.output.partitions,
+        config.output.replication_factor,
+    )
+    .await
+    .map_err(WorkerError::Setup)?;
+
+    let subscription = config.subscription();
+    consumer
+        .subscribe(&subscription)
+        .map_err(WorkerError::Setup)?;
+    tracing::info!(group = %config.kafka.group_id, topics = ?subscription, "subscribed");
+    health.set_ready(true);
+
+    let mut pipeline = Pipeline {
+        config,
+        metrics,
+        producer: &producer,
+        router: config.topic_router(),
+        offsets: OffsetStore::new(&consumer),
+        deliveries: FuturesUnordered::new(),
+        buf: Vec::with_capacity(4096),
+    };
+    let result = pipeline.process_until(&consumer, &mut shutdown).await;
+    health.set_ready(false);
+    let drained = pipeline.drain(config.processing.shutdown_timeout).await;
+    // Whatever happened above, every stored offset is acknowledged work: committing it is
+    // always safe and saves the replay.
+    let committed = match pipeline.offsets.commit_now() {
+        Ok(()) => Ok(()),
+        Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
+        Err(e) => Err(WorkerError::Commit(e)),
+    };
+    drop(pipeline);
+    consumer.unsubscribe();
+    tracing::info!("left the consumer group");
+    result.and(drained).and(committed)
+}
+
+struct Pipeline<'a> {
+    config: &'a Config,
+    metrics: &'a Metrics,
+    producer: &'a FutureProducer,
+    router: TopicRouter,
+    offsets: OffsetStore<'a, StreamConsumer>,
+    deliveries: FuturesUnordered<PendingCompletion>,
+    /// Reused for every output value.
+    buf: Vec<u8>,
+}
+
+impl Pipeline<'_> {
+    async fn process_until(
+        &mut self,
+        consumer: &StreamConsumer,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), WorkerError> {
+        let mut system_cache: HashMap<String, Option<usize>> = HashMap::new();
+        loop {
+            let can_read = self.offsets.in_flight() < self.config.processing.max_in_flight;
+            tokio::select! {
+                biased;
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        tracing::info!(in_flight = self.offsets.in_flight(), "shutdown requested; draining");
+                        return Ok(());
+                    }
+                }
+                Some(done) = self.deliveries.next(), if !self.deliveries.is_empty() => {
+                    self.complete(done)?;
+                }
+                received = consumer.recv(), if can_read => match received {
+                    Ok(message) => {
+                        let topic = message.topic();
+                        let system = match system_cache.get(topic) {
+                            Some(&s) => s,
+                            None => {
+                                let s = self.router.system_index(topic);
+                                system_cache.insert(topic.to_owned(), s);
+                                s
+                            }
+                        };
+                        self.process(&message, system).await;
+                    }
+                    // librdkafka reports and recovers from broker and topic trouble by itself;
+                    // the consumer keeps its position, so nothing is skipped.
+                    Err(e) => tracing::warn!(error = %e, "consumer error"),
+                },
+            }
+        }
+    }
+
+    /// Turns one input record into its outputs and registers it as in flight.
+    async fn process(&mut self, message: &BorrowedMessage<'_>, system: Option<usize>) {
+        let started = Instant::now();
+        let topic = message.topic();
+        let origin = Origin {
+            topic,
+            partition: message.partition(),
+            offset: message.offset(),
+        };
+        let ticket = self.offsets.begin(topic, origin.partition, origin.offset);
+        let mut sends: Vec<(Destination, Sent)> = Vec::with_capacity(1);
+
+        let Some(system_index) = system else {
+            let reason = "the topic matches no declared system";
+            tracing::warn!(
+                topic,
+                "record from a topic no system declares; dead-lettering it"
+            );
+            sends.push((
+                Destination::DeadLetter,
+                self.dead_letter(message, "unroutable", reason).await,
+            ));
+            return self.track(ticket, sends, started);
+        };
+        let system = self.config.systems[system_index].name.as_str();
+
+        match decode(message.key(), message.payload()) {
+            Ok(Decoded::Change(event)) => {
+                self.metrics.change_consumed(system, topic, event.op);
+                encode_change(&mut self.buf, &event, system, origin, now_ms());
+                let record = FutureRecord {
+                    topic: &self.config.output.topic,
+                    partition: None,
+                    payload: Some(self.buf.as_slice()),
+                    key: output_key(&event),
+                    timestamp: None,
+                    headers: Some(OwnedHeaders::new_with_capacity(1).insert(Header {
+                        key: "harmony.system",
+                        value: Some(system),
+                    })),
+                };
+                sends.push((Destination::Output, send(self.producer, record).await));
+            }
+            Ok(Decoded::Tombstone) => self.metrics.tombstone_skipped(system, topic),
+            Err(error) => {
+                self.metrics
+                    .decode_failed(topic, origin.partition, origin.offset, &error);
+                let message_text = error.to_string();
+                sends.push((
+                    Destination::DeadLetter,
+                    self.dead_letter(message, error.kind(), &message_text).await,
+                ));
+            }
+        }
+        self.track(ticket, sends, started);
+    }
+
+    fn track(&mut self, ticket: Ticket, sends: Vec<(Destination, Sent)>, started: Instant) {
+        self.deliveries.push(Box::pin(async move {
+            let mut results = Vec::with_capacity(sends.len());
+            for (destination, delivery) in sends {
+                let result = match delivery {
+                    Err(refused) => Err(refused),
+                    Ok(delivery) => match delivery.await {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err((error, _))) => Err(error),
+                        // The producer was dropped with the record still queued.
+                        Err(_canceled) => Err(KafkaError::Canceled),
+                    },
+                };
+                results.push((destination, result));
+            }
+            Completion { ticket, results }
+        }));
+        self.metrics
+            .processed(started.elapsed().as_secs_f64(), self.offsets.in_flight());
+    }
+
+    /// A copy of the input record, bytes untouched, with why and where from in headers.
+    async fn dead_letter(&self, message: &BorrowedMessage<'_>, kind: &str, reason: &str) -> Sent {
+        let partition = message.partition().to_string();
+        let offset = message.offset().to_string();
+        let timestamp = message.timestamp().to_millis().map(|t| t.to_string());
+        let headers = OwnedHeaders::new_with_capacity(6)
+            .insert(Header {
+                key: "harmony.error.kind",
+                value: Some(kind),
+            })
+            .insert(Header {
+                key: "harmony.error.message",
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: "harmony.source.topic",
+                value: Some(message.topic()),
+            })
+            .insert(Header {
+                key: "harmony.source.partition",
+                value: Some(&partition),
+            })
+            .insert(Header {
+                key: "harmony.source.offset",
+                value: Some(&offset),
+            })
+            .insert(Header {
+                key: "harmony.source.timestamp",
+                value: timestamp.as_deref(),
+            });
+        let record = FutureRecord {
+            topic: &self.config.output.dead_letter_topic,
+            partition: None,
+            payload: message.payload(),
+            key: message.key(),
+            timestamp: message.timestamp().to_millis(),
+            headers: Some(headers),
+        };
+        send(self.producer, record).await
+    }
+
+    fn complete(&mut self, done: Completion) -> Result<(), WorkerError> {
+        for (destination, result) in done.results {
+            let topic = match destination {
+                Destination::Output => &self.config.output.topic,
+                Destination::DeadLetter => &self.config.output.dead_letter_topic,
+            };
+            match result {
+                Ok(()) => match destination {
+                    Destination::Output => self.metrics.output_acknowledged(topic),
+                    Destination::DeadLetter => self.metrics.dead_letter_acknowledged(topic),
+                },
+                Err(error) => {
+                    tracing::error!(topic = %topic, error = %error,
+                        "delivery failed after the producer's retries; stopping without storing this offset");
+                    return Err(WorkerError::Delivery {
+                        topic: topic.clone(),
+                        error,
+                    });
+                }
+            }
+        }
+        self.offsets.acknowledged(done.ticket);
+        self.metrics.set_in_flight(self.offsets.in_flight());
+        Ok(())
+    }
+
+    /// Waits for in-flight deliveries, at most `deadline`. Whatever is still unacknowledged
+    /// then keeps its offset unstored and is read again by the next owner of the partition.
+    async fn drain(&mut self, deadline: Duration) -> Result<(), WorkerError> {
+        let drain = async {
+            while let Some(done) = self.deliveries.next().await {
+                self.complete(done)?;
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(deadline, drain).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(
+                    in_flight = self.offsets.in_flight(),
+                    "shutdown deadline reached with deliveries in flight; they will be re-read"
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Hands a record to the producer, waiting while its local queue is full rather than
+/// dropping or reordering anything.
+async fn send(producer: &FutureProducer, mut record: FutureRecord<'_, [u8], [u8]>) -> Sent {
+    loop {
+        match producer.send_result(record) {
+            Ok(delivery) => return Ok(delivery),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                record = returned;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err((error, _)) => {
+                // Not retryable locally (e.g. message too large): it takes the path of a
+                // failed delivery, so the offset is not stored.
+                return Err(error);
+            }
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
