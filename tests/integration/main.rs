@@ -1,1 +1,6 @@
+//! End-to-end tests against the real local stack (`scripts/stack up`): PostgreSQL →
+//! Debezium → Kafka → harmony → output topics. One test binary with modules, so librdkafka is
+//! linked once.
 
+mod pipeline;
+mod support;

@@ -1,0 +1,410 @@
+//! What the end-to-end tests stand on: the local stack of `scripts/stack` (real Kafka, Kafka
+//! Connect with Debezium, PostgreSQL), a harmony process per test with its own consumer group
+//! and output topics, and readers of those topics.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+pub fn bootstrap() -> String {
+    std::env::var("KAFKA_BOOTSTRAP")
+        .unwrap_or_else(|_| format!("127.0.0.1:{}", env_or("KAFKA_PORT", "9092")))
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+/// Whether the stack is up. Without it, a test fails when `HARMONY_E2E=1` (CI, `scripts/test`)
+/// and is skipped with a message otherwise, so `cargo test` alone still runs the unit tests.
+pub fn stack_available(test: &str) -> bool {
+    let kafka = TcpStream::connect_timeout(
+        &bootstrap().parse().expect("KAFKA_BOOTSTRAP is host:port"),
+        Duration::from_secs(2),
+    )
+    .is_ok();
+    if kafka {
+        return true;
+    }
+    if std::env::var("HARMONY_E2E").is_ok_and(|v| v == "1") {
+        panic!(
+            "{test}: the local stack is not reachable at {}; start it with scripts/stack up",
+            bootstrap()
+        );
+    }
+    eprintln!(
+        "{test}: SKIPPED, no Kafka at {} (scripts/stack up, or set HARMONY_E2E=1 to fail instead)",
+        bootstrap()
+    );
+    false
+}
+
+/// A name no other test run has used: tests share the broker and the databases.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{prefix}-{}-{}",
+        nanos % 10_000_000_000,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Runs SQL against one of the stack's databases as the `harmony` user.
+pub fn psql(database: &str, sql: &str) -> Result<String> {
+    let output = Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-t",
+            "-A",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+        ])
+        .args([
+            "-p",
+            &env_or("PG_PORT", "55432"),
+            "-U",
+            "harmony",
+            "-d",
+            database,
+            "-c",
+            sql,
+        ])
+        .env("PGPASSWORD", env_or("PG_PASSWORD", "harmony"))
+        .output()
+        .context("running psql")?;
+    if !output.status.success() {
+        bail!(
+            "psql on {database} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+pub fn create_topic(name: &str, partitions: i32) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let results = runtime.block_on(admin.create_topics(
+        &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
+        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+    ))?;
+    for r in results {
+        r.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Produces raw records (key, value) to a topic and waits for every acknowledgement.
+pub fn produce_raw(topic: &str, records: &[(Option<&[u8]>, Option<&[u8]>)]) -> Result<()> {
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("enable.idempotence", "true")
+        .create()?;
+    for (key, value) in records {
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
+        producer.send(record).map_err(|(e, _)| e)?;
+    }
+    producer.flush(Duration::from_secs(30))?;
+    Ok(())
+}
+
+/// One record read back from an output or dead-letter topic.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub key: Option<String>,
+    pub value: Option<Vec<u8>>,
+    pub headers: BTreeMap<String, String>,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl Record {
+    pub fn json(&self) -> serde_json::Value {
+        self.value
+            .as_deref()
+            .and_then(|v| serde_json::from_slice(v).ok())
+            .unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// Reads a topic from the beginning of every partition, without a consumer group.
+pub struct TopicReader {
+    consumer: BaseConsumer,
+    pub records: Vec<Record>,
+}
+
+impl TopicReader {
+    pub fn new(topic: &str) -> Result<Self> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap())
+            .set("group.id", unique("reader"))
+            .set("enable.auto.commit", "false")
+            .create()?;
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let partitions = metadata
+            .topics()
+            .first()
+            .map_or(0, |t| t.partitions().len());
+        if partitions == 0 {
+            bail!("topic {topic} does not exist");
+        }
+        let mut assignment = TopicPartitionList::new();
+        for p in 0..partitions as i32 {
+            assignment.add_partition_offset(topic, p, Offset::Beginning)?;
+        }
+        consumer.assign(&assignment)?;
+        Ok(Self {
+            consumer,
+            records: Vec::new(),
+        })
+    }
+
+    /// Reads until `done(records)` holds or `timeout` passes; returns whether it held.
+    pub fn read_until(
+        &mut self,
+        timeout: Duration,
+        mut done: impl FnMut(&[Record]) -> bool,
+    ) -> Result<bool> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if done(&self.records) {
+                return Ok(true);
+            }
+            if let Some(message) = self.consumer.poll(Duration::from_millis(200)) {
+                let message = message?;
+                let mut headers = BTreeMap::new();
+                if let Some(hs) = message.headers() {
+                    for h in hs.iter() {
+                        headers.insert(
+                            h.key.to_owned(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        );
+                    }
+                }
+                self.records.push(Record {
+                    key: message
+                        .key()
+                        .map(|k| String::from_utf8_lossy(k).into_owned()),
+                    value: message.payload().map(<[u8]>::to_vec),
+                    headers,
+                    partition: message.partition(),
+                    offset: message.offset(),
+                });
+            }
+        }
+        Ok(done(&self.records))
+    }
+
+    /// Reads whatever arrives within `quiet`, for counting after the fact.
+    pub fn read_for(&mut self, quiet: Duration) -> Result<()> {
+        self.read_until(quiet, |_| false).map(|_| ())
+    }
+}
+
+/// A harmony worker process with its own config, group and topics.
+pub struct Harmony {
+    child: Option<Child>,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+    pub output_topic: String,
+    pub dead_letter_topic: String,
+}
+
+pub struct HarmonyOptions {
+    pub group_id: String,
+    pub systems: Vec<(String, Vec<String>)>,
+    pub commit_interval: &'static str,
+}
+
+impl HarmonyOptions {
+    /// The three systems of the local stack.
+    pub fn stack(group_id: String) -> Self {
+        Self {
+            group_id,
+            systems: vec![
+                ("erp".into(), vec!["erp.public.products".into()]),
+                ("shop".into(), vec!["shop.public.items".into()]),
+                ("wms".into(), vec!["^wms[.]public[.].*".into()]),
+            ],
+            commit_interval: "1s",
+        }
+    }
+}
+
+impl Harmony {
+    pub fn start(options: &HarmonyOptions) -> Result<Self> {
+        let name = options.group_id.clone();
+        let dir = std::env::temp_dir().join("harmony-tests");
+        std::fs::create_dir_all(&dir)?;
+        let config_path = dir.join(format!("{name}.toml"));
+        let log_path = dir.join(format!("{name}.log"));
+        let output_topic = format!("{name}.out");
+        let dead_letter_topic = format!("{name}.dlq");
+        let mut toml = format!(
+            "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{}\"\n\n[output]\ntopic = \"{output_topic}\"\ndead_letter_topic = \"{dead_letter_topic}\"\n\n[http]\naddress = \"127.0.0.1:0\"\n\n[processing]\ncommit_interval = \"{}\"\nshutdown_timeout = \"20s\"\n",
+            bootstrap(),
+            options.group_id,
+            options.commit_interval
+        );
+        for (system, topics) in &options.systems {
+            toml.push_str(&format!(
+                "\n[[systems]]\nname = \"{system}\"\ntopics = {topics:?}\n"
+            ));
+        }
+        std::fs::write(&config_path, toml)?;
+        let mut harmony = Self {
+            child: None,
+            config_path,
+            log_path,
+            output_topic,
+            dead_letter_topic,
+        };
+        harmony.spawn()?;
+        Ok(harmony)
+    }
+
+    /// Starts (again) the process on the same config, appending to the same log.
+    pub fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)?;
+        let child = Command::new(env!("CARGO_BIN_EXE_harmony"))
+            .args(["run", "--config"])
+            .arg(&self.config_path)
+            .env("HARMONY_LOG_FORMAT", "json")
+            .env("HARMONY_LOG", "info,harmony=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting harmony")?;
+        self.child = Some(child);
+        self.wait_for_log("subscribed", Duration::from_secs(30))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Waits until the current process has logged `message` (counted from its start).
+    fn wait_for_log(&self, message: &str, timeout: Duration) -> Result<()> {
+        let starts = self.log().matches("harmony starting").count();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let log = self.log();
+            let current = log
+                .split("harmony starting")
+                .nth(starts + 1)
+                .unwrap_or_default();
+            if current.contains(message) {
+                return Ok(());
+            }
+            if let Some(child) = &self.child {
+                let pid = child.id();
+                if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("harmony did not log `{message}`; its log:\n{}", self.log())
+    }
+
+    /// The address of the HTTP endpoints the current process bound.
+    pub fn http_address(&self) -> Option<String> {
+        self.log()
+            .lines()
+            .rev()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|l| l["message"] == "serving /metrics, /health, /ready")
+            .and_then(|l| l["address"].as_str().map(str::to_owned))
+    }
+
+    pub fn kill_hard(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?; // SIGKILL
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then the exit status, which must come within `timeout`.
+    pub fn terminate(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("harmony is not running")?;
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                child.kill()?;
+                bail!(
+                    "harmony did not exit within {timeout:?} of SIGTERM; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Harmony {
+    fn drop(&mut self) {
+        let _ = self.kill_hard();
+    }
+}
+
+/// A plain HTTP GET on loopback: status code and body.
+pub fn http_get(address: &str, path: &str) -> Result<(u16, String)> {
+    let mut stream = TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no HTTP status line")?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    Ok((status, body))
+}
