@@ -117,8 +117,11 @@ pub fn create_topic(name: &str, partitions: i32) -> Result<()> {
     Ok(())
 }
 
-/// Produces raw records (key, value) to a topic and waits for every acknowledgement.
-pub fn produce_raw(topic: &str, records: &[(Option<&[u8]>, Option<&[u8]>)]) -> Result<()> {
+/// A raw record to produce: key and value bytes, either absent.
+pub type RawRecord<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+
+/// Produces raw records to a topic and waits for every acknowledgement.
+pub fn produce_raw(topic: &str, records: &[RawRecord<'_>]) -> Result<()> {
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
         .set("enable.idempotence", "true")
