@@ -535,6 +535,16 @@ mod tests {
     }
 
     #[test]
+    fn shipped_example_configs_are_valid() {
+        let demo = parse(include_str!("../examples/demo.toml"), &[]).unwrap();
+        assert_eq!(demo.systems.len(), 3);
+        assert_eq!(
+            demo.topic_router().system_index("wms.public.stock"),
+            Some(2)
+        );
+    }
+
+    #[test]
     fn bad_topic_pattern_is_named() {
         let err = parse(
             &MINIMAL.replace("^erp[.]inventory[.].*", "^erp[.inventory"),
