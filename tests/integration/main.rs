@@ -3,4 +3,5 @@
 //! linked once.
 
 mod pipeline;
+mod stack;
 mod support;
