@@ -273,7 +273,7 @@ impl Harmony {
         let output_topic = format!("{name}.out");
         let dead_letter_topic = format!("{name}.dlq");
         let mut toml = format!(
-            "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{}\"\n\n[output]\ntopic = \"{output_topic}\"\ndead_letter_topic = \"{dead_letter_topic}\"\n\n[http]\naddress = \"127.0.0.1:0\"\n\n[processing]\ncommit_interval = \"{}\"\nshutdown_timeout = \"20s\"\n",
+            "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{}\"\n\n[output]\ntopic = \"{output_topic}\"\ndead_letter_topic = \"{dead_letter_topic}\"\n\n[http]\naddress = \"127.0.0.1:0\"\n\n[processing]\ncommit_interval = \"{}\"\nshutdown_timeout = \"20s\"\n\n[kafka.consumer]\n# A SIGKILLed member blocks the group until its session expires; the broker's minimum.\n\"session.timeout.ms\" = \"6000\"\n",
             bootstrap(),
             options.group_id,
             options.commit_interval
