@@ -47,6 +47,37 @@ pub struct Config {
     pub http: HttpConfig,
     #[serde(default)]
     pub processing: ProcessingConfig,
+    #[serde(default)]
+    pub input: InputConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputConfig {
+    /// Records larger than this are dead-lettered unread, so one huge record cannot stall a
+    /// partition or exhaust memory.
+    #[serde(default = "default_max_record_bytes")]
+    pub max_record_bytes: usize,
+    /// Records nesting arrays and objects deeper than this are dead-lettered.
+    #[serde(default = "default_max_nesting_depth")]
+    pub max_nesting_depth: usize,
+}
+
+impl Default for InputConfig {
+    fn default() -> Self {
+        Self {
+            max_record_bytes: default_max_record_bytes(),
+            max_nesting_depth: default_max_nesting_depth(),
+        }
+    }
+}
+
+fn default_max_nesting_depth() -> usize {
+    crate::envelope::Limits::default().max_nesting_depth
+}
+
+fn default_max_record_bytes() -> usize {
+    crate::envelope::Limits::default().max_record_bytes
 }
 
 #[derive(Clone, Deserialize)]
@@ -313,6 +344,12 @@ impl Config {
             return Err(key_error(
                 "output.replication_factor".into(),
                 "must be at least 1",
+            ));
+        }
+        if self.input.max_record_bytes < 1024 {
+            return Err(key_error(
+                "input.max_record_bytes".into(),
+                "must be at least 1024",
             ));
         }
         if self.processing.max_in_flight == 0 {

@@ -7,7 +7,9 @@
 //! | module | owns |
 //! |---|---|
 //! | [`config`] | the TOML file and its `HARMONY__…` overrides, as a typed, validated tree |
-//! | [`envelope`] | bytes of a Debezium record → typed [`envelope::ChangeEvent`] (pure) |
+//! | [`envelope`] | bytes of a Debezium record → typed [`envelope::Decoded`] record (pure) |
+//! | [`schema`] | the Connect schema of schema-wrapped records: declared column types, cached |
+//! | [`value`] | exact column values: 64-bit integers, decimals, the unavailable placeholder |
 //! | [`output`] | a change → harmony's Debezium-shaped output record (pure) |
 //! | [`kafka`] | client settings that carry the delivery guarantee, topic creation, and [`kafka::offsets`], the one owner of input offsets |
 //! | [`worker`] | the consume → process → produce → acknowledge loop and its life cycle |
@@ -28,5 +30,7 @@ pub mod envelope;
 pub mod http;
 pub mod kafka;
 pub mod output;
+pub mod schema;
 pub mod telemetry;
+pub mod value;
 pub mod worker;

@@ -30,7 +30,7 @@ struct OutputRecord<'a> {
     before: Option<&'a RawValue>,
     after: Option<&'a RawValue>,
     op: &'static str,
-    source: &'a RawValue,
+    source: Option<&'a RawValue>,
     ts_ms: i64,
     harmony: HarmonyBlock<'a>,
 }
@@ -52,8 +52,8 @@ pub fn encode_change(
 ) {
     buf.clear();
     let record = OutputRecord {
-        before: event.before,
-        after: event.after,
+        before: event.before.as_ref().map(|r| r.raw),
+        after: event.after.as_ref().map(|r| r.raw),
         op: event.op.code(),
         source: event.source_raw,
         ts_ms: now_ms,

@@ -11,6 +11,7 @@ use crate::envelope::{DecodeError, Op};
 pub struct Metrics {
     events_consumed: IntCounterVec,
     tombstones: IntCounterVec,
+    control_records: IntCounterVec,
     decode_failures: IntCounterVec,
     dead_letters: IntCounterVec,
     outputs_published: IntCounterVec,
@@ -36,6 +37,11 @@ impl Metrics {
                 "harmony_tombstones_total",
                 "Kafka tombstones (null values after deletes) read and skipped.",
                 &["system", "topic"],
+            )?,
+            control_records: counter(
+                "harmony_control_records_total",
+                "Heartbeats, transaction markers and schema changes read: recognised, not record changes.",
+                &["system", "topic", "kind"],
             )?,
             decode_failures: counter(
                 "harmony_decode_failures_total",
@@ -82,6 +88,13 @@ impl Metrics {
     pub fn tombstone_skipped(&self, system: &str, topic: &str) {
         tracing::trace!(system, topic, "tombstone skipped");
         self.tombstones.with_label_values(&[system, topic]).inc();
+    }
+
+    pub fn control_record(&self, system: &str, topic: &str, kind: &str) {
+        tracing::trace!(system, topic, kind, "control record");
+        self.control_records
+            .with_label_values(&[system, topic, kind])
+            .inc();
     }
 
     /// An input record is going to the dead-letter topic.

@@ -16,14 +16,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::Message;
 use thiserror::Error;
 use tokio::sync::watch;
 
 use crate::config::{Config, TopicRouter};
-use crate::envelope::{decode, Decoded};
+use crate::envelope::{Decoded, Decoder, Limits, RecordHeaders};
 use crate::http::Health;
 use crate::kafka::offsets::{OffsetStore, Ticket};
 use crate::kafka::{self, topics};
@@ -100,6 +100,10 @@ pub async fn run(
         producer: &producer,
         router: config.topic_router(),
         offsets: OffsetStore::new(&consumer),
+        decoder: Decoder::new(Limits {
+            max_record_bytes: config.input.max_record_bytes,
+            max_nesting_depth: config.input.max_nesting_depth,
+        }),
         deliveries: FuturesUnordered::new(),
         buf: Vec::with_capacity(4096),
     };
@@ -125,6 +129,7 @@ struct Pipeline<'a> {
     producer: &'a FutureProducer,
     router: TopicRouter,
     offsets: OffsetStore<'a, StreamConsumer>,
+    decoder: Decoder,
     deliveries: FuturesUnordered<PendingCompletion>,
     /// Reused for every output value.
     buf: Vec<u8>,
@@ -197,7 +202,13 @@ impl Pipeline<'_> {
         };
         let system = self.config.systems[system_index].name.as_str();
 
-        match decode(message.key(), message.payload()) {
+        let headers = message.headers().map_or_else(RecordHeaders::default, |hs| {
+            RecordHeaders::from_pairs(hs.iter().map(|h| (h.key, h.value)))
+        });
+        match self
+            .decoder
+            .decode(message.key(), message.payload(), headers)
+        {
             Ok(Decoded::Change(event)) => {
                 self.metrics.change_consumed(system, topic, event.op);
                 encode_change(&mut self.buf, &event, system, origin, now_ms());
@@ -215,6 +226,13 @@ impl Pipeline<'_> {
                 sends.push((Destination::Output, send(self.producer, record).await));
             }
             Ok(Decoded::Tombstone) => self.metrics.tombstone_skipped(system, topic),
+            Ok(
+                control @ (Decoded::Heartbeat { .. }
+                | Decoded::Transaction(_)
+                | Decoded::SchemaChange),
+            ) => {
+                self.metrics.control_record(system, topic, control.kind());
+            }
             Err(error) => {
                 self.metrics
                     .decode_failed(topic, origin.partition, origin.offset, &error);

@@ -2,6 +2,8 @@
 //! Debezium → Kafka → harmony → output topics. One test binary with modules, so librdkafka is
 //! linked once.
 
+mod capture;
+mod decoding;
 mod pipeline;
 mod stack;
 mod support;

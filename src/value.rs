@@ -1,0 +1,478 @@
+//! Column values as Debezium carries them, decoded exactly.
+//!
+//! The traps this module exists for:
+//! * 64-bit integers never pass through `f64` (`ts_ns` and `bigint` ids exceed 2^53);
+//! * decimals are exact: `"12.3400"` (string mode), base64 two's-complement bytes with the
+//!   scale from the schema (precise mode), `{"scale":2,"value":"…"}` (variable scale);
+//! * `__debezium_unavailable_value` means "this column did not change and Debezium does not
+//!   have it" (TOAST, LOB): [`Value::Unavailable`], never a new value;
+//! * integers that arrive as JSON strings when the schema says they are integers.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use base64::Engine;
+use serde_json::value::RawValue;
+
+/// Debezium's placeholder for a column value it does not have (unchanged TOAST or LOB).
+pub const UNAVAILABLE_PLACEHOLDER: &str = "__debezium_unavailable_value";
+/// The same placeholder in a binary column, base64-encoded by the JSON converter.
+const UNAVAILABLE_PLACEHOLDER_BASE64: &str = "X19kZWJleml1bV91bmF2YWlsYWJsZV92YWx1ZQ==";
+
+/// One column value.
+#[derive(Debug, Clone)]
+pub enum Value<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Decimal(Decimal),
+    Text(Cow<'a, str>),
+    /// Structs, arrays, maps, and anything harmony passes through without interpreting.
+    Raw(&'a RawValue),
+    /// The column did not change; its value is not in this event.
+    Unavailable,
+}
+
+impl Value<'_> {
+    /// The value as an exact number, whichever way the connector rendered it (precise bytes,
+    /// string mode, JSON number, integer).
+    pub fn as_decimal(&self) -> Option<Decimal> {
+        match self {
+            Value::Decimal(d) => Some(d.normalized()),
+            Value::Int(i) => Some(Decimal {
+                unscaled: i128::from(*i),
+                scale: 0,
+            }),
+            Value::Text(t) => Decimal::parse(t).map(Decimal::normalized),
+            _ => None,
+        }
+    }
+
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Value::Float(f) => Some(*f),
+            other => other.as_decimal().map(Decimal::to_f64),
+        }
+    }
+
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            Value::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Text(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+impl PartialEq for Value<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        use Value::*;
+        match (self, other) {
+            (Null, Null) | (Unavailable, Unavailable) => true,
+            (Bool(a), Bool(b)) => a == b,
+            (Int(a), Int(b)) => a == b,
+            (Float(a), Float(b)) => a == b,
+            (Decimal(a), Decimal(b)) => a == b,
+            (Text(a), Text(b)) => a == b,
+            // Raw JSON compares by its text: the same value written the same way.
+            (Raw(a), Raw(b)) => a.get() == b.get(),
+            _ => false,
+        }
+    }
+}
+
+/// An exact decimal: `unscaled × 10^-scale`. 38 significant digits, which covers every SQL
+/// `DECIMAL`/`NUMERIC` with a declared precision up to 38.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Decimal {
+    pub unscaled: i128,
+    pub scale: u32,
+}
+
+impl Decimal {
+    /// Parses `-12.340`, `12`, and the exponent form Debezium's `double` mode can produce
+    /// (`1.23456781234E7`), exactly.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (mantissa, exponent) = match text.find(['e', 'E']) {
+            Some(i) => (&text[..i], text[i + 1..].parse::<i32>().ok()?),
+            None => (text, 0),
+        };
+        let plain = Self::parse_plain(mantissa)?;
+        let scale = i64::from(plain.scale) - i64::from(exponent);
+        if scale >= 0 {
+            Some(Self {
+                unscaled: plain.unscaled,
+                scale: u32::try_from(scale).ok()?,
+            })
+        } else {
+            let factor = 10i128.checked_pow(u32::try_from(-scale).ok()?)?;
+            Some(Self {
+                unscaled: plain.unscaled.checked_mul(factor)?,
+                scale: 0,
+            })
+        }
+    }
+
+    fn parse_plain(text: &str) -> Option<Self> {
+        let (negative, digits) = match text.as_bytes().first()? {
+            b'-' => (true, &text[1..]),
+            b'+' => (false, &text[1..]),
+            _ => (false, text),
+        };
+        let (int_part, frac_part) = digits.split_once('.').unwrap_or((digits, ""));
+        if int_part.is_empty() && frac_part.is_empty() {
+            return None;
+        }
+        let mut unscaled: i128 = 0;
+        for b in int_part.bytes().chain(frac_part.bytes()) {
+            if !b.is_ascii_digit() {
+                return None;
+            }
+            unscaled = unscaled
+                .checked_mul(10)?
+                .checked_add(i128::from(b - b'0'))?;
+        }
+        Some(Self {
+            unscaled: if negative { -unscaled } else { unscaled },
+            scale: u32::try_from(frac_part.len()).ok()?,
+        })
+    }
+
+    /// The same number with trailing fractional zeros removed: `10.5000` → `10.5`, so that
+    /// equal numbers compare equal whatever scale their column declared.
+    pub fn normalized(self) -> Self {
+        let mut d = self;
+        while d.scale > 0 && d.unscaled % 10 == 0 {
+            d.unscaled /= 10;
+            d.scale -= 1;
+        }
+        d
+    }
+
+    pub fn to_f64(self) -> f64 {
+        self.unscaled as f64 / 10f64.powi(self.scale as i32)
+    }
+
+    /// Kafka Connect's `Decimal` logical type: big-endian two's-complement bytes.
+    pub fn from_be_bytes(bytes: &[u8], scale: u32) -> Option<Self> {
+        if bytes.is_empty() || bytes.len() > 16 {
+            return None;
+        }
+        let fill = if bytes[0] & 0x80 != 0 { 0xFF } else { 0x00 };
+        let mut buf = [fill; 16];
+        buf[16 - bytes.len()..].copy_from_slice(bytes);
+        Some(Self {
+            unscaled: i128::from_be_bytes(buf),
+            scale,
+        })
+    }
+}
+
+impl fmt::Display for Decimal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sign = if self.unscaled < 0 { "-" } else { "" };
+        let digits = self.unscaled.unsigned_abs().to_string();
+        let scale = self.scale as usize;
+        if scale == 0 {
+            return write!(f, "{sign}{digits}");
+        }
+        let padded = format!("{digits:0>width$}", width = scale + 1);
+        let (int_part, frac_part) = padded.split_at(padded.len() - scale);
+        write!(f, "{sign}{int_part}.{frac_part}")
+    }
+}
+
+/// What the connector's schema says a column is, where a schema is present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ColumnType {
+    Boolean,
+    Integer,
+    Float,
+    String,
+    /// Connect `bytes`, base64 in JSON.
+    Bytes,
+    /// `org.apache.kafka.connect.data.Decimal` with its scale.
+    Decimal {
+        scale: u32,
+    },
+    /// `io.debezium.data.VariableScaleDecimal`: `{"scale": s, "value": base64}`.
+    VariableScaleDecimal,
+    /// Struct, array, map: passed through.
+    Composite,
+}
+
+/// Decodes one column's raw JSON, with its declared type when the record has a schema.
+pub fn decode_value<'a>(
+    raw: &'a RawValue,
+    declared: Option<&ColumnType>,
+) -> Result<Value<'a>, String> {
+    let text = raw.get();
+    let first = text.as_bytes().first().copied().unwrap_or(b'n');
+    if text == "null" {
+        return Ok(Value::Null);
+    }
+    match (declared, first) {
+        (Some(ColumnType::Decimal { scale }), b'"') => {
+            let encoded = string_of(raw)?;
+            if encoded == UNAVAILABLE_PLACEHOLDER_BASE64 || encoded == UNAVAILABLE_PLACEHOLDER {
+                return Ok(Value::Unavailable);
+            }
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(encoded.as_bytes())
+                .map_err(|e| format!("decimal is not base64: {e}"))?;
+            Decimal::from_be_bytes(&bytes, *scale)
+                .map(Value::Decimal)
+                .ok_or_else(|| "decimal wider than 38 digits".to_owned())
+        }
+        (Some(ColumnType::VariableScaleDecimal), b'{') => variable_scale_decimal(raw),
+        (Some(ColumnType::Integer), b'"') => {
+            let s = string_of(raw)?;
+            s.parse()
+                .map(Value::Int)
+                .map_err(|_| format!("integer column holds `{s}`"))
+        }
+        (Some(ColumnType::Float), b'"') => {
+            // Connect's JSON converter writes NaN and infinities as strings.
+            let s = string_of(raw)?;
+            s.parse()
+                .map(Value::Float)
+                .map_err(|_| format!("float column holds `{s}`"))
+        }
+        (Some(ColumnType::Composite), _) => Ok(Value::Raw(raw)),
+        (_, b'"') => {
+            let s = string_of(raw)?;
+            if s == UNAVAILABLE_PLACEHOLDER || s == UNAVAILABLE_PLACEHOLDER_BASE64 {
+                Ok(Value::Unavailable)
+            } else {
+                Ok(Value::Text(s))
+            }
+        }
+        (_, b't') => Ok(Value::Bool(true)),
+        (_, b'f') => Ok(Value::Bool(false)),
+        (Some(ColumnType::Float), _) => text
+            .parse()
+            .map(Value::Float)
+            .map_err(|_| format!("float column holds `{text}`")),
+        (_, b'-' | b'0'..=b'9') => Ok(number(text)),
+        (_, b'[') if text.contains(UNAVAILABLE_PLACEHOLDER) => Ok(Value::Unavailable),
+        _ => Ok(Value::Raw(raw)),
+    }
+}
+
+/// A JSON number by its text: an integer if it is one that fits, else an exact decimal (the
+/// text is what the connector wrote; reading it through f64 would change it), else a float.
+fn number(text: &str) -> Value<'_> {
+    if let Ok(i) = text.parse::<i64>() {
+        return Value::Int(i);
+    }
+    if let Some(d) = Decimal::parse(text) {
+        return Value::Decimal(d);
+    }
+    text.parse().map_or(Value::Float(f64::NAN), Value::Float)
+}
+
+fn string_of(raw: &RawValue) -> Result<Cow<'_, str>, String> {
+    serde_json::from_str::<Cow<'_, str>>(raw.get()).map_err(|e| e.to_string())
+}
+
+fn variable_scale_decimal(raw: &RawValue) -> Result<Value<'_>, String> {
+    #[derive(serde::Deserialize)]
+    struct Vsd<'a> {
+        scale: u32,
+        #[serde(borrow)]
+        value: Cow<'a, str>,
+    }
+    let v: Vsd<'_> =
+        serde_json::from_str(raw.get()).map_err(|e| format!("variable-scale decimal: {e}"))?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(v.value.as_bytes())
+        .map_err(|e| format!("variable-scale decimal is not base64: {e}"))?;
+    Decimal::from_be_bytes(&bytes, v.scale)
+        .map(Value::Decimal)
+        .ok_or_else(|| "decimal wider than 38 digits".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(text: &str) -> Box<RawValue> {
+        RawValue::from_string(text.to_owned()).unwrap()
+    }
+
+    #[test]
+    fn integers_beyond_f64_precision_stay_exact() {
+        let r = raw("1795932223496409000");
+        assert_eq!(
+            decode_value(&r, None).unwrap(),
+            Value::Int(1_795_932_223_496_409_000)
+        );
+        let r = raw("9007199254740993");
+        assert_eq!(
+            decode_value(&r, Some(&ColumnType::Integer)).unwrap(),
+            Value::Int(9_007_199_254_740_993)
+        );
+    }
+
+    #[test]
+    fn integers_as_strings_when_the_schema_says_integer() {
+        let r = raw(r#""-42""#);
+        assert_eq!(
+            decode_value(&r, Some(&ColumnType::Integer)).unwrap(),
+            Value::Int(-42)
+        );
+        assert!(decode_value(&raw(r#""4x""#), Some(&ColumnType::Integer)).is_err());
+    }
+
+    #[test]
+    fn decimals_in_every_mode() {
+        // precise: 12.3450 with scale 4 → unscaled 123450 = 0x01E23A
+        let r = raw(r#""AeI6""#);
+        let d = Decimal {
+            unscaled: 123_450,
+            scale: 4,
+        };
+        assert_eq!(
+            decode_value(&r, Some(&ColumnType::Decimal { scale: 4 })).unwrap(),
+            Value::Decimal(d)
+        );
+        assert_eq!(d.to_string(), "12.3450");
+        // negative: -1.00 with scale 2 → -100 = 0xFF9C
+        let r = raw(r#""/5w=""#);
+        let v = decode_value(&r, Some(&ColumnType::Decimal { scale: 2 })).unwrap();
+        assert_eq!(
+            v,
+            Value::Decimal(Decimal {
+                unscaled: -100,
+                scale: 2
+            })
+        );
+        // variable scale
+        let r = raw(r#"{"scale":3,"value":"AeI6"}"#);
+        let v = decode_value(&r, Some(&ColumnType::VariableScaleDecimal)).unwrap();
+        assert_eq!(
+            v,
+            Value::Decimal(Decimal {
+                unscaled: 123_450,
+                scale: 3
+            })
+        );
+        // string mode is text; the engine reads it with Decimal::parse
+        assert_eq!(
+            Decimal::parse("-0.05"),
+            Some(Decimal {
+                unscaled: -5,
+                scale: 2
+            })
+        );
+        assert_eq!(
+            Decimal::parse("12"),
+            Some(Decimal {
+                unscaled: 12,
+                scale: 0
+            })
+        );
+        assert_eq!(
+            Decimal::parse("1e3"),
+            Some(Decimal {
+                unscaled: 1000,
+                scale: 0
+            })
+        );
+        assert_eq!(
+            Decimal::parse("1.23456781234E7"),
+            Some(Decimal {
+                unscaled: 123_456_781_234,
+                scale: 4
+            })
+        );
+        assert_eq!(
+            Decimal::parse("2.5e-3"),
+            Some(Decimal {
+                unscaled: 25,
+                scale: 4
+            })
+        );
+        assert_eq!(Decimal::parse("1e"), None);
+        assert_eq!(Decimal::parse("."), None);
+        assert_eq!(Decimal::parse("-"), None);
+        assert_eq!(
+            Decimal {
+                unscaled: 105_000,
+                scale: 4
+            }
+            .normalized(),
+            Decimal {
+                unscaled: 105,
+                scale: 1
+            }
+        );
+        assert_eq!(
+            Decimal {
+                unscaled: -5,
+                scale: 2
+            }
+            .to_string(),
+            "-0.05"
+        );
+        // double mode: a JSON number with a fraction, kept exact
+        assert_eq!(
+            decode_value(&raw("19.99"), None).unwrap(),
+            Value::Decimal(Decimal {
+                unscaled: 1999,
+                scale: 2
+            })
+        );
+    }
+
+    #[test]
+    fn unavailable_placeholder_is_not_a_value() {
+        assert_eq!(
+            decode_value(&raw(r#""__debezium_unavailable_value""#), None).unwrap(),
+            Value::Unavailable
+        );
+        assert_eq!(
+            decode_value(
+                &raw(r#""X19kZWJleml1bV91bmF2YWlsYWJsZV92YWx1ZQ==""#),
+                Some(&ColumnType::Bytes)
+            )
+            .unwrap(),
+            Value::Unavailable
+        );
+        assert_eq!(
+            decode_value(&raw(r#"["__debezium_unavailable_value"]"#), None).unwrap(),
+            Value::Unavailable
+        );
+    }
+
+    #[test]
+    fn other_json_kinds() {
+        assert_eq!(decode_value(&raw("null"), None).unwrap(), Value::Null);
+        assert_eq!(decode_value(&raw("true"), None).unwrap(), Value::Bool(true));
+        assert_eq!(
+            decode_value(&raw(r#""a\"b""#), None).unwrap(),
+            Value::Text("a\"b".into())
+        );
+        assert_eq!(
+            decode_value(&raw("1.5e3"), None).unwrap(),
+            Value::Decimal(Decimal {
+                unscaled: 1500,
+                scale: 0
+            })
+        );
+        assert!(
+            matches!(decode_value(&raw(r#""NaN""#), Some(&ColumnType::Float)).unwrap(), Value::Float(f) if f.is_nan())
+        );
+        assert!(matches!(
+            decode_value(&raw(r#"{"x":1}"#), None).unwrap(),
+            Value::Raw(_)
+        ));
+    }
+}

@@ -1,0 +1,301 @@
+//! Captures the decoder's fixtures from the real Debezium Postgres connector, in each
+//! converter mode: `scripts/capture-fixtures` runs this (it is `#[ignore]`d otherwise) and
+//! the records land in `tests/fixtures/postgres/<connector>.jsonl`, raw, one per line.
+//!
+//! The cases, in order: snapshot read; multi-row insert (64-bit integers past 2^53, negative
+//! and variable-scale decimals, dates, timestamps, arrays, JSON, bytes); update; primary-key
+//! change; delete; TOAST-ed column left unchanged by an update; truncate; logical message;
+//! plus whatever heartbeats and transaction markers the connectors write meanwhile.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientConfig;
+use serde_json::{json, Value};
+
+use crate::support::{bootstrap, psql, Record, TopicReader};
+
+/// The connectors, their converter modes and decimal handling.
+const CONNECTORS: [(&str, &str); 3] = [
+    ("fx_schema", "schema"),
+    ("fx_plain", "plain"),
+    ("fx_flat", "flat"),
+];
+
+fn connect_url() -> String {
+    format!(
+        "http://127.0.0.1:{}",
+        std::env::var("CONNECT_PORT").unwrap_or_else(|_| "8083".into())
+    )
+}
+
+fn curl(method: &str, path: &str, body: Option<&Value>) -> Result<(u16, String)> {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+        "-X",
+        method,
+        "-H",
+        "Content-Type: application/json",
+    ]);
+    if let Some(b) = body {
+        cmd.args(["--data-binary", &b.to_string()]);
+    }
+    let out = cmd.arg(format!("{}{path}", connect_url())).output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').context("curl printed no status")?;
+    Ok((code.trim().parse()?, body.to_owned()))
+}
+
+fn connector_config(name: &str, mode: &str) -> Value {
+    let pg_port = std::env::var("PG_PORT").unwrap_or_else(|_| "55432".into());
+    let mut config = json!({
+        "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
+        "tasks.max": "1",
+        "plugin.name": "pgoutput",
+        "database.hostname": "127.0.0.1",
+        "database.port": pg_port,
+        "database.user": "harmony",
+        "database.password": std::env::var("PG_PASSWORD").unwrap_or_else(|_| "harmony".into()),
+        "database.dbname": "fixtures",
+        "topic.prefix": name,
+        "table.include.list": "public.kinds,public.notes",
+        "slot.name": name,
+        "publication.name": name,
+        "publication.autocreate.mode": "filtered",
+        // Truncates are skipped unless asked for.
+        "skipped.operations": "none",
+        "heartbeat.interval.ms": "1000",
+        "topic.creation.default.replication.factor": "1",
+        "topic.creation.default.partitions": "1",
+        "key.converter": "org.apache.kafka.connect.json.JsonConverter",
+        "value.converter": "org.apache.kafka.connect.json.JsonConverter",
+    });
+    let extra = match mode {
+        "schema" => json!({
+            "key.converter.schemas.enable": "true",
+            "value.converter.schemas.enable": "true",
+            "decimal.handling.mode": "precise",
+            "provide.transaction.metadata": "true",
+        }),
+        "plain" => json!({
+            "key.converter.schemas.enable": "false",
+            "value.converter.schemas.enable": "false",
+            "decimal.handling.mode": "string",
+        }),
+        _ => json!({
+            "key.converter.schemas.enable": "false",
+            "value.converter.schemas.enable": "false",
+            "decimal.handling.mode": "double",
+            "transforms": "unwrap",
+            "transforms.unwrap.type": "io.debezium.transforms.ExtractNewRecordState",
+            "transforms.unwrap.add.fields": "op,table,lsn,source.ts_ms",
+            "transforms.unwrap.delete.tombstone.handling.mode": "rewrite-with-tombstone",
+        }),
+    };
+    config
+        .as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    config
+}
+
+fn wait_until(timeout: Duration, what: &str, mut ok: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if ok()? {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    bail!("timed out waiting for {what}")
+}
+
+fn reset() -> Result<()> {
+    for (name, _) in CONNECTORS {
+        curl("DELETE", &format!("/connectors/{name}"), None)?;
+    }
+    wait_until(Duration::from_secs(30), "connectors to stop", || {
+        let slots = psql(
+            "postgres",
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'fx\\_%' AND active",
+        )?;
+        Ok(slots == "0")
+    })?;
+    psql("postgres", "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name LIKE 'fx\\_%'")?;
+    psql("postgres", "DROP DATABASE IF EXISTS fixtures")?;
+    psql("postgres", "CREATE DATABASE fixtures")?;
+    let sql = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/sql/fixtures.sql"
+    ))?;
+    psql("fixtures", &sql)?;
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()?;
+    let metadata = consumer.fetch_metadata(None, Duration::from_secs(10))?;
+    let ours: Vec<String> = metadata
+        .topics()
+        .iter()
+        .map(|t| t.name().to_owned())
+        .filter(|t| {
+            CONNECTORS
+                .iter()
+                .any(|(n, _)| t.starts_with(&format!("{n}.")) || t.ends_with(&format!(".{n}")))
+        })
+        .collect();
+    if !ours.is_empty() {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap())
+            .create()?;
+        let names: Vec<&str> = ours.iter().map(String::as_str).collect();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(admin.delete_topics(&names, &AdminOptions::new()))?;
+        // Deletion is asynchronous in the broker; wait until the names are free again.
+        wait_until(Duration::from_secs(30), "topic deletion", || {
+            let md = consumer.fetch_metadata(None, Duration::from_secs(10))?;
+            Ok(!md
+                .topics()
+                .iter()
+                .any(|t| ours.iter().any(|o| o == t.name())))
+        })?;
+    }
+    Ok(())
+}
+
+fn drive_changes() -> Result<()> {
+    // One transaction, two rows: a multi-row insert.
+    psql(
+        "fixtures",
+        "INSERT INTO kinds (id, name, price, ratio, quantity, big, flag, score, born, seen, seen_tz, tags, doc, blob) VALUES \
+         (2, 'multi a', -1.0000, 3.14159, -5, -9223372036854775808, false, -0.5, '1970-01-01', '1999-12-31 23:59:59.999999', '2000-01-01 00:00:00+00', ARRAY[]::text[], '[]', '\\x00'), \
+         (3, 'multi b ü \"quoted\"', 12345678.1234, 100, 2147483647, 9223372036854775807, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
+    )?;
+    psql(
+        "fixtures",
+        "UPDATE kinds SET price = 11.2500, quantity = 8 WHERE id = 1",
+    )?;
+    psql("fixtures", "UPDATE kinds SET id = 20 WHERE id = 2")?;
+    psql("fixtures", "DELETE FROM kinds WHERE id = 3")?;
+    // 12 KB of incompressible-looking text, stored out of line.
+    psql(
+        "fixtures",
+        "INSERT INTO notes (id, title, body) SELECT 1, 'toasted', string_agg(md5(i::text), '') FROM generate_series(1, 400) AS i",
+    )?;
+    psql(
+        "fixtures",
+        "UPDATE notes SET title = 'toasted, retitled' WHERE id = 1",
+    )?;
+    psql("fixtures", "TRUNCATE notes")?;
+    psql(
+        "fixtures",
+        "SELECT pg_logical_emit_message(true, 'harmony', 'hello from a transaction')",
+    )?;
+    Ok(())
+}
+
+#[test]
+#[ignore = "captures fixtures from the running stack; run scripts/capture-fixtures"]
+fn capture_postgres_fixtures() -> Result<()> {
+    reset()?;
+    for (name, mode) in CONNECTORS {
+        let (code, body) = curl(
+            "PUT",
+            &format!("/connectors/{name}/config"),
+            Some(&connector_config(name, mode)),
+        )?;
+        if code >= 300 {
+            bail!("registering {name}: {code} {body}");
+        }
+    }
+    for (name, _) in CONNECTORS {
+        wait_until(Duration::from_secs(120), &format!("{name} RUNNING"), || {
+            let (_, body) = curl("GET", &format!("/connectors/{name}/status"), None)?;
+            let status: Value = serde_json::from_str(&body).unwrap_or_default();
+            Ok(status["tasks"][0]["state"] == "RUNNING")
+        })?;
+    }
+    // The snapshot must be done before the streamed changes, so they are ordered after it.
+    wait_until(Duration::from_secs(60), "snapshots", || {
+        Ok(CONNECTORS.iter().all(|(name, _)| {
+            TopicReader::new(&format!("{name}.public.kinds"))
+                .and_then(|mut r| r.read_until(Duration::from_secs(2), |rs| !rs.is_empty()))
+                .unwrap_or(false)
+        }))
+    })?;
+    drive_changes()?;
+    // Let heartbeats and the last changes arrive.
+    std::thread::sleep(Duration::from_secs(4));
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()?;
+    let metadata = consumer.fetch_metadata(None, Duration::from_secs(10))?;
+    for (name, _) in CONNECTORS {
+        let mut topics: Vec<String> = metadata
+            .topics()
+            .iter()
+            .map(|t| t.name().to_owned())
+            .filter(|t| {
+                t.starts_with(&format!("{name}.")) || *t == format!("__debezium-heartbeat.{name}")
+            })
+            .collect();
+        topics.sort();
+        let mut lines = Vec::new();
+        for topic in &topics {
+            let mut reader = TopicReader::new(topic)?;
+            reader.read_for(Duration::from_secs(3))?;
+            let mut records: Vec<Record> = reader.records.clone();
+            records.sort_by_key(|r| (r.partition, r.offset));
+            // Heartbeats keep coming; two are enough.
+            let keep = if topic.starts_with("__debezium-heartbeat") {
+                2
+            } else {
+                records.len()
+            };
+            for r in records.into_iter().take(keep) {
+                let headers: BTreeMap<&str, &str> = r
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                lines.push(
+                    json!({
+                        "topic": topic,
+                        "offset": r.offset,
+                        "headers": headers,
+                        "key": r.key,
+                        "value": r.value.as_deref().map(|v| String::from_utf8_lossy(v).into_owned()),
+                    })
+                    .to_string(),
+                );
+            }
+        }
+        let path = format!(
+            "{}/tests/fixtures/postgres/{name}.jsonl",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::write(&path, lines.join("\n") + "\n")?;
+        eprintln!(
+            "wrote {} records from {} topics to {path}",
+            lines.len(),
+            topics.len()
+        );
+    }
+    for (name, _) in CONNECTORS {
+        curl("DELETE", &format!("/connectors/{name}"), None)?;
+    }
+    Ok(())
+}
