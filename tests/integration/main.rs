@@ -5,5 +5,6 @@
 mod capture;
 mod decoding;
 mod pipeline;
+mod poison;
 mod stack;
 mod support;

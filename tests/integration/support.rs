@@ -246,6 +246,8 @@ pub struct HarmonyOptions {
     pub group_id: String,
     pub systems: Vec<(String, Vec<String>)>,
     pub commit_interval: &'static str,
+    /// Appended to the generated config file (whole TOML tables).
+    pub extra_toml: String,
 }
 
 impl HarmonyOptions {
@@ -259,6 +261,7 @@ impl HarmonyOptions {
                 ("wms".into(), vec!["^wms[.]public[.].*".into()]),
             ],
             commit_interval: "1s",
+            extra_toml: String::new(),
         }
     }
 }
@@ -283,6 +286,8 @@ impl Harmony {
                 "\n[[systems]]\nname = \"{system}\"\ntopics = {topics:?}\n"
             ));
         }
+        toml.push('\n');
+        toml.push_str(&options.extra_toml);
         std::fs::write(&config_path, toml)?;
         let mut harmony = Self {
             child: None,

@@ -1,0 +1,198 @@
+//! A poison corpus through the running worker against the real broker: malformed records of
+//! every kind interleaved with valid ones. Every valid change must come out, every malformed
+//! record must land in the dead-letter topic with its original bytes, and the worker must
+//! neither restart nor stall.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use crate::support::{
+    self, create_topic, produce_raw, unique, Harmony, HarmonyOptions, RawRecord, TopicReader,
+};
+
+fn valid(n: usize) -> (Vec<u8>, Vec<u8>) {
+    let key = format!(r#"{{"n":{n}}}"#).into_bytes();
+    let value = format!(
+        r#"{{"before":null,"after":{{"n":{n},"name":"item {n}","price":"{n}.25","big":{}}},"source":{{"connector":"postgresql","name":"erp","db":"erp","schema":"public","table":"poison","ts_ms":1700000000000,"sequence":"[null,\"{}\"]"}},"op":"c","ts_ms":1700000000001}}"#,
+        9_007_199_254_740_993u64 + n as u64,
+        1000 + n
+    )
+    .into_bytes();
+    (key, value)
+}
+
+/// Malformed record number `n`: cycles through every way a record can be broken.
+fn malformed(n: usize) -> (Vec<u8>, &'static str) {
+    let (_, good) = valid(n);
+    let good = String::from_utf8(good).unwrap();
+    match n % 12 {
+        0 => (b"not json at all".to_vec(), "invalid_json"),
+        1 => (vec![0xff, 0xfe, 0x00, 0x7b, 0x7d, n as u8], "not_utf8"),
+        2 => (
+            good.replace(r#""op":"c""#, r#""op":"q""#).into_bytes(),
+            "unknown_op",
+        ),
+        3 => (
+            good.replace(r#""after":{"#, r#""after":null,"x":{"#)
+                .into_bytes(),
+            "missing_image",
+        ),
+        4 => (
+            format!(r#"{{"op":"c","after":{{"n":{n}}}}}"#).into_bytes(),
+            "missing_field",
+        ),
+        5 => (
+            good.replace(r#""sequence":"[null,"#, r#""sequence":"[oops,"#)
+                .into_bytes(),
+            "invalid_source",
+        ),
+        6 => (good.as_bytes()[..good.len() / 2].to_vec(), "invalid_json"),
+        7 => (
+            format!(
+                r#"{{"op":"c","after":{{"a":{}1{}}},"source":{{"ts_ms":1}}}}"#,
+                "[".repeat(200),
+                "]".repeat(200)
+            )
+            .into_bytes(),
+            "too_deep",
+        ),
+        8 => (
+            format!(
+                r#"{{"op":"c","after":{{"a":"{}"}},"source":{{"ts_ms":1}}}}"#,
+                "x".repeat(70_000)
+            )
+            .into_bytes(),
+            "too_large",
+        ),
+        9 => (b"[1,2,3]".to_vec(), "not_an_object"),
+        10 => (
+            format!(r#"{{"id":{n},"name":"flattened without a timestamp","__op":"c"}}"#)
+                .into_bytes(),
+            "missing_field",
+        ),
+        _ => (
+            good.replace(r#""after":{"#, r#""after":["#)
+                .replacen("},\"source\"", "],\"source\"", 1)
+                .into_bytes(),
+            "invalid_json",
+        ),
+    }
+}
+
+#[test]
+fn poison_corpus_is_dead_lettered_while_every_valid_change_comes_out() {
+    if !support::stack_available("poison") {
+        return;
+    }
+    const VALID: usize = 300;
+    const POISON: usize = 240;
+    let source = unique("e2e-poison-corpus");
+    create_topic(&source, 3).unwrap();
+    let mut options = HarmonyOptions::stack(unique("e2e-poison-corpus"));
+    options.systems = vec![("erp".into(), vec![source.clone()])];
+    options.extra_toml = "[input]\nmax_record_bytes = 65536\n".into();
+    let mut harmony = Harmony::start(&options).unwrap();
+
+    // Interleave: after every valid record, a malformed one while any remain, plus a
+    // tombstone and a heartbeat now and then (valid, no output).
+    type OwnedRecord = (Option<Vec<u8>>, Option<Vec<u8>>);
+    let mut owned: Vec<OwnedRecord> = Vec::new();
+    let mut expected_kinds = Vec::new();
+    for n in 0..VALID {
+        let (k, v) = valid(n);
+        owned.push((Some(k), Some(v)));
+        if n < POISON {
+            let (bad, kind) = malformed(n);
+            owned.push((Some(format!(r#"{{"poison":{n}}}"#).into_bytes()), Some(bad)));
+            expected_kinds.push(kind);
+        }
+        if n % 50 == 0 {
+            owned.push((Some(format!(r#"{{"n":{n}}}"#).into_bytes()), None));
+            owned.push((
+                Some(br#"{"serverName":"erp"}"#.to_vec()),
+                Some(br#"{"ts_ms":1700000000000}"#.to_vec()),
+            ));
+        }
+    }
+    let records: Vec<RawRecord<'_>> = owned
+        .iter()
+        .map(|(k, v)| (k.as_deref(), v.as_deref()))
+        .collect();
+    produce_raw(&source, &records).unwrap();
+
+    let mut outputs = TopicReader::new(&harmony.output_topic).unwrap();
+    let mut dlq = TopicReader::new(&harmony.dead_letter_topic).unwrap();
+    let outputs_done = outputs
+        .read_until(Duration::from_secs(90), |r| r.len() >= VALID)
+        .unwrap();
+    let dlq_done = dlq
+        .read_until(Duration::from_secs(30), |r| r.len() >= POISON)
+        .unwrap();
+    outputs.read_for(Duration::from_secs(1)).unwrap();
+    dlq.read_for(Duration::from_secs(1)).unwrap();
+    eprintln!(
+        "poison corpus: produced {} records ({VALID} valid changes, {POISON} malformed, {} tombstones/heartbeats); \
+         outputs {} , dead-lettered {}",
+        owned.len(),
+        owned.len() - VALID - POISON,
+        outputs.records.len(),
+        dlq.records.len()
+    );
+    assert!(
+        outputs_done && dlq_done,
+        "stalled: {} outputs, {} dead letters\n{}",
+        outputs.records.len(),
+        dlq.records.len(),
+        harmony.log()
+    );
+
+    let out: BTreeSet<i64> = outputs
+        .records
+        .iter()
+        .map(|r| r.json()["after"]["n"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        out,
+        (0..VALID as i64).collect(),
+        "every valid change exactly once"
+    );
+    assert_eq!(
+        outputs.records.len(),
+        VALID,
+        "no duplicates without a failure"
+    );
+    // Exact 64-bit values survived the trip.
+    let r0 = outputs
+        .records
+        .iter()
+        .find(|r| r.json()["after"]["n"] == 0)
+        .unwrap();
+    assert!(String::from_utf8_lossy(r0.value.as_deref().unwrap()).contains("9007199254740993"));
+
+    assert_eq!(dlq.records.len(), POISON);
+    for r in &dlq.records {
+        let key: serde_json::Value = serde_json::from_str(r.key.as_deref().unwrap()).unwrap();
+        let n = key["poison"].as_u64().unwrap() as usize;
+        let (bytes, kind) = malformed(n);
+        assert_eq!(
+            r.value.as_deref(),
+            Some(bytes.as_slice()),
+            "poison-{n}: original bytes"
+        );
+        assert_eq!(
+            r.headers["harmony.error.kind"], kind,
+            "poison-{n}: {}",
+            r.headers["harmony.error.message"]
+        );
+        assert_eq!(r.headers["harmony.source.topic"], source);
+    }
+
+    // One process throughout, and it stops cleanly.
+    assert_eq!(harmony.log().matches("harmony starting").count(), 1);
+    let status = harmony.terminate(Duration::from_secs(30)).unwrap();
+    assert!(status.success());
+    let mut kinds: Vec<&str> = expected_kinds.clone();
+    kinds.sort_unstable();
+    kinds.dedup();
+    eprintln!("poison kinds covered: {kinds:?}");
+}
