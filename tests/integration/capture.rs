@@ -299,3 +299,222 @@ fn capture_postgres_fixtures() -> Result<()> {
     }
     Ok(())
 }
+
+/// MariaDB through Debezium's MariaDB connector (binlog): schema-wrapped with precise decimals,
+/// and schemaless with string decimals.
+const MARIADB_CONNECTORS: [(&str, &str); 2] = [("mdb_schema", "schema"), ("mdb_plain", "plain")];
+
+fn mariadb(sql: &str) -> Result<String> {
+    let port = std::env::var("MARIADB_PORT").unwrap_or_else(|_| "53306".into());
+    let password = std::env::var("PG_PASSWORD").unwrap_or_else(|_| "harmony".into());
+    let out = Command::new("mariadb")
+        .args([
+            "--no-defaults",
+            "-h",
+            "127.0.0.1",
+            "-P",
+            &port,
+            "-u",
+            "harmony",
+            &format!("-p{password}"),
+            "-N",
+            "-B",
+            "-e",
+            sql,
+        ])
+        .output()
+        .context("running the mariadb client")?;
+    if !out.status.success() {
+        bail!("mariadb: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn mariadb_connector_config(name: &str, mode: &str) -> Value {
+    let port = std::env::var("MARIADB_PORT").unwrap_or_else(|_| "53306".into());
+    let schemas = (mode == "schema").to_string();
+    json!({
+        "connector.class": "io.debezium.connector.mariadb.MariaDbConnector",
+        "tasks.max": "1",
+        "database.hostname": "127.0.0.1",
+        "database.port": port,
+        "database.user": "harmony",
+        "database.password": std::env::var("PG_PASSWORD").unwrap_or_else(|_| "harmony".into()),
+        "database.ssl.mode": "disabled",
+        "database.server.id": if mode == "schema" { "5401" } else { "5402" },
+        "topic.prefix": name,
+        "database.include.list": "fixtures",
+        "schema.history.internal.kafka.bootstrap.servers": bootstrap(),
+        "schema.history.internal.kafka.topic": format!("_schema-history.{name}"),
+        "include.schema.changes": "true",
+        "skipped.operations": "none",
+        "heartbeat.interval.ms": "1000",
+        "provide.transaction.metadata": schemas,
+        "decimal.handling.mode": if mode == "schema" { "precise" } else { "string" },
+        "bigint.unsigned.handling.mode": "precise",
+        "topic.creation.default.replication.factor": "1",
+        "topic.creation.default.partitions": "1",
+        "key.converter": "org.apache.kafka.connect.json.JsonConverter",
+        "value.converter": "org.apache.kafka.connect.json.JsonConverter",
+        "key.converter.schemas.enable": schemas,
+        "value.converter.schemas.enable": schemas,
+    })
+}
+
+/// Deletes every topic whose name starts with one of `prefixes` (or ends with `.{prefix}`).
+fn delete_topics_of(prefixes: &[&str]) -> Result<()> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()?;
+    let metadata = consumer.fetch_metadata(None, Duration::from_secs(10))?;
+    let ours: Vec<String> = metadata
+        .topics()
+        .iter()
+        .map(|t| t.name().to_owned())
+        .filter(|t| {
+            prefixes
+                .iter()
+                .any(|p| t == p || t.starts_with(&format!("{p}.")) || t.ends_with(&format!(".{p}")))
+        })
+        .collect();
+    if ours.is_empty() {
+        return Ok(());
+    }
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()?;
+    let names: Vec<&str> = ours.iter().map(String::as_str).collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(admin.delete_topics(&names, &AdminOptions::new()))?;
+    wait_until(Duration::from_secs(30), "topic deletion", || {
+        let md = consumer.fetch_metadata(None, Duration::from_secs(10))?;
+        Ok(!md
+            .topics()
+            .iter()
+            .any(|t| ours.iter().any(|o| o == t.name())))
+    })
+}
+
+/// Reads every topic of `name` (data, transaction, schema change, heartbeat) into its file.
+fn write_fixture_file(dir: &str, name: &str) -> Result<()> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()?;
+    let metadata = consumer.fetch_metadata(None, Duration::from_secs(10))?;
+    let mut topics: Vec<String> = metadata
+        .topics()
+        .iter()
+        .map(|t| t.name().to_owned())
+        .filter(|t| {
+            t == name
+                || t.starts_with(&format!("{name}."))
+                || *t == format!("__debezium-heartbeat.{name}")
+        })
+        .collect();
+    topics.sort();
+    let mut lines = Vec::new();
+    for topic in &topics {
+        let mut reader = TopicReader::new(topic)?;
+        reader.read_for(Duration::from_secs(3))?;
+        let mut records: Vec<Record> = reader.records.clone();
+        records.sort_by_key(|r| (r.partition, r.offset));
+        let keep = if topic.starts_with("__debezium-heartbeat") {
+            2
+        } else {
+            records.len()
+        };
+        for r in records.into_iter().take(keep) {
+            let headers: BTreeMap<&str, &str> = r
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            lines.push(
+                json!({
+                    "topic": topic,
+                    "offset": r.offset,
+                    "headers": headers,
+                    "key": r.key,
+                    "value": r.value.as_deref().map(|v| String::from_utf8_lossy(v).into_owned()),
+                })
+                .to_string(),
+            );
+        }
+    }
+    let path = format!(
+        "{}/tests/fixtures/{dir}/{name}.jsonl",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::create_dir_all(format!(
+        "{}/tests/fixtures/{dir}",
+        env!("CARGO_MANIFEST_DIR")
+    ))?;
+    std::fs::write(&path, lines.join("\n") + "\n")?;
+    eprintln!(
+        "wrote {} records from {} topics to {path}",
+        lines.len(),
+        topics.len()
+    );
+    Ok(())
+}
+
+#[test]
+#[ignore = "captures fixtures from the running stack; run scripts/capture-fixtures"]
+fn capture_mariadb_fixtures() -> Result<()> {
+    for (name, _) in MARIADB_CONNECTORS {
+        curl("DELETE", &format!("/connectors/{name}"), None)?;
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let names: Vec<&str> = MARIADB_CONNECTORS.iter().map(|(n, _)| *n).collect();
+    let mut history: Vec<String> = names
+        .iter()
+        .map(|n| format!("_schema-history.{n}"))
+        .collect();
+    history.extend(names.iter().map(|n| n.to_string()));
+    delete_topics_of(&history.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let sql = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/sql/fixtures-mariadb.sql"
+    ))?;
+    mariadb(&sql)?;
+
+    for (name, mode) in MARIADB_CONNECTORS {
+        let (code, body) = curl(
+            "PUT",
+            &format!("/connectors/{name}/config"),
+            Some(&mariadb_connector_config(name, mode)),
+        )?;
+        if code >= 300 {
+            bail!("registering {name}: {code} {body}");
+        }
+    }
+    wait_until(Duration::from_secs(90), "MariaDB snapshots", || {
+        Ok(MARIADB_CONNECTORS.iter().all(|(name, _)| {
+            TopicReader::new(&format!("{name}.fixtures.kinds"))
+                .and_then(|mut r| r.read_until(Duration::from_secs(2), |rs| !rs.is_empty()))
+                .unwrap_or(false)
+        }))
+    })?;
+    mariadb(
+        "USE fixtures; \
+         INSERT INTO kinds VALUES \
+           (2, 'multi a', -1.0000, -5, -9223372036854775808, 0, false, -0.5, '1970-01-01', '1999-12-31 23:59:59.999999', '[]', X'00'), \
+           (3, 'multi b ü \"quoted\"', 12345678.1234, 2147483647, 9223372036854775807, 9223372036854775808, NULL, NULL, NULL, NULL, NULL, NULL); \
+         UPDATE kinds SET price = 11.2500, quantity = 8 WHERE id = 1; \
+         UPDATE kinds SET id = 20 WHERE id = 2; \
+         DELETE FROM kinds WHERE id = 3; \
+         ALTER TABLE kinds ADD COLUMN note varchar(20); \
+         INSERT INTO kinds (id, name, note) VALUES (4, 'after ddl', 'new column'); \
+         TRUNCATE kinds;",
+    )?;
+    std::thread::sleep(Duration::from_secs(5));
+    for (name, _) in MARIADB_CONNECTORS {
+        write_fixture_file("mariadb", name)?;
+    }
+    for (name, _) in MARIADB_CONNECTORS {
+        curl("DELETE", &format!("/connectors/{name}"), None)?;
+    }
+    Ok(())
+}
