@@ -271,9 +271,9 @@ impl DecodeError {
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_record_bytes: usize,
-    /// Deepest nesting of arrays and objects accepted anywhere in a record. serde_json bounds
-    /// its own recursion, but values harmony passes through raw are skipped iteratively and
-    /// would reach downstream consumers, whose parsers may recurse.
+    /// Deepest nesting of arrays and objects accepted in a column value. serde_json bounds the
+    /// recursion of what it parses, but the column values harmony passes on raw are skipped
+    /// iteratively and would reach downstream consumers, whose parsers may recurse.
     pub max_nesting_depth: usize,
 }
 
@@ -288,9 +288,9 @@ impl Default for Limits {
     }
 }
 
-/// Whether `bytes` nests arrays and objects deeper than `max`. A record with no more opening
+/// Whether `bytes` nests arrays and objects deeper than `max`. A value with no more opening
 /// brackets than `max` cannot, and that count is a single vectorisable pass; only the rare
-/// record with more is scanned with string awareness.
+/// value with more is scanned with string awareness.
 fn nests_deeper_than(bytes: &[u8], max: usize) -> bool {
     let openers = bytes.iter().filter(|&&b| b == b'[' || b == b'{').count();
     if openers <= max {
@@ -380,9 +380,6 @@ impl Decoder {
                     limit: self.limits.max_record_bytes,
                 });
             }
-            if nests_deeper_than(bytes, self.limits.max_nesting_depth) {
-                return Err(DecodeError::TooDeep);
-            }
         }
         let text = std::str::from_utf8(value).map_err(|_| DecodeError::NotUtf8)?;
         let outer: RawRecord<'_> = serde_json::from_str(text).map_err(|e| {
@@ -412,9 +409,23 @@ impl Decoder {
                             .map_err(DecodeError::Schema)?,
                     )
                 };
-                classify(record, payload.get(), schema.as_deref(), key, headers)
+                classify(
+                    record,
+                    payload.get(),
+                    schema.as_deref(),
+                    key,
+                    headers,
+                    self.limits.max_nesting_depth,
+                )
             }
-            _ => classify(outer, text, None, key, headers),
+            _ => classify(
+                outer,
+                text,
+                None,
+                key,
+                headers,
+                self.limits.max_nesting_depth,
+            ),
         }
     }
 }
@@ -547,11 +558,12 @@ fn classify<'a>(
     schema: Option<&ValueSchema>,
     key: Option<&'a RawValue>,
     headers: RecordHeaders<'a>,
+    max_depth: usize,
 ) -> Result<Decoded<'a>, DecodeError> {
     if let Some(op) = &record.op {
         let op =
             Op::from_code(op).ok_or_else(|| DecodeError::UnknownOp(op.clone().into_owned()))?;
-        return change_from_envelope(record, op, schema.map(|s| &s.row), key, headers);
+        return change_from_envelope(record, op, schema.map(|s| &s.row), key, headers, max_depth);
     }
     if record.ddl {
         return Ok(Decoded::SchemaChange);
@@ -569,7 +581,14 @@ fn classify<'a>(
         }
     }
     if record.is_flattened() {
-        return change_from_flattened(record, text, schema.map(|s| &s.row), key, headers);
+        return change_from_flattened(
+            record,
+            text,
+            schema.map(|s| &s.row),
+            key,
+            headers,
+            max_depth,
+        );
     }
     if let (Some(ts_ms), true) = (
         record.ts_ms,
@@ -595,11 +614,12 @@ fn change_from_envelope<'a>(
     row_schema: Option<&RowSchema>,
     key: Option<&'a RawValue>,
     headers: RecordHeaders<'a>,
+    max_depth: usize,
 ) -> Result<Decoded<'a>, DecodeError> {
     let source_raw = record.source.ok_or(DecodeError::MissingField("source"))?;
     let source = decode_source(source_raw)?;
-    let before = image(record.before, row_schema)?;
-    let after = image(record.after, row_schema)?;
+    let before = image(record.before, row_schema, max_depth)?;
+    let after = image(record.after, row_schema, max_depth)?;
     match op {
         Op::Create | Op::Read | Op::Update if after.is_none() => {
             return Err(DecodeError::MissingImage {
@@ -647,6 +667,7 @@ fn change_from_flattened<'a>(
     row_schema: Option<&RowSchema>,
     key: Option<&'a RawValue>,
     headers: RecordHeaders<'a>,
+    max_depth: usize,
 ) -> Result<Decoded<'a>, DecodeError> {
     let deleted = record
         .flat_deleted
@@ -669,7 +690,7 @@ fn change_from_flattened<'a>(
     };
     // The flattened record *is* the row (plus `__` fields): read it again, column by column.
     let raw: &RawValue = serde_json::from_str(text).map_err(DecodeError::json)?;
-    let row = row(raw, row_schema, true)?;
+    let row = row(raw, row_schema, true, max_depth)?;
     let (before, after) = if op == Op::Delete {
         (Some(row), None)
     } else {
@@ -708,6 +729,7 @@ fn change_from_flattened<'a>(
 fn image<'a>(
     raw: Option<&'a RawValue>,
     schema: Option<&RowSchema>,
+    max_depth: usize,
 ) -> Result<Option<Row<'a>>, DecodeError> {
     match raw {
         None => Ok(None),
@@ -716,7 +738,7 @@ fn image<'a>(
             column: "(row image)".into(),
             message: "is not an object".into(),
         }),
-        Some(r) => row(r, schema, false).map(Some),
+        Some(r) => row(r, schema, false, max_depth).map(Some),
     }
 }
 
@@ -726,43 +748,80 @@ fn row<'a>(
     raw: &'a RawValue,
     schema: Option<&RowSchema>,
     skip_meta: bool,
+    max_depth: usize,
 ) -> Result<Row<'a>, DecodeError> {
-    let RawColumns(raw_columns) = serde_json::from_str(raw.get()).map_err(DecodeError::json)?;
-    let mut columns = Vec::with_capacity(raw_columns.len());
-    for (index, (name, value)) in raw_columns.into_iter().enumerate() {
-        if skip_meta && name.starts_with("__") {
-            continue;
-        }
-        let declared = schema.and_then(|s| s.column_type(&name, index));
-        let value = decode_value(value, declared).map_err(|message| DecodeError::Column {
-            column: name.clone().into_owned(),
-            message,
-        })?;
-        columns.push((name, value));
+    let mut column_error = None;
+    let seed = RowSeed {
+        schema,
+        skip_meta,
+        max_depth,
+        column_error: &mut column_error,
+    };
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    let columns = de::DeserializeSeed::deserialize(seed, &mut de);
+    match (columns, column_error) {
+        (_, Some(error)) => Err(error),
+        (Ok(columns), None) => Ok(Row { raw, columns }),
+        (Err(e), None) => Err(DecodeError::json(e)),
     }
-    Ok(Row { raw, columns })
 }
 
-/// A JSON object's entries in order, values left raw.
-struct RawColumns<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+/// Reads a row object in one pass, decoding each column as it comes: no intermediate list of
+/// raw entries. A column that cannot be decoded is reported through `column_error`, so its
+/// kind survives serde's error type.
+struct RowSeed<'s> {
+    schema: Option<&'s RowSchema>,
+    skip_meta: bool,
+    /// Nested column values (arrays, structs, JSON) are passed on raw, unparsed: their depth
+    /// is checked here, since serde_json skips them without its recursion limit.
+    max_depth: usize,
+    column_error: &'s mut Option<DecodeError>,
+}
 
-impl<'de: 'a, 'a> Deserialize<'de> for RawColumns<'a> {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Entries<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for Entries<'a> {
-            type Value = RawColumns<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a row object")
+impl<'de, 's> de::DeserializeSeed<'de> for RowSeed<'s> {
+    type Value = Vec<(Cow<'de, str>, Value<'de>)>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, 's> Visitor<'de> for RowSeed<'s> {
+    type Value = Vec<(Cow<'de, str>, Value<'de>)>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a row object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let capacity = self.schema.map_or(16, |s| s.columns.len());
+        let mut columns = Vec::with_capacity(capacity);
+        let mut index = 0;
+        while let Some(name) = map.next_key::<Cow<'de, str>>()? {
+            let raw: &'de RawValue = map.next_value()?;
+            if self.skip_meta && name.starts_with("__") {
+                continue;
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawColumns<'a>, A::Error> {
-                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some(entry) = map.next_entry::<Cow<'a, str>, &'a RawValue>()? {
-                    entries.push(entry);
+            let declared = self.schema.and_then(|s| s.column_type(&name, index));
+            index += 1;
+            match decode_value(raw, declared) {
+                Ok(Value::Raw(nested))
+                    if nests_deeper_than(nested.get().as_bytes(), self.max_depth) =>
+                {
+                    *self.column_error = Some(DecodeError::TooDeep);
+                    return Err(de::Error::custom("nesting"));
                 }
-                Ok(RawColumns(entries))
+                Ok(value) => columns.push((name, value)),
+                Err(message) => {
+                    *self.column_error = Some(DecodeError::Column {
+                        column: name.into_owned(),
+                        message,
+                    });
+                    return Err(de::Error::custom("column"));
+                }
             }
         }
-        d.deserialize_map(Entries(std::marker::PhantomData))
+        Ok(columns)
     }
 }
 
@@ -778,7 +837,8 @@ fn unwrap_key(key: &[u8]) -> Result<Option<&RawValue>, DecodeError> {
         schema: Option<IgnoredAny>,
     }
     let raw: &RawValue = serde_json::from_slice(key).map_err(DecodeError::KeyJson)?;
-    if raw.get().starts_with('{') {
+    // The JSON converter writes `schema` first; only such a key is worth a second look.
+    if raw.get().starts_with("{\"schema\"") {
         if let Ok(KeyWrapper {
             payload: Some(payload),
             schema: Some(_),

@@ -6,7 +6,6 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -118,41 +117,47 @@ pub fn parse_value_schema(text: &str) -> Result<ValueSchema, serde_json::Error> 
     Ok(ValueSchema { row })
 }
 
-/// Parsed schemas by their text. Bounded: a producer that sends a new schema with every
-/// record would otherwise grow it without end.
+/// Parsed schemas by their text. Looked up by length, then compared byte for byte: hashing a
+/// 5 KB schema costs more than comparing it, and distinct schemas of one pipeline rarely share
+/// a length. Bounded: a producer that sends a new schema with every record would otherwise
+/// grow it without end.
 #[derive(Debug, Default)]
 pub struct SchemaCache {
-    by_text: HashMap<u64, (Box<str>, Arc<ValueSchema>)>,
+    by_length: HashMap<usize, Vec<CachedSchema>>,
+    entries: usize,
 }
+
+/// A schema's text and what it parsed to.
+type CachedSchema = (Box<str>, Arc<ValueSchema>);
 
 const MAX_CACHED_SCHEMAS: usize = 1024;
 
 impl SchemaCache {
     pub fn get_or_parse(&mut self, text: &str) -> Result<Arc<ValueSchema>, serde_json::Error> {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        text.hash(&mut hasher);
-        let digest = hasher.finish();
-        if let Some((cached_text, schema)) = self.by_text.get(&digest) {
-            // A hash is not an identity: compare, so a collision can never mistype a column.
-            if cached_text.as_ref() == text {
+        if let Some(candidates) = self.by_length.get(&text.len()) {
+            if let Some((_, schema)) = candidates.iter().find(|(t, _)| t.as_ref() == text) {
                 return Ok(Arc::clone(schema));
             }
         }
         let schema = Arc::new(parse_value_schema(text)?);
-        if self.by_text.len() >= MAX_CACHED_SCHEMAS {
-            self.by_text.clear();
+        if self.entries >= MAX_CACHED_SCHEMAS {
+            self.by_length.clear();
+            self.entries = 0;
         }
-        self.by_text
-            .insert(digest, (text.into(), Arc::clone(&schema)));
+        self.by_length
+            .entry(text.len())
+            .or_default()
+            .push((text.into(), Arc::clone(&schema)));
+        self.entries += 1;
         Ok(schema)
     }
 
     pub fn len(&self) -> usize {
-        self.by_text.len()
+        self.entries
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_text.is_empty()
+        self.entries == 0
     }
 }
 

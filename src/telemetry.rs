@@ -6,7 +6,7 @@
 
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
 
-use crate::envelope::{DecodeError, Op};
+use crate::envelope::Op;
 
 pub struct Metrics {
     events_consumed: IntCounterVec,
@@ -45,7 +45,7 @@ impl Metrics {
             )?,
             decode_failures: counter(
                 "harmony_decode_failures_total",
-                "Input records that could not be decoded, by kind of failure.",
+                "Input records sent to the dead-letter topic, by kind of failure (decode errors, output_too_large).",
                 &["topic", "kind"],
             )?,
             dead_letters: counter(
@@ -97,13 +97,26 @@ impl Metrics {
             .inc();
     }
 
-    /// An input record is going to the dead-letter topic.
-    pub fn decode_failed(&self, topic: &str, partition: i32, offset: i64, error: &DecodeError) {
-        tracing::warn!(topic, partition, offset, kind = error.kind(), error = %error,
-            "undecodable record; sending it to the dead-letter topic");
-        self.decode_failures
-            .with_label_values(&[topic, error.kind()])
-            .inc();
+    /// An input record is going to the dead-letter topic: it cannot be decoded, or its
+    /// output cannot be published. `kind` is bounded ([`crate::envelope::DecodeError::kind`] or
+    /// `output_too_large`); `reason` goes to the log only.
+    pub fn dead_lettered(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        kind: &str,
+        reason: &str,
+    ) {
+        tracing::warn!(
+            topic,
+            partition,
+            offset,
+            kind,
+            reason,
+            "sending the record to the dead-letter topic"
+        );
+        self.decode_failures.with_label_values(&[topic, kind]).inc();
     }
 
     pub fn dead_letter_acknowledged(&self, dead_letter_topic: &str) {

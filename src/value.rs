@@ -278,8 +278,14 @@ fn number(text: &str) -> Value<'_> {
     text.parse().map_or(Value::Float(f64::NAN), Value::Float)
 }
 
+/// The text of a JSON string literal: borrowed as it stands when it has no escapes (the
+/// common case), unescaped by serde_json otherwise.
 fn string_of(raw: &RawValue) -> Result<Cow<'_, str>, String> {
-    serde_json::from_str::<Cow<'_, str>>(raw.get()).map_err(|e| e.to_string())
+    let text = raw.get();
+    if text.len() >= 2 && !text.contains('\\') {
+        return Ok(Cow::Borrowed(&text[1..text.len() - 1]));
+    }
+    serde_json::from_str::<Cow<'_, str>>(text).map_err(|e| e.to_string())
 }
 
 fn variable_scale_decimal(raw: &RawValue) -> Result<Value<'_>, String> {

@@ -223,7 +223,29 @@ impl Pipeline<'_> {
                         value: Some(system),
                     })),
                 };
-                sends.push((Destination::Output, send(self.producer, record).await));
+                match send(self.producer, record).await {
+                    // The output alone exceeds the producer's message.max.bytes: sending it
+                    // can never succeed, so the input goes to the dead-letter topic instead of
+                    // stopping the partition.
+                    Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)) => {
+                        let reason = format!(
+                            "the output record of {} bytes exceeds the producer's message.max.bytes",
+                            self.buf.len()
+                        );
+                        self.metrics.dead_lettered(
+                            topic,
+                            origin.partition,
+                            origin.offset,
+                            "output_too_large",
+                            &reason,
+                        );
+                        sends.push((
+                            Destination::DeadLetter,
+                            self.dead_letter(message, "output_too_large", &reason).await,
+                        ));
+                    }
+                    sent => sends.push((Destination::Output, sent)),
+                }
             }
             Ok(Decoded::Tombstone) => self.metrics.tombstone_skipped(system, topic),
             Ok(
@@ -234,8 +256,13 @@ impl Pipeline<'_> {
                 self.metrics.control_record(system, topic, control.kind());
             }
             Err(error) => {
-                self.metrics
-                    .decode_failed(topic, origin.partition, origin.offset, &error);
+                self.metrics.dead_lettered(
+                    topic,
+                    origin.partition,
+                    origin.offset,
+                    error.kind(),
+                    &error.to_string(),
+                );
                 let message_text = error.to_string();
                 sends.push((
                     Destination::DeadLetter,
@@ -269,6 +296,29 @@ impl Pipeline<'_> {
 
     /// A copy of the input record, bytes untouched, with why and where from in headers.
     async fn dead_letter(&self, message: &BorrowedMessage<'_>, kind: &str, reason: &str) -> Sent {
+        match self.dead_letter_copy(message, kind, reason, true).await {
+            // A record the broker accepted can still be too large for the producer (its
+            // message.max.bytes, plus headers): keep the reason and coordinates, drop the bytes.
+            Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)) => {
+                tracing::warn!(
+                    topic = message.topic(),
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    "dead-letter copy too large for the producer; sending it without key and value"
+                );
+                self.dead_letter_copy(message, kind, reason, false).await
+            }
+            sent => sent,
+        }
+    }
+
+    async fn dead_letter_copy(
+        &self,
+        message: &BorrowedMessage<'_>,
+        kind: &str,
+        reason: &str,
+        with_bytes: bool,
+    ) -> Sent {
         let partition = message.partition().to_string();
         let offset = message.offset().to_string();
         let timestamp = message.timestamp().to_millis().map(|t| t.to_string());
@@ -297,11 +347,20 @@ impl Pipeline<'_> {
                 key: "harmony.source.timestamp",
                 value: timestamp.as_deref(),
             });
+        let headers = if with_bytes {
+            headers
+        } else {
+            let size = message.payload_len().to_string();
+            headers.insert(Header {
+                key: "harmony.error.payload_dropped",
+                value: Some(&size),
+            })
+        };
         let record = FutureRecord {
             topic: &self.config.output.dead_letter_topic,
             partition: None,
-            payload: message.payload(),
-            key: message.key(),
+            payload: message.payload().filter(|_| with_bytes),
+            key: message.key().filter(|_| with_bytes),
             timestamp: message.timestamp().to_millis(),
             headers: Some(headers),
         };

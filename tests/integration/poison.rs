@@ -7,7 +7,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::support::{
-    self, create_topic, produce_raw, unique, Harmony, HarmonyOptions, RawRecord, TopicReader,
+    self, create_topic, create_topic_with, produce_raw, produce_raw_with, unique, Harmony,
+    HarmonyOptions, RawRecord, TopicReader,
 };
 
 fn valid(n: usize) -> (Vec<u8>, Vec<u8>) {
@@ -195,4 +196,70 @@ fn poison_corpus_is_dead_lettered_while_every_valid_change_comes_out() {
     kinds.sort_unstable();
     kinds.dedup();
     eprintln!("poison kinds covered: {kinds:?}");
+}
+
+/// A change whose output is larger than the producer may send (the broker accepted the input
+/// under a larger topic limit): the input is dead-lettered — here without its bytes, which are
+/// too large for the dead-letter topic as well — and the partition moves on.
+#[test]
+fn an_output_too_large_to_publish_is_dead_lettered_and_the_partition_moves_on() {
+    if !support::stack_available("oversize") {
+        return;
+    }
+    let source = unique("e2e-oversize-src");
+    create_topic_with(&source, 1, &[("max.message.bytes", "4000000")]).unwrap();
+    let mut options = HarmonyOptions::stack(unique("e2e-oversize"));
+    options.systems = vec![("erp".into(), vec![source.clone()])];
+    let mut harmony = Harmony::start(&options).unwrap();
+
+    let (k0, v0) = valid(0);
+    let (k2, v2) = valid(2);
+    let huge = String::from_utf8(valid(1).1).unwrap().replace(
+        r#""name":"item 1""#,
+        &format!(r#""name":"{}""#, "x".repeat(1_500_000)),
+    );
+    produce_raw_with(
+        &source,
+        &[
+            (Some(k0.as_slice()), Some(v0.as_slice())),
+            (Some(br#"{"n":1}"#.as_slice()), Some(huge.as_bytes())),
+            (Some(k2.as_slice()), Some(v2.as_slice())),
+        ],
+        &[("message.max.bytes", "4000000")],
+    )
+    .unwrap();
+
+    let mut outputs = TopicReader::new(&harmony.output_topic).unwrap();
+    assert!(
+        outputs
+            .read_until(Duration::from_secs(60), |r| r.len() >= 2)
+            .unwrap(),
+        "{}",
+        harmony.log()
+    );
+    let ns: Vec<i64> = outputs
+        .records
+        .iter()
+        .map(|r| r.json()["after"]["n"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ns, [0, 2]);
+    let mut dlq = TopicReader::new(&harmony.dead_letter_topic).unwrap();
+    assert!(
+        dlq.read_until(Duration::from_secs(30), |r| !r.is_empty())
+            .unwrap(),
+        "{}",
+        harmony.log()
+    );
+    let dead = &dlq.records[0];
+    assert_eq!(dead.headers["harmony.error.kind"], "output_too_large");
+    assert_eq!(dead.headers["harmony.source.offset"], "1");
+    assert_eq!(
+        dead.headers["harmony.error.payload_dropped"],
+        huge.len().to_string()
+    );
+    assert!(dead.value.is_none());
+    assert!(harmony
+        .terminate(Duration::from_secs(30))
+        .unwrap()
+        .success());
 }

@@ -101,14 +101,23 @@ pub fn psql(database: &str, sql: &str) -> Result<String> {
 }
 
 pub fn create_topic(name: &str, partitions: i32) -> Result<()> {
+    create_topic_with(name, partitions, &[])
+}
+
+/// Creates a topic with topic-level settings (e.g. `max.message.bytes`).
+pub fn create_topic_with(name: &str, partitions: i32, settings: &[(&str, &str)]) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
         .create()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    for (k, v) in settings {
+        topic = topic.set(k, v);
+    }
     let results = runtime.block_on(admin.create_topics(
-        &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
+        &[topic],
         &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
     ))?;
     for r in results {
@@ -122,10 +131,23 @@ pub type RawRecord<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
 
 /// Produces raw records to a topic and waits for every acknowledgement.
 pub fn produce_raw(topic: &str, records: &[RawRecord<'_>]) -> Result<()> {
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+    produce_raw_with(topic, records, &[])
+}
+
+/// Like [`produce_raw`], with extra producer settings (e.g. a larger `message.max.bytes`).
+pub fn produce_raw_with(
+    topic: &str,
+    records: &[RawRecord<'_>],
+    settings: &[(&str, &str)],
+) -> Result<()> {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap())
-        .set("enable.idempotence", "true")
-        .create()?;
+        .set("enable.idempotence", "true");
+    for (k, v) in settings {
+        config.set(*k, *v);
+    }
+    let producer: ThreadedProducer<DefaultProducerContext> = config.create()?;
     for (key, value) in records {
         let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
         if let Some(k) = key {
