@@ -224,7 +224,11 @@ impl TopicReader {
             if done(&self.records) {
                 return Ok(true);
             }
-            if let Some(message) = self.consumer.poll(Duration::from_millis(200)) {
+            // Drain whatever is there before asking `done` again: predicates that scan every
+            // record would otherwise make a long read quadratic.
+            let mut wait = Duration::from_millis(200);
+            while let Some(message) = self.consumer.poll(wait) {
+                wait = Duration::ZERO;
                 let message = message?;
                 let mut headers = BTreeMap::new();
                 if let Some(hs) = message.headers() {
@@ -244,6 +248,9 @@ impl TopicReader {
                     partition: message.partition(),
                     offset: message.offset(),
                 });
+                if self.records.len().is_multiple_of(10_000) {
+                    break;
+                }
             }
         }
         Ok(done(&self.records))
