@@ -6,6 +6,7 @@
 //!
 //! | module | owns |
 //! |---|---|
+//! | [`clock`] | version vectors and dots: concurrent or causally ordered (pure) |
 //! | [`config`] | the TOML file and its `HARMONY__…` overrides, as a typed, validated tree |
 //! | [`envelope`] | bytes of a Debezium record → typed [`envelope::Decoded`] record (pure) |
 //! | [`schema`] | the Connect schema of schema-wrapped records: declared column types, cached |
@@ -25,6 +26,7 @@
 //!                        producer acks ─► kafka::offsets (in offset order) ─► store_offset ─► background commit
 //! ```
 
+pub mod clock;
 pub mod config;
 pub mod envelope;
 pub mod http;
