@@ -1,6 +1,7 @@
 # harmony, built from this repository. Used by docker-compose.yml; the same binary that
 # scripts/demo builds natively.
-FROM rust:1.88-bookworm AS build
+# The toolchain CI builds and tests with (Cargo.toml rust-version).
+FROM rust:1.95-bookworm AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends build-essential pkg-config libssl-dev \
  && rm -rf /var/lib/apt/lists/*
@@ -8,6 +9,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY tests ./tests
+COPY benches ./benches
 COPY examples ./examples
 RUN cargo build --release --locked --bin harmony
 
