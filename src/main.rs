@@ -68,9 +68,11 @@ fn main() -> ExitCode {
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(config) => {
                 println!(
-                    "{}: ok ({} systems, output {})",
+                    "{}: ok ({} systems, {} entities, {} targets, output {})",
                     file.display(),
                     config.systems.len(),
+                    config.entities.len(),
+                    config.targets.len(),
                     config.output.topic
                 );
                 ExitCode::SUCCESS

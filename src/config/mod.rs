@@ -20,6 +20,11 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
+mod entities;
+pub use entities::{
+    DeleteConflict, EntityConfig, FieldConfig, OutputFormat, SourceMapping, Strategy, TargetConfig,
+};
+
 /// Prefix of environment variables that override keys of the file.
 pub const ENV_PREFIX: &str = "HARMONY__";
 
@@ -49,6 +54,12 @@ pub struct Config {
     pub processing: ProcessingConfig,
     #[serde(default)]
     pub input: InputConfig,
+    /// Logical record types and how each system's tables map onto them.
+    #[serde(default)]
+    pub entities: Vec<EntityConfig>,
+    /// Which systems receive which entities, on which topic.
+    #[serde(default)]
+    pub targets: Vec<TargetConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -346,6 +357,8 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        let system_names = self.systems.iter().map(|s| s.name.as_str()).collect();
+        entities::validate(&self.entities, &self.targets, &system_names)?;
         if self.input.max_record_bytes < 1024 {
             return Err(key_error(
                 "input.max_record_bytes".into(),
@@ -573,12 +586,80 @@ mod tests {
 
     #[test]
     fn shipped_example_configs_are_valid() {
-        let demo = parse(include_str!("../examples/demo.toml"), &[]).unwrap();
+        let demo = parse(include_str!("../../examples/demo.toml"), &[]).unwrap();
         assert_eq!(demo.systems.len(), 3);
         assert_eq!(
             demo.topic_router().system_index("wms.public.stock"),
             Some(2)
         );
+    }
+
+    #[test]
+    fn inventory_example_declares_entities_and_targets() {
+        let config = parse(include_str!("../../examples/inventory.toml"), &[]).unwrap();
+        let product = &config.entities[0];
+        assert_eq!(product.name, "product");
+        assert_eq!(product.strategy_of("quantity"), Strategy::Sum);
+        assert_eq!(product.strategy_of("price"), Strategy::Lww);
+        assert_eq!(product.strategy_of("name"), Strategy::Priority);
+        assert!(product.field_names().contains("reserved"));
+        assert_eq!(config.targets.len(), 3);
+    }
+
+    fn with_inventory_edit(from: &str, to: &str) -> String {
+        let text = include_str!("../../examples/inventory.toml");
+        assert!(
+            text.contains(from),
+            "the example no longer contains {from:?}"
+        );
+        parse(&text.replacen(from, to, 1), &[])
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn entity_errors_name_the_key_at_fault() {
+        let cases = [
+            (
+                r#"system = "wms""#,
+                r#"system = "warehouse""#,
+                "entities[0].sources[2].system",
+            ),
+            (r#"strategy = "sum""#, r#"strategy = "summ""#, "examples"),
+            (
+                r#"priority = ["erp", "shop"]"#,
+                r#"priority = ["erp", "crm"]"#,
+                "entities[0].fields.name.priority[1]",
+            ),
+            (
+                r#"item_sku = "sku""#,
+                r#"item_sku = "code""#,
+                "entities[0].sources[1].columns",
+            ),
+            (
+                r#"topic = "harmony.demo.erp.product""#,
+                r#"topic = "bad topic""#,
+                "targets[0].topic",
+            ),
+            (
+                r#"entities = ["product"]"#,
+                r#"entities = ["products"]"#,
+                "targets[0].entities[0]",
+            ),
+            (
+                r#"ignore = ["updated_at"]"#,
+                r#"ignore = ["updatedat"]"#,
+                "entities[0].ignore[0]",
+            ),
+        ];
+        for (from, to, key) in cases {
+            let err = with_inventory_edit(from, to);
+            if key == "examples" {
+                assert!(err.contains("summ"), "{err}");
+            } else {
+                assert!(err.starts_with(key), "{to}: {err}");
+            }
+        }
     }
 
     #[test]
