@@ -11,6 +11,7 @@
 //! | [`envelope`] | bytes of a Debezium record → typed [`envelope::Decoded`] record (pure) |
 //! | [`schema`] | the Connect schema of schema-wrapped records: declared column types, cached |
 //! | [`value`] | exact column values: 64-bit integers, decimals, the unavailable placeholder |
+//! | [`mapping`] | stage 1: a table's change → entity, canonical key, entity fields (pure) |
 //! | [`output`] | a change → harmony's Debezium-shaped output record (pure) |
 //! | [`kafka`] | client settings that carry the delivery guarantee, topic creation, and [`kafka::offsets`], the one owner of input offsets |
 //! | [`worker`] | the consume → process → produce → acknowledge loop and its life cycle |
@@ -31,6 +32,7 @@ pub mod config;
 pub mod envelope;
 pub mod http;
 pub mod kafka;
+pub mod mapping;
 pub mod output;
 pub mod schema;
 pub mod telemetry;
