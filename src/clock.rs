@@ -57,6 +57,13 @@ impl VersionVector {
         }
     }
 
+    /// The vector that has seen exactly the changes of `dot`'s system up to it.
+    pub fn from_dot(dot: Dot) -> Self {
+        let mut v = Self::new();
+        v.set(dot.system, dot.counter);
+        v
+    }
+
     /// Counts one more change from `system` and returns its dot.
     pub fn increment(&mut self, system: SystemId) -> Dot {
         let counter = self.get(system) + 1;

@@ -8,6 +8,7 @@
 //! |---|---|
 //! | [`clock`] | version vectors and dots: concurrent or causally ordered (pure) |
 //! | [`config`] | the TOML file and its `HARMONY__…` overrides, as a typed, validated tree |
+//! | [`engine`] | stage 2: one record change applied to the record's state — dedup, echo, conflicts, strategies (pure) |
 //! | [`envelope`] | bytes of a Debezium record → typed [`envelope::Decoded`] record (pure) |
 //! | [`schema`] | the Connect schema of schema-wrapped records: declared column types, cached |
 //! | [`value`] | exact column values: 64-bit integers, decimals, the unavailable placeholder |
@@ -29,6 +30,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod engine;
 pub mod envelope;
 pub mod http;
 pub mod kafka;

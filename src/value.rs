@@ -156,6 +156,41 @@ impl Decimal {
         d
     }
 
+    /// Both numbers at the larger scale, or `None` if that overflows.
+    fn aligned(&self, other: &Self) -> Option<(i128, i128, u32)> {
+        let scale = self.scale.max(other.scale);
+        let up = |d: &Self| d.unscaled.checked_mul(10i128.checked_pow(scale - d.scale)?);
+        Some((up(self)?, up(other)?, scale))
+    }
+
+    pub fn checked_add(&self, other: &Self) -> Option<Self> {
+        let (a, b, scale) = self.aligned(other)?;
+        Some(Self {
+            unscaled: a.checked_add(b)?,
+            scale,
+        })
+    }
+
+    pub fn checked_sub(&self, other: &Self) -> Option<Self> {
+        let (a, b, scale) = self.aligned(other)?;
+        Some(Self {
+            unscaled: a.checked_sub(b)?,
+            scale,
+        })
+    }
+
+    /// Numeric order, whatever the scales (`1.50` = `1.5` < `2`). Numbers too large to align
+    /// compare by their float value.
+    pub fn cmp_value(&self, other: &Self) -> std::cmp::Ordering {
+        match self.aligned(other) {
+            Some((a, b, _)) => a.cmp(&b),
+            None => self
+                .to_f64()
+                .partial_cmp(&other.to_f64())
+                .unwrap_or(std::cmp::Ordering::Equal),
+        }
+    }
+
     pub fn to_f64(self) -> f64 {
         self.unscaled as f64 / 10f64.powi(self.scale as i32)
     }

@@ -205,6 +205,12 @@ pub(super) fn validate(
                 ));
             }
             let strategy = field.strategy.unwrap_or(entity.default_strategy);
+            if strategy == Strategy::Merge {
+                return Err(key_error(
+                    at_field("strategy"),
+                    "`merge` (set/map union) is not supported yet",
+                ));
+            }
             match (strategy, field.priority.is_empty()) {
                 (Strategy::Priority, true) => {
                     return Err(key_error(
@@ -232,6 +238,12 @@ pub(super) fn validate(
             if field.guard.as_deref().is_some_and(|g| g.trim().is_empty()) {
                 return Err(key_error(at_field("guard"), "is empty"));
             }
+        }
+        if entity.default_strategy == Strategy::Merge {
+            return Err(key_error(
+                at("default_strategy"),
+                "`merge` (set/map union) is not supported yet",
+            ));
         }
         if entity.default_strategy == Strategy::Priority {
             return Err(key_error(

@@ -1,0 +1,361 @@
+//! Stage 2 (DESIGN §4): one record change from one system, applied to the record's state —
+//! dedup, echo suppression, causal context, per-field conflict detection, resolution by the
+//! field's strategy, and which targets must be sent the result. Pure and deterministic: the
+//! same changes in the same order give the same state, and for every strategy but `manual`
+//! concurrent changes give the same state in any order.
+
+mod state;
+mod strategy;
+
+pub use state::{Delivery, FieldState, FieldValue, RecordState, SystemState};
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use crate::clock::{Dot, SystemId, VersionVector};
+use crate::config::{DeleteConflict, Strategy};
+use crate::envelope::SourcePosition;
+use crate::mapping::{ChangeKind, FieldId};
+
+/// Deliveries kept per target until seen back; past it the oldest is forgotten (its echo then
+/// counts as a fresh change, which the content comparison still makes harmless).
+const MAX_PENDING_DELIVERIES: usize = 32;
+
+/// A system as resolution sees it.
+#[derive(Debug, Clone)]
+pub struct SystemInfo {
+    pub name: String,
+    pub rank: i32,
+}
+
+/// How one field of an entity is resolved.
+#[derive(Debug, Clone)]
+pub struct FieldRule {
+    pub strategy: Strategy,
+    /// For `priority`: most authoritative first.
+    pub priority: Vec<SystemId>,
+    /// Not compared when deciding what changed (e.g. `updated_at`).
+    pub ignored: bool,
+}
+
+/// Everything resolution needs to know about one entity.
+#[derive(Debug, Clone)]
+pub struct EntityRules {
+    /// By system id.
+    pub systems: Vec<SystemInfo>,
+    /// By field id.
+    pub fields: Vec<FieldRule>,
+    /// By system id: the fields that system's table holds, sorted.
+    pub held_fields: Vec<Vec<FieldId>>,
+    /// Systems that receive this entity.
+    pub targets: Vec<SystemId>,
+    pub on_delete_conflict: DeleteConflict,
+}
+
+/// One record change from one system, in entity terms.
+#[derive(Debug, Clone)]
+pub struct Change<'c> {
+    pub system: SystemId,
+    pub position: SourcePosition,
+    /// Source commit time.
+    pub ts_ms: i64,
+    pub snapshot: bool,
+    pub kind: ChangeKind,
+    /// Fields the change carries, sorted by id; a field absent here was not sent.
+    pub fields: &'c [(FieldId, FieldValue)],
+    /// An explicit causal context (exact mode); `None` uses what the system is known to have seen.
+    pub context: Option<&'c VersionVector>,
+}
+
+/// A candidate value in a conflict.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub system: SystemId,
+    pub value: FieldValue,
+    pub dot: Dot,
+    pub ts_ms: i64,
+}
+
+/// A detected conflict on one field and how it was resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conflict {
+    pub field: FieldId,
+    pub strategy: Strategy,
+    pub candidates: Vec<Candidate>,
+    /// The resolved value; for `manual`, the value held until an operator decides.
+    pub resolved: FieldValue,
+    /// `None` for `manual` (pending) and for `sum` (both candidates count).
+    pub winner: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DuplicateReason {
+    /// At or behind the system's applied position: a replay.
+    Position,
+    /// A snapshot read of content the system is already known to hold.
+    SnapshotContent,
+    /// Only ignored fields (or nothing) changed.
+    NoChange,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Duplicate(DuplicateReason),
+    /// The system applied a delivery of harmony's: no new version, no output.
+    Echo,
+    Applied {
+        dot: Dot,
+        conflicts: Vec<Conflict>,
+        /// Targets whose content changed and must be sent the record.
+        deliver_to: Vec<SystemId>,
+    },
+}
+
+/// Applies `change` to `state` under `rules`.
+pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) -> Outcome {
+    let s = change.system;
+    let sys = state.system(s).cloned().unwrap_or_default();
+
+    // 1. Dedup by position; snapshot reads share one position and are deduplicated by content.
+    if let (Some(applied), false) = (sys.position, change.position == SourcePosition::Unknown) {
+        if change.position < applied || (change.position == applied && !change.snapshot) {
+            return Outcome::Duplicate(DuplicateReason::Position);
+        }
+    }
+    let content = change_fingerprint(rules, &sys, change);
+    let held_fingerprint = held_content_fingerprint(rules, s, &sys);
+    if change.snapshot && content == held_fingerprint {
+        state.system_mut(s).position = Some(change.position);
+        return Outcome::Duplicate(DuplicateReason::SnapshotContent);
+    }
+
+    // 2. Echo: the content of a pending delivery means the system applied it. With an explicit
+    // context (exact mode) the version must match too, so a local write that happens to equal
+    // a pending delivery is not mistaken for its echo.
+    let is_echo =
+        |d: &Delivery| d.fingerprint == content && change.context.is_none_or(|ctx| *ctx == d.clock);
+    if let Some(i) = sys.pending.iter().position(is_echo) {
+        let system = state.system_mut(s);
+        let delivery = system.pending[i].clone();
+        system.pending.drain(..=i);
+        system.seen = delivery.clock;
+        system.held_deleted = delivery.deleted;
+        for (field, value) in delivery.values {
+            system.set_held(field, value);
+        }
+        system.position = Some(change.position);
+        return Outcome::Echo;
+    }
+
+    // 3. Causal context, 4. what changed.
+    let context = change.context.cloned().unwrap_or_else(|| sys.seen.clone());
+    let changed: Vec<&(FieldId, FieldValue)> = change
+        .fields
+        .iter()
+        .filter(|(f, v)| {
+            !rules.fields[f.0 as usize].ignored
+                && sys
+                    .held(*f)
+                    .is_none_or(|held| held.fingerprint() != v.fingerprint())
+        })
+        .collect();
+    let existence_changes = match change.kind {
+        ChangeKind::Delete => state.deleted.is_none(),
+        ChangeKind::Upsert => state.deleted.is_some(),
+    };
+    if changed.is_empty() && !existence_changes {
+        let system = state.system_mut(s);
+        system.position = Some(change.position);
+        for (field, value) in change.fields {
+            system.set_held(*field, value.clone());
+        }
+        return Outcome::Duplicate(DuplicateReason::NoChange);
+    }
+
+    // 7 (first half). The change's own dot.
+    let dot = state.clock.increment(s);
+    let mut conflicts = Vec::new();
+
+    // Existence: a delete or an upsert after a delete.
+    match change.kind {
+        ChangeKind::Delete => {
+            let concurrent_update = state.fields.iter().any(|(_, f)| !context.covers(f.dot));
+            if !concurrent_update || rules.on_delete_conflict == DeleteConflict::DeleteWins {
+                state.deleted = Some(dot);
+            }
+        }
+        ChangeKind::Upsert => {
+            if let Some(deleted_by) = state.deleted {
+                if context.covers(deleted_by)
+                    || rules.on_delete_conflict == DeleteConflict::UpdateWins
+                {
+                    state.deleted = None;
+                }
+            }
+        }
+    }
+
+    // 5–6. Per changed field: a plain update when the system had seen the current value,
+    // a conflict resolved by the field's strategy when it had not.
+    for &&(field, ref value) in &changed {
+        let rule = &rules.fields[field.0 as usize];
+        let base = sys.held(field);
+        let incoming = Candidate {
+            system: s,
+            value: value.clone(),
+            dot,
+            ts_ms: change.ts_ms,
+        };
+        let current_value = state.field(field).map(|f| f.value.clone());
+        let resolved = match state.field(field) {
+            None => strategy::plain(rule.strategy, None, base, &incoming),
+            Some(current) if context.covers(current.dot) => {
+                strategy::plain(rule.strategy, Some(&current.value), base, &incoming)
+            }
+            Some(current) => {
+                let current = Candidate {
+                    system: current.dot.system,
+                    value: current.value.clone(),
+                    dot: current.dot,
+                    ts_ms: current.ts_ms,
+                };
+                let (resolution, winner) =
+                    strategy::resolve(rule, &rules.systems, &current, &incoming, base);
+                let resolved = match &resolution {
+                    strategy::Resolution::Write(v) => v.clone(),
+                    strategy::Resolution::Keep => current_value.clone().unwrap_or(FieldValue::Null),
+                };
+                conflicts.push(Conflict {
+                    field,
+                    strategy: rule.strategy,
+                    candidates: vec![current, incoming.clone()],
+                    resolved,
+                    winner,
+                });
+                resolution
+            }
+        };
+        if let strategy::Resolution::Write(value) = resolved {
+            state.set_field(
+                field,
+                FieldState {
+                    value,
+                    dot,
+                    ts_ms: change.ts_ms,
+                },
+            );
+        }
+    }
+
+    // 7 (second half). What the system now has seen and holds.
+    {
+        let system = state.system_mut(s);
+        let mut seen = context;
+        seen.merge(&VersionVector::from_dot(dot));
+        system.seen = seen;
+        system.held_deleted = change.kind == ChangeKind::Delete;
+        system.position = Some(change.position);
+        for (field, value) in change.fields {
+            system.set_held(*field, value.clone());
+        }
+    }
+
+    // 8. Deliver to every target whose content differs from what it holds or was last sent.
+    let mut deliver_to = Vec::new();
+    for &t in &rules.targets {
+        let target_state = state.system(t).cloned().unwrap_or_default();
+        let (fingerprint, values) = record_content(rules, t, state);
+        let deleted = state.deleted.is_some();
+        let last = target_state.pending.back().map_or_else(
+            || held_content_fingerprint(rules, t, &target_state),
+            |d| d.fingerprint,
+        );
+        if fingerprint != last {
+            let clock = state.clock.clone();
+            let target = state.system_mut(t);
+            target.pending.push_back(Delivery {
+                clock,
+                fingerprint,
+                values,
+                deleted,
+            });
+            if target.pending.len() > MAX_PENDING_DELIVERIES {
+                target.pending.pop_front();
+            }
+            deliver_to.push(t);
+        }
+    }
+    Outcome::Applied {
+        dot,
+        conflicts,
+        deliver_to,
+    }
+}
+
+fn hash_content<'v>(
+    fields: impl Iterator<Item = (FieldId, Option<&'v FieldValue>)>,
+    deleted: bool,
+) -> u64 {
+    let mut h = DefaultHasher::new();
+    deleted.hash(&mut h);
+    for (field, value) in fields {
+        field.0.hash(&mut h);
+        value.map(FieldValue::fingerprint).hash(&mut h);
+    }
+    h.finish()
+}
+
+fn compared_fields<'r>(
+    rules: &'r EntityRules,
+    system: SystemId,
+) -> impl Iterator<Item = FieldId> + 'r {
+    rules
+        .held_fields
+        .get(system.0 as usize)
+        .into_iter()
+        .flatten()
+        .copied()
+        .filter(|f| !rules.fields[f.0 as usize].ignored)
+}
+
+/// The content a change says its system now holds: sent fields, and for fields not sent,
+/// what the system held before.
+fn change_fingerprint(rules: &EntityRules, sys: &SystemState, change: &Change<'_>) -> u64 {
+    let sent = |f: FieldId| {
+        change
+            .fields
+            .binary_search_by_key(&f, |(id, _)| *id)
+            .ok()
+            .map(|i| &change.fields[i].1)
+    };
+    hash_content(
+        compared_fields(rules, change.system).map(|f| (f, sent(f).or_else(|| sys.held(f)))),
+        change.kind == ChangeKind::Delete,
+    )
+}
+
+fn held_content_fingerprint(rules: &EntityRules, system: SystemId, sys: &SystemState) -> u64 {
+    hash_content(
+        compared_fields(rules, system).map(|f| (f, sys.held(f))),
+        sys.held_deleted,
+    )
+}
+
+/// The record's content as target `t` would hold it, and the values of that content.
+fn record_content(
+    rules: &EntityRules,
+    t: SystemId,
+    state: &RecordState,
+) -> (u64, Vec<(FieldId, FieldValue)>) {
+    let deleted = state.deleted.is_some();
+    let fingerprint = hash_content(
+        compared_fields(rules, t).map(|f| (f, state.field(f).map(|s| &s.value))),
+        deleted,
+    );
+    let values = compared_fields(rules, t)
+        .filter_map(|f| state.field(f).map(|s| (f, s.value.clone())))
+        .collect();
+    (fingerprint, values)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,173 @@
+//! What stage 2 keeps per logical record (DESIGN §4): its version vector, each field's value
+//! with the dot of the change that wrote it, and per system what that system is known to have
+//! seen, hold and be sent.
+
+use std::collections::VecDeque;
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use crate::clock::{Dot, SystemId, VersionVector};
+use crate::envelope::SourcePosition;
+use crate::mapping::FieldId;
+use crate::value::{Decimal, Value};
+
+/// A field value owned by the state.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldValue {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Decimal(Decimal),
+    Float(f64),
+    Text(String),
+    /// Structs, arrays, JSON documents: their JSON text.
+    Json(String),
+}
+
+impl FieldValue {
+    /// The owned form of a decoded value; `None` for "not sent" (`Value::Unavailable`).
+    pub fn from_value(value: &Value<'_>) -> Option<Self> {
+        Some(match value {
+            Value::Null => FieldValue::Null,
+            Value::Bool(b) => FieldValue::Bool(*b),
+            Value::Int(i) => FieldValue::Int(*i),
+            Value::Decimal(d) => FieldValue::Decimal(d.normalized()),
+            Value::Float(f) => FieldValue::Float(*f),
+            Value::Text(t) => FieldValue::Text(t.to_string()),
+            Value::Raw(r) => FieldValue::Json(r.get().to_owned()),
+            Value::Unavailable => return None,
+        })
+    }
+
+    /// As an exact number, for `sum`, `max`, `min`.
+    pub fn as_decimal(&self) -> Option<Decimal> {
+        match self {
+            FieldValue::Int(i) => Some(Decimal {
+                unscaled: i128::from(*i),
+                scale: 0,
+            }),
+            FieldValue::Decimal(d) => Some(*d),
+            FieldValue::Text(t) => Decimal::parse(t).map(Decimal::normalized),
+            _ => None,
+        }
+    }
+
+    /// Stable across processes (SipHash with fixed keys), so fingerprints survive a restart.
+    pub fn fingerprint(&self) -> u64 {
+        let mut h = DefaultHasher::new();
+        self.hash_into(&mut h);
+        h.finish()
+    }
+
+    fn hash_into(&self, h: &mut DefaultHasher) {
+        match self {
+            FieldValue::Null => 0u8.hash(h),
+            FieldValue::Bool(b) => (1u8, b).hash(h),
+            // Numbers hash by value, so 42 and 42.00 from two systems are the same content.
+            FieldValue::Int(_) | FieldValue::Decimal(_) => {
+                let d = self.as_decimal().map(Decimal::normalized);
+                (2u8, d.map(|d| (d.unscaled, d.scale))).hash(h)
+            }
+            FieldValue::Float(f) => (3u8, f.to_bits()).hash(h),
+            FieldValue::Text(t) => (4u8, t).hash(h),
+            FieldValue::Json(j) => (5u8, j).hash(h),
+        }
+    }
+}
+
+/// A field's current value and where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldState {
+    pub value: FieldValue,
+    pub dot: Dot,
+    /// Source commit time of the change that wrote it.
+    pub ts_ms: i64,
+}
+
+/// One publication to a target not yet seen back from it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    pub clock: VersionVector,
+    /// Fingerprint of the content sent: the fields that target holds.
+    pub fingerprint: u64,
+    /// Field values sent, for `sum` bases when the echo arrives.
+    pub values: Vec<(FieldId, FieldValue)>,
+    /// Sent as deleted.
+    pub deleted: bool,
+}
+
+/// What harmony knows of one system for one record.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SystemState {
+    /// The record state this system is known to have (its causal context).
+    pub seen: VersionVector,
+    /// What it last held, per field (by its own change or by applying a delivery).
+    pub held: Vec<(FieldId, FieldValue)>,
+    /// Whether it last held the record as deleted.
+    pub held_deleted: bool,
+    /// Highest source position applied from it.
+    pub position: Option<SourcePosition>,
+    /// Deliveries not yet seen back, oldest first.
+    pub pending: VecDeque<Delivery>,
+}
+
+impl SystemState {
+    pub fn held(&self, field: FieldId) -> Option<&FieldValue> {
+        self.held
+            .binary_search_by_key(&field, |(f, _)| *f)
+            .ok()
+            .map(|i| &self.held[i].1)
+    }
+
+    pub fn set_held(&mut self, field: FieldId, value: FieldValue) {
+        match self.held.binary_search_by_key(&field, |(f, _)| *f) {
+            Ok(i) => self.held[i].1 = value,
+            Err(i) => self.held.insert(i, (field, value)),
+        }
+    }
+}
+
+/// A logical record.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RecordState {
+    pub clock: VersionVector,
+    /// Field values by field id.
+    pub fields: Vec<(FieldId, FieldState)>,
+    /// Whether the record exists, and the dot that decided it.
+    pub deleted: Option<Dot>,
+    /// Per system, by system id.
+    pub systems: Vec<(SystemId, SystemState)>,
+}
+
+impl RecordState {
+    pub fn field(&self, field: FieldId) -> Option<&FieldState> {
+        self.fields
+            .binary_search_by_key(&field, |(f, _)| *f)
+            .ok()
+            .map(|i| &self.fields[i].1)
+    }
+
+    pub fn set_field(&mut self, field: FieldId, state: FieldState) {
+        match self.fields.binary_search_by_key(&field, |(f, _)| *f) {
+            Ok(i) => self.fields[i].1 = state,
+            Err(i) => self.fields.insert(i, (field, state)),
+        }
+    }
+
+    pub fn system(&self, system: SystemId) -> Option<&SystemState> {
+        self.systems
+            .binary_search_by_key(&system, |(s, _)| *s)
+            .ok()
+            .map(|i| &self.systems[i].1)
+    }
+
+    pub fn system_mut(&mut self, system: SystemId) -> &mut SystemState {
+        let i = match self.systems.binary_search_by_key(&system, |(s, _)| *s) {
+            Ok(i) => i,
+            Err(i) => {
+                self.systems.insert(i, (system, SystemState::default()));
+                i
+            }
+        };
+        &mut self.systems[i].1
+    }
+}

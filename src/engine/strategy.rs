@@ -1,0 +1,123 @@
+//! The per-field strategies of DESIGN §4. Each decision depends only on the two candidates
+//! (value, source timestamp, system rank and name), never on which arrived first: that is what
+//! makes resolution converge whatever the order of concurrent changes.
+
+use std::cmp::Ordering;
+
+use super::{Candidate, FieldRule, FieldValue, SystemInfo};
+use crate::config::Strategy;
+
+/// What a change does to a field.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resolution {
+    Write(FieldValue),
+    /// The current value stays.
+    Keep,
+}
+
+/// A change whose system had seen the current value: it simply writes, except under `sum`,
+/// where what counts is the system's movement from what it held.
+pub fn plain(
+    strategy: Strategy,
+    current: Option<&FieldValue>,
+    base: Option<&FieldValue>,
+    incoming: &Candidate,
+) -> Resolution {
+    match (strategy, current, base) {
+        (Strategy::Sum, Some(current), Some(base)) => {
+            sum(current, base, &incoming.value).map_or(Resolution::Keep, Resolution::Write)
+        }
+        // A system's first report of a field the record already has: not a movement, so it
+        // changes nothing (it only becomes the base of the system's next movement) — exactly
+        // as when the same report arrives as a conflict.
+        (Strategy::Sum, Some(_), None) => Resolution::Keep,
+        _ => Resolution::Write(incoming.value.clone()),
+    }
+}
+
+/// A concurrent write: the strategy decides. Returns the resolution and the winning candidate
+/// (0 = current, 1 = incoming), `None` when no single candidate won (`sum`, `manual`).
+pub fn resolve(
+    rule: &FieldRule,
+    systems: &[SystemInfo],
+    current: &Candidate,
+    incoming: &Candidate,
+    base: Option<&FieldValue>,
+) -> (Resolution, Option<usize>) {
+    let pick = |incoming_wins: bool| {
+        if incoming_wins {
+            (Resolution::Write(incoming.value.clone()), Some(1))
+        } else {
+            (Resolution::Keep, Some(0))
+        }
+    };
+    let later = || tie_break(systems, incoming, current) == Ordering::Greater;
+    match rule.strategy {
+        Strategy::Lww => pick(match incoming.ts_ms.cmp(&current.ts_ms) {
+            Ordering::Equal => later(),
+            order => order == Ordering::Greater,
+        }),
+        Strategy::Fww => pick(match incoming.ts_ms.cmp(&current.ts_ms) {
+            Ordering::Equal => later(),
+            order => order == Ordering::Less,
+        }),
+        Strategy::Priority => {
+            let rank = |c: &Candidate| {
+                rule.priority
+                    .iter()
+                    .position(|&s| s == c.system)
+                    .unwrap_or(usize::MAX)
+            };
+            pick(match rank(incoming).cmp(&rank(current)) {
+                Ordering::Equal => later(),
+                order => order == Ordering::Less,
+            })
+        }
+        Strategy::Max | Strategy::Min => match compare_values(&incoming.value, &current.value) {
+            Some(Ordering::Equal) => pick(false),
+            Some(order) => pick((order == Ordering::Greater) == (rule.strategy == Strategy::Max)),
+            None => pick(later()),
+        },
+        Strategy::Sum => match base.and_then(|b| sum(&current.value, b, &incoming.value)) {
+            Some(total) => (Resolution::Write(total), None),
+            // No base to measure a movement from: the system's first report of the field. It
+            // cannot be a movement, and counting it would add the whole stock twice.
+            None => (Resolution::Keep, Some(0)),
+        },
+        // Validation refuses `merge` until set/map merging exists; never reached.
+        Strategy::Merge => pick(later()),
+        Strategy::Manual => (Resolution::Keep, None),
+    }
+}
+
+/// Higher rank wins, then the greater name: a total order on systems.
+fn tie_break(systems: &[SystemInfo], a: &Candidate, b: &Candidate) -> Ordering {
+    let info = |c: &Candidate| {
+        systems
+            .get(c.system.0 as usize)
+            .map(|s| (s.rank, s.name.as_str()))
+    };
+    info(a).cmp(&info(b)).then(a.system.cmp(&b.system))
+}
+
+/// Numbers by value, text by its characters; other kinds are not comparable.
+fn compare_values(a: &FieldValue, b: &FieldValue) -> Option<Ordering> {
+    match (a.as_decimal(), b.as_decimal()) {
+        (Some(x), Some(y)) => Some(x.cmp_value(&y)),
+        _ => match (a, b) {
+            (FieldValue::Text(x), FieldValue::Text(y)) => Some(x.cmp(y)),
+            (FieldValue::Float(x), FieldValue::Float(y)) => x.partial_cmp(y),
+            _ => None,
+        },
+    }
+}
+
+/// `current + (new − base)`, in integers when all three are integers.
+fn sum(current: &FieldValue, base: &FieldValue, new: &FieldValue) -> Option<FieldValue> {
+    if let (FieldValue::Int(c), FieldValue::Int(b), FieldValue::Int(n)) = (current, base, new) {
+        return c.checked_add(n.checked_sub(*b)?).map(FieldValue::Int);
+    }
+    let (c, b, n) = (current.as_decimal()?, base.as_decimal()?, new.as_decimal()?);
+    c.checked_add(&n.checked_sub(&b)?)
+        .map(|d| FieldValue::Decimal(d.normalized()))
+}

@@ -1,0 +1,452 @@
+//! The engine on the seed scenarios of the sync issue, and its laws over permutations.
+
+use proptest::prelude::{prop_assert_eq, prop_oneof, proptest, Just, ProptestConfig};
+use proptest::strategy::Strategy as Generator;
+
+use super::*;
+use crate::clock::SystemId;
+
+const ERP: SystemId = SystemId(0);
+const SHOP: SystemId = SystemId(1);
+const WMS: SystemId = SystemId(2);
+const NAME: FieldId = FieldId(0);
+const PRICE: FieldId = FieldId(1);
+const QUANTITY: FieldId = FieldId(2);
+const UPDATED_AT: FieldId = FieldId(3);
+
+fn rules(quantity: Strategy, priority: Vec<SystemId>) -> EntityRules {
+    let field = |strategy, priority, ignored| FieldRule {
+        strategy,
+        priority,
+        ignored,
+    };
+    EntityRules {
+        systems: vec![
+            SystemInfo {
+                name: "erp".into(),
+                rank: 3,
+            },
+            SystemInfo {
+                name: "shop".into(),
+                rank: 1,
+            },
+            SystemInfo {
+                name: "wms".into(),
+                rank: 2,
+            },
+        ],
+        fields: vec![
+            field(Strategy::Lww, vec![], false),
+            field(Strategy::Lww, vec![], false),
+            field(quantity, priority, false),
+            field(Strategy::Lww, vec![], true),
+        ],
+        held_fields: vec![vec![NAME, PRICE, QUANTITY, UPDATED_AT]; 3],
+        targets: vec![ERP, SHOP, WMS],
+        on_delete_conflict: DeleteConflict::DeleteWins,
+    }
+}
+
+/// Positions grow per system as a connector's would.
+struct Source {
+    next: [u64; 3],
+}
+
+impl Source {
+    fn position(&mut self, s: SystemId) -> SourcePosition {
+        self.next[s.0 as usize] += 10;
+        SourcePosition::Postgres {
+            commit_lsn: 0,
+            lsn: self.next[s.0 as usize],
+        }
+    }
+}
+
+fn change<'c>(
+    src: &mut Source,
+    s: SystemId,
+    ts_ms: i64,
+    fields: &'c [(FieldId, FieldValue)],
+) -> Change<'c> {
+    Change {
+        system: s,
+        position: src.position(s),
+        ts_ms,
+        snapshot: false,
+        kind: ChangeKind::Upsert,
+        fields,
+        context: None,
+    }
+}
+
+/// The same change in exact mode: it names the version it was based on.
+fn exact<'c>(
+    src: &mut Source,
+    s: SystemId,
+    ts_ms: i64,
+    fields: &'c [(FieldId, FieldValue)],
+    context: &'c VersionVector,
+) -> Change<'c> {
+    Change {
+        context: Some(context),
+        ..change(src, s, ts_ms, fields)
+    }
+}
+
+fn int(i: i64) -> FieldValue {
+    FieldValue::Int(i)
+}
+
+fn text(t: &str) -> FieldValue {
+    FieldValue::Text(t.into())
+}
+
+/// A record created in the erp and applied by the shop and the warehouse (each echo seen
+/// back), so all three systems hold the same version: the start of every scenario.
+fn synced(rules: &EntityRules, src: &mut Source) -> RecordState {
+    let mut state = RecordState::default();
+    let initial = [
+        (NAME, text("Cup")),
+        (PRICE, int(490)),
+        (QUANTITY, int(100)),
+        (UPDATED_AT, text("t0")),
+    ];
+    let outcome = apply(&mut state, rules, &change(src, ERP, 1_000, &initial));
+    assert!(
+        matches!(&outcome, Outcome::Applied { deliver_to, conflicts, .. } if conflicts.is_empty() && deliver_to == &vec![SHOP, WMS])
+    );
+    for s in [SHOP, WMS] {
+        // The sink writes the row; Debezium captures it with the system's own updated_at.
+        let echo = [
+            (NAME, text("Cup")),
+            (PRICE, int(490)),
+            (QUANTITY, int(100)),
+            (UPDATED_AT, text("t-sink")),
+        ];
+        assert_eq!(
+            apply(&mut state, rules, &change(src, s, 1_001, &echo)),
+            Outcome::Echo
+        );
+    }
+    state
+}
+
+fn value(state: &RecordState, field: FieldId) -> FieldValue {
+    state.field(field).unwrap().value.clone()
+}
+
+/// Applies the shop's and the warehouse's concurrent quantity changes in both orders.
+fn both_orders(
+    quantity: Strategy,
+    priority: Vec<SystemId>,
+    shop_ts: i64,
+    wms_ts: i64,
+) -> (FieldValue, FieldValue, Vec<Conflict>) {
+    let rules = rules(quantity, priority);
+    let run = |shop_first: bool| {
+        let mut src = Source { next: [0; 3] };
+        let mut state = synced(&rules, &mut src);
+        let shop_change = [(QUANTITY, int(95))];
+        let wms_change = [(QUANTITY, int(98))];
+        let mut conflicts = Vec::new();
+        let order = if shop_first { [SHOP, WMS] } else { [WMS, SHOP] };
+        for s in order {
+            let (fields, ts) = if s == SHOP {
+                (&shop_change[..], shop_ts)
+            } else {
+                (&wms_change[..], wms_ts)
+            };
+            if let Outcome::Applied { conflicts: c, .. } =
+                apply(&mut state, &rules, &change(&mut src, s, ts, fields))
+            {
+                conflicts.extend(c);
+            }
+        }
+        (value(&state, QUANTITY), conflicts)
+    };
+    let (a, conflicts) = run(true);
+    let (b, _) = run(false);
+    (a, b, conflicts)
+}
+
+#[test]
+fn sum_counts_both_movements() {
+    let (a, b, conflicts) = both_orders(Strategy::Sum, vec![], 2_000, 2_001);
+    assert_eq!(
+        (a.clone(), b),
+        (int(93), int(93)),
+        "100 − 5 (shop) − 2 (warehouse)"
+    );
+    assert_eq!(conflicts.len(), 1);
+    assert_eq!(conflicts[0].resolved, int(93));
+    assert_eq!(conflicts[0].winner, None);
+}
+
+#[test]
+fn priority_lets_the_warehouse_own_quantity() {
+    let (a, b, conflicts) = both_orders(Strategy::Priority, vec![WMS, ERP], 2_000, 1_500);
+    assert_eq!((a, b), (int(98), int(98)));
+    assert_eq!(conflicts[0].strategy, Strategy::Priority);
+}
+
+#[test]
+fn lww_takes_the_later_change_and_ties_go_to_rank() {
+    let (a, b, _) = both_orders(Strategy::Lww, vec![], 2_000, 2_500);
+    assert_eq!((a, b), (int(98), int(98)), "the warehouse wrote later");
+    let (a, b, _) = both_orders(Strategy::Lww, vec![], 3_000, 2_500);
+    assert_eq!((a, b), (int(95), int(95)), "the shop wrote later");
+    let (a, b, _) = both_orders(Strategy::Lww, vec![], 2_000, 2_000);
+    assert_eq!(
+        (a, b),
+        (int(98), int(98)),
+        "same time: the warehouse outranks the shop"
+    );
+    let (a, b, _) = both_orders(Strategy::Fww, vec![], 2_000, 2_500);
+    assert_eq!((a, b), (int(95), int(95)), "fww: the earlier one");
+    let (a, b, _) = both_orders(Strategy::Min, vec![], 2_000, 2_500);
+    assert_eq!((a, b), (int(95), int(95)));
+    let (a, b, _) = both_orders(Strategy::Max, vec![], 2_000, 2_500);
+    assert_eq!((a, b), (int(98), int(98)));
+}
+
+#[test]
+fn concurrent_changes_to_different_fields_merge_without_conflict() {
+    let rules = rules(Strategy::Lww, vec![]);
+    let mut src = Source { next: [0; 3] };
+    let mut state = synced(&rules, &mut src);
+    let price = [(PRICE, int(450))];
+    let quantity = [(QUANTITY, int(98))];
+    let a = apply(&mut state, &rules, &change(&mut src, SHOP, 2_000, &price));
+    let b = apply(&mut state, &rules, &change(&mut src, WMS, 2_001, &quantity));
+    for outcome in [a, b] {
+        assert!(matches!(outcome, Outcome::Applied { conflicts, .. } if conflicts.is_empty()));
+    }
+    assert_eq!(
+        (value(&state, PRICE), value(&state, QUANTITY)),
+        (int(450), int(98))
+    );
+}
+
+#[test]
+fn manual_holds_the_value_and_reports_the_conflict() {
+    let (a, b, conflicts) = both_orders(Strategy::Manual, vec![], 2_000, 2_001);
+    assert_eq!(conflicts.len(), 1);
+    assert_eq!(conflicts[0].winner, None);
+    assert_eq!(conflicts[0].candidates.len(), 2);
+    // Held: whichever arrived first stays until an operator decides.
+    assert_eq!((a, b), (int(95), int(98)));
+}
+
+#[test]
+fn a_redelivered_change_is_a_duplicate_and_changes_nothing() {
+    let rules = rules(Strategy::Sum, vec![]);
+    let mut src = Source { next: [0; 3] };
+    let mut state = synced(&rules, &mut src);
+    let fields = [(QUANTITY, int(95))];
+    let c = change(&mut src, SHOP, 2_000, &fields);
+    assert!(matches!(
+        apply(&mut state, &rules, &c),
+        Outcome::Applied { .. }
+    ));
+    let before = state.clone();
+    assert_eq!(
+        apply(&mut state, &rules, &c),
+        Outcome::Duplicate(DuplicateReason::Position)
+    );
+    assert_eq!(state, before);
+}
+
+#[test]
+fn only_ignored_fields_changing_is_no_new_version() {
+    let rules = rules(Strategy::Lww, vec![]);
+    let mut src = Source { next: [0; 3] };
+    let mut state = synced(&rules, &mut src);
+    let clock = state.clock.clone();
+    let fields = [(UPDATED_AT, text("t9"))];
+    assert_eq!(
+        apply(&mut state, &rules, &change(&mut src, SHOP, 2_000, &fields)),
+        Outcome::Duplicate(DuplicateReason::NoChange)
+    );
+    assert_eq!(state.clock, clock);
+}
+
+#[test]
+fn an_overridden_origin_is_sent_the_resolution_and_its_echo_ends_the_loop() {
+    let rules = rules(Strategy::Sum, vec![]);
+    let mut src = Source { next: [0; 3] };
+    let mut state = synced(&rules, &mut src);
+    let shop = [(QUANTITY, int(95))];
+    let wms = [(QUANTITY, int(98))];
+    apply(&mut state, &rules, &change(&mut src, SHOP, 2_000, &shop));
+    let Outcome::Applied { deliver_to, .. } =
+        apply(&mut state, &rules, &change(&mut src, WMS, 2_001, &wms))
+    else {
+        panic!()
+    };
+    // 93 goes to everyone, the warehouse included: it holds 98.
+    assert_eq!(deliver_to, vec![ERP, SHOP, WMS]);
+    // Each system applies every version it was sent, in order; each is an echo.
+    for s in [ERP, SHOP, WMS] {
+        let sent: Vec<Delivery> = state.system(s).unwrap().pending.iter().cloned().collect();
+        for d in sent {
+            let mut fields = d.values.clone();
+            fields.push((UPDATED_AT, text("sink")));
+            fields.sort_by_key(|(f, _)| *f);
+            assert_eq!(
+                apply(&mut state, &rules, &change(&mut src, s, 3_000, &fields)),
+                Outcome::Echo,
+                "{s:?}"
+            );
+        }
+        assert!(state.system(s).unwrap().pending.is_empty());
+    }
+    assert_eq!(value(&state, QUANTITY), int(93));
+    // The loop is quiet: every system has seen the current version.
+    for s in [ERP, SHOP, WMS] {
+        assert_eq!(state.system(s).unwrap().seen, state.clock);
+    }
+}
+
+fn arb_strategy() -> impl Generator<Value = Strategy> {
+    prop_oneof![
+        Just(Strategy::Lww),
+        Just(Strategy::Fww),
+        Just(Strategy::Priority),
+        Just(Strategy::Max),
+        Just(Strategy::Min),
+        Just(Strategy::Sum),
+    ]
+}
+
+/// Up to three concurrent changes (one per system) to price and/or quantity.
+/// One system's change: who, when, which fields.
+type TestChange = (SystemId, i64, Vec<(FieldId, FieldValue)>);
+
+fn arb_changes() -> impl Generator<Value = Vec<TestChange>> {
+    let one = (
+        0i64..5,
+        proptest::option::of(0i64..300),
+        proptest::option::of(0i64..300),
+    );
+    proptest::collection::vec(one, 3).prop_map(|changes| {
+        changes
+            .into_iter()
+            .enumerate()
+            .map(|(s, (ts, price, quantity))| {
+                let mut fields = Vec::new();
+                if let Some(p) = price {
+                    fields.push((PRICE, int(p)));
+                }
+                if let Some(q) = quantity {
+                    fields.push((QUANTITY, int(q)));
+                }
+                (SystemId(s as u16), 2_000 + ts, fields)
+            })
+            .filter(|(_, _, fields)| !fields.is_empty())
+            .collect()
+    })
+}
+
+fn permutations(n: usize) -> Vec<Vec<usize>> {
+    if n == 0 {
+        return vec![vec![]];
+    }
+    let mut out = Vec::new();
+    for p in permutations(n - 1) {
+        for i in 0..=p.len() {
+            let mut q = p.clone();
+            q.insert(i, n - 1);
+            out.push(q);
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// For every strategy but `manual`, the resolved record after a set of concurrent changes
+    /// from three systems is the same whatever order they arrive in. Exact mode: each change
+    /// names the version it was based on (the synced one), so no write is taken for an echo.
+    #[test]
+    fn resolution_converges_over_every_permutation(strategy in arb_strategy(), changes in arb_changes()) {
+        let rules = {
+            let mut r = rules(strategy, if strategy == Strategy::Priority { vec![WMS, ERP] } else { vec![] });
+            r.fields[PRICE.0 as usize].strategy = strategy;
+            r.fields[PRICE.0 as usize].priority = r.fields[QUANTITY.0 as usize].priority.clone();
+            r
+        };
+        let mut results = Vec::new();
+        for order in permutations(changes.len()) {
+            let mut src = Source { next: [0; 3] };
+            let mut state = synced(&rules, &mut src);
+            let base = state.clock.clone();
+            for &i in &order {
+                let (s, ts, fields) = &changes[i];
+                apply(&mut state, &rules, &exact(&mut src, *s, *ts, fields, &base));
+            }
+            results.push((value(&state, PRICE), value(&state, QUANTITY), state.clock.clone()));
+        }
+        for r in &results[1..] {
+            prop_assert_eq!(r, &results[0]);
+        }
+        // Under sum, every movement counts once.
+        if strategy == Strategy::Sum {
+            let moved: i64 = changes.iter().flat_map(|(_, _, f)| f).filter(|(f, _)| *f == QUANTITY)
+                .map(|(_, v)| match v { FieldValue::Int(q) => q - 100, _ => 0 }).sum();
+            prop_assert_eq!(&results[0].1, &int(100 + moved));
+        }
+    }
+
+    /// Content mode converges too as long as no two systems concurrently write the very
+    /// content harmony is sending the other (then that write is read as an echo: the one
+    /// ambiguity of content matching, DESIGN §4 step 3).
+    #[test]
+    fn content_mode_converges_when_writes_are_distinguishable(strategy in arb_strategy(), changes in arb_changes()) {
+        let rules = {
+            let mut r = rules(strategy, if strategy == Strategy::Priority { vec![WMS, ERP] } else { vec![] });
+            r.fields[PRICE.0 as usize].strategy = strategy;
+            r.fields[PRICE.0 as usize].priority = r.fields[QUANTITY.0 as usize].priority.clone();
+            r
+        };
+        // Distinguishable: each system writes values no other system writes.
+        let changes: Vec<_> = changes
+            .into_iter()
+            .map(|(s, ts, fields)| {
+                let fields = fields.into_iter().map(|(f, v)| match v {
+                    FieldValue::Int(x) => (f, int(x * 10 + i64::from(s.0) + 1)),
+                    other => (f, other),
+                }).collect::<Vec<_>>();
+                (s, ts, fields)
+            })
+            .collect();
+        let mut results = Vec::new();
+        for order in permutations(changes.len()) {
+            let mut src = Source { next: [0; 3] };
+            let mut state = synced(&rules, &mut src);
+            for &i in &order {
+                let (s, ts, fields) = &changes[i];
+                apply(&mut state, &rules, &change(&mut src, *s, *ts, fields));
+            }
+            results.push((value(&state, PRICE), value(&state, QUANTITY), state.clock.clone()));
+        }
+        for r in &results[1..] {
+            prop_assert_eq!(r, &results[0]);
+        }
+    }
+
+    /// Any change delivered twice changes nothing the second time.
+    #[test]
+    fn dedup_is_idempotent(strategy in arb_strategy(), changes in arb_changes()) {
+        let rules = rules(strategy, vec![WMS]);
+        let mut src = Source { next: [0; 3] };
+        let mut state = synced(&rules, &mut src);
+        for (s, ts, fields) in &changes {
+            let c = change(&mut src, *s, *ts, fields);
+            apply(&mut state, &rules, &c);
+            let once = state.clone();
+            prop_assert_eq!(apply(&mut state, &rules, &c), Outcome::Duplicate(DuplicateReason::Position));
+            prop_assert_eq!(&state, &once);
+        }
+    }
+}
