@@ -450,3 +450,77 @@ proptest! {
         }
     }
 }
+
+fn delete<'c>(src: &mut Source, s: SystemId, ts_ms: i64) -> Change<'c> {
+    Change {
+        kind: ChangeKind::Delete,
+        ..change(src, s, ts_ms, &[])
+    }
+}
+
+/// The shop deletes the product while the warehouse concurrently updates its quantity.
+fn delete_against_update(on_delete_conflict: DeleteConflict, delete_first: bool) -> RecordState {
+    let mut rules = rules(Strategy::Lww, vec![]);
+    rules.on_delete_conflict = on_delete_conflict;
+    let mut src = Source { next: [0; 3] };
+    let mut state = synced(&rules, &mut src);
+    let update = [(QUANTITY, int(97))];
+    if delete_first {
+        apply(&mut state, &rules, &delete(&mut src, SHOP, 2_000));
+        apply(&mut state, &rules, &change(&mut src, WMS, 2_001, &update));
+    } else {
+        apply(&mut state, &rules, &change(&mut src, WMS, 2_001, &update));
+        apply(&mut state, &rules, &delete(&mut src, SHOP, 2_000));
+    }
+    state
+}
+
+#[test]
+fn delete_wins_over_a_concurrent_update_in_either_order() {
+    for delete_first in [true, false] {
+        let state = delete_against_update(DeleteConflict::DeleteWins, delete_first);
+        assert!(state.deleted.is_some(), "delete first: {delete_first}");
+    }
+}
+
+#[test]
+fn update_wins_over_a_concurrent_delete_in_either_order() {
+    for delete_first in [true, false] {
+        let state = delete_against_update(DeleteConflict::UpdateWins, delete_first);
+        assert!(state.deleted.is_none(), "delete first: {delete_first}");
+        assert_eq!(value(&state, QUANTITY), int(97));
+    }
+}
+
+#[test]
+fn a_delete_seen_by_all_is_final_and_a_later_insert_revives_the_record() {
+    let rules = rules(Strategy::Lww, vec![]);
+    let mut src = Source { next: [0; 3] };
+    let mut state = synced(&rules, &mut src);
+    let Outcome::Applied { deliver_to, .. } =
+        apply(&mut state, &rules, &delete(&mut src, SHOP, 2_000))
+    else {
+        panic!()
+    };
+    assert_eq!(
+        deliver_to,
+        vec![ERP, WMS],
+        "the delete goes to the other systems"
+    );
+    assert!(state.deleted.is_some());
+    // The erp, having applied the delete (its echo), creates the product again.
+    let sent = state.system(ERP).unwrap().pending.back().cloned().unwrap();
+    let mut gone = delete(&mut src, ERP, 2_100);
+    gone.fields = &[];
+    assert!(sent.deleted);
+    assert_eq!(apply(&mut state, &rules, &gone), Outcome::Echo);
+    let again = [
+        (NAME, text("Cup v2")),
+        (PRICE, int(500)),
+        (QUANTITY, int(10)),
+        (UPDATED_AT, text("t3")),
+    ];
+    apply(&mut state, &rules, &change(&mut src, ERP, 3_000, &again));
+    assert!(state.deleted.is_none());
+    assert_eq!(value(&state, NAME), text("Cup v2"));
+}
