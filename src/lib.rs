@@ -14,6 +14,7 @@
 //! | [`value`] | exact column values: 64-bit integers, decimals, the unavailable placeholder |
 //! | [`mapping`] | stage 1: a table's change → entity, canonical key, entity fields (pure) |
 //! | [`output`] | a change → harmony's Debezium-shaped output record (pure) |
+//! | [`internal`] | the internal topic's record: one logical record change, exact values, versioned |
 //! | [`kafka`] | client settings that carry the delivery guarantee, topic creation, and [`kafka::offsets`], the one owner of input offsets |
 //! | [`worker`] | the consume → process → produce → acknowledge loop and its life cycle |
 //! | [`telemetry`] | named events: each logs and counts together; the Prometheus registry |
@@ -33,6 +34,7 @@ pub mod config;
 pub mod engine;
 pub mod envelope;
 pub mod http;
+pub mod internal;
 pub mod kafka;
 pub mod mapping;
 pub mod output;
