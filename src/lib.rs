@@ -18,6 +18,7 @@
 //! | [`kafka`] | client settings that carry the delivery guarantee, topic creation, and [`kafka::offsets`], the one owner of input offsets |
 //! | [`worker`] | the consume → process → produce → acknowledge loop and its life cycle |
 //! | [`telemetry`] | named events: each logs and counts together; the Prometheus registry |
+//! | [`guard`] | CEL guards that reject a candidate value before it is written |
 //! | [`http`] | `/metrics`, `/health`, `/ready` |
 //!
 //! # The path of one event
@@ -33,6 +34,7 @@ pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod envelope;
+pub mod guard;
 pub mod http;
 pub mod internal;
 pub mod kafka;

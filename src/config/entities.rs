@@ -235,8 +235,13 @@ pub(super) fn validate(
                     ));
                 }
             }
-            if field.guard.as_deref().is_some_and(|g| g.trim().is_empty()) {
-                return Err(key_error(at_field("guard"), "is empty"));
+            if let Some(guard) = &field.guard {
+                crate::guard::Guard::compile(guard).map_err(|e| {
+                    key_error(
+                        at_field("guard"),
+                        format!("is not a valid CEL expression: {e}"),
+                    )
+                })?;
             }
         }
         if entity.default_strategy == Strategy::Merge {

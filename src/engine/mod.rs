@@ -35,6 +35,8 @@ pub struct FieldRule {
     pub priority: Vec<SystemId>,
     /// Not compared when deciding what changed (e.g. `updated_at`).
     pub ignored: bool,
+    /// Rejects a value before it is written.
+    pub guard: Option<crate::guard::Guard>,
 }
 
 /// Everything resolution needs to know about one entity.
@@ -105,6 +107,9 @@ pub enum Outcome {
     Applied {
         dot: Dot,
         conflicts: Vec<Conflict>,
+        /// Values a guard kept out, by field: the field kept its value, and the system that
+        /// sent them is sent the record back.
+        rejected: Vec<(FieldId, FieldValue)>,
         /// Targets whose content changed and must be sent the record.
         deliver_to: Vec<SystemId>,
     },
@@ -174,6 +179,7 @@ pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) 
     // 7 (first half). The change's own dot.
     let dot = state.clock.increment(s);
     let mut conflicts = Vec::new();
+    let mut rejected = Vec::new();
 
     // Existence: a delete or an upsert after a delete.
     match change.kind {
@@ -235,6 +241,10 @@ pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) 
             }
         };
         if let strategy::Resolution::Write(value) = resolved {
+            if rule.guard.as_ref().is_some_and(|g| !g.admits(&value)) {
+                rejected.push((field, value));
+                continue;
+            }
             state.set_field(
                 field,
                 FieldState {
@@ -287,6 +297,7 @@ pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) 
     Outcome::Applied {
         dot,
         conflicts,
+        rejected,
         deliver_to,
     }
 }

@@ -19,6 +19,7 @@ fn rules(quantity: Strategy, priority: Vec<SystemId>) -> EntityRules {
         strategy,
         priority,
         ignored,
+        guard: None,
     };
     EntityRules {
         systems: vec![
@@ -523,4 +524,41 @@ fn a_delete_seen_by_all_is_final_and_a_later_insert_revives_the_record() {
     apply(&mut state, &rules, &change(&mut src, ERP, 3_000, &again));
     assert!(state.deleted.is_none());
     assert_eq!(value(&state, NAME), text("Cup v2"));
+}
+
+#[test]
+fn a_guard_rejects_a_negative_quantity_and_the_sender_is_corrected() {
+    let mut rules = rules(Strategy::Sum, vec![]);
+    rules.fields[QUANTITY.0 as usize].guard =
+        Some(crate::guard::Guard::compile("value >= 0").unwrap());
+    let mut src = Source { next: [0; 3] };
+    let mut state = synced(&rules, &mut src);
+    // The shop sells 120 of the 100 in stock.
+    let oversold = [(QUANTITY, int(-20))];
+    let outcome = apply(
+        &mut state,
+        &rules,
+        &change(&mut src, SHOP, 2_000, &oversold),
+    );
+    let Outcome::Applied {
+        rejected,
+        deliver_to,
+        ..
+    } = outcome
+    else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(rejected, vec![(QUANTITY, int(-20))]);
+    assert_eq!(value(&state, QUANTITY), int(100));
+    assert_eq!(
+        deliver_to,
+        vec![SHOP],
+        "the shop holds -20 and is sent 100 back"
+    );
+    // A movement that keeps the stock non-negative passes.
+    let sold = [(QUANTITY, int(90))];
+    let mut src2 = Source { next: [0; 3] };
+    let mut state2 = synced(&rules, &mut src2);
+    apply(&mut state2, &rules, &change(&mut src2, SHOP, 2_000, &sold));
+    assert_eq!(value(&state2, QUANTITY), int(90));
 }
