@@ -147,6 +147,11 @@ impl Catalog {
         &self.entity_names[entity.0 as usize]
     }
 
+    /// The entity's fields by `FieldId`.
+    pub fn field_names(&self, entity: EntityId) -> &[String] {
+        &self.field_names[entity.0 as usize]
+    }
+
     pub fn field_name(&self, entity: EntityId, field: FieldId) -> &str {
         &self.field_names[entity.0 as usize][field.0 as usize]
     }

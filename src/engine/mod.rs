@@ -4,9 +4,11 @@
 //! same changes in the same order give the same state, and for every strategy but `manual`
 //! concurrent changes give the same state in any order.
 
+mod rules;
 mod state;
 mod strategy;
 
+pub use rules::entity_rules;
 pub use state::{Delivery, FieldState, FieldValue, RecordState, SystemState};
 
 use std::hash::{DefaultHasher, Hash, Hasher};
