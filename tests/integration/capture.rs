@@ -27,6 +27,35 @@ const CONNECTORS: [(&str, &str); 3] = [
     ("fx_flat", "flat"),
 ];
 
+/// Connect keeps the source offsets of a connector after it is deleted; a connector registered
+/// again under the same name would resume from a position whose slot or binlog is gone. Each
+/// capture therefore registers its connectors under names of its own.
+fn connector_name(prefix: &str) -> String {
+    static RUN: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let run = RUN.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    });
+    format!("{prefix}-{run}")
+}
+
+/// Deletes every registered connector of these prefixes, from any capture run.
+fn delete_connectors(prefixes: &[&str]) -> Result<()> {
+    let (_, body) = curl("GET", "/connectors", None)?;
+    let names: Vec<String> = serde_json::from_str(&body).unwrap_or_default();
+    for name in names {
+        if prefixes
+            .iter()
+            .any(|p| name == *p || name.starts_with(&format!("{p}-")))
+        {
+            curl("DELETE", &format!("/connectors/{name}"), None)?;
+        }
+    }
+    Ok(())
+}
+
 fn connect_url() -> String {
     format!(
         "http://127.0.0.1:{}",
@@ -121,9 +150,7 @@ fn wait_until(timeout: Duration, what: &str, mut ok: impl FnMut() -> Result<bool
 }
 
 fn reset() -> Result<()> {
-    for (name, _) in CONNECTORS {
-        curl("DELETE", &format!("/connectors/{name}"), None)?;
-    }
+    delete_connectors(&CONNECTORS.map(|(n, _)| n))?;
     wait_until(Duration::from_secs(30), "connectors to stop", || {
         let slots = psql(
             "postgres",
@@ -140,38 +167,8 @@ fn reset() -> Result<()> {
     ))?;
     psql("fixtures", &sql)?;
 
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .create()?;
-    let metadata = consumer.fetch_metadata(None, Duration::from_secs(10))?;
-    let ours: Vec<String> = metadata
-        .topics()
-        .iter()
-        .map(|t| t.name().to_owned())
-        .filter(|t| {
-            CONNECTORS
-                .iter()
-                .any(|(n, _)| t.starts_with(&format!("{n}.")) || t.ends_with(&format!(".{n}")))
-        })
-        .collect();
-    if !ours.is_empty() {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap())
-            .create()?;
-        let names: Vec<&str> = ours.iter().map(String::as_str).collect();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        runtime.block_on(admin.delete_topics(&names, &AdminOptions::new()))?;
-        // Deletion is asynchronous in the broker; wait until the names are free again.
-        wait_until(Duration::from_secs(30), "topic deletion", || {
-            let md = consumer.fetch_metadata(None, Duration::from_secs(10))?;
-            Ok(!md
-                .topics()
-                .iter()
-                .any(|t| ours.iter().any(|o| o == t.name())))
-        })?;
-    }
+    let names: Vec<&str> = CONNECTORS.iter().map(|(n, _)| *n).collect();
+    delete_topics_of(&names)?;
     Ok(())
 }
 
@@ -213,7 +210,7 @@ fn capture_postgres_fixtures() -> Result<()> {
     for (name, mode) in CONNECTORS {
         let (code, body) = curl(
             "PUT",
-            &format!("/connectors/{name}/config"),
+            &format!("/connectors/{}/config", connector_name(name)),
             Some(&connector_config(name, mode)),
         )?;
         if code >= 300 {
@@ -222,7 +219,11 @@ fn capture_postgres_fixtures() -> Result<()> {
     }
     for (name, _) in CONNECTORS {
         wait_until(Duration::from_secs(120), &format!("{name} RUNNING"), || {
-            let (_, body) = curl("GET", &format!("/connectors/{name}/status"), None)?;
+            let (_, body) = curl(
+                "GET",
+                &format!("/connectors/{}/status", connector_name(name)),
+                None,
+            )?;
             let status: Value = serde_json::from_str(&body).unwrap_or_default();
             Ok(status["tasks"][0]["state"] == "RUNNING")
         })?;
@@ -239,64 +240,10 @@ fn capture_postgres_fixtures() -> Result<()> {
     // Let heartbeats and the last changes arrive.
     std::thread::sleep(Duration::from_secs(4));
 
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .create()?;
-    let metadata = consumer.fetch_metadata(None, Duration::from_secs(10))?;
     for (name, _) in CONNECTORS {
-        let mut topics: Vec<String> = metadata
-            .topics()
-            .iter()
-            .map(|t| t.name().to_owned())
-            .filter(|t| {
-                t.starts_with(&format!("{name}.")) || *t == format!("__debezium-heartbeat.{name}")
-            })
-            .collect();
-        topics.sort();
-        let mut lines = Vec::new();
-        for topic in &topics {
-            let mut reader = TopicReader::new(topic)?;
-            reader.read_for(Duration::from_secs(3))?;
-            let mut records: Vec<Record> = reader.records.clone();
-            records.sort_by_key(|r| (r.partition, r.offset));
-            // Heartbeats keep coming; two are enough.
-            let keep = if topic.starts_with("__debezium-heartbeat") {
-                2
-            } else {
-                records.len()
-            };
-            for r in records.into_iter().take(keep) {
-                let headers: BTreeMap<&str, &str> = r
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect();
-                lines.push(
-                    json!({
-                        "topic": topic,
-                        "offset": r.offset,
-                        "headers": headers,
-                        "key": r.key,
-                        "value": r.value.as_deref().map(|v| String::from_utf8_lossy(v).into_owned()),
-                    })
-                    .to_string(),
-                );
-            }
-        }
-        let path = format!(
-            "{}/tests/fixtures/postgres/{name}.jsonl",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        std::fs::write(&path, lines.join("\n") + "\n")?;
-        eprintln!(
-            "wrote {} records from {} topics to {path}",
-            lines.len(),
-            topics.len()
-        );
+        write_fixture_file("postgres", name)?;
     }
-    for (name, _) in CONNECTORS {
-        curl("DELETE", &format!("/connectors/{name}"), None)?;
-    }
+    delete_connectors(&CONNECTORS.map(|(n, _)| n))?;
     Ok(())
 }
 
@@ -463,9 +410,7 @@ fn write_fixture_file(dir: &str, name: &str) -> Result<()> {
 #[test]
 #[ignore = "captures fixtures from the running stack; run scripts/capture-fixtures"]
 fn capture_mariadb_fixtures() -> Result<()> {
-    for (name, _) in MARIADB_CONNECTORS {
-        curl("DELETE", &format!("/connectors/{name}"), None)?;
-    }
+    delete_connectors(&MARIADB_CONNECTORS.map(|(n, _)| n))?;
     std::thread::sleep(Duration::from_secs(2));
     let names: Vec<&str> = MARIADB_CONNECTORS.iter().map(|(n, _)| *n).collect();
     let mut history: Vec<String> = names
@@ -483,7 +428,7 @@ fn capture_mariadb_fixtures() -> Result<()> {
     for (name, mode) in MARIADB_CONNECTORS {
         let (code, body) = curl(
             "PUT",
-            &format!("/connectors/{name}/config"),
+            &format!("/connectors/{}/config", connector_name(name)),
             Some(&mariadb_connector_config(name, mode)),
         )?;
         if code >= 300 {
@@ -513,8 +458,6 @@ fn capture_mariadb_fixtures() -> Result<()> {
     for (name, _) in MARIADB_CONNECTORS {
         write_fixture_file("mariadb", name)?;
     }
-    for (name, _) in MARIADB_CONNECTORS {
-        curl("DELETE", &format!("/connectors/{name}"), None)?;
-    }
+    delete_connectors(&MARIADB_CONNECTORS.map(|(n, _)| n))?;
     Ok(())
 }

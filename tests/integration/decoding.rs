@@ -22,8 +22,12 @@ struct Fixture {
 }
 
 fn load(connector: &str) -> Vec<Fixture> {
+    load_from("postgres", connector)
+}
+
+fn load_from(dir: &str, connector: &str) -> Vec<Fixture> {
     let path = format!(
-        "{}/tests/fixtures/postgres/{connector}.jsonl",
+        "{}/tests/fixtures/{dir}/{connector}.jsonl",
         env!("CARGO_MANIFEST_DIR")
     );
     std::fs::read_to_string(&path)
@@ -625,16 +629,7 @@ proptest::proptest! {
 }
 
 fn load_mariadb(connector: &str) -> Vec<Fixture> {
-    let path = format!(
-        "{}/tests/fixtures/mariadb/{connector}.jsonl",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{path}: {e}"))
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    load_from("mariadb", connector)
 }
 
 /// A MariaDB `kinds` row as written (scripts/sql/fixtures-mariadb.sql and capture.rs).
@@ -736,13 +731,15 @@ fn assert_mariadb(connector: &str, with_schema: bool) {
     let (
         SourcePosition::MySql { file, pos, row: 0 },
         SourcePosition::MySql {
-            pos: pos_b, row: 1, ..
+            file: file_b,
+            pos: pos_b,
+            row: 1,
         },
     ) = (a.source.position, b.source.position)
     else {
         panic!("{:?} {:?}", a.source.position, b.source.position)
     };
-    assert_eq!((file, pos), (1, pos_b));
+    assert_eq!((file, pos), (file_b, pos_b), "one binlog event, two rows");
     assert!(snapshot.source.position < a.source.position && a.source.position < b.source.position);
 
     let update = change(&mut d, kinds(3));
