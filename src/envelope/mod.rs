@@ -346,7 +346,6 @@ impl Decoder {
             }
         }
         let text = std::str::from_utf8(value).map_err(|_| DecodeError::NotUtf8)?;
-        let key = key.map(unwrap_key).transpose()?.flatten();
         decode_text(
             text,
             &mut self.schemas,
@@ -370,4 +369,3 @@ mod row;
 mod source;
 
 use record::decode_text;
-use row::unwrap_key;

@@ -8,7 +8,7 @@ use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::row::{image, row};
+use super::row::{image, row, unwrap_key};
 use super::source::{decode_source, postgres_position};
 use super::{
     ChangeEvent, DecodeError, Decoded, KeyChange, Op, RecordHeaders, Snapshot, Source,
@@ -21,7 +21,7 @@ use crate::schema::{RowSchema, SchemaCache, ValueSchema};
 pub(super) fn decode_text<'a>(
     text: &'a str,
     schemas: &mut SchemaCache,
-    key: Option<&'a RawValue>,
+    key: Option<&'a [u8]>,
     headers: RecordHeaders<'a>,
     max_depth: usize,
 ) -> Result<Decoded<'a>, DecodeError> {
@@ -33,6 +33,8 @@ pub(super) fn decode_text<'a>(
             DecodeError::json(e)
         }
     })?;
+    // After the value: when both are broken, the value's error is the one worth reporting.
+    let key = key.map(unwrap_key).transpose()?.flatten();
     match (outer.schema, outer.payload) {
         (Some(schema), Some(payload)) if outer.op.is_none() && outer.source.is_none() => {
             if payload.get() == "null" {

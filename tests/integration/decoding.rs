@@ -490,6 +490,9 @@ fn broken_records_are_permanent_errors_with_a_kind() {
     let err = harmony::envelope::decode(Some(b"{bad"), Some(br#"{"op":"t","source":{"ts_ms":1}}"#))
         .unwrap_err();
     assert_eq!(err.kind(), "invalid_key");
+    // Both broken: the value's error is reported.
+    let err = harmony::envelope::decode(Some(b"{bad"), Some(b"not json")).unwrap_err();
+    assert_eq!(err.kind(), "invalid_json");
 }
 
 #[test]
