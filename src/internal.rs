@@ -17,8 +17,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::engine::FieldValue;
-use crate::envelope::SourcePosition;
-use crate::mapping::ChangeKind;
+use crate::envelope::{ChangeEvent, Snapshot, SourcePosition};
+use crate::mapping::{Catalog, ChangeKind, MappedChange};
 use crate::value::Decimal;
 
 /// Version of the encoding; a reader refuses versions it does not know.
@@ -145,6 +145,41 @@ pub struct Origin {
 }
 
 impl InternalChange {
+    /// Stage 1's record for one mapped change. Columns Debezium did not send (unchanged
+    /// TOAST) are left out: absent means "not sent", never "now null".
+    pub fn from_mapped(
+        catalog: &Catalog,
+        mapped: &MappedChange<'_, '_>,
+        system: &str,
+        event: &ChangeEvent<'_>,
+        origin: Origin,
+    ) -> Self {
+        let fields = mapped
+            .fields
+            .iter()
+            .filter_map(|&(field, value)| {
+                FieldValue::from_value(value).map(|v| {
+                    (
+                        catalog.field_name(mapped.entity, field).to_owned(),
+                        Typed::from(&v),
+                    )
+                })
+            })
+            .collect();
+        InternalChange {
+            v: FORMAT_VERSION,
+            entity: catalog.entity_name(mapped.entity).to_owned(),
+            key: mapped.key.clone(),
+            system: system.to_owned(),
+            kind: mapped.kind.into(),
+            ts_ms: event.source.ts_ms,
+            snapshot: event.source.snapshot == Snapshot::Yes,
+            position: event.source.position.into(),
+            fields,
+            origin,
+        }
+    }
+
     /// The internal topic's record key: every change of one record on one partition.
     pub fn record_key(&self) -> String {
         format!("{}:{}", self.entity, self.key)

@@ -12,6 +12,7 @@ pub struct Metrics {
     events_consumed: IntCounterVec,
     tombstones: IntCounterVec,
     control_records: IntCounterVec,
+    unmapped_changes: IntCounterVec,
     decode_failures: IntCounterVec,
     dead_letters: IntCounterVec,
     outputs_published: IntCounterVec,
@@ -42,6 +43,11 @@ impl Metrics {
                 "harmony_control_records_total",
                 "Heartbeats, transaction markers and schema changes read: recognised, not record changes.",
                 &["system", "topic", "kind"],
+            )?,
+            unmapped_changes: counter(
+                "harmony_unmapped_changes_total",
+                "Changes of tables no entity maps (with entities declared): read and skipped.",
+                &["system", "topic"],
             )?,
             decode_failures: counter(
                 "harmony_decode_failures_total",
@@ -94,6 +100,13 @@ impl Metrics {
         tracing::trace!(system, topic, kind, "control record");
         self.control_records
             .with_label_values(&[system, topic, kind])
+            .inc();
+    }
+
+    pub fn unmapped_change(&self, system: &str, topic: &str) {
+        tracing::trace!(system, topic, "change of a table no entity maps");
+        self.unmapped_changes
+            .with_label_values(&[system, topic])
             .inc();
     }
 

@@ -25,8 +25,10 @@ use tokio::sync::watch;
 use crate::config::{Config, TopicRouter};
 use crate::envelope::{Decoded, Decoder, Limits, RecordHeaders};
 use crate::http::Health;
+use crate::internal::{self, InternalChange};
 use crate::kafka::offsets::{OffsetStore, Ticket};
 use crate::kafka::{self, topics};
+use crate::mapping::Catalog;
 use crate::output::{encode_change, output_key, Origin};
 use crate::telemetry::Metrics;
 
@@ -46,6 +48,7 @@ pub enum WorkerError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Destination {
     Output,
+    Internal,
     DeadLetter,
 }
 
@@ -78,9 +81,19 @@ pub async fn run(
     let consumer: StreamConsumer = consumer_config.create().map_err(WorkerError::Setup)?;
     let producer: FutureProducer = producer_config.create().map_err(WorkerError::Setup)?;
 
+    let internal_topic = config.output.internal_topic(&config.kafka.group_id);
+    let mut own_topics = vec![config.output.dead_letter_topic.as_str()];
+    // With entities declared, stage 1 re-keys changes into the internal topic; without, each
+    // change is published as it is to the output topic.
+    let catalog = (!config.entities.is_empty()).then(|| Catalog::new(config));
+    if catalog.is_some() {
+        own_topics.push(&internal_topic);
+    } else {
+        own_topics.push(&config.output.topic);
+    }
     topics::ensure_topics(
         &producer_config,
-        &[&config.output.topic, &config.output.dead_letter_topic],
+        &own_topics,
         config.output.partitions,
         config.output.replication_factor,
     )
@@ -100,6 +113,8 @@ pub async fn run(
         producer: &producer,
         router: config.topic_router(),
         offsets: OffsetStore::new(&consumer),
+        catalog,
+        internal_topic: &internal_topic,
         decoder: Decoder::new(Limits {
             max_record_bytes: config.input.max_record_bytes,
             max_nesting_depth: config.input.max_nesting_depth,
@@ -129,6 +144,9 @@ struct Pipeline<'a> {
     producer: &'a FutureProducer,
     router: TopicRouter,
     offsets: OffsetStore<'a, StreamConsumer>,
+    /// Present when entities are declared: stage 1 mapping.
+    catalog: Option<Catalog>,
+    internal_topic: &'a str,
     decoder: Decoder,
     deliveries: FuturesUnordered<PendingCompletion>,
     /// Reused for every output value.
@@ -209,6 +227,11 @@ impl Pipeline<'_> {
             .decoder
             .decode(message.key(), message.payload(), headers)
         {
+            Ok(Decoded::Change(event)) if self.catalog.is_some() => {
+                self.metrics.change_consumed(system, topic, event.op);
+                self.ingest(message, system_index, &event, origin, &mut sends)
+                    .await;
+            }
             Ok(Decoded::Change(event)) => {
                 self.metrics.change_consumed(system, topic, event.op);
                 encode_change(&mut self.buf, &event, system, origin, now_ms());
@@ -271,6 +294,63 @@ impl Pipeline<'_> {
             }
         }
         self.track(ticket, sends, started);
+    }
+
+    /// Stage 1: the change as record changes of the entities its table feeds, each to the
+    /// internal topic keyed by record. A row that breaks the mapping is dead-lettered.
+    async fn ingest(
+        &self,
+        message: &BorrowedMessage<'_>,
+        system_index: usize,
+        event: &crate::envelope::ChangeEvent<'_>,
+        origin: Origin<'_>,
+        sends: &mut Vec<(Destination, Sent)>,
+    ) {
+        let Some(catalog) = &self.catalog else { return };
+        let system = self.config.systems[system_index].name.as_str();
+        match catalog.map(system_index, event) {
+            Ok(changes) if changes.is_empty() => self.metrics.unmapped_change(system, origin.topic),
+            Ok(changes) => {
+                for mapped in changes {
+                    let internal = InternalChange::from_mapped(
+                        catalog,
+                        &mapped,
+                        system,
+                        event,
+                        internal::Origin {
+                            topic: origin.topic.to_owned(),
+                            partition: origin.partition,
+                            offset: origin.offset,
+                        },
+                    );
+                    let key = internal.record_key();
+                    let payload = internal.encode();
+                    let record = FutureRecord {
+                        topic: self.internal_topic,
+                        partition: None,
+                        payload: Some(payload.as_slice()),
+                        key: Some(key.as_bytes()),
+                        timestamp: None,
+                        headers: None,
+                    };
+                    sends.push((Destination::Internal, send(self.producer, record).await));
+                }
+            }
+            Err(error) => {
+                let reason = error.to_string();
+                self.metrics.dead_lettered(
+                    origin.topic,
+                    origin.partition,
+                    origin.offset,
+                    error.kind(),
+                    &reason,
+                );
+                sends.push((
+                    Destination::DeadLetter,
+                    self.dead_letter(message, error.kind(), &reason).await,
+                ));
+            }
+        }
     }
 
     fn track(&mut self, ticket: Ticket, sends: Vec<(Destination, Sent)>, started: Instant) {
@@ -370,19 +450,22 @@ impl Pipeline<'_> {
     fn complete(&mut self, done: Completion) -> Result<(), WorkerError> {
         for (destination, result) in done.results {
             let topic = match destination {
-                Destination::Output => &self.config.output.topic,
-                Destination::DeadLetter => &self.config.output.dead_letter_topic,
+                Destination::Output => self.config.output.topic.as_str(),
+                Destination::Internal => self.internal_topic,
+                Destination::DeadLetter => self.config.output.dead_letter_topic.as_str(),
             };
             match result {
                 Ok(()) => match destination {
-                    Destination::Output => self.metrics.output_acknowledged(topic),
+                    Destination::Output | Destination::Internal => {
+                        self.metrics.output_acknowledged(topic)
+                    }
                     Destination::DeadLetter => self.metrics.dead_letter_acknowledged(topic),
                 },
                 Err(error) => {
                     tracing::error!(topic = %topic, error = %error,
                         "delivery failed after the producer's retries; stopping without storing this offset");
                     return Err(WorkerError::Delivery {
-                        topic: topic.clone(),
+                        topic: topic.to_owned(),
                         error,
                     });
                 }

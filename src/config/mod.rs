@@ -167,6 +167,17 @@ pub struct OutputConfig {
     pub partitions: i32,
     #[serde(default = "default_replication_factor")]
     pub replication_factor: i32,
+    /// Stage 1 → stage 2 (when entities are declared): changes re-keyed by record. Default
+    /// `harmony.<group_id>.changes`.
+    pub internal_topic: Option<String>,
+}
+
+impl OutputConfig {
+    pub fn internal_topic(&self, group_id: &str) -> String {
+        self.internal_topic
+            .clone()
+            .unwrap_or_else(|| format!("harmony.{group_id}.changes"))
+    }
 }
 
 fn default_partitions() -> i32 {
@@ -347,6 +358,12 @@ impl Config {
                     "is not a valid Kafka topic name (1–249 of [a-zA-Z0-9._-])",
                 ));
             }
+        }
+        if !is_valid_topic_name(&self.output.internal_topic(&self.kafka.group_id)) {
+            return Err(key_error(
+                "output.internal_topic".into(),
+                "is not a valid Kafka topic name (set it, or use a group_id that makes one)",
+            ));
         }
         if self.output.partitions < 1 {
             return Err(key_error("output.partitions".into(), "must be at least 1"));

@@ -4,6 +4,7 @@
 
 mod capture;
 mod decoding;
+mod ingest;
 mod pipeline;
 mod poison;
 mod stack;

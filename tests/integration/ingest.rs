@@ -1,0 +1,138 @@
+//! Stage 1 against the real stack: with entities declared, each system's change of its own
+//! table arrives on the internal topic as a change of one logical record, keyed so that every
+//! system's changes to that record share a partition.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::{self, psql, unique, Harmony, HarmonyOptions, Record, TopicReader};
+
+/// The product entity of examples/inventory.toml, without targets.
+const PRODUCT: &str = r#"
+[[entities]]
+name = "product"
+key = ["sku"]
+ignore = ["updated_at"]
+
+  [entities.fields.quantity]
+  strategy = "sum"
+  guard = "value >= 0"
+
+  [[entities.sources]]
+  system = "erp"
+  table = "public.products"
+  columns = { sku = "sku", name = "name", price = "price", quantity = "quantity", updated_at = "updated_at" }
+
+  [[entities.sources]]
+  system = "shop"
+  table = "public.items"
+  columns = { item_sku = "sku", title = "name", price = "price", stock = "quantity", active = "active", updated_at = "updated_at" }
+
+  [[entities.sources]]
+  system = "wms"
+  table = "public.stock"
+  columns = { sku = "sku", quantity = "quantity", reserved = "reserved", updated_at = "updated_at" }
+"#;
+
+fn field<'v>(record: &'v Value, name: &str) -> &'v Value {
+    record["fields"]
+        .as_array()
+        .and_then(|fields| fields.iter().find(|f| f[0] == name))
+        .map_or(&Value::Null, |f| &f[1])
+}
+
+#[test]
+fn each_systems_change_becomes_a_change_of_one_record_on_one_partition() {
+    if !support::stack_available("ingest") {
+        return;
+    }
+    let group = unique("e2e-ingest");
+    let mut options = HarmonyOptions::stack(group.clone());
+    options.extra_toml = PRODUCT.into();
+    let mut harmony = Harmony::start(&options).unwrap();
+    let sku = unique("ING");
+
+    psql("erp", &format!("INSERT INTO products (sku, name, price, quantity) VALUES ('{sku}', 'Scale', 24.90, 30)")).unwrap();
+    psql("shop", &format!("INSERT INTO items (item_sku, title, price, stock) VALUES ('{sku}', 'Kitchen scale', 26.50, 30)")).unwrap();
+    psql("wms", &format!("INSERT INTO stock (sku, location, quantity, reserved) VALUES ('{sku}', 'S-01-1', 28, 2)")).unwrap();
+    psql(
+        "shop",
+        &format!("DELETE FROM items WHERE item_sku = '{sku}'"),
+    )
+    .unwrap();
+
+    let key = format!(r#"product:["{sku}"]"#);
+    let mut internal = TopicReader::new(&format!("harmony.{group}.changes")).unwrap();
+    let ours = |records: &[Record]| {
+        records
+            .iter()
+            .filter(|r| r.key.as_deref() == Some(key.as_str()))
+            .count()
+    };
+    assert!(
+        internal
+            .read_until(Duration::from_secs(60), |r| ours(r) >= 4)
+            .unwrap(),
+        "{} of 4 record changes arrived\n{}",
+        ours(&internal.records),
+        harmony.log()
+    );
+    let records: Vec<&Record> = internal
+        .records
+        .iter()
+        .filter(|r| r.key.as_deref() == Some(key.as_str()))
+        .collect();
+    assert!(
+        records.iter().all(|r| r.partition == records[0].partition),
+        "one record, one partition"
+    );
+    let by = |system: &str, kind: &str| {
+        records
+            .iter()
+            .map(|r| r.json())
+            .find(|v| v["system"] == system && v["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} from {system}"))
+    };
+
+    let erp = by("erp", "upsert");
+    assert_eq!(erp["entity"], "product");
+    assert_eq!(erp["key"], format!(r#"["{sku}"]"#));
+    assert_eq!(field(&erp, "name"), &json!({"text": "Scale"}));
+    assert_eq!(
+        field(&erp, "price"),
+        &json!({"text": "24.90"}),
+        "string decimal mode: exact text"
+    );
+    assert_eq!(field(&erp, "quantity"), &json!({"int": 30}));
+    assert!(erp["position"]["postgres"][1].as_u64().unwrap() > 0);
+    assert_eq!(erp["origin"]["topic"], "erp.public.products");
+
+    // The shop's own column names become the entity's field names.
+    let shop = by("shop", "upsert");
+    assert_eq!(field(&shop, "name"), &json!({"text": "Kitchen scale"}));
+    assert_eq!(field(&shop, "quantity"), &json!({"int": 30}));
+    assert_eq!(field(&shop, "active"), &json!({"bool": true}));
+    assert_eq!(
+        field(&shop, "sku"),
+        &Value::Null,
+        "the key is the record's key, not a field"
+    );
+
+    // The warehouse's composite key (sku, location) maps onto the product by sku alone.
+    let wms = by("wms", "upsert");
+    assert_eq!(field(&wms, "quantity"), &json!({"int": 28}));
+    assert_eq!(field(&wms, "reserved"), &json!({"int": 2}));
+
+    let deleted = by("shop", "delete");
+    assert_eq!(
+        deleted["fields"],
+        json!([]),
+        "a delete carries the key only"
+    );
+
+    assert!(harmony
+        .terminate(Duration::from_secs(30))
+        .unwrap()
+        .success());
+}
