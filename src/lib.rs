@@ -8,6 +8,7 @@
 //! |---|---|
 //! | [`clock`] | version vectors and dots: concurrent or causally ordered (pure) |
 //! | [`config`] | the TOML file and its `HARMONY__…` overrides, as a typed, validated tree |
+//! | [`conflict`] | the conflicts-topic record: deterministic id, candidates, winner (pure) |
 //! | [`engine`] | stage 2: one record change applied to the record's state — dedup, echo, conflicts, strategies (pure) |
 //! | [`envelope`] | bytes of a Debezium record → typed [`envelope::Decoded`] record (pure) |
 //! | [`schema`] | the Connect schema of schema-wrapped records: declared column types, cached |
@@ -32,6 +33,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod conflict;
 pub mod engine;
 pub mod envelope;
 pub mod guard;

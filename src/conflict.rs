@@ -1,0 +1,191 @@
+//! Conflict records (DESIGN §4): what harmony publishes on the conflicts topic for every
+//! detected conflict, resolved or held. Deterministic: the same conflict always gets the same
+//! id and the same content, so a replay after a crash republishes an identical record that
+//! consumers can deduplicate by id.
+//!
+//! ```text
+//! {"id":"c-5f1e…","entity":"product","key":["SKU-1"],"field":"quantity","strategy":"sum",
+//!  "candidates":[{"system":"shop","value":{"int":95},"dot":["shop",2],"ts_ms":…},
+//!                {"system":"wms","value":{"int":98},"dot":["wms",2],"ts_ms":…}],
+//!  "winner":null,"resolved":{"int":93},"pending":false,"ts_ms":…}
+//! ```
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::config::Strategy;
+use crate::engine::{Conflict, SystemInfo};
+use crate::internal::Typed;
+
+#[derive(Debug, Serialize)]
+pub struct ConflictRecord<'a> {
+    pub id: String,
+    pub entity: &'a str,
+    /// The canonical key, as the JSON array it is.
+    pub key: &'a RawValue,
+    pub field: &'a str,
+    pub strategy: &'static str,
+    pub candidates: Vec<CandidateRecord<'a>>,
+    /// The winning system; `null` when no single candidate won (`sum`) or none yet (`manual`).
+    pub winner: Option<&'a str>,
+    pub resolved: Typed,
+    /// Held for an operator (`manual`).
+    pub pending: bool,
+    /// Source commit time of the latest candidate: when the conflict came to exist.
+    pub ts_ms: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CandidateRecord<'a> {
+    pub system: &'a str,
+    pub value: Typed,
+    pub dot: (&'a str, u64),
+    pub ts_ms: i64,
+}
+
+fn strategy_name(strategy: Strategy) -> &'static str {
+    match strategy {
+        Strategy::Lww => "lww",
+        Strategy::Fww => "fww",
+        Strategy::Priority => "priority",
+        Strategy::Sum => "sum",
+        Strategy::Max => "max",
+        Strategy::Min => "min",
+        Strategy::Merge => "merge",
+        Strategy::Manual => "manual",
+    }
+}
+
+/// The id of a conflict: its record, field and the dots of its candidates.
+pub fn conflict_id(entity: &str, key: &str, field: &str, conflict: &Conflict) -> String {
+    let mut h = DefaultHasher::new();
+    (entity, key, field).hash(&mut h);
+    for c in &conflict.candidates {
+        (c.dot.system.0, c.dot.counter).hash(&mut h);
+    }
+    format!("c-{:016x}", h.finish())
+}
+
+/// The conflicts-topic record of `conflict`. `key` is the canonical key text (a JSON array).
+pub fn conflict_record<'a>(
+    systems: &'a [SystemInfo],
+    entity: &'a str,
+    key: &'a RawValue,
+    field: &'a str,
+    conflict: &Conflict,
+) -> ConflictRecord<'a> {
+    let name =
+        |s: crate::clock::SystemId| systems.get(s.0 as usize).map_or("?", |i| i.name.as_str());
+    ConflictRecord {
+        id: conflict_id(entity, key.get(), field, conflict),
+        entity,
+        key,
+        field,
+        strategy: strategy_name(conflict.strategy),
+        candidates: conflict
+            .candidates
+            .iter()
+            .map(|c| CandidateRecord {
+                system: name(c.system),
+                value: Typed::from(&c.value),
+                dot: (name(c.dot.system), c.dot.counter),
+                ts_ms: c.ts_ms,
+            })
+            .collect(),
+        winner: conflict
+            .winner
+            .and_then(|i| conflict.candidates.get(i))
+            .map(|c| name(c.system)),
+        resolved: Typed::from(&conflict.resolved),
+        pending: conflict.strategy == Strategy::Manual,
+        ts_ms: conflict
+            .candidates
+            .iter()
+            .map(|c| c.ts_ms)
+            .max()
+            .unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{Dot, SystemId};
+    use crate::engine::{Candidate, FieldValue};
+    use crate::mapping::FieldId;
+
+    fn systems() -> Vec<SystemInfo> {
+        ["erp", "shop", "wms"]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| SystemInfo {
+                name: (*n).into(),
+                rank: i as i32,
+            })
+            .collect()
+    }
+
+    fn conflict(strategy: Strategy, winner: Option<usize>) -> Conflict {
+        let candidate = |s: u16, v: i64, ts: i64| Candidate {
+            system: SystemId(s),
+            value: FieldValue::Int(v),
+            dot: Dot {
+                system: SystemId(s),
+                counter: 2,
+            },
+            ts_ms: ts,
+        };
+        Conflict {
+            field: FieldId(2),
+            strategy,
+            candidates: vec![candidate(1, 95, 2_000), candidate(2, 98, 2_001)],
+            resolved: FieldValue::Int(if strategy == Strategy::Sum { 93 } else { 98 }),
+            winner,
+        }
+    }
+
+    #[test]
+    fn a_sum_conflict_record_names_both_candidates_and_no_winner() {
+        let systems = systems();
+        let key = RawValue::from_string(r#"["SKU-1"]"#.into()).unwrap();
+        let record = conflict_record(
+            &systems,
+            "product",
+            &key,
+            "quantity",
+            &conflict(Strategy::Sum, None),
+        );
+        let json: serde_json::Value = serde_json::to_value(&record).unwrap();
+        assert_eq!(json["key"], serde_json::json!(["SKU-1"]));
+        assert_eq!(json["strategy"], "sum");
+        assert_eq!(json["winner"], serde_json::Value::Null);
+        assert_eq!(json["resolved"], serde_json::json!({"int": 93}));
+        assert_eq!(json["candidates"][0]["system"], "shop");
+        assert_eq!(json["candidates"][1]["dot"], serde_json::json!(["wms", 2]));
+        assert_eq!(json["ts_ms"], 2_001);
+        assert_eq!(json["pending"], false);
+    }
+
+    #[test]
+    fn ids_are_deterministic_and_distinguish_conflicts() {
+        let c = conflict(Strategy::Lww, Some(1));
+        let a = conflict_id("product", r#"["SKU-1"]"#, "quantity", &c);
+        assert_eq!(a, conflict_id("product", r#"["SKU-1"]"#, "quantity", &c));
+        assert_ne!(a, conflict_id("product", r#"["SKU-2"]"#, "quantity", &c));
+        assert_ne!(a, conflict_id("product", r#"["SKU-1"]"#, "price", &c));
+        let systems = systems();
+        let key = RawValue::from_string(r#"["SKU-1"]"#.into()).unwrap();
+        let record = conflict_record(&systems, "product", &key, "quantity", &c);
+        assert_eq!(record.winner, Some("wms"));
+        let manual = conflict_record(
+            &systems,
+            "product",
+            &key,
+            "quantity",
+            &conflict(Strategy::Manual, None),
+        );
+        assert!(manual.pending);
+    }
+}
