@@ -410,12 +410,18 @@ proptest! {
             r.fields[PRICE.0 as usize].priority = r.fields[QUANTITY.0 as usize].priority.clone();
             r
         };
-        // Distinguishable: each system writes values no other system writes.
+        // Distinguishable: a system's write never equals what resolving the *other* systems'
+        // writes can produce. Each system moves a field by 1, 2 or 4 (mod 8) from its initial
+        // value: no other system's value, and no sum of the others' movements, has its residue.
         let changes: Vec<_> = changes
             .into_iter()
             .map(|(s, ts, fields)| {
+                let step = [1, 2, 4][usize::from(s.0)];
                 let fields = fields.into_iter().map(|(f, v)| match v {
-                    FieldValue::Int(x) => (f, int(x * 10 + i64::from(s.0) + 1)),
+                    FieldValue::Int(x) => {
+                        let initial = if f == PRICE { 490 } else { 100 };
+                        (f, int(initial + 8 * x + step))
+                    }
                     other => (f, other),
                 }).collect::<Vec<_>>();
                 (s, ts, fields)
