@@ -129,8 +129,11 @@ impl<'c, C: Consumer> OffsetStore<'c, C> {
     /// when the partition's acknowledged prefix grew.
     pub fn acknowledged(&mut self, ticket: Ticket) {
         if let Some((topic, partition, next)) = self.tracker.acknowledge(ticket) {
+            // rd_kafka_offset_store stores `offset + 1` itself: hand it the last acknowledged
+            // offset. Passing `next` would commit one record too far, and a crash would then
+            // skip a record nobody processed (the mock-cluster fault test catches exactly that).
             #[allow(clippy::disallowed_methods)]
-            if let Err(e) = self.consumer.store_offset(topic, partition, next) {
+            if let Err(e) = self.consumer.store_offset(topic, partition, next - 1) {
                 // The partition was revoked while its events were in flight; its new owner
                 // reads them again from the last commit, so nothing is lost.
                 tracing::debug!(topic, partition, offset = next, error = %e, "offset not stored");

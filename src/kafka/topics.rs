@@ -1,5 +1,7 @@
 //! Creates the topics harmony writes to when they are missing, so that a fresh deployment
-//! needs no manual step and a broker with `auto.create.topics.enable=false` works.
+//! needs no manual step and a broker with `auto.create.topics.enable=false` works. Topics that
+//! exist are left alone and not even asked for: a principal without CREATE rights works with
+//! pre-provisioned topics.
 
 use std::time::Duration;
 
@@ -7,6 +9,8 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::ClientConfig;
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Ensures each topic exists; an existing topic is left as it is (partitions included).
 pub async fn ensure_topics(
@@ -16,7 +20,21 @@ pub async fn ensure_topics(
     replication_factor: i32,
 ) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> = client_config.create()?;
-    let new_topics: Vec<NewTopic<'_>> = topics
+    let metadata = admin.inner().fetch_metadata(None, METADATA_TIMEOUT)?;
+    let missing: Vec<&str> = topics
+        .iter()
+        .copied()
+        .filter(|t| {
+            !metadata
+                .topics()
+                .iter()
+                .any(|m| m.name() == *t && m.error().is_none() && !m.partitions().is_empty())
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let new_topics: Vec<NewTopic<'_>> = missing
         .iter()
         .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(replication_factor)))
         .collect();

@@ -4,6 +4,7 @@
 
 mod capture;
 mod decoding;
+mod faults;
 mod ingest;
 mod pipeline;
 mod poison;

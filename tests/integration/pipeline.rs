@@ -248,7 +248,21 @@ fn restart_after_sigkill_between_publish_and_commit_loses_nothing() {
         redelivered >= 150,
         "expected the uncommitted first half again, saw {redelivered} duplicates"
     );
-    harmony.terminate(Duration::from_secs(30)).unwrap();
+    assert!(harmony
+        .terminate(Duration::from_secs(30))
+        .unwrap()
+        .success());
+    // A clean stop commits exactly what was processed: the end of every input partition,
+    // never one past it (which a crash would turn into a skipped record).
+    for (partition, committed, end) in
+        support::committed_and_end(&options.group_id, "erp.public.products").unwrap()
+    {
+        assert_eq!(
+            committed,
+            rdkafka::Offset::Offset(end),
+            "partition {partition}"
+        );
+    }
 }
 
 /// Bytes that are not a Debezium record go to the dead-letter topic, untouched and with the

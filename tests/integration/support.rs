@@ -189,8 +189,13 @@ pub struct TopicReader {
 
 impl TopicReader {
     pub fn new(topic: &str) -> Result<Self> {
+        Self::new_at(&bootstrap(), topic)
+    }
+
+    /// A reader of a topic on another cluster (e.g. librdkafka's mock cluster).
+    pub fn new_at(bootstrap: &str, topic: &str) -> Result<Self> {
         let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap())
+            .set("bootstrap.servers", bootstrap)
             .set("group.id", unique("reader"))
             .set("enable.auto.commit", "false")
             .create()?;
@@ -444,4 +449,31 @@ pub fn http_get(address: &str, path: &str) -> Result<(u16, String)> {
         .map_or("", |(_, b)| b)
         .to_owned();
     Ok((status, body))
+}
+
+/// For each partition of `topic`: the group's committed offset and the partition's end.
+pub fn committed_and_end(group: &str, topic: &str) -> Result<Vec<(i32, Offset, i64)>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", group)
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions = metadata
+        .topics()
+        .first()
+        .map_or(0, |t| t.partitions().len()) as i32;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
+    (0..partitions)
+        .map(|p| {
+            let (_, end) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+            let offset = committed
+                .find_partition(topic, p)
+                .map_or(Offset::Invalid, |e| e.offset());
+            Ok((p, offset, end))
+        })
+        .collect()
 }
