@@ -18,6 +18,7 @@
 //! | [`internal`] | the internal topic's record: one logical record change, exact values, versioned |
 //! | [`kafka`] | client settings that carry the delivery guarantee, topic creation, and [`kafka::offsets`], the one owner of input offsets |
 //! | [`worker`] | the consume → process → produce → acknowledge loop and its life cycle |
+//! | [`target`] | the record a target system receives, in its own columns (pure) |
 //! | [`telemetry`] | named events: each logs and counts together; the Prometheus registry |
 //! | [`guard`] | CEL guards that reject a candidate value before it is written |
 //! | [`http`] | `/metrics`, `/health`, `/ready` |
@@ -43,6 +44,7 @@ pub mod kafka;
 pub mod mapping;
 pub mod output;
 pub mod schema;
+pub mod target;
 pub mod telemetry;
 pub mod value;
 pub mod worker;
