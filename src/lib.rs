@@ -11,6 +11,7 @@
 //! | [`conflict`] | the conflicts-topic record: deterministic id, candidates, winner (pure) |
 //! | [`engine`] | stage 2: one record change applied to the record's state — dedup, echo, conflicts, strategies (pure) |
 //! | [`envelope`] | bytes of a Debezium record → typed [`envelope::Decoded`] record (pure) |
+//! | [`resolver`] | stage 2: internal record → engine → target and conflict records (pure) |
 //! | [`schema`] | the Connect schema of schema-wrapped records: declared column types, cached |
 //! | [`value`] | exact column values: 64-bit integers, decimals, the unavailable placeholder |
 //! | [`mapping`] | stage 1: a table's change → entity, canonical key, entity fields (pure) |
@@ -43,6 +44,7 @@ pub mod internal;
 pub mod kafka;
 pub mod mapping;
 pub mod output;
+pub mod resolver;
 pub mod schema;
 pub mod target;
 pub mod telemetry;

@@ -13,6 +13,8 @@ pub struct Metrics {
     tombstones: IntCounterVec,
     control_records: IntCounterVec,
     unmapped_changes: IntCounterVec,
+    record_changes: IntCounterVec,
+    conflicts: prometheus::IntCounter,
     decode_failures: IntCounterVec,
     dead_letters: IntCounterVec,
     outputs_published: IntCounterVec,
@@ -49,6 +51,16 @@ impl Metrics {
                 "Changes of tables no entity maps (with entities declared): read and skipped.",
                 &["system", "topic"],
             )?,
+            record_changes: counter(
+                "harmony_record_changes_total",
+                "Record changes stage 2 processed, by outcome (applied, echo, duplicate).",
+                &["outcome"],
+            )?,
+            conflicts: {
+                let c = prometheus::IntCounter::new("harmony_conflicts_total", "Conflicts detected on fields.")?;
+                registry.register(Box::new(c.clone()))?;
+                c
+            },
             decode_failures: counter(
                 "harmony_decode_failures_total",
                 "Input records sent to the dead-letter topic, by kind of failure (decode errors, output_too_large).",
@@ -101,6 +113,12 @@ impl Metrics {
         self.control_records
             .with_label_values(&[system, topic, kind])
             .inc();
+    }
+
+    pub fn record_change(&self, outcome: &str, conflicts: usize) {
+        tracing::debug!(outcome, conflicts, "record change");
+        self.record_changes.with_label_values(&[outcome]).inc();
+        self.conflicts.inc_by(conflicts as u64);
     }
 
     pub fn unmapped_change(&self, system: &str, topic: &str) {

@@ -30,6 +30,7 @@ use crate::kafka::offsets::{OffsetStore, Ticket};
 use crate::kafka::{self, topics};
 use crate::mapping::Catalog;
 use crate::output::{encode_change, output_key, Origin};
+use crate::resolver::Resolver;
 use crate::telemetry::Metrics;
 
 #[derive(Debug, Error)]
@@ -45,11 +46,13 @@ pub enum WorkerError {
 }
 
 /// Where an output record goes; decides which counter its acknowledgement moves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Destination {
     Output,
     Internal,
     DeadLetter,
+    /// A target or conflicts topic of stage 2, by name.
+    Topic(String),
 }
 
 /// The acknowledgement of every record one input event caused.
@@ -82,15 +85,20 @@ pub async fn run(
     let producer: FutureProducer = producer_config.create().map_err(WorkerError::Setup)?;
 
     let internal_topic = config.output.internal_topic(&config.kafka.group_id);
-    let mut own_topics = vec![config.output.dead_letter_topic.as_str()];
-    // With entities declared, stage 1 re-keys changes into the internal topic; without, each
-    // change is published as it is to the output topic.
+    // With entities declared, stage 1 re-keys changes into the internal topic and stage 2
+    // resolves them into target and conflict records; without, each change is published as
+    // it is to the output topic.
     let catalog = (!config.entities.is_empty()).then(|| Catalog::new(config));
-    if catalog.is_some() {
-        own_topics.push(&internal_topic);
-    } else {
-        own_topics.push(&config.output.topic);
+    let resolver = catalog.as_ref().map(|_| Resolver::new(config));
+    let mut own_topics: Vec<String> = vec![config.output.dead_letter_topic.clone()];
+    match &resolver {
+        Some(r) => {
+            own_topics.push(internal_topic.clone());
+            own_topics.extend(r.topics());
+        }
+        None => own_topics.push(config.output.topic.clone()),
     }
+    let own_topics: Vec<&str> = own_topics.iter().map(String::as_str).collect();
     topics::ensure_topics(
         &producer_config,
         &own_topics,
@@ -100,6 +108,18 @@ pub async fn run(
     .await
     .map_err(WorkerError::Setup)?;
 
+    // Stage 2 is a consumer group of its own over the internal topic.
+    let resolve_consumer: Option<StreamConsumer> = match &resolver {
+        Some(_) => {
+            let mut resolve_config = consumer_config.clone();
+            resolve_config.set("group.id", format!("{}.resolve", config.kafka.group_id));
+            let c: StreamConsumer = resolve_config.create().map_err(WorkerError::Setup)?;
+            c.subscribe(&[internal_topic.as_str()])
+                .map_err(WorkerError::Setup)?;
+            Some(c)
+        }
+        None => None,
+    };
     let subscription = config.subscription();
     consumer
         .subscribe(&subscription)
@@ -107,13 +127,14 @@ pub async fn run(
     tracing::info!(group = %config.kafka.group_id, topics = ?subscription, "subscribed");
     health.set_ready(true);
 
-    let mut pipeline = Pipeline {
+    let pipeline = |consumer, catalog, resolver| Pipeline {
         config,
         metrics,
         producer: &producer,
         router: config.topic_router(),
-        offsets: OffsetStore::new(&consumer),
+        offsets: OffsetStore::new(consumer),
         catalog,
+        resolver,
         internal_topic: &internal_topic,
         decoder: Decoder::new(Limits {
             max_record_bytes: config.input.max_record_bytes,
@@ -122,20 +143,56 @@ pub async fn run(
         deliveries: FuturesUnordered::new(),
         buf: Vec::with_capacity(4096),
     };
-    let result = pipeline.process_until(&consumer, &mut shutdown).await;
-    health.set_ready(false);
-    let drained = pipeline.drain(config.processing.shutdown_timeout).await;
-    // Whatever happened above, every stored offset is acknowledged work: committing it is
-    // always safe and saves the replay.
-    let committed = match pipeline.offsets.commit_now() {
-        Ok(()) => Ok(()),
-        Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
-        Err(e) => Err(WorkerError::Commit(e)),
+    let mut ingest = pipeline(&consumer, catalog, None);
+    let mut resolve = resolve_consumer
+        .as_ref()
+        .map(|c| pipeline(c, None, resolver));
+
+    // Both stages stop together: on the signal, or when either stops on its own.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_tx = std::sync::Arc::new(stop_tx);
+    let forward = std::sync::Arc::clone(&stop_tx);
+    let forwarder = tokio::spawn(async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+        let _ = forward.send(true);
+    });
+    let (mut stop_ingest, mut stop_resolve) = (stop_rx.clone(), stop_rx);
+    let ingest_run = async {
+        let r = ingest.process_until(&consumer, &mut stop_ingest).await;
+        let _ = stop_tx.send(true);
+        r
     };
-    drop(pipeline);
-    consumer.unsubscribe();
+    let resolve_run = async {
+        match (resolve.as_mut(), resolve_consumer.as_ref()) {
+            (Some(p), Some(c)) => {
+                let r = p.process_until(c, &mut stop_resolve).await;
+                let _ = stop_tx.send(true);
+                r
+            }
+            _ => Ok(()),
+        }
+    };
+    let (ingested, resolved) = tokio::join!(ingest_run, resolve_run);
+    forwarder.abort();
+    health.set_ready(false);
+
+    let mut result = ingested.and(resolved);
+    for (p, c) in std::iter::once((&mut ingest, &consumer))
+        .chain(resolve.as_mut().zip(resolve_consumer.as_ref()))
+    {
+        let drained = p.drain(config.processing.shutdown_timeout).await;
+        // Whatever happened above, every stored offset is acknowledged work: committing it
+        // is always safe and saves the replay.
+        let committed = match p.offsets.commit_now() {
+            Ok(()) => Ok(()),
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
+            Err(e) => Err(WorkerError::Commit(e)),
+        };
+        result = result.and(drained).and(committed);
+        c.unsubscribe();
+    }
     tracing::info!("left the consumer group");
-    result.and(drained).and(committed)
+    result
 }
 
 struct Pipeline<'a> {
@@ -146,6 +203,8 @@ struct Pipeline<'a> {
     offsets: OffsetStore<'a, StreamConsumer>,
     /// Present when entities are declared: stage 1 mapping.
     catalog: Option<Catalog>,
+    /// Present in the stage 2 pipeline, which reads the internal topic.
+    resolver: Option<Resolver>,
     internal_topic: &'a str,
     decoder: Decoder,
     deliveries: FuturesUnordered<PendingCompletion>,
@@ -174,6 +233,7 @@ impl Pipeline<'_> {
                     self.complete(done)?;
                 }
                 received = consumer.recv(), if can_read => match received {
+                    Ok(message) if self.resolver.is_some() => self.resolve(&message).await,
                     Ok(message) => {
                         let topic = message.topic();
                         let system = match system_cache.get(topic) {
@@ -290,6 +350,52 @@ impl Pipeline<'_> {
                 sends.push((
                     Destination::DeadLetter,
                     self.dead_letter(message, error.kind(), &message_text).await,
+                ));
+            }
+        }
+        self.track(ticket, sends, started);
+    }
+
+    /// Stage 2: one internal record through the engine; its target and conflict records are
+    /// published, and its offset stored once they are all acknowledged.
+    async fn resolve(&mut self, message: &BorrowedMessage<'_>) {
+        let started = Instant::now();
+        let ticket = self
+            .offsets
+            .begin(message.topic(), message.partition(), message.offset());
+        let mut sends: Vec<(Destination, Sent)> = Vec::new();
+        let Some(resolver) = self.resolver.as_mut() else {
+            return;
+        };
+        match resolver.resolve(message.payload().unwrap_or_default()) {
+            Ok(resolved) => {
+                self.metrics
+                    .record_change(resolved.outcome, resolved.conflicts);
+                for (topic, key, value) in resolved.publications {
+                    let record = FutureRecord {
+                        topic: &topic,
+                        partition: None,
+                        payload: Some(value.as_slice()),
+                        key: Some(key.as_slice()),
+                        timestamp: None,
+                        headers: None,
+                    };
+                    let sent = send(self.producer, record).await;
+                    sends.push((Destination::Topic(topic), sent));
+                }
+            }
+            Err(error) => {
+                let reason = error.to_string();
+                self.metrics.dead_lettered(
+                    message.topic(),
+                    message.partition(),
+                    message.offset(),
+                    error.kind(),
+                    &reason,
+                );
+                sends.push((
+                    Destination::DeadLetter,
+                    self.dead_letter(message, error.kind(), &reason).await,
                 ));
             }
         }
@@ -449,14 +555,15 @@ impl Pipeline<'_> {
 
     fn complete(&mut self, done: Completion) -> Result<(), WorkerError> {
         for (destination, result) in done.results {
-            let topic = match destination {
+            let topic = match &destination {
                 Destination::Output => self.config.output.topic.as_str(),
                 Destination::Internal => self.internal_topic,
                 Destination::DeadLetter => self.config.output.dead_letter_topic.as_str(),
+                Destination::Topic(name) => name.as_str(),
             };
             match result {
                 Ok(()) => match destination {
-                    Destination::Output | Destination::Internal => {
+                    Destination::Output | Destination::Internal | Destination::Topic(_) => {
                         self.metrics.output_acknowledged(topic)
                     }
                     Destination::DeadLetter => self.metrics.dead_letter_acknowledged(topic),

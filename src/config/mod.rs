@@ -170,9 +170,17 @@ pub struct OutputConfig {
     /// Stage 1 → stage 2 (when entities are declared): changes re-keyed by record. Default
     /// `harmony.<group_id>.changes`.
     pub internal_topic: Option<String>,
+    /// Conflict records. Default `harmony.<group_id>.conflicts`.
+    pub conflicts_topic: Option<String>,
 }
 
 impl OutputConfig {
+    pub fn conflicts_topic(&self, group_id: &str) -> String {
+        self.conflicts_topic
+            .clone()
+            .unwrap_or_else(|| format!("harmony.{group_id}.conflicts"))
+    }
+
     pub fn internal_topic(&self, group_id: &str) -> String {
         self.internal_topic
             .clone()

@@ -136,3 +136,99 @@ fn each_systems_change_becomes_a_change_of_one_record_on_one_partition() {
         .unwrap()
         .success());
 }
+
+/// Stage 2 against the real stack: the resolved record reaches every other system's target
+/// topic in that system's own columns, and a concurrent write becomes a conflict record.
+#[test]
+fn resolved_records_reach_each_target_in_its_own_columns_and_conflicts_are_recorded() {
+    if !support::stack_available("resolve") {
+        return;
+    }
+    let group = unique("e2e-resolve");
+    let mut options = HarmonyOptions::stack(group.clone());
+    let targets: String = ["erp", "shop", "wms"]
+        .iter()
+        .map(|s| format!("\n[[targets]]\nsystem = \"{s}\"\nentities = [\"product\"]\ntopic = \"{group}.{s}.product\"\n"))
+        .collect();
+    options.extra_toml = format!("{PRODUCT}{targets}");
+    let mut harmony = Harmony::start(&options).unwrap();
+    let sku = unique("RES");
+
+    psql("erp", &format!("INSERT INTO products (sku, name, price, quantity) VALUES ('{sku}', 'Scale', 24.90, 30)")).unwrap();
+    let mut shop = TopicReader::new(&format!("{group}.shop.product")).unwrap();
+    let ours = |key: &'static str| {
+        let sku = sku.clone();
+        move |r: &Record| {
+            serde_json::from_str::<Value>(r.key.as_deref().unwrap_or("null"))
+                .ok()
+                .is_some_and(|k| k[key] == sku.as_str())
+        }
+    };
+    let in_shop = ours("item_sku");
+    assert!(
+        shop.read_until(Duration::from_secs(60), |r| r.iter().any(&in_shop))
+            .unwrap(),
+        "{}",
+        harmony.log()
+    );
+    let record = shop.records.iter().find(|r| in_shop(r)).unwrap().json();
+    assert_eq!(record["op"], "u");
+    assert_eq!(record["after"]["item_sku"], sku.as_str());
+    assert_eq!(
+        record["after"]["title"], "Scale",
+        "the erp's name in the shop's column"
+    );
+    assert_eq!(record["after"]["price"], "24.90");
+    assert_eq!(record["after"]["stock"], 30);
+    assert_eq!(record["source"]["table"], "public.items");
+    assert_eq!(record["harmony"]["origin"], "erp");
+    assert_eq!(record["harmony"]["version"]["erp"], 1);
+
+    // The warehouse writes its own count without having applied the erp's delivery: a
+    // concurrent write. Its first report cannot be a movement (sum), so 30 stands, the
+    // conflict is recorded, and the warehouse is sent 30.
+    psql("wms", &format!("INSERT INTO stock (sku, location, quantity, reserved) VALUES ('{sku}', 'S-01-1', 28, 2)")).unwrap();
+    let mut conflicts = TopicReader::new(&format!("harmony.{group}.conflicts")).unwrap();
+    let key = format!(r#"product:["{sku}"]"#);
+    let is_ours = |r: &Record| r.key.as_deref() == Some(key.as_str());
+    assert!(
+        conflicts
+            .read_until(Duration::from_secs(60), |r| r.iter().any(is_ours))
+            .unwrap(),
+        "{}",
+        harmony.log()
+    );
+    let conflict = conflicts
+        .records
+        .iter()
+        .find(|r| is_ours(r))
+        .unwrap()
+        .json();
+    assert_eq!(conflict["field"], "quantity");
+    assert_eq!(conflict["strategy"], "sum");
+    assert_eq!(conflict["resolved"], json!({"int": 30}));
+    assert!(conflict["id"].as_str().unwrap().starts_with("c-"));
+
+    let mut wms = TopicReader::new(&format!("{group}.wms.product")).unwrap();
+    let in_wms = ours("sku");
+    assert!(
+        wms.read_until(Duration::from_secs(60), |r| r
+            .iter()
+            .filter(|x| in_wms(x))
+            .count()
+            >= 2)
+            .unwrap(),
+        "{}",
+        harmony.log()
+    );
+    let last = wms.records.iter().rev().find(|r| in_wms(r)).unwrap().json();
+    assert_eq!(
+        last["after"],
+        json!({"sku": sku, "quantity": 30, "reserved": 2})
+    );
+
+    assert!(harmony
+        .terminate(Duration::from_secs(30))
+        .unwrap()
+        .success());
+}
