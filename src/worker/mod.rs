@@ -1,0 +1,200 @@
+//! The worker: one consumer-group member that reads Debezium topics, turns each record into
+//! its outputs, and stores the record's offset once every output is acknowledged.
+//!
+//! Life cycle: create clients → ensure topics → subscribe (ready) → process until shutdown →
+//! drain in-flight deliveries under a deadline → commit → leave the group.
+//!
+//! Per record, in offset order: decode → (change) encode output, or with entities declared map
+//! it into the internal topic | (tombstone) nothing | (undecodable) dead-letter copy → hand the
+//! records to the producer → register the offset as in flight. With entities, a second
+//! pipeline (its own consumer group) resolves the internal topic into target and conflict
+//! records. Acknowledgements arrive in any order; [`OffsetStore`] stores offsets in order.
+//!
+//! `pipeline` holds what both stages share (reading, in-flight deliveries, offsets); `stages`
+//! what each does with one record.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use futures_util::stream::FuturesUnordered;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{DeliveryFuture, FutureProducer};
+use thiserror::Error;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::envelope::{Decoder, Limits};
+use crate::http::Health;
+use crate::kafka::offsets::{OffsetStore, Ticket};
+use crate::kafka::{self, topics};
+use crate::mapping::Catalog;
+use crate::resolver::Resolver;
+use crate::telemetry::Metrics;
+
+#[derive(Debug, Error)]
+pub enum WorkerError {
+    #[error("cannot set up the Kafka clients: {0}")]
+    Setup(#[source] KafkaError),
+    /// The producer gave up on a record after its own retries (`message.timeout.ms`). Its
+    /// input offset was not stored, so the record is read again after a restart.
+    #[error("delivery to {topic} failed: {error}")]
+    Delivery { topic: String, error: KafkaError },
+    #[error("commit failed: {0}")]
+    Commit(#[source] KafkaError),
+}
+
+/// Where an output record goes; decides which counter its acknowledgement moves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Destination {
+    Output,
+    Internal,
+    DeadLetter,
+    /// A target or conflicts topic of stage 2, by name.
+    Topic(String),
+}
+
+/// The acknowledgement of every record one input event caused.
+struct Completion {
+    ticket: Ticket,
+    results: Vec<(Destination, Result<(), KafkaError>)>,
+}
+
+type PendingCompletion = Pin<Box<dyn Future<Output = Completion> + Send>>;
+
+/// A record handed to the producer, or the producer's immediate refusal of it.
+type Sent = Result<DeliveryFuture, KafkaError>;
+
+/// Runs until `shutdown` flips to true, then drains and commits. Returns an error only for
+/// what an operator must look at; input that cannot be decoded is never an error here.
+pub async fn run(
+    config: &Config,
+    metrics: &Metrics,
+    health: &Health,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), WorkerError> {
+    let consumer_config = kafka::consumer_config(
+        &config.kafka,
+        config.processing.commit_interval.as_millis() as u64,
+    );
+    let producer_config = kafka::producer_config(&config.kafka);
+    tracing::info!(consumer = ?kafka::redacted(&consumer_config), producer = ?kafka::redacted(&producer_config),
+        "Kafka client settings");
+    let consumer: StreamConsumer = consumer_config.create().map_err(WorkerError::Setup)?;
+    let producer: FutureProducer = producer_config.create().map_err(WorkerError::Setup)?;
+
+    let internal_topic = config.output.internal_topic(&config.kafka.group_id);
+    // With entities declared, stage 1 re-keys changes into the internal topic and stage 2
+    // resolves them into target and conflict records; without, each change is published as
+    // it is to the output topic.
+    let catalog = (!config.entities.is_empty()).then(|| Catalog::new(config));
+    let resolver = catalog.as_ref().map(|_| Resolver::new(config));
+    let mut own_topics: Vec<String> = vec![config.output.dead_letter_topic.clone()];
+    match &resolver {
+        Some(r) => {
+            own_topics.push(internal_topic.clone());
+            own_topics.extend(r.topics());
+        }
+        None => own_topics.push(config.output.topic.clone()),
+    }
+    let own_topics: Vec<&str> = own_topics.iter().map(String::as_str).collect();
+    topics::ensure_topics(
+        &producer_config,
+        &own_topics,
+        config.output.partitions,
+        config.output.replication_factor,
+    )
+    .await
+    .map_err(WorkerError::Setup)?;
+
+    // Stage 2 is a consumer group of its own over the internal topic.
+    let resolve_consumer: Option<StreamConsumer> = match &resolver {
+        Some(_) => {
+            let mut resolve_config = consumer_config.clone();
+            resolve_config.set("group.id", format!("{}.resolve", config.kafka.group_id));
+            let c: StreamConsumer = resolve_config.create().map_err(WorkerError::Setup)?;
+            c.subscribe(&[internal_topic.as_str()])
+                .map_err(WorkerError::Setup)?;
+            Some(c)
+        }
+        None => None,
+    };
+    let subscription = config.subscription();
+    consumer
+        .subscribe(&subscription)
+        .map_err(WorkerError::Setup)?;
+    tracing::info!(group = %config.kafka.group_id, topics = ?subscription, "subscribed");
+    health.set_ready(true);
+
+    let pipeline = |consumer, catalog, resolver| Pipeline {
+        config,
+        metrics,
+        producer: &producer,
+        router: config.topic_router(),
+        offsets: OffsetStore::new(consumer),
+        catalog,
+        resolver,
+        internal_topic: &internal_topic,
+        decoder: Decoder::new(Limits {
+            max_record_bytes: config.input.max_record_bytes,
+            max_nesting_depth: config.input.max_nesting_depth,
+        }),
+        deliveries: FuturesUnordered::new(),
+        buf: Vec::with_capacity(4096),
+    };
+    let mut ingest = pipeline(&consumer, catalog, None);
+    let mut resolve = resolve_consumer
+        .as_ref()
+        .map(|c| pipeline(c, None, resolver));
+
+    // Both stages stop together: on the signal, or when either stops on its own.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_tx = std::sync::Arc::new(stop_tx);
+    let forward = std::sync::Arc::clone(&stop_tx);
+    let forwarder = tokio::spawn(async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+        let _ = forward.send(true);
+    });
+    let (mut stop_ingest, mut stop_resolve) = (stop_rx.clone(), stop_rx);
+    let ingest_run = async {
+        let r = ingest.process_until(&consumer, &mut stop_ingest).await;
+        let _ = stop_tx.send(true);
+        r
+    };
+    let resolve_run = async {
+        match (resolve.as_mut(), resolve_consumer.as_ref()) {
+            (Some(p), Some(c)) => {
+                let r = p.process_until(c, &mut stop_resolve).await;
+                let _ = stop_tx.send(true);
+                r
+            }
+            _ => Ok(()),
+        }
+    };
+    let (ingested, resolved) = tokio::join!(ingest_run, resolve_run);
+    forwarder.abort();
+    health.set_ready(false);
+
+    let mut result = ingested.and(resolved);
+    for (p, c) in std::iter::once((&mut ingest, &consumer))
+        .chain(resolve.as_mut().zip(resolve_consumer.as_ref()))
+    {
+        let drained = p.drain(config.processing.shutdown_timeout).await;
+        // Whatever happened above, every stored offset is acknowledged work: committing it
+        // is always safe and saves the replay.
+        let committed = match p.offsets.commit_now() {
+            Ok(()) => Ok(()),
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
+            Err(e) => Err(WorkerError::Commit(e)),
+        };
+        result = result.and(drained).and(committed);
+        c.unsubscribe();
+    }
+    tracing::info!("left the consumer group");
+    result
+}
+
+mod pipeline;
+mod stages;
+
+use pipeline::Pipeline;

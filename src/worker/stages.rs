@@ -1,0 +1,300 @@
+//! What each stage does with one record: stage 1 passes a change through or maps it onto
+//! entities (internal topic); stage 2 resolves an internal record; both dead-letter what
+//! cannot be handled.
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::producer::FutureRecord;
+use rdkafka::Message;
+
+use super::pipeline::{send, Pipeline};
+use super::{Destination, Sent};
+use crate::envelope::{Decoded, RecordHeaders};
+use crate::internal::{self, InternalChange};
+use crate::output::{encode_change, output_key, Origin};
+
+impl Pipeline<'_> {
+    pub(super) async fn process(&mut self, message: &BorrowedMessage<'_>, system: Option<usize>) {
+        let started = Instant::now();
+        let topic = message.topic();
+        let origin = Origin {
+            topic,
+            partition: message.partition(),
+            offset: message.offset(),
+        };
+        let ticket = self.offsets.begin(topic, origin.partition, origin.offset);
+        let mut sends: Vec<(Destination, Sent)> = Vec::with_capacity(1);
+
+        let Some(system_index) = system else {
+            let reason = "the topic matches no declared system";
+            tracing::warn!(
+                topic,
+                "record from a topic no system declares; dead-lettering it"
+            );
+            sends.push((
+                Destination::DeadLetter,
+                self.dead_letter(message, "unroutable", reason).await,
+            ));
+            return self.track(ticket, sends, started);
+        };
+        let system = self.config.systems[system_index].name.as_str();
+
+        let headers = message.headers().map_or_else(RecordHeaders::default, |hs| {
+            RecordHeaders::from_pairs(hs.iter().map(|h| (h.key, h.value)))
+        });
+        match self
+            .decoder
+            .decode(message.key(), message.payload(), headers)
+        {
+            Ok(Decoded::Change(event)) if self.catalog.is_some() => {
+                self.metrics.change_consumed(system, topic, event.op);
+                self.ingest(message, system_index, &event, origin, &mut sends)
+                    .await;
+            }
+            Ok(Decoded::Change(event)) => {
+                self.metrics.change_consumed(system, topic, event.op);
+                encode_change(&mut self.buf, &event, system, origin, now_ms());
+                let record = FutureRecord {
+                    topic: &self.config.output.topic,
+                    partition: None,
+                    payload: Some(self.buf.as_slice()),
+                    key: output_key(&event),
+                    timestamp: None,
+                    headers: Some(OwnedHeaders::new_with_capacity(1).insert(Header {
+                        key: "harmony.system",
+                        value: Some(system),
+                    })),
+                };
+                match send(self.producer, record).await {
+                    // The output alone exceeds the producer's message.max.bytes: sending it
+                    // can never succeed, so the input goes to the dead-letter topic instead of
+                    // stopping the partition.
+                    Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)) => {
+                        let reason = format!(
+                            "the output record of {} bytes exceeds the producer's message.max.bytes",
+                            self.buf.len()
+                        );
+                        self.metrics.dead_lettered(
+                            topic,
+                            origin.partition,
+                            origin.offset,
+                            "output_too_large",
+                            &reason,
+                        );
+                        sends.push((
+                            Destination::DeadLetter,
+                            self.dead_letter(message, "output_too_large", &reason).await,
+                        ));
+                    }
+                    sent => sends.push((Destination::Output, sent)),
+                }
+            }
+            Ok(Decoded::Tombstone) => self.metrics.tombstone_skipped(system, topic),
+            Ok(
+                control @ (Decoded::Heartbeat { .. }
+                | Decoded::Transaction(_)
+                | Decoded::SchemaChange),
+            ) => {
+                self.metrics.control_record(system, topic, control.kind());
+            }
+            Err(error) => {
+                self.metrics.dead_lettered(
+                    topic,
+                    origin.partition,
+                    origin.offset,
+                    error.kind(),
+                    &error.to_string(),
+                );
+                let message_text = error.to_string();
+                sends.push((
+                    Destination::DeadLetter,
+                    self.dead_letter(message, error.kind(), &message_text).await,
+                ));
+            }
+        }
+        self.track(ticket, sends, started);
+    }
+
+    /// Stage 2: one internal record through the engine; its target and conflict records are
+    /// published, and its offset stored once they are all acknowledged.
+    pub(super) async fn resolve(&mut self, message: &BorrowedMessage<'_>) {
+        let started = Instant::now();
+        let ticket = self
+            .offsets
+            .begin(message.topic(), message.partition(), message.offset());
+        let mut sends: Vec<(Destination, Sent)> = Vec::new();
+        let Some(resolver) = self.resolver.as_mut() else {
+            return;
+        };
+        match resolver.resolve(message.payload().unwrap_or_default()) {
+            Ok(resolved) => {
+                self.metrics
+                    .record_change(resolved.outcome, resolved.conflicts);
+                for (topic, key, value) in resolved.publications {
+                    let record = FutureRecord {
+                        topic: &topic,
+                        partition: None,
+                        payload: Some(value.as_slice()),
+                        key: Some(key.as_slice()),
+                        timestamp: None,
+                        headers: None,
+                    };
+                    let sent = send(self.producer, record).await;
+                    sends.push((Destination::Topic(topic), sent));
+                }
+            }
+            Err(error) => {
+                let reason = error.to_string();
+                self.metrics.dead_lettered(
+                    message.topic(),
+                    message.partition(),
+                    message.offset(),
+                    error.kind(),
+                    &reason,
+                );
+                sends.push((
+                    Destination::DeadLetter,
+                    self.dead_letter(message, error.kind(), &reason).await,
+                ));
+            }
+        }
+        self.track(ticket, sends, started);
+    }
+
+    /// Stage 1: the change as record changes of the entities its table feeds, each to the
+    /// internal topic keyed by record. A row that breaks the mapping is dead-lettered.
+    async fn ingest(
+        &self,
+        message: &BorrowedMessage<'_>,
+        system_index: usize,
+        event: &crate::envelope::ChangeEvent<'_>,
+        origin: Origin<'_>,
+        sends: &mut Vec<(Destination, Sent)>,
+    ) {
+        let Some(catalog) = &self.catalog else { return };
+        let system = self.config.systems[system_index].name.as_str();
+        match catalog.map(system_index, event) {
+            Ok(changes) if changes.is_empty() => self.metrics.unmapped_change(system, origin.topic),
+            Ok(changes) => {
+                for mapped in changes {
+                    let internal = InternalChange::from_mapped(
+                        catalog,
+                        &mapped,
+                        system,
+                        event,
+                        internal::Origin {
+                            topic: origin.topic.to_owned(),
+                            partition: origin.partition,
+                            offset: origin.offset,
+                        },
+                    );
+                    let key = internal.record_key();
+                    let payload = internal.encode();
+                    let record = FutureRecord {
+                        topic: self.internal_topic,
+                        partition: None,
+                        payload: Some(payload.as_slice()),
+                        key: Some(key.as_bytes()),
+                        timestamp: None,
+                        headers: None,
+                    };
+                    sends.push((Destination::Internal, send(self.producer, record).await));
+                }
+            }
+            Err(error) => {
+                let reason = error.to_string();
+                self.metrics.dead_lettered(
+                    origin.topic,
+                    origin.partition,
+                    origin.offset,
+                    error.kind(),
+                    &reason,
+                );
+                sends.push((
+                    Destination::DeadLetter,
+                    self.dead_letter(message, error.kind(), &reason).await,
+                ));
+            }
+        }
+    }
+
+    async fn dead_letter(&self, message: &BorrowedMessage<'_>, kind: &str, reason: &str) -> Sent {
+        match self.dead_letter_copy(message, kind, reason, true).await {
+            // A record the broker accepted can still be too large for the producer (its
+            // message.max.bytes, plus headers): keep the reason and coordinates, drop the bytes.
+            Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)) => {
+                tracing::warn!(
+                    topic = message.topic(),
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    "dead-letter copy too large for the producer; sending it without key and value"
+                );
+                self.dead_letter_copy(message, kind, reason, false).await
+            }
+            sent => sent,
+        }
+    }
+
+    async fn dead_letter_copy(
+        &self,
+        message: &BorrowedMessage<'_>,
+        kind: &str,
+        reason: &str,
+        with_bytes: bool,
+    ) -> Sent {
+        let partition = message.partition().to_string();
+        let offset = message.offset().to_string();
+        let timestamp = message.timestamp().to_millis().map(|t| t.to_string());
+        let headers = OwnedHeaders::new_with_capacity(6)
+            .insert(Header {
+                key: "harmony.error.kind",
+                value: Some(kind),
+            })
+            .insert(Header {
+                key: "harmony.error.message",
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: "harmony.source.topic",
+                value: Some(message.topic()),
+            })
+            .insert(Header {
+                key: "harmony.source.partition",
+                value: Some(&partition),
+            })
+            .insert(Header {
+                key: "harmony.source.offset",
+                value: Some(&offset),
+            })
+            .insert(Header {
+                key: "harmony.source.timestamp",
+                value: timestamp.as_deref(),
+            });
+        let headers = if with_bytes {
+            headers
+        } else {
+            let size = message.payload_len().to_string();
+            headers.insert(Header {
+                key: "harmony.error.payload_dropped",
+                value: Some(&size),
+            })
+        };
+        let record = FutureRecord {
+            topic: &self.config.output.dead_letter_topic,
+            partition: None,
+            payload: message.payload().filter(|_| with_bytes),
+            key: message.key().filter(|_| with_bytes),
+            timestamp: message.timestamp().to_millis(),
+            headers: Some(headers),
+        };
+        send(self.producer, record).await
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
