@@ -2,36 +2,40 @@
 //! streams. See `DESIGN.md` in the shared folder for the full engine; this crate is built up
 //! towards it issue by issue.
 //!
-//! # Map
+//! # Map, in the order an event meets the modules
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`clock`] | version vectors and dots: concurrent or causally ordered (pure) |
 //! | [`config`] | the TOML file and its `HARMONY__…` overrides, as a typed, validated tree |
-//! | [`conflict`] | the conflicts-topic record: deterministic id, candidates, winner (pure) |
-//! | [`engine`] | stage 2: one record change applied to the record's state — dedup, echo, conflicts, strategies (pure) |
+//! | [`worker`] | the consume → process → produce → acknowledge pipelines (stage 1, stage 2) and their life cycle |
 //! | [`envelope`] | bytes of a Debezium record → typed [`envelope::Decoded`] record (pure) |
-//! | [`resolver`] | stage 2: internal record → engine → target and conflict records (pure) |
 //! | [`schema`] | the Connect schema of schema-wrapped records: declared column types, cached |
 //! | [`value`] | exact column values: 64-bit integers, decimals, the unavailable placeholder |
+//! | [`output`] | without entities: a change → harmony's Debezium-shaped output record (pure) |
 //! | [`mapping`] | stage 1: a table's change → entity, canonical key, entity fields (pure) |
-//! | [`output`] | a change → harmony's Debezium-shaped output record (pure) |
 //! | [`internal`] | the internal topic's record: one logical record change, exact values, versioned |
-//! | [`kafka`] | client settings that carry the delivery guarantee, topic creation, and [`kafka::offsets`], the one owner of input offsets |
-//! | [`worker`] | the consume → process → produce → acknowledge loop and its life cycle |
-//! | [`target`] | the record a target system receives, in its own columns (pure) |
-//! | [`telemetry`] | named events: each logs and counts together; the Prometheus registry |
+//! | [`resolver`] | stage 2: internal record → engine → target and conflict records (pure) |
+//! | [`engine`] | one record change applied to the record's state — dedup, echo, conflicts, strategies (pure) |
+//! | [`clock`] | version vectors and dots: concurrent or causally ordered (pure) |
 //! | [`guard`] | CEL guards that reject a candidate value before it is written |
+//! | [`target`] | the record a target system receives, in its own columns (pure) |
+//! | [`conflict`] | the conflicts-topic record: deterministic id, candidates, winner (pure) |
+//! | [`kafka`] | client settings that carry the delivery guarantee, topic creation, and [`kafka::offsets`], the one owner of input offsets |
+//! | [`telemetry`] | named events: each logs and counts together; the Prometheus registry |
 //! | [`http`] | `/metrics`, `/health`, `/ready` |
 //!
 //! # The path of one event
 //!
 //! ```text
-//! Debezium topic ─► worker (recv) ─► envelope::decode ─┬─ change ──► output::encode_change ─► producer ─► output topic
-//!                                                      ├─ tombstone (counted, no output)
-//!                                                      └─ error ───► dead-letter copy ───► producer ─► DLQ topic
-//!                        producer acks ─► kafka::offsets (in offset order) ─► store_offset ─► background commit
+//! Debezium topic ─► stage 1 ─► envelope::decode ─┬─ change ─► mapping ─► internal record ─► internal topic (keyed entity:key)
+//!                                                ├─ tombstone, heartbeat, tx marker (counted)
+//!                                                └─ error ──► dead-letter copy ─► DLQ topic
+//! internal topic ─► stage 2 ─► resolver ─► engine::apply ─┬─ target records ─► one topic per target system
+//!                                                         └─ conflict records ─► conflicts topic
+//! every stage: producer acks ─► kafka::offsets (in offset order) ─► store_offset ─► background commit
 //! ```
+//!
+//! Without entities declared, stage 1 publishes each change as it is (`output`) instead.
 
 pub mod clock;
 pub mod config;
