@@ -76,13 +76,22 @@ struct SourcePlan {
     key_columns: Vec<String>,
 }
 
+/// The entities one configured table feeds.
+struct TablePlans {
+    /// Schema (Postgres) or database (MySQL) the table is qualified with, if it is.
+    qualifier: Option<String>,
+    table: String,
+    plans: Vec<SourcePlan>,
+}
+
 /// Every (system, table) the configuration maps, compiled for lookup.
 pub struct Catalog {
     entity_names: Vec<String>,
     entity_key_fields: Vec<Vec<String>>,
     field_names: Vec<Vec<String>>,
-    /// (system index, table as configured) → the entities that table feeds.
-    plans: HashMap<(usize, String), Vec<SourcePlan>>,
+    /// Per system index: (schema or database, table) as configured → the entities that
+    /// table feeds. A handful of tables per system: scanned, so a lookup never allocates.
+    plans: Vec<Vec<TablePlans>>,
 }
 
 impl Catalog {
@@ -91,7 +100,7 @@ impl Catalog {
             entity_names: Vec::new(),
             entity_key_fields: Vec::new(),
             field_names: Vec::new(),
-            plans: HashMap::new(),
+            plans: (0..config.systems.len()).map(|_| Vec::new()).collect(),
         };
         for (e, entity) in config.entities.iter().enumerate() {
             let entity_id = EntityId(e as u16);
@@ -126,15 +135,27 @@ impl Catalog {
                             .map_or_else(String::new, |(c, _)| c.clone())
                     })
                     .collect();
-                catalog
-                    .plans
-                    .entry((system, source.table.clone()))
-                    .or_default()
-                    .push(SourcePlan {
-                        entity: entity_id,
-                        columns,
-                        key_columns,
-                    });
+                let (qualifier, table) = match source.table.split_once('.') {
+                    Some((q, t)) => (Some(q.to_owned()), t.to_owned()),
+                    None => (None, source.table.clone()),
+                };
+                let plan = SourcePlan {
+                    entity: entity_id,
+                    columns,
+                    key_columns,
+                };
+                let tables = &mut catalog.plans[system];
+                match tables
+                    .iter_mut()
+                    .find(|t| t.qualifier == qualifier && t.table == table)
+                {
+                    Some(found) => found.plans.push(plan),
+                    None => tables.push(TablePlans {
+                        qualifier,
+                        table,
+                        plans: vec![plan],
+                    }),
+                }
             }
             catalog.entity_names.push(entity.name.clone());
             catalog.entity_key_fields.push(entity.key.clone());
@@ -156,24 +177,25 @@ impl Catalog {
         &self.field_names[entity.0 as usize][field.0 as usize]
     }
 
-    /// The plans for a change's table, trying `schema.table`, `db.table`, then `table`.
+    /// The plans for a change's table: configured as `schema.table` (Postgres), as
+    /// `database.table` (MySQL), or as the bare table name.
     fn plans_for(&self, system: usize, event: &ChangeEvent<'_>) -> &[SourcePlan] {
         let Some(table) = event.source.table.as_deref() else {
             return &[];
         };
-        let qualified = [
-            event.source.schema.as_deref(),
-            Some(event.source.db.as_ref()),
-        ];
-        for prefix in qualified.into_iter().flatten().filter(|p| !p.is_empty()) {
-            // Allocates only for tables harmony looks up; the catalog is tiny.
-            if let Some(plans) = self.plans.get(&(system, format!("{prefix}.{table}"))) {
-                return plans;
-            }
-        }
+        let schema = event.source.schema.as_deref();
+        let db = event.source.db.as_ref();
         self.plans
-            .get(&(system, table.to_owned()))
-            .map_or(&[], Vec::as_slice)
+            .get(system)
+            .into_iter()
+            .flatten()
+            .find(|t| {
+                t.table == table
+                    && t.qualifier
+                        .as_deref()
+                        .is_none_or(|q| Some(q) == schema || q == db)
+            })
+            .map_or(&[], |t| t.plans.as_slice())
     }
 
     /// The record changes one source change makes: one per entity its table feeds, none for

@@ -1,6 +1,6 @@
 //! Captures the decoder's fixtures from the real Debezium Postgres connector, in each
-//! converter mode: `scripts/capture-fixtures` runs this (it is `#[ignore]`d otherwise) and
-//! the records land in `tests/fixtures/postgres/<connector>.jsonl`, raw, one per line.
+//! converter mode. The tests are ignored by a plain `cargo test` (each says why): they rewrite
+//! the fixture files. `scripts/capture-fixtures` runs them, and the records land in `tests/fixtures/postgres/<connector>.jsonl`, raw, one per line.
 //!
 //! The cases, in order: snapshot read; multi-row insert (64-bit integers past 2^53, negative
 //! and variable-scale decimals, dates, timestamps, arrays, JSON, bytes); update; primary-key
