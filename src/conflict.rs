@@ -30,7 +30,7 @@ pub struct ConflictRecord<'a> {
     pub candidates: Vec<CandidateRecord<'a>>,
     /// The winning system; `null` when no single candidate won (`sum`) or none yet (`manual`).
     pub winner: Option<&'a str>,
-    pub resolved: Typed,
+    pub resolved: Typed<'a>,
     /// Held for an operator (`manual`).
     pub pending: bool,
     /// Source commit time of the latest candidate: when the conflict came to exist.
@@ -40,7 +40,7 @@ pub struct ConflictRecord<'a> {
 #[derive(Debug, Serialize)]
 pub struct CandidateRecord<'a> {
     pub system: &'a str,
-    pub value: Typed,
+    pub value: Typed<'a>,
     pub dot: (&'a str, u64),
     pub ts_ms: i64,
 }
@@ -74,7 +74,7 @@ pub fn conflict_record<'a>(
     entity: &'a str,
     key: &'a RawValue,
     field: &'a str,
-    conflict: &Conflict,
+    conflict: &'a Conflict,
 ) -> ConflictRecord<'a> {
     let name =
         |s: crate::clock::SystemId| systems.get(s.0 as usize).map_or("?", |i| i.name.as_str());
@@ -148,15 +148,10 @@ mod tests {
 
     #[test]
     fn a_sum_conflict_record_names_both_candidates_and_no_winner() {
+        let sum = conflict(Strategy::Sum, None);
         let systems = systems();
         let key = RawValue::from_string(r#"["SKU-1"]"#.into()).unwrap();
-        let record = conflict_record(
-            &systems,
-            "product",
-            &key,
-            "quantity",
-            &conflict(Strategy::Sum, None),
-        );
+        let record = conflict_record(&systems, "product", &key, "quantity", &sum);
         let json: serde_json::Value = serde_json::to_value(&record).unwrap();
         assert_eq!(json["key"], serde_json::json!(["SKU-1"]));
         assert_eq!(json["strategy"], "sum");
@@ -179,13 +174,8 @@ mod tests {
         let key = RawValue::from_string(r#"["SKU-1"]"#.into()).unwrap();
         let record = conflict_record(&systems, "product", &key, "quantity", &c);
         assert_eq!(record.winner, Some("wms"));
-        let manual = conflict_record(
-            &systems,
-            "product",
-            &key,
-            "quantity",
-            &conflict(Strategy::Manual, None),
-        );
+        let manual_conflict = conflict(Strategy::Manual, None);
+        let manual = conflict_record(&systems, "product", &key, "quantity", &manual_conflict);
         assert!(manual.pending);
     }
 }

@@ -14,28 +14,37 @@
 //! record read back is the record written. Field and system *names* are written, not indices:
 //! the internal topic outlives a configuration change.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 use crate::engine::FieldValue;
 use crate::envelope::{ChangeEvent, Snapshot, SourcePosition};
 use crate::mapping::{Catalog, ChangeKind, MappedChange};
-use crate::value::Decimal;
+use crate::value::{Decimal, Value};
 
 /// Version of the encoding; a reader refuses versions it does not know.
 pub const FORMAT_VERSION: u8 = 1;
 
+/// Borrows from the decoded input when stage 1 writes it, and from the message buffer where it
+/// can when stage 2 reads it back.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct InternalChange {
+pub struct InternalChange<'a> {
     pub v: u8,
-    pub entity: String,
-    pub key: String,
-    pub system: String,
+    #[serde(borrow)]
+    pub entity: Cow<'a, str>,
+    #[serde(borrow)]
+    pub key: Cow<'a, str>,
+    #[serde(borrow)]
+    pub system: Cow<'a, str>,
     pub kind: Kind,
     pub ts_ms: i64,
     pub snapshot: bool,
     pub position: Position,
-    pub fields: Vec<(String, Typed)>,
-    pub origin: Origin,
+    #[serde(borrow)]
+    pub fields: Vec<(Cow<'a, str>, Typed<'a>)>,
+    #[serde(borrow)]
+    pub origin: Origin<'a>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,35 +103,52 @@ impl From<Position> for SourcePosition {
 /// A field value with its type kept.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Typed {
+pub enum Typed<'a> {
     Null,
     Bool(bool),
     Int(i64),
     /// Exact decimal text, e.g. `"-12.50"`.
     Decimal(String),
     Float(f64),
-    Text(String),
-    Json(String),
+    Text(#[serde(borrow)] Cow<'a, str>),
+    Json(#[serde(borrow)] Cow<'a, str>),
 }
 
-impl From<&FieldValue> for Typed {
-    fn from(v: &FieldValue) -> Self {
+impl<'a> Typed<'a> {
+    /// A decoded column value as stage 1 writes it, borrowing its text; `None` for a value
+    /// Debezium did not send.
+    pub fn from_value(value: &'a Value<'_>) -> Option<Self> {
+        Some(match value {
+            Value::Null => Typed::Null,
+            Value::Bool(b) => Typed::Bool(*b),
+            Value::Int(i) => Typed::Int(*i),
+            Value::Decimal(d) => Typed::Decimal(d.normalized().to_string()),
+            Value::Float(f) => Typed::Float(*f),
+            Value::Text(t) => Typed::Text(Cow::Borrowed(t)),
+            Value::Raw(r) => Typed::Json(Cow::Borrowed(r.get())),
+            Value::Unavailable => return None,
+        })
+    }
+}
+
+impl<'a> From<&'a FieldValue> for Typed<'a> {
+    fn from(v: &'a FieldValue) -> Self {
         match v {
             FieldValue::Null => Typed::Null,
             FieldValue::Bool(b) => Typed::Bool(*b),
             FieldValue::Int(i) => Typed::Int(*i),
             FieldValue::Decimal(d) => Typed::Decimal(d.to_string()),
             FieldValue::Float(f) => Typed::Float(*f),
-            FieldValue::Text(t) => Typed::Text(t.clone()),
-            FieldValue::Json(j) => Typed::Json(j.clone()),
+            FieldValue::Text(t) => Typed::Text(Cow::Borrowed(t)),
+            FieldValue::Json(j) => Typed::Json(Cow::Borrowed(j)),
         }
     }
 }
 
-impl TryFrom<Typed> for FieldValue {
+impl TryFrom<Typed<'_>> for FieldValue {
     type Error = String;
 
-    fn try_from(t: Typed) -> Result<Self, String> {
+    fn try_from(t: Typed<'_>) -> Result<Self, String> {
         Ok(match t {
             Typed::Null => FieldValue::Null,
             Typed::Bool(b) => FieldValue::Bool(b),
@@ -131,46 +157,43 @@ impl TryFrom<Typed> for FieldValue {
                 Decimal::parse(&d).ok_or_else(|| format!("`{d}` is not a decimal"))?,
             ),
             Typed::Float(f) => FieldValue::Float(f),
-            Typed::Text(t) => FieldValue::Text(t),
-            Typed::Json(j) => FieldValue::Json(j),
+            Typed::Text(t) => FieldValue::Text(t.into_owned()),
+            Typed::Json(j) => FieldValue::Json(j.into_owned()),
         })
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Origin {
-    pub topic: String,
+pub struct Origin<'a> {
+    #[serde(borrow)]
+    pub topic: Cow<'a, str>,
     pub partition: i32,
     pub offset: i64,
 }
 
-impl InternalChange {
+impl<'a> InternalChange<'a> {
     /// Stage 1's record for one mapped change. Columns Debezium did not send (unchanged
     /// TOAST) are left out: absent means "not sent", never "now null".
     pub fn from_mapped(
-        catalog: &Catalog,
-        mapped: &MappedChange<'_, '_>,
-        system: &str,
+        catalog: &'a Catalog,
+        mapped: &'a MappedChange<'_, '_>,
+        system: &'a str,
         event: &ChangeEvent<'_>,
-        origin: Origin,
+        origin: Origin<'a>,
     ) -> Self {
         let fields = mapped
             .fields
             .iter()
             .filter_map(|&(field, value)| {
-                FieldValue::from_value(value).map(|v| {
-                    (
-                        catalog.field_name(mapped.entity, field).to_owned(),
-                        Typed::from(&v),
-                    )
-                })
+                let name = catalog.field_name(mapped.entity, field);
+                Typed::from_value(value).map(|v| (Cow::Borrowed(name), v))
             })
             .collect();
         InternalChange {
             v: FORMAT_VERSION,
-            entity: catalog.entity_name(mapped.entity).to_owned(),
-            key: mapped.key.clone(),
-            system: system.to_owned(),
+            entity: Cow::Borrowed(catalog.entity_name(mapped.entity)),
+            key: Cow::Borrowed(&mapped.key),
+            system: Cow::Borrowed(system),
             kind: mapped.kind.into(),
             ts_ms: event.source.ts_ms,
             snapshot: event.source.snapshot == Snapshot::Yes,
@@ -190,8 +213,9 @@ impl InternalChange {
         serde_json::to_vec(self).expect("in-memory JSON serialisation")
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
-        let change: InternalChange = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    pub fn decode(bytes: &'a [u8]) -> Result<Self, String> {
+        let change: InternalChange<'a> =
+            serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
         if change.v != FORMAT_VERSION {
             return Err(format!(
                 "internal record version {} is not {FORMAT_VERSION}",
@@ -236,10 +260,11 @@ mod tests {
                 ts_ms: ts,
                 snapshot: false,
                 position: Position::Postgres([lsn / 2, lsn]),
-                fields: values.iter().enumerate().map(|(i, v)| (format!("f{i}"), Typed::from(v))).collect(),
+                fields: values.iter().enumerate().map(|(i, v)| (Cow::Owned(format!("f{i}")), Typed::from(v))).collect(),
                 origin: Origin { topic: "shop.public.items".into(), partition: 0, offset: 17 },
             };
-            let back = InternalChange::decode(&change.encode()).unwrap();
+            let bytes = change.encode();
+            let back = InternalChange::decode(&bytes).unwrap();
             prop_assert_eq!(&back, &change);
             let restored: Vec<FieldValue> = back.fields.into_iter().map(|(_, t)| FieldValue::try_from(t).unwrap()).collect();
             prop_assert_eq!(restored, values);

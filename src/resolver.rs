@@ -55,7 +55,8 @@ pub struct Resolver {
     systems: HashMap<String, SystemId>,
     fields: Vec<HashMap<String, FieldId>>,
     conflicts_topic: String,
-    records: HashMap<(EntityId, String), RecordState>,
+    /// Record state by entity, then canonical key.
+    records: HashMap<EntityId, HashMap<String, RecordState>>,
 }
 
 impl Resolver {
@@ -114,17 +115,17 @@ impl Resolver {
         };
         let entity = *self
             .entities
-            .get(&change.entity)
+            .get(change.entity.as_ref())
             .ok_or_else(|| unknown("entity", &change.entity))?;
         let system = *self
             .systems
-            .get(&change.system)
+            .get(change.system.as_ref())
             .ok_or_else(|| unknown("system", &change.system))?;
         let field_ids = &self.fields[entity.0 as usize];
         let mut fields = Vec::with_capacity(change.fields.len());
         for (name, typed) in change.fields {
             let id = *field_ids
-                .get(&name)
+                .get(name.as_ref())
                 .ok_or_else(|| unknown("field", &name))?;
             fields.push((
                 id,
@@ -133,10 +134,14 @@ impl Resolver {
         }
         fields.sort_by_key(|(f, _)| *f);
         let rules = &self.rules[entity.0 as usize];
-        let state = self
-            .records
-            .entry((entity, change.key.clone()))
-            .or_default();
+        // Looked up by the borrowed key; only a record seen for the first time copies it.
+        let records = self.records.entry(entity).or_default();
+        if !records.contains_key(change.key.as_ref()) {
+            records.insert(change.key.to_string(), RecordState::default());
+        }
+        let state = records
+            .get_mut(change.key.as_ref())
+            .ok_or_else(|| ResolveError::Invalid("record state missing after insert".into()))?;
         let outcome = apply(
             state,
             rules,
@@ -163,11 +168,12 @@ impl Resolver {
                 resolved.conflicts = conflicts.len();
                 let entity_name = self.catalog.entity_name(entity);
                 let record_key = format!("{entity_name}:{}", change.key);
-                if let Ok(key) = RawValue::from_string(change.key.clone()) {
+                let key = serde_json::from_str::<&RawValue>(&change.key);
+                if let (Ok(key), false) = (key, conflicts.is_empty()) {
                     for conflict in &conflicts {
                         let field = self.catalog.field_name(entity, conflict.field);
                         let record =
-                            conflict_record(&rules.systems, entity_name, &key, field, conflict);
+                            conflict_record(&rules.systems, entity_name, key, field, conflict);
                         let value = serde_json::to_vec(&record).unwrap_or_default();
                         resolved.publications.push((
                             self.conflicts_topic.clone(),

@@ -8,7 +8,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use crate::clock::{Dot, SystemId, VersionVector};
 use crate::envelope::SourcePosition;
 use crate::mapping::FieldId;
-use crate::value::{Decimal, Value};
+use crate::value::Decimal;
 
 /// A field value owned by the state.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,20 +24,6 @@ pub enum FieldValue {
 }
 
 impl FieldValue {
-    /// The owned form of a decoded value; `None` for "not sent" (`Value::Unavailable`).
-    pub fn from_value(value: &Value<'_>) -> Option<Self> {
-        Some(match value {
-            Value::Null => FieldValue::Null,
-            Value::Bool(b) => FieldValue::Bool(*b),
-            Value::Int(i) => FieldValue::Int(*i),
-            Value::Decimal(d) => FieldValue::Decimal(d.normalized()),
-            Value::Float(f) => FieldValue::Float(*f),
-            Value::Text(t) => FieldValue::Text(t.to_string()),
-            Value::Raw(r) => FieldValue::Json(r.get().to_owned()),
-            Value::Unavailable => return None,
-        })
-    }
-
     /// As an exact number, for `sum`, `max`, `min`.
     pub fn as_decimal(&self) -> Option<Decimal> {
         match self {

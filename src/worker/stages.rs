@@ -185,7 +185,7 @@ impl Pipeline<'_> {
                         system,
                         event,
                         internal::Origin {
-                            topic: origin.topic.to_owned(),
+                            topic: origin.topic.into(),
                             partition: origin.partition,
                             offset: origin.offset,
                         },
