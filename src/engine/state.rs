@@ -98,18 +98,36 @@ pub struct SystemState {
 
 impl SystemState {
     pub fn held(&self, field: FieldId) -> Option<&FieldValue> {
-        self.held
-            .binary_search_by_key(&field, |(f, _)| *f)
-            .ok()
-            .map(|i| &self.held[i].1)
+        sorted_get(&self.held, field)
     }
 
     pub fn set_held(&mut self, field: FieldId, value: FieldValue) {
-        match self.held.binary_search_by_key(&field, |(f, _)| *f) {
-            Ok(i) => self.held[i].1 = value,
-            Err(i) => self.held.insert(i, (field, value)),
-        }
+        *sorted_entry(&mut self.held, field, || FieldValue::Null) = value;
     }
+}
+
+/// Small maps kept as vectors sorted by key: a record has a handful of fields and systems,
+/// and a sorted vector costs less memory per record than a map.
+fn sorted_get<K: Ord + Copy, V>(entries: &[(K, V)], key: K) -> Option<&V> {
+    entries
+        .binary_search_by_key(&key, |(k, _)| *k)
+        .ok()
+        .map(|i| &entries[i].1)
+}
+
+fn sorted_entry<K: Ord + Copy, V>(
+    entries: &mut Vec<(K, V)>,
+    key: K,
+    new: impl FnOnce() -> V,
+) -> &mut V {
+    let i = match entries.binary_search_by_key(&key, |(k, _)| *k) {
+        Ok(i) => i,
+        Err(i) => {
+            entries.insert(i, (key, new()));
+            i
+        }
+    };
+    &mut entries[i].1
 }
 
 /// A logical record.
@@ -126,10 +144,7 @@ pub struct RecordState {
 
 impl RecordState {
     pub fn field(&self, field: FieldId) -> Option<&FieldState> {
-        self.fields
-            .binary_search_by_key(&field, |(f, _)| *f)
-            .ok()
-            .map(|i| &self.fields[i].1)
+        sorted_get(&self.fields, field)
     }
 
     pub fn set_field(&mut self, field: FieldId, state: FieldState) {
@@ -140,20 +155,10 @@ impl RecordState {
     }
 
     pub fn system(&self, system: SystemId) -> Option<&SystemState> {
-        self.systems
-            .binary_search_by_key(&system, |(s, _)| *s)
-            .ok()
-            .map(|i| &self.systems[i].1)
+        sorted_get(&self.systems, system)
     }
 
     pub fn system_mut(&mut self, system: SystemId) -> &mut SystemState {
-        let i = match self.systems.binary_search_by_key(&system, |(s, _)| *s) {
-            Ok(i) => i,
-            Err(i) => {
-                self.systems.insert(i, (system, SystemState::default()));
-                i
-            }
-        };
-        &mut self.systems[i].1
+        sorted_entry(&mut self.systems, system, SystemState::default)
     }
 }
