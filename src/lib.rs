@@ -19,6 +19,7 @@
 //! | [`clock`] | version vectors and dots: concurrent or causally ordered (pure) |
 //! | [`guard`] | CEL guards that reject a candidate value before it is written |
 //! | [`target`] | the record a target system receives, in its own columns (pure) |
+//! | [`connect`] | Kafka Connect's JSON-with-schema format of target records, for schema-aware sinks |
 //! | [`conflict`] | the conflicts-topic record: deterministic id, candidates, winner (pure) |
 //! | [`kafka`] | client settings that carry the delivery guarantee, topic creation, and [`kafka::offsets`], the one owner of input offsets |
 //! | [`telemetry`] | named events: each logs and counts together; the Prometheus registry |
@@ -40,6 +41,7 @@
 pub mod clock;
 pub mod config;
 pub mod conflict;
+pub mod connect;
 pub mod engine;
 pub mod envelope;
 pub mod guard;

@@ -350,14 +350,18 @@ mod tests {
         });
         let wms = envelope(
             "wms",
-            "stock",
+            "skus",
             "c",
             "null",
-            r#"{"sku":"SKU-1","location":"A-01","quantity":98,"reserved":2,"updated_at":"t"}"#,
+            r#"{"sku":"SKU-1","on_hand":98,"reserved":2,"bin":"A-01","updated_at":"t"}"#,
         );
         mapped(&catalog, 2, &wms, |changes| {
             assert_eq!(changes[0].key, r#"["SKU-1"]"#);
-            assert_eq!(changes[0].fields.len(), 3, "location is not mapped");
+            assert_eq!(changes[0].fields.len(), 3, "an unmapped column is no field");
+            let c = &changes[0];
+            assert!(c.fields.iter().any(
+                |&(f, v)| catalog.field_name(c.entity, f) == "quantity" && *v == Value::Int(98)
+            ));
         });
     }
 

@@ -16,7 +16,7 @@ use crate::conflict::conflict_record;
 use crate::engine::{apply, entity_rules, Change, EntityRules, FieldValue, Outcome, RecordState};
 use crate::internal::InternalChange;
 use crate::mapping::{Catalog, EntityId, FieldId};
-use crate::target::{target_plans, target_record, TargetPlan};
+use crate::target::{target_plans, target_records, Provenance, TargetPlan};
 
 #[derive(Debug, Error)]
 pub enum ResolveError {
@@ -35,8 +35,14 @@ impl ResolveError {
     }
 }
 
-/// A record to publish: topic, key, value.
-pub type Publication = (String, Vec<u8>, Vec<u8>);
+/// A record to publish. `value: None` is a tombstone.
+#[derive(Debug, Clone)]
+pub struct Publication {
+    pub topic: String,
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(&'static str, Vec<u8>)>,
+}
 
 /// What one record change produced.
 #[derive(Debug, Default)]
@@ -168,25 +174,35 @@ impl Resolver {
                 resolved.conflicts = conflicts.len();
                 let entity_name = self.catalog.entity_name(entity);
                 let record_key = format!("{entity_name}:{}", change.key);
-                let key = serde_json::from_str::<&RawValue>(&change.key);
-                if let (Ok(key), false) = (key, conflicts.is_empty()) {
+                let mut conflict_ids = Vec::with_capacity(conflicts.len());
+                if let Ok(key) = serde_json::from_str::<&RawValue>(&change.key) {
                     for conflict in &conflicts {
                         let field = self.catalog.field_name(entity, conflict.field);
                         let record =
                             conflict_record(&rules.systems, entity_name, key, field, conflict);
-                        let value = serde_json::to_vec(&record).unwrap_or_default();
-                        resolved.publications.push((
-                            self.conflicts_topic.clone(),
-                            record_key.clone().into_bytes(),
-                            value,
-                        ));
+                        conflict_ids.push(record.id.clone());
+                        resolved.publications.push(Publication {
+                            topic: self.conflicts_topic.clone(),
+                            key: record_key.clone().into_bytes(),
+                            value: serde_json::to_vec(&record).ok(),
+                            headers: Vec::new(),
+                        });
                     }
                 }
+                let provenance = Provenance {
+                    entity: entity_name,
+                    key_text: &change.key,
+                    origin: system,
+                    conflicts: &conflict_ids,
+                };
                 for target in deliver_to {
                     if let Some(plan) = self.plans.get(&(entity, target)) {
-                        let (key, value) =
-                            target_record(plan, rules, entity_name, &change.key, state, system);
-                        resolved.publications.push((plan.topic.clone(), key, value));
+                        resolved.publications.extend(target_records(
+                            plan,
+                            rules,
+                            state,
+                            &provenance,
+                        ));
                     }
                 }
             }

@@ -13,17 +13,20 @@
 
 use std::collections::HashMap;
 
-use serde_json::{Map, Value as Json};
+use serde_json::{json, Map, Value as Json};
 
 use crate::clock::SystemId;
-use crate::config::Config;
+use crate::config::{Config, OutputFormat};
+use crate::connect;
 use crate::engine::{EntityRules, FieldValue, RecordState};
 use crate::mapping::{Catalog, EntityId, FieldId};
+use crate::resolver::Publication;
 
 /// How one target system receives one entity.
 #[derive(Debug, Clone)]
 pub struct TargetPlan {
     pub topic: String,
+    pub format: OutputFormat,
     /// The target's table, as its source mapping names it.
     pub table: String,
     /// The target's columns: the entity field each holds, and its position in the canonical
@@ -64,6 +67,7 @@ pub fn target_plans(
                 (entity_id, SystemId(system as u16)),
                 TargetPlan {
                     topic: target.topic.clone(),
+                    format: target.format,
                     table: source.table.clone(),
                     columns,
                 },
@@ -75,36 +79,43 @@ pub fn target_plans(
 
 fn json_of(value: &FieldValue) -> Json {
     match value {
-        FieldValue::Null => Json::Null,
-        FieldValue::Bool(b) => Json::Bool(*b),
-        FieldValue::Int(i) => Json::from(*i),
         // Exact, as Debezium's `decimal.handling.mode=string` renders decimals.
         FieldValue::Decimal(d) => Json::String(d.to_string()),
-        FieldValue::Float(f) => serde_json::Number::from_f64(*f).map_or(Json::Null, Json::Number),
-        FieldValue::Text(t) => Json::String(t.clone()),
         FieldValue::Json(j) => serde_json::from_str(j).unwrap_or_else(|_| Json::String(j.clone())),
+        other => connect::field_payload(other),
     }
 }
 
-/// The key and value of the record sent to a target. `key_text` is the canonical key (a JSON
-/// array); `origin` the system whose change caused this delivery.
-pub fn target_record(
+/// What caused a delivery, for its `harmony` block and headers.
+pub struct Provenance<'a> {
+    pub entity: &'a str,
+    /// The canonical key as JSON array text.
+    pub key_text: &'a str,
+    /// The system whose change caused this delivery.
+    pub origin: SystemId,
+    /// Ids of the conflicts the change raised.
+    pub conflicts: &'a [String],
+}
+
+/// The records sent to a target for the record's current state: the change event, and after
+/// a delete a tombstone, as Debezium writes one, so that compacted target topics drop the key.
+pub fn target_records(
     plan: &TargetPlan,
     rules: &EntityRules,
-    entity: &str,
-    key_text: &str,
     state: &RecordState,
-    origin: SystemId,
-) -> (Vec<u8>, Vec<u8>) {
-    let key_values: Vec<Json> = serde_json::from_str(key_text).unwrap_or_default();
-    let mut key = Map::new();
-    let mut row = Map::new();
+    provenance: &Provenance<'_>,
+) -> Vec<Publication> {
+    let key_values: Vec<Json> = serde_json::from_str(provenance.key_text).unwrap_or_default();
+    // (column, value) of the key and of the row, in the target's column order.
+    let mut key: Vec<(&str, Json)> = Vec::new();
+    let mut row: Vec<(&str, &FieldValue)> = Vec::new();
+    let mut key_row: Vec<(&str, Json)> = Vec::new();
     for (column, field, key_pos) in &plan.columns {
         match key_pos {
             Some(pos) => {
                 let value = key_values.get(*pos).cloned().unwrap_or(Json::Null);
-                key.insert(column.clone(), value.clone());
-                row.insert(column.clone(), value);
+                key.push((column, value.clone()));
+                key_row.push((column, value));
             }
             None => {
                 // Ignored fields (each system's own `updated_at`) are the target's business.
@@ -112,7 +123,7 @@ pub fn target_record(
                     continue;
                 }
                 if let Some(f) = state.field(*field) {
-                    row.insert(column.clone(), json_of(&f.value));
+                    row.push((column, &f.value));
                 }
             }
         }
@@ -134,20 +145,135 @@ pub fn target_record(
         .iter()
         .map(|(s, n)| (name(s).to_owned(), Json::from(n)))
         .collect();
+    let version_text = Json::Object(version.clone()).to_string();
     let deleted = state.deleted.is_some();
-    let row = Json::Object(row);
-    let value = serde_json::json!({
-        "before": if deleted { row.clone() } else { Json::Null },
-        "after": if deleted { Json::Null } else { row },
-        "op": if deleted { "d" } else { "u" },
-        "source": {"connector": "harmony", "name": "harmony", "db": entity, "table": plan.table, "ts_ms": ts_ms},
-        "ts_ms": ts_ms,
-        "harmony": {"entity": entity, "key": key_values, "version": version, "origin": name(origin)},
-    });
-    (
-        serde_json::to_vec(&Json::Object(key)).unwrap_or_default(),
-        serde_json::to_vec(&value).unwrap_or_default(),
-    )
+    let op = if deleted { "d" } else { "u" };
+    let origin = name(provenance.origin);
+    let entity = provenance.entity;
+
+    let (key_bytes, value_bytes) = match plan.format {
+        OutputFormat::JsonSchemaless => {
+            let mut image = Map::new();
+            for (column, value) in &key_row {
+                image.insert((*column).to_owned(), value.clone());
+            }
+            for (column, value) in &row {
+                image.insert((*column).to_owned(), json_of(value));
+            }
+            let image = Json::Object(image);
+            let key: Map<String, Json> = key.into_iter().map(|(c, v)| (c.to_owned(), v)).collect();
+            let value = json!({
+                "before": if deleted { image.clone() } else { Json::Null },
+                "after": if deleted { Json::Null } else { image },
+                "op": op,
+                "source": {"connector": "harmony", "name": "harmony", "db": entity, "table": plan.table, "ts_ms": ts_ms},
+                "ts_ms": ts_ms,
+                "harmony": {"entity": entity, "key": key_values, "version": version,
+                            "origin": origin, "conflicts": provenance.conflicts},
+            });
+            (Json::Object(key), value)
+        }
+        OutputFormat::Json => {
+            let mut key_schema = Vec::new();
+            let mut key_payload = Map::new();
+            let mut row_schema = Vec::new();
+            let mut image = Map::new();
+            for (column, value) in key {
+                key_schema.push(connect::key_field_schema(column, &value));
+                row_schema.push(connect::key_field_schema(column, &value));
+                key_payload.insert(column.to_owned(), value.clone());
+                image.insert(column.to_owned(), value);
+            }
+            for (column, value) in &row {
+                row_schema.push(connect::field_schema(column, value));
+                image.insert((*column).to_owned(), connect::field_payload(value));
+            }
+            let image = Json::Object(image);
+            let topic = &plan.topic;
+            let row_schema =
+                connect::struct_schema(Some(&format!("{topic}.Value")), true, row_schema);
+            let source_schema = connect::struct_schema(
+                Some("dev.harmony.Source"),
+                false,
+                vec![
+                    json!({"type": "string", "optional": false, "field": "connector"}),
+                    json!({"type": "string", "optional": false, "field": "name"}),
+                    json!({"type": "string", "optional": false, "field": "db"}),
+                    json!({"type": "string", "optional": false, "field": "table"}),
+                    json!({"type": "int64", "optional": false, "field": "ts_ms"}),
+                ],
+            );
+            let harmony_schema = connect::struct_schema(
+                Some("dev.harmony.Provenance"),
+                false,
+                vec![
+                    json!({"type": "string", "optional": false, "field": "entity"}),
+                    json!({"type": "string", "optional": false, "field": "key"}),
+                    json!({"type": "map", "keys": {"type": "string", "optional": false},
+                           "values": {"type": "int64", "optional": false}, "optional": false, "field": "version"}),
+                    json!({"type": "string", "optional": false, "field": "origin"}),
+                    json!({"type": "array", "items": {"type": "string", "optional": false},
+                           "optional": false, "field": "conflicts"}),
+                ],
+            );
+            // The sink recognises a change event by an `…Envelope` schema name, as
+            // Debezium names its own.
+            let value_schema = connect::struct_schema(
+                Some(&format!("{topic}.Envelope")),
+                false,
+                vec![
+                    connect::named_field(row_schema.clone(), "before"),
+                    connect::named_field(row_schema, "after"),
+                    json!({"type": "string", "optional": false, "field": "op"}),
+                    connect::named_field(source_schema, "source"),
+                    json!({"type": "int64", "optional": true, "field": "ts_ms"}),
+                    connect::named_field(harmony_schema, "harmony"),
+                ],
+            );
+            let value = json!({
+                "before": if deleted { image.clone() } else { Json::Null },
+                "after": if deleted { Json::Null } else { image },
+                "op": op,
+                "source": {"connector": "harmony", "name": "harmony", "db": entity, "table": plan.table, "ts_ms": ts_ms},
+                "ts_ms": ts_ms,
+                "harmony": {"entity": entity, "key": provenance.key_text, "version": version,
+                            "origin": origin, "conflicts": provenance.conflicts},
+            });
+            let key_schema =
+                connect::struct_schema(Some(&format!("{topic}.Key")), false, key_schema);
+            (
+                connect::wrap(key_schema, Json::Object(key_payload)),
+                connect::wrap(value_schema, value),
+            )
+        }
+    };
+    let key_bytes = serde_json::to_vec(&key_bytes).unwrap_or_default();
+    let mut headers = vec![
+        ("harmony.entity", entity.as_bytes().to_vec()),
+        ("harmony.origin", origin.as_bytes().to_vec()),
+        ("harmony.version", version_text.into_bytes()),
+    ];
+    if !provenance.conflicts.is_empty() {
+        headers.push((
+            "harmony.conflicts",
+            provenance.conflicts.join(",").into_bytes(),
+        ));
+    }
+    let mut records = vec![Publication {
+        topic: plan.topic.clone(),
+        key: key_bytes.clone(),
+        value: serde_json::to_vec(&value_bytes).ok(),
+        headers: headers.clone(),
+    }];
+    if deleted {
+        records.push(Publication {
+            topic: plan.topic.clone(),
+            key: key_bytes,
+            value: None,
+            headers,
+        });
+    }
+    records
 }
 
 #[cfg(test)]
@@ -205,13 +331,28 @@ mod tests {
             );
         }
         let _ = dot;
+        let record = |plan: &TargetPlan, state: &RecordState, origin: u16| {
+            let provenance = Provenance {
+                entity: "product",
+                key_text: r#"["SKU-1"]"#,
+                origin: SystemId(origin),
+                conflicts: &[],
+            };
+            target_records(plan, rules, state, &provenance)
+        };
+        let json = |bytes: &[u8]| serde_json::from_slice::<Json>(bytes).unwrap();
 
-        let shop = &plans[&(product, SystemId(1))];
+        let mut shop = plans[&(product, SystemId(1))].clone();
         assert_eq!(shop.topic, "harmony.demo.shop.product");
-        let (key, value) =
-            target_record(shop, rules, "product", r#"["SKU-1"]"#, &state, SystemId(2));
-        assert_eq!(String::from_utf8(key).unwrap(), r#"{"item_sku":"SKU-1"}"#);
-        let v: Json = serde_json::from_slice(&value).unwrap();
+        assert_eq!(shop.format, OutputFormat::Json, "schema-wrapped by default");
+        shop.format = OutputFormat::JsonSchemaless;
+        let out = record(&shop, &state, 2);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            String::from_utf8(out[0].key.clone()).unwrap(),
+            r#"{"item_sku":"SKU-1"}"#
+        );
+        let v = json(out[0].value.as_deref().unwrap());
         assert_eq!(v["op"], "u");
         assert_eq!(v["after"]["item_sku"], "SKU-1");
         assert_eq!(v["after"]["title"], "Cup");
@@ -225,26 +366,59 @@ mod tests {
         assert_eq!(v["source"]["table"], "public.items");
         assert_eq!(v["harmony"]["version"]["wms"], 1);
         assert_eq!(v["harmony"]["origin"], "wms");
+        let header = |name: &str| {
+            out[0]
+                .headers
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| String::from_utf8(v.clone()).unwrap())
+        };
+        assert_eq!(header("harmony.origin").as_deref(), Some("wms"));
+        assert_eq!(header("harmony.version").as_deref(), Some(r#"{"wms":1}"#));
+        assert_eq!(header("harmony.conflicts"), None);
 
-        // The warehouse table has no name or price.
+        // The warehouse's item master has no name or price; its own column names.
         let wms = &plans[&(product, SystemId(2))];
-        let (key, value) =
-            target_record(wms, rules, "product", r#"["SKU-1"]"#, &state, SystemId(2));
-        assert_eq!(String::from_utf8(key).unwrap(), r#"{"sku":"SKU-1"}"#);
-        let v: Json = serde_json::from_slice(&value).unwrap();
+        let out = record(wms, &state, 2);
+        let key = json(&out[0].key);
+        assert_eq!(key["payload"], serde_json::json!({"sku": "SKU-1"}));
+        assert_eq!(key["schema"]["name"], "harmony.demo.wms.product.Key");
+        let v = json(out[0].value.as_deref().unwrap());
         assert_eq!(
-            v["after"],
-            serde_json::json!({"sku": "SKU-1", "quantity": 93})
+            v["payload"]["after"],
+            serde_json::json!({"sku": "SKU-1", "on_hand": 93})
         );
+        assert_eq!(v["schema"]["name"], "harmony.demo.wms.product.Envelope");
+        let after_schema = &v["schema"]["fields"][1];
+        assert_eq!(after_schema["field"], "after");
+        assert_eq!(after_schema["fields"][1]["field"], "on_hand");
+        assert_eq!(after_schema["fields"][1]["type"], "int64");
+
+        // Schema-wrapped decimals are Connect decimals.
+        let erp = &plans[&(product, SystemId(0))];
+        let v = json(record(erp, &state, 2)[0].value.as_deref().unwrap());
+        let after = &v["schema"]["fields"][1]["fields"];
+        let price = after
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["field"] == "price")
+            .unwrap();
+        assert_eq!(price["name"], "org.apache.kafka.connect.data.Decimal");
+        assert_eq!(price["parameters"]["scale"], "2");
+        assert_eq!(v["payload"]["after"]["price"], "Aeo=");
 
         state.deleted = Some(Dot {
             system: SystemId(0),
             counter: 1,
         });
-        let (_, value) = target_record(shop, rules, "product", r#"["SKU-1"]"#, &state, SystemId(0));
-        let v: Json = serde_json::from_slice(&value).unwrap();
+        let out = record(&shop, &state, 0);
+        assert_eq!(out.len(), 2, "a delete, then its tombstone");
+        let v = json(out[0].value.as_deref().unwrap());
         assert_eq!(v["op"], "d");
         assert_eq!(v["after"], Json::Null);
         assert_eq!(v["before"]["item_sku"], "SKU-1");
+        assert_eq!(out[1].value, None);
+        assert_eq!(out[1].key, out[0].key);
     }
 }

@@ -64,8 +64,12 @@ pub enum DeleteConflict {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OutputFormat {
+    /// Kafka Connect's JSON with schemas (`JsonConverter`, `schemas.enable=true`), Debezium's
+    /// default: what the Debezium JDBC sink and other schema-aware sinks need.
     #[default]
     Json,
+    /// The same envelope without the schema wrapper, for consumers that read plain JSON.
+    JsonSchemaless,
 }
 
 #[derive(Debug, Clone, Deserialize)]

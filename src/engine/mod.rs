@@ -137,21 +137,33 @@ pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) 
 
     // 2. Echo: the content of a pending delivery means the system applied it. With an explicit
     // context (exact mode) the version must match too, so a local write that happens to equal
-    // a pending delivery is not mistaken for its echo.
-    let is_echo =
-        |d: &Delivery| d.fingerprint == content && change.context.is_none_or(|ctx| *ctx == d.clock);
-    if let Some(i) = sys.pending.iter().position(is_echo) {
-        let system = state.system_mut(s);
-        let delivery = system.pending[i].clone();
-        system.pending.drain(..=i);
-        system.seen = delivery.clock;
-        system.held_deleted = delivery.deleted;
-        for (field, value) in delivery.values {
-            system.set_held(field, value);
+    // a pending delivery is not mistaken for its echo. Columns the delivery did not set (a
+    // default the target's table filled in) do not stop the match: they are the residue below.
+    let is_echo = |d: &Delivery| {
+        change.context.is_none_or(|ctx| *ctx == d.clock)
+            && if d.deleted {
+                change.kind == ChangeKind::Delete
+            } else {
+                change.kind == ChangeKind::Upsert && delivered_values_match(change, &sys, d)
+            }
+    };
+    let mut echoed = false;
+    let sys = match sys.pending.iter().position(is_echo) {
+        Some(i) => {
+            let system = state.system_mut(s);
+            let delivery = system.pending[i].clone();
+            system.pending.drain(..=i);
+            system.seen = delivery.clock;
+            system.held_deleted = delivery.deleted;
+            for (field, value) in delivery.values {
+                system.set_held(field, value);
+            }
+            system.position = Some(change.position);
+            echoed = true;
+            system.clone()
         }
-        system.position = Some(change.position);
-        return Outcome::Echo;
-    }
+        None => sys,
+    };
 
     // 3. Causal context, 4. what changed.
     let context = change.context.cloned().unwrap_or_else(|| sys.seen.clone());
@@ -170,6 +182,9 @@ pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) 
         ChangeKind::Upsert => state.deleted.is_some(),
     };
     if changed.is_empty() && !existence_changes {
+        if echoed {
+            return Outcome::Echo;
+        }
         let system = state.system_mut(s);
         system.position = Some(change.position);
         for (field, value) in change.fields {
@@ -232,13 +247,21 @@ pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) 
                     strategy::Resolution::Write(v) => v.clone(),
                     strategy::Resolution::Keep => current_value.clone().unwrap_or(FieldValue::Null),
                 };
-                conflicts.push(Conflict {
-                    field,
-                    strategy: rule.strategy,
-                    candidates: vec![current, incoming.clone()],
-                    resolved,
-                    winner,
-                });
+                // Concurrent writes of the same value agree: no conflict to report, though the
+                // strategy still picks whose dot and timestamp the value carries (`lww` must
+                // remember the later one). Not under `sum` once the system has a base: two
+                // sales of 5 from 100 each end at 95, and both count.
+                let agree = current.value.fingerprint() == incoming.value.fingerprint()
+                    && (rule.strategy != Strategy::Sum || base.is_none());
+                if !agree {
+                    conflicts.push(Conflict {
+                        field,
+                        strategy: rule.strategy,
+                        candidates: vec![current, incoming.clone()],
+                        resolved,
+                        winner,
+                    });
+                }
                 resolution
             }
         };
@@ -344,6 +367,19 @@ fn change_fingerprint(rules: &EntityRules, sys: &SystemState, change: &Change<'_
         compared_fields(rules, change.system).map(|f| (f, sent(f).or_else(|| sys.held(f)))),
         change.kind == ChangeKind::Delete,
     )
+}
+
+/// Whether the change leaves its system holding every value the delivery sent.
+fn delivered_values_match(change: &Change<'_>, sys: &SystemState, delivery: &Delivery) -> bool {
+    delivery.values.iter().all(|(field, value)| {
+        let now = change
+            .fields
+            .binary_search_by_key(field, |(id, _)| *id)
+            .ok()
+            .map(|i| &change.fields[i].1)
+            .or_else(|| sys.held(*field));
+        now.is_some_and(|v| v.fingerprint() == value.fingerprint())
+    })
 }
 
 fn held_content_fingerprint(rules: &EntityRules, system: SystemId, sys: &SystemState) -> u64 {

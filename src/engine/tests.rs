@@ -568,3 +568,110 @@ fn a_guard_rejects_a_negative_quantity_and_the_sender_is_corrected() {
     apply(&mut state2, &rules, &change(&mut src2, SHOP, 2_000, &sold));
     assert_eq!(value(&state2, QUANTITY), int(90));
 }
+
+/// The erp creates a record whose shop table has a column nobody else holds (`active`, filled
+/// by the table's default when the sink inserts the row).
+fn rules_with_shop_only_field() -> (EntityRules, FieldId) {
+    let mut rules = rules(Strategy::Sum, vec![]);
+    let active = FieldId(4);
+    rules.fields.push(FieldRule {
+        strategy: Strategy::Lww,
+        priority: vec![],
+        ignored: false,
+        guard: None,
+    });
+    rules.held_fields[SHOP.0 as usize].push(active);
+    (rules, active)
+}
+
+#[test]
+fn an_echo_carrying_a_default_column_is_an_echo_plus_that_column_and_no_conflict() {
+    let (rules, active) = rules_with_shop_only_field();
+    let mut src = Source { next: [0; 3] };
+    let mut state = RecordState::default();
+    let initial = [(NAME, text("Cup")), (PRICE, int(490)), (QUANTITY, int(100))];
+    apply(&mut state, &rules, &change(&mut src, ERP, 1_000, &initial));
+    // The shop's sink inserted the delivered row; its table added `active = true`.
+    let echo = [
+        (NAME, text("Cup")),
+        (PRICE, int(490)),
+        (QUANTITY, int(100)),
+        (active, FieldValue::Bool(true)),
+    ];
+    let outcome = apply(&mut state, &rules, &change(&mut src, SHOP, 1_001, &echo));
+    let Outcome::Applied {
+        conflicts,
+        deliver_to,
+        ..
+    } = &outcome
+    else {
+        panic!("the new column is news: {outcome:?}")
+    };
+    assert!(conflicts.is_empty(), "{conflicts:?}");
+    assert!(
+        deliver_to.is_empty(),
+        "no other system holds `active`, the shop has it"
+    );
+    assert_eq!(value(&state, active), FieldValue::Bool(true));
+    assert!(
+        state.system(SHOP).unwrap().seen.covers(Dot {
+            system: ERP,
+            counter: 1
+        }),
+        "the shop applied the erp's version"
+    );
+    // Seen again (a second capture of the same row), it changes nothing.
+    let again = apply(&mut state, &rules, &change(&mut src, SHOP, 1_002, &echo));
+    assert_eq!(again, Outcome::Duplicate(DuplicateReason::NoChange));
+}
+
+#[test]
+fn concurrent_writes_of_the_same_value_are_no_conflict() {
+    let rules = rules(Strategy::Lww, vec![]);
+    let mut src = Source { next: [0; 3] };
+    let mut state = synced(&rules, &mut src);
+    // Exact mode: in content mode the second write would equal the first's pending delivery
+    // and pass for its echo (the ambiguity DESIGN §4 step 3 names).
+    let base = state.clock.clone();
+    let renamed = [(NAME, text("Mug"))];
+    let a = apply(
+        &mut state,
+        &rules,
+        &exact(&mut src, SHOP, 2_000, &renamed, &base),
+    );
+    let b = apply(
+        &mut state,
+        &rules,
+        &exact(&mut src, WMS, 2_001, &renamed, &base),
+    );
+    for outcome in [a, b] {
+        assert!(
+            matches!(&outcome, Outcome::Applied { conflicts, .. } if conflicts.is_empty()),
+            "{outcome:?}"
+        );
+    }
+    assert_eq!(value(&state, NAME), text("Mug"));
+    assert_eq!(
+        state.field(NAME).unwrap().ts_ms,
+        2_001,
+        "lww keeps the later write's time"
+    );
+    // Under sum, equal values are two movements, and both count.
+    let rules = self::rules(Strategy::Sum, vec![]);
+    let mut src = Source { next: [0; 3] };
+    let mut state = synced(&rules, &mut src);
+    let base = state.clock.clone();
+    let sold = [(QUANTITY, int(95))];
+    apply(
+        &mut state,
+        &rules,
+        &exact(&mut src, SHOP, 2_000, &sold, &base),
+    );
+    let outcome = apply(
+        &mut state,
+        &rules,
+        &exact(&mut src, WMS, 2_001, &sold, &base),
+    );
+    assert!(matches!(&outcome, Outcome::Applied { conflicts, .. } if conflicts.len() == 1));
+    assert_eq!(value(&state, QUANTITY), int(90));
+}

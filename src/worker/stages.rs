@@ -132,17 +132,28 @@ impl Pipeline<'_> {
             Ok(resolved) => {
                 self.metrics
                     .record_change(resolved.outcome, resolved.conflicts);
-                for (topic, key, value) in resolved.publications {
+                for publication in resolved.publications {
+                    let headers = (!publication.headers.is_empty()).then(|| {
+                        publication.headers.iter().fold(
+                            OwnedHeaders::new_with_capacity(publication.headers.len()),
+                            |headers, (key, value)| {
+                                headers.insert(Header {
+                                    key,
+                                    value: Some(value.as_slice()),
+                                })
+                            },
+                        )
+                    });
                     let record = FutureRecord {
-                        topic: &topic,
+                        topic: &publication.topic,
                         partition: None,
-                        payload: Some(value.as_slice()),
-                        key: Some(key.as_slice()),
+                        payload: publication.value.as_deref(),
+                        key: Some(publication.key.as_slice()),
                         timestamp: None,
-                        headers: None,
+                        headers,
                     };
                     let sent = send(self.producer, record).await;
-                    sends.push((Destination::Topic(topic), sent));
+                    sends.push((Destination::Topic(publication.topic), sent));
                 }
             }
             Err(error) => {

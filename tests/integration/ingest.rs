@@ -148,7 +148,7 @@ fn resolved_records_reach_each_target_in_its_own_columns_and_conflicts_are_recor
     let mut options = HarmonyOptions::stack(group.clone());
     let targets: String = ["erp", "shop", "wms"]
         .iter()
-        .map(|s| format!("\n[[targets]]\nsystem = \"{s}\"\nentities = [\"product\"]\ntopic = \"{group}.{s}.product\"\n"))
+        .map(|s| format!("\n[[targets]]\nsystem = \"{s}\"\nentities = [\"product\"]\ntopic = \"{group}.{s}.product\"\nformat = \"json_schemaless\"\n"))
         .collect();
     options.extra_toml = format!("{PRODUCT}{targets}");
     let mut harmony = Harmony::start(&options).unwrap();
