@@ -17,6 +17,7 @@
 //!   system = "shop"
 //!   table = "public.items"
 //!   columns = { item_sku = "sku", title = "name", stock = "quantity" }   # column → field
+//!   required = ["name"]              # a row cannot be created without it (NOT NULL)
 //!
 //! [[targets]]
 //! system = "erp"
@@ -111,6 +112,10 @@ pub struct SourceMapping {
     pub table: String,
     /// Source column → entity field. Columns not listed are not part of the entity.
     pub columns: BTreeMap<String, String>,
+    /// Fields the table cannot create a row without (its `NOT NULL` columns with no default):
+    /// as a target, this system is sent a record only once the record has a value for each.
+    #[serde(default)]
+    pub required: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -190,6 +195,14 @@ pub(super) fn validate(
                     at_source("columns"),
                     format!("maps no column onto key field `{missing}`"),
                 ));
+            }
+            for (k, field) in source.required.iter().enumerate() {
+                if !mapped.contains(field.as_str()) {
+                    return Err(key_error(
+                        at_source(&format!("required[{k}]")),
+                        format!("`{field}` is not a field this source maps"),
+                    ));
+                }
             }
         }
         for (j, field) in entity.ignore.iter().enumerate() {

@@ -676,6 +676,11 @@ mod tests {
                 r#"ignore = ["updatedat"]"#,
                 "entities[0].ignore[0]",
             ),
+            (
+                r#"required = ["name", "price"]"#,
+                r#"required = ["name", "reserved"]"#,
+                "entities[0].sources[0].required[1]",
+            ),
         ];
         for (from, to, key) in cases {
             let err = with_inventory_edit(from, to);

@@ -50,6 +50,8 @@ pub struct EntityRules {
     pub fields: Vec<FieldRule>,
     /// By system id: the fields that system's table holds, sorted.
     pub held_fields: Vec<Vec<FieldId>>,
+    /// By system id: the fields without which that system's table cannot create a row.
+    pub required_fields: Vec<Vec<FieldId>>,
     /// Systems that receive this entity.
     pub targets: Vec<SystemId>,
     pub on_delete_conflict: DeleteConflict,
@@ -231,7 +233,12 @@ pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) 
         let current_value = state.field(field).map(|f| f.value.clone());
         let resolved = match state.field(field) {
             None => strategy::plain(rule.strategy, None, base, &incoming),
-            Some(current) if context.covers(current.dot) => {
+            // The system had seen the write, or holds its very value (two snapshot reads of
+            // one row, say): either way its change supersedes the current value.
+            Some(current)
+                if context.covers(current.dot)
+                    || base.is_some_and(|b| b.fingerprint() == current.value.fingerprint()) =>
+            {
                 strategy::plain(rule.strategy, Some(&current.value), base, &incoming)
             }
             Some(current) => {
@@ -297,7 +304,17 @@ pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) 
     // 8. Deliver to every target whose content differs from what it holds or was last sent.
     let mut deliver_to = Vec::new();
     for &t in &rules.targets {
+        // A row the target could not create waits until the record has what it needs; a
+        // record it already holds (its own, or delivered) it can always update.
         let target_state = state.system(t).cloned().unwrap_or_default();
+        let holds_row = !target_state.held.is_empty() || !target_state.pending.is_empty();
+        let incomplete = rules
+            .required_fields
+            .get(t.0 as usize)
+            .is_some_and(|required| required.iter().any(|f| state.field(*f).is_none()));
+        if incomplete && !holds_row && state.deleted.is_none() {
+            continue;
+        }
         let (fingerprint, values) = record_content(rules, t, state);
         let deleted = state.deleted.is_some();
         let last = target_state.pending.back().map_or_else(

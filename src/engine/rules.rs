@@ -70,10 +70,23 @@ pub fn entity_rules(config: &Config, catalog: &Catalog) -> Vec<EntityRules> {
                 .filter(|t| t.entities.contains(&entity.name))
                 .filter_map(|t| system_id(&t.system))
                 .collect();
+            let required_fields = (0..config.systems.len())
+                .map(|s| {
+                    entity
+                        .sources
+                        .iter()
+                        .filter(|m| system_id(&m.system) == Some(SystemId(s as u16)))
+                        .flat_map(|m| m.required.iter())
+                        .filter_map(|f| field_names.iter().position(|n| n == f))
+                        .map(|i| FieldId(i as u16))
+                        .collect()
+                })
+                .collect();
             EntityRules {
                 systems: systems.clone(),
                 fields,
                 held_fields,
+                required_fields,
                 targets,
                 on_delete_conflict: entity.on_delete_conflict,
             }

@@ -43,6 +43,7 @@ fn rules(quantity: Strategy, priority: Vec<SystemId>) -> EntityRules {
             field(Strategy::Lww, vec![], true),
         ],
         held_fields: vec![vec![NAME, PRICE, QUANTITY, UPDATED_AT]; 3],
+        required_fields: vec![vec![]; 3],
         targets: vec![ERP, SHOP, WMS],
         on_delete_conflict: DeleteConflict::DeleteWins,
     }
@@ -674,4 +675,57 @@ fn concurrent_writes_of_the_same_value_are_no_conflict() {
     );
     assert!(matches!(&outcome, Outcome::Applied { conflicts, .. } if conflicts.len() == 1));
     assert_eq!(value(&state, QUANTITY), int(90));
+}
+
+#[test]
+fn a_target_that_cannot_create_the_row_waits_for_its_required_fields() {
+    let mut rules = rules(Strategy::Sum, vec![]);
+    // The shop's table needs a name and a price to create a row.
+    rules.required_fields[SHOP.0 as usize] = vec![NAME, PRICE];
+    rules.held_fields[WMS.0 as usize] = vec![QUANTITY];
+    let mut src = Source { next: [0; 3] };
+    let mut state = RecordState::default();
+    // The warehouse knows the product first, by its count alone.
+    let counted = [(QUANTITY, int(40))];
+    let outcome = apply(&mut state, &rules, &change(&mut src, WMS, 1_000, &counted));
+    assert!(
+        matches!(&outcome, Outcome::Applied { deliver_to, .. } if deliver_to == &vec![ERP]),
+        "the shop cannot create a row without name and price: {outcome:?}"
+    );
+    let named = [(NAME, text("Cup")), (PRICE, int(490))];
+    let outcome = apply(&mut state, &rules, &change(&mut src, ERP, 1_001, &named));
+    assert!(
+        matches!(&outcome, Outcome::Applied { deliver_to, .. } if deliver_to.contains(&SHOP) && !deliver_to.contains(&WMS)),
+        "complete now, and the warehouse holds no name or price: {outcome:?}"
+    );
+}
+
+#[test]
+fn a_change_based_on_the_current_value_is_no_conflict_whoever_wrote_it() {
+    // Each system's snapshot read of one row, all at 12: they agree.
+    let rules = rules(Strategy::Sum, vec![]);
+    let mut src = Source { next: [0; 3] };
+    let mut state = RecordState::default();
+    let row = [
+        (NAME, text("Grinder")),
+        (PRICE, int(12_900)),
+        (QUANTITY, int(12)),
+    ];
+    for (s, ts) in [(WMS, 1_000), (SHOP, 1_001), (ERP, 1_002)] {
+        let mut read = change(&mut src, s, ts, &row);
+        read.snapshot = true;
+        let outcome = apply(&mut state, &rules, &read);
+        assert!(
+            !matches!(&outcome, Outcome::Applied { conflicts, .. } if !conflicts.is_empty()),
+            "{outcome:?}"
+        );
+    }
+    // The shop sells 5: its base was the current 12, though the warehouse's read wrote it.
+    let sold = [(QUANTITY, int(7))];
+    let outcome = apply(&mut state, &rules, &change(&mut src, SHOP, 2_000, &sold));
+    assert!(
+        matches!(&outcome, Outcome::Applied { conflicts, .. } if conflicts.is_empty()),
+        "{outcome:?}"
+    );
+    assert_eq!(value(&state, QUANTITY), int(7));
 }
