@@ -41,6 +41,9 @@ pub fn consumer_config(kafka: &KafkaConfig, commit_interval_ms: u64) -> ClientCo
     let mut config = ClientConfig::new();
     // A new group starts at the beginning: Debezium's initial snapshot is part of the input.
     config.set("auto.offset.reset", "earliest");
+    // Debezium creates a table's topic with its first change, often after harmony subscribed;
+    // librdkafka's default (5 min) would leave such a system unread that long.
+    config.set("topic.metadata.refresh.interval.ms", "10000");
     let base = base_config(kafka);
     for (name, value) in base.config_map() {
         config.set(name, value);

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use rdkafka::admin::{AdminClient, AdminOptions};
@@ -18,7 +18,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 use serde_json::{json, Value};
 
-use crate::support::{bootstrap, psql, Record, TopicReader};
+use crate::support::{bootstrap, connect_rest as curl, psql, wait_until, Record, TopicReader};
 
 /// The connectors, their converter modes and decimal handling.
 const CONNECTORS: [(&str, &str); 3] = [
@@ -54,35 +54,6 @@ fn delete_connectors(prefixes: &[&str]) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn connect_url() -> String {
-    format!(
-        "http://127.0.0.1:{}",
-        std::env::var("CONNECT_PORT").unwrap_or_else(|_| "8083".into())
-    )
-}
-
-fn curl(method: &str, path: &str, body: Option<&Value>) -> Result<(u16, String)> {
-    let mut cmd = Command::new("curl");
-    cmd.args([
-        "-sS",
-        "-o",
-        "-",
-        "-w",
-        "\n%{http_code}",
-        "-X",
-        method,
-        "-H",
-        "Content-Type: application/json",
-    ]);
-    if let Some(b) = body {
-        cmd.args(["--data-binary", &b.to_string()]);
-    }
-    let out = cmd.arg(format!("{}{path}", connect_url())).output()?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').context("curl printed no status")?;
-    Ok((code.trim().parse()?, body.to_owned()))
 }
 
 fn connector_config(name: &str, mode: &str) -> Value {
@@ -136,17 +107,6 @@ fn connector_config(name: &str, mode: &str) -> Value {
         .unwrap()
         .extend(extra.as_object().unwrap().clone());
     config
-}
-
-fn wait_until(timeout: Duration, what: &str, mut ok: impl FnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if ok()? {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    bail!("timed out waiting for {what}")
 }
 
 fn reset() -> Result<()> {

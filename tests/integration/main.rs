@@ -3,6 +3,7 @@
 //! linked once.
 
 mod capture;
+mod closed_loop;
 mod decoding;
 mod faults;
 mod ingest;

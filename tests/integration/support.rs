@@ -477,3 +477,67 @@ pub fn committed_and_end(group: &str, topic: &str) -> Result<Vec<(i32, Offset, i
         })
         .collect()
 }
+
+/// Kafka Connect's REST API on the stack: status code and body.
+pub fn connect_rest(
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<(u16, String)> {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+        "-X",
+        method,
+        "-H",
+        "Content-Type: application/json",
+    ]);
+    if let Some(b) = body {
+        cmd.args(["--data-binary", &b.to_string()]);
+    }
+    let url = format!("http://127.0.0.1:{}{path}", env_or("CONNECT_PORT", "8083"));
+    let out = cmd.arg(url).output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').context("curl printed no status")?;
+    Ok((code.trim().parse()?, body.to_owned()))
+}
+
+/// The config of a connector of `deploy/connectors/`, its placeholders filled in for the
+/// stack as `scripts/stack` fills them.
+pub fn deployed_connector(file: &str) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let path = format!(
+        "{}/deploy/connectors/{file}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| path.clone())?
+        .replace("${PG_HOST}", "127.0.0.1")
+        .replace("${PG_PORT}", &env_or("PG_PORT", "55432"))
+        .replace("${PG_PASSWORD}", &env_or("PG_PASSWORD", "harmony"))
+        .replace("${REPLICATION_FACTOR}", "1");
+    let doc: serde_json::Value = serde_json::from_str(&text)?;
+    match doc.get("config") {
+        Some(serde_json::Value::Object(config)) => Ok(config.clone()),
+        _ => bail!("{path} has no config object"),
+    }
+}
+
+/// Polls `ok` every half second until it holds or `timeout` passes.
+pub fn wait_until(
+    timeout: Duration,
+    what: &str,
+    mut ok: impl FnMut() -> Result<bool>,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if ok()? {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    bail!("timed out after {timeout:?} waiting for {what}")
+}

@@ -1,0 +1,498 @@
+//! The closed loop on the real stack: Debezium captures erp, shop and wms; harmony resolves;
+//! Debezium's JDBC sink writes each target topic back into its database; Debezium captures
+//! that write too. Concurrent updates in all three databases must converge to one row, the
+//! conflicts must be on the conflicts topic, and the loop must then go quiet — the proof that
+//! echo suppression holds against real systems, not only in the engine's tests.
+//!
+//! The test owns its tables (`loop_*`, shaped like the demo's), its source connectors (streaming
+//! only, `snapshot.mode=no_data`) and its sinks, so that no other test's rows are written back
+//! into the databases the other tests read.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use serde_json::{json, Value};
+
+use crate::support::{
+    self, connect_rest, deployed_connector, psql, unique, wait_until, Harmony, HarmonyOptions,
+    Record, TopicReader,
+};
+
+const SYSTEMS: [(&str, &str, &str); 3] = [
+    // (system, its demo table the loop table copies, loop table)
+    ("erp", "products", "loop_products"),
+    ("shop", "items", "loop_items"),
+    ("wms", "skus", "loop_skus"),
+];
+
+/// examples/inventory.toml's product entity over the loop tables.
+const PRODUCT: &str = r#"
+[[entities]]
+name = "product"
+key = ["sku"]
+default_strategy = "lww"
+on_delete_conflict = "delete_wins"
+ignore = ["updated_at"]
+
+  [entities.fields.quantity]
+  strategy = "sum"
+  guard = "value >= 0"
+
+  [entities.fields.name]
+  strategy = "priority"
+  priority = ["erp", "shop"]
+
+  [[entities.sources]]
+  system = "erp"
+  table = "public.loop_products"
+  columns = { sku = "sku", name = "name", price = "price", quantity = "quantity", updated_at = "updated_at" }
+  required = ["name", "price"]
+
+  [[entities.sources]]
+  system = "shop"
+  table = "public.loop_items"
+  columns = { item_sku = "sku", title = "name", price = "price", stock = "quantity", active = "active", updated_at = "updated_at" }
+  required = ["name", "price"]
+
+  [[entities.sources]]
+  system = "wms"
+  table = "public.loop_skus"
+  columns = { sku = "sku", on_hand = "quantity", reserved = "reserved", updated_at = "updated_at" }
+"#;
+
+/// Connectors, slots and publications of one run, removed when the run ends however it ends.
+struct LoopStack {
+    connectors: Vec<String>,
+    /// (database, slot and publication name)
+    slots: Vec<(&'static str, String)>,
+}
+
+impl LoopStack {
+    fn register(&mut self, name: &str, config: serde_json::Map<String, Value>) -> Result<()> {
+        self.connectors.push(name.to_owned());
+        let (code, body) = connect_rest(
+            "PUT",
+            &format!("/connectors/{name}/config"),
+            Some(&Value::Object(config)),
+        )?;
+        if code >= 300 {
+            bail!("registering {name}: {code} {body}");
+        }
+        Ok(())
+    }
+
+    fn state(name: &str) -> String {
+        connect_rest("GET", &format!("/connectors/{name}/status"), None)
+            .ok()
+            .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok())
+            .map_or_else(String::new, |s| {
+                let tasks: Vec<&str> = s["tasks"]
+                    .as_array()
+                    .map(|ts| ts.iter().filter_map(|t| t["state"].as_str()).collect())
+                    .unwrap_or_default();
+                format!(
+                    "{}/{}",
+                    s["connector"]["state"].as_str().unwrap_or("?"),
+                    tasks.join(",")
+                )
+            })
+    }
+
+    fn wait_state(&self, names: &[String], wanted: &str) -> Result<()> {
+        wait_until(
+            Duration::from_secs(90),
+            &format!("{names:?} {wanted}"),
+            || {
+                for name in names {
+                    let state = Self::state(name);
+                    if state.contains("FAILED") {
+                        let (_, body) =
+                            connect_rest("GET", &format!("/connectors/{name}/status"), None)?;
+                        bail!("connector {name} failed: {body}");
+                    }
+                    if state != format!("{wanted}/{wanted}") {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            },
+        )
+    }
+
+    fn set_paused(&self, names: &[String], paused: bool) -> Result<()> {
+        let verb = if paused { "pause" } else { "resume" };
+        for name in names {
+            connect_rest("PUT", &format!("/connectors/{name}/{verb}"), None)?;
+        }
+        self.wait_state(names, if paused { "PAUSED" } else { "RUNNING" })
+    }
+}
+
+impl Drop for LoopStack {
+    fn drop(&mut self) {
+        for name in &self.connectors {
+            let _ = connect_rest("DELETE", &format!("/connectors/{name}"), None);
+        }
+        // A slot can be dropped only once its connector has let go of it; a kept slot would
+        // hold back WAL for good.
+        for (db, slot) in &self.slots {
+            let _ = wait_until(Duration::from_secs(30), "slot released", || {
+                Ok(psql(
+                    db,
+                    &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}' AND active"),
+                )? == "0")
+            });
+            let _ = psql(
+                db,
+                &format!("SELECT pg_drop_replication_slot('{slot}') FROM pg_replication_slots WHERE slot_name = '{slot}'"),
+            );
+            let _ = psql(db, &format!("DROP PUBLICATION IF EXISTS {slot}"));
+        }
+    }
+}
+
+/// One row of a loop table as (column → text), or `None` when absent.
+fn row(
+    db: &str,
+    table: &str,
+    key_column: &str,
+    sku: &str,
+    columns: &str,
+) -> Result<Option<String>> {
+    let out = psql(
+        db,
+        &format!("SELECT {columns} FROM {table} WHERE {key_column} = '{sku}'"),
+    )?;
+    Ok((!out.is_empty()).then_some(out))
+}
+
+/// The three rows of `sku` as each database holds them: erp, shop, wms.
+fn rows(sku: &str) -> Result<[Option<String>; 3]> {
+    Ok([
+        row("erp", "loop_products", "sku", sku, "name, price, quantity")?,
+        row("shop", "loop_items", "item_sku", sku, "title, price, stock")?,
+        row("wms", "loop_skus", "sku", sku, "on_hand")?,
+    ])
+}
+
+fn wait_rows(sku: &str, expected: [Option<&str>; 3], what: &str, harmony: &Harmony) {
+    let result = wait_until(Duration::from_secs(90), what, || {
+        let now = rows(sku)?;
+        Ok(now
+            .iter()
+            .map(Option::as_deref)
+            .eq(expected.iter().copied()))
+    });
+    if let Err(error) = result {
+        panic!(
+            "{error}: rows now {:?}, expected {expected:?}\n{}",
+            rows(sku),
+            harmony.log()
+        );
+    }
+}
+
+/// Every record so far on the target topics and the conflicts topic for `sku`.
+fn records_of(
+    readers: &mut BTreeMap<String, TopicReader>,
+    sku: &str,
+) -> Result<Vec<(String, Record)>> {
+    let mut out = Vec::new();
+    for (topic, reader) in readers.iter_mut() {
+        reader.read_for(Duration::from_millis(500))?;
+        out.extend(
+            reader
+                .records
+                .iter()
+                .filter(|r| {
+                    r.key
+                        .as_deref()
+                        .is_some_and(|k| k.contains(&format!("\"{sku}\"")))
+                })
+                .map(|r| (topic.clone(), r.clone())),
+        );
+    }
+    Ok(out)
+}
+
+#[test]
+fn concurrent_updates_in_three_databases_converge_through_the_jdbc_sink_and_the_loop_goes_quiet() {
+    if !support::stack_available("closed loop") {
+        return;
+    }
+    let run = unique("loop").replace('-', "_");
+    for (db, demo_table, table) in SYSTEMS {
+        psql(
+            db,
+            &format!("CREATE TABLE IF NOT EXISTS {table} (LIKE {demo_table} INCLUDING ALL)"),
+        )
+        .unwrap();
+    }
+    let mut stack = LoopStack {
+        connectors: Vec::new(),
+        slots: Vec::new(),
+    };
+
+    // Sources: streaming only, from a slot of their own.
+    let mut sources = Vec::new();
+    for (system, _, table) in SYSTEMS {
+        let name = format!("{run}_{system}");
+        let mut config = deployed_connector(&format!("{system}-postgres")).unwrap();
+        for (key, value) in [
+            ("topic.prefix", name.as_str()),
+            ("table.include.list", &format!("public.{table}")),
+            ("slot.name", &name),
+            ("publication.name", &name),
+            ("snapshot.mode", "no_data"),
+            ("heartbeat.interval.ms", "1000"),
+        ] {
+            config.insert(key.into(), json!(value));
+        }
+        stack.slots.push((system, name.clone()));
+        stack.register(&name, config).unwrap();
+        sources.push(name);
+    }
+    stack.wait_state(&sources, "RUNNING").unwrap();
+    for (db, slot) in &stack.slots {
+        wait_until(Duration::from_secs(60), "replication slot streaming", || {
+            Ok(psql(
+                db,
+                &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}' AND active"),
+            )? == "1")
+        })
+        .unwrap();
+    }
+
+    let group = run.replace('_', "-");
+    let mut options = HarmonyOptions::stack(group.clone());
+    options.systems = SYSTEMS
+        .iter()
+        .map(|(system, _, table)| {
+            (
+                (*system).to_owned(),
+                vec![format!("{run}_{system}.public.{table}")],
+            )
+        })
+        .collect();
+    let targets: String = SYSTEMS
+        .iter()
+        .map(|(s, _, _)| {
+            format!("\n[[targets]]\nsystem = \"{s}\"\nentities = [\"product\"]\ntopic = \"{group}.{s}.product\"\n")
+        })
+        .collect();
+    options.extra_toml = format!("{PRODUCT}{targets}");
+    let mut harmony = Harmony::start(&options).unwrap();
+    let conflicts_topic = format!("harmony.{group}.conflicts");
+    wait_until(Duration::from_secs(30), "harmony's topics", || {
+        Ok(TopicReader::new(&conflicts_topic).is_ok())
+    })
+    .unwrap();
+
+    // Sinks: the deployed configs, on this run's topics and tables.
+    let mut sinks = Vec::new();
+    for (system, _, table) in SYSTEMS {
+        let name = format!("{run}_{system}_sink");
+        let mut config = deployed_connector(&format!("{system}-sink")).unwrap();
+        config.insert("topics".into(), json!(format!("{group}.{system}.product")));
+        config.insert("table.name.format".into(), json!(table));
+        stack.register(&name, config).unwrap();
+        sinks.push(name);
+    }
+    stack.wait_state(&sinks, "RUNNING").unwrap();
+
+    let sku = unique("LOOP");
+    // 1. A product created in the erp reaches the shop and the warehouse.
+    psql(
+        "erp",
+        &format!("INSERT INTO loop_products (sku, name, price, quantity) VALUES ('{sku}', 'Kettle', 59.00, 100)"),
+    )
+    .unwrap();
+    wait_rows(
+        &sku,
+        [
+            Some("Kettle|59.00|100"),
+            Some("Kettle|59.00|100"),
+            Some("100"),
+        ],
+        "the erp's product in every database",
+        &harmony,
+    );
+
+    // 2. Concurrent updates: the sinks are held, so no system sees another's change before
+    // making its own. The shop sells 5 and renames; the warehouse ships 2; the erp renames
+    // and reprices.
+    stack.set_paused(&sinks, true).unwrap();
+    psql(
+        "shop",
+        &format!("UPDATE loop_items SET stock = stock - 5, title = 'Kettle (web)' WHERE item_sku = '{sku}'"),
+    )
+    .unwrap();
+    psql(
+        "wms",
+        &format!("UPDATE loop_skus SET on_hand = on_hand - 2 WHERE sku = '{sku}'"),
+    )
+    .unwrap();
+    psql(
+        "erp",
+        &format!(
+            "UPDATE loop_products SET name = 'Kettle 1.7 l', price = 57.50 WHERE sku = '{sku}'"
+        ),
+    )
+    .unwrap();
+
+    let mut conflicts = TopicReader::new(&conflicts_topic).unwrap();
+    let record_key = format!(r#"product:["{sku}"]"#);
+    let ours = |r: &Record| r.key.as_deref() == Some(record_key.as_str());
+    assert!(
+        conflicts
+            .read_until(Duration::from_secs(60), |rs| rs
+                .iter()
+                .filter(|r| ours(r))
+                .count()
+                >= 2)
+            .unwrap(),
+        "two conflicts expected\n{}",
+        harmony.log()
+    );
+    let mut by_field: BTreeMap<String, Value> = BTreeMap::new();
+    for record in conflicts.records.iter().filter(|r| ours(r)) {
+        let c = record.json();
+        by_field.insert(c["field"].as_str().unwrap().to_owned(), c);
+    }
+    assert_eq!(
+        by_field.keys().collect::<Vec<_>>(),
+        ["name", "quantity"],
+        "the price changed in one system only: {by_field:?}"
+    );
+    let quantity = &by_field["quantity"];
+    assert_eq!(quantity["strategy"], "sum");
+    assert_eq!(quantity["resolved"], json!({"int": 93}), "100 - 5 - 2");
+    assert_eq!(quantity["winner"], Value::Null);
+    let name = &by_field["name"];
+    assert_eq!(name["strategy"], "priority");
+    assert_eq!(name["winner"], "erp");
+    assert_eq!(name["resolved"], json!({"text": "Kettle 1.7 l"}));
+    let systems: Vec<&str> = name["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["system"].as_str().unwrap())
+        .collect();
+    assert!(
+        systems.contains(&"erp") && systems.contains(&"shop"),
+        "{name}"
+    );
+
+    // 3. The sinks apply every version harmony sent meanwhile; the databases converge.
+    stack.set_paused(&sinks, false).unwrap();
+    let converged = [
+        Some("Kettle 1.7 l|57.50|93"),
+        Some("Kettle 1.7 l|57.50|93"),
+        Some("93"),
+    ];
+    wait_rows(&sku, converged, "the three databases to converge", &harmony);
+
+    // What the sinks read is Kafka Connect JSON with schemas, harmony's version in a block and
+    // in headers, and the conflicts it resolved named.
+    let mut readers: BTreeMap<String, TopicReader> = SYSTEMS
+        .iter()
+        .map(|(s, _, _)| {
+            let topic = format!("{group}.{s}.product");
+            let reader = TopicReader::new(&topic).unwrap();
+            (topic, reader)
+        })
+        .collect();
+    let delivered = records_of(&mut readers, &sku).unwrap();
+    let (_, last_wms) = delivered
+        .iter()
+        .rev()
+        .find(|(t, _)| t.ends_with(".wms.product"))
+        .unwrap();
+    let value = last_wms.json();
+    assert_eq!(
+        value["schema"]["name"],
+        format!("{group}.wms.product.Envelope")
+    );
+    assert_eq!(value["payload"]["after"]["on_hand"], 93);
+    assert!(last_wms.headers.contains_key("harmony.version"));
+    let with_conflicts = delivered
+        .iter()
+        .filter(|(_, r)| r.headers.contains_key("harmony.conflicts"))
+        .count();
+    assert!(
+        with_conflicts > 0,
+        "deliveries name the conflicts they carry"
+    );
+
+    // 4. Quiet: each database's write of a delivery comes back as an echo, and nothing more
+    // is published for the record.
+    let settle = |readers: &mut BTreeMap<String, TopicReader>| -> usize {
+        let mut last = records_of(readers, &sku).unwrap().len();
+        wait_until(Duration::from_secs(60), "no further deliveries", || {
+            std::thread::sleep(Duration::from_secs(6));
+            let now = records_of(readers, &sku)?.len();
+            let quiet = now == last;
+            last = now;
+            Ok(quiet)
+        })
+        .unwrap();
+        last
+    };
+    let quiet = settle(&mut readers);
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        records_of(&mut readers, &sku).unwrap().len(),
+        quiet,
+        "the loop keeps publishing\n{}",
+        harmony.log()
+    );
+    wait_rows(&sku, converged, "the databases to stay converged", &harmony);
+    let metrics = support::http_get(&harmony.http_address().unwrap(), "/metrics")
+        .unwrap()
+        .1;
+    let echoes: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("harmony_record_changes_total{outcome=\"echo\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(echoes >= 3.0, "echoes suppressed: {echoes}\n{metrics}");
+
+    // 5. A guard: the shop oversells to -1; the write is refused and the shop is sent 93 back.
+    psql(
+        "shop",
+        &format!("UPDATE loop_items SET stock = -1 WHERE item_sku = '{sku}'"),
+    )
+    .unwrap();
+    wait_rows(
+        &sku,
+        converged,
+        "the shop's stock restored by the guard",
+        &harmony,
+    );
+
+    // 6. A delete in the erp removes the row everywhere, and its echoes end the loop too.
+    psql(
+        "erp",
+        &format!("DELETE FROM loop_products WHERE sku = '{sku}'"),
+    )
+    .unwrap();
+    wait_rows(&sku, [None, None, None], "the delete everywhere", &harmony);
+    let before = settle(&mut readers);
+    let tombstones = records_of(&mut readers, &sku)
+        .unwrap()
+        .iter()
+        .filter(|(_, r)| r.value.is_none())
+        .count();
+    assert!(
+        tombstones >= 2,
+        "shop and wms get a delete and its tombstone"
+    );
+    assert_eq!(records_of(&mut readers, &sku).unwrap().len(), before);
+
+    assert!(harmony
+        .terminate(Duration::from_secs(30))
+        .unwrap()
+        .success());
+}
