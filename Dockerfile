@@ -19,7 +19,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 harmony
 COPY --from=build /src/target/release/harmony /usr/local/bin/harmony
-COPY examples/demo.toml /etc/harmony/harmony.toml
+COPY examples/inventory.toml /etc/harmony/harmony.toml
 USER harmony
 # In a container the endpoints must be reachable from Prometheus and the orchestrator.
 ENV HARMONY__HTTP__ADDRESS=0.0.0.0:9464 \
