@@ -43,6 +43,10 @@ pub struct InternalChange<'a> {
     pub position: Position,
     #[serde(borrow)]
     pub fields: Vec<(Cow<'a, str>, Typed<'a>)>,
+    /// Exact mode: the version (JSON object, system name → count) the row was based on, from
+    /// its version column. Absent in content mode.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<Cow<'a, str>>,
     #[serde(borrow)]
     pub origin: Origin<'a>,
 }
@@ -199,6 +203,7 @@ impl<'a> InternalChange<'a> {
             snapshot: event.source.snapshot == Snapshot::Yes,
             position: event.source.position.into(),
             fields,
+            context: mapped.context.map(Cow::Borrowed),
             origin,
         }
     }
@@ -261,6 +266,7 @@ mod tests {
                 snapshot: false,
                 position: Position::Postgres([lsn / 2, lsn]),
                 fields: values.iter().enumerate().map(|(i, v)| (Cow::Owned(format!("f{i}")), Typed::from(v))).collect(),
+                context: (lsn % 2 == 0).then(|| Cow::Owned(format!(r#"{{"erp":{ts}}}"#))),
                 origin: Origin { topic: "shop.public.items".into(), partition: 0, offset: 17 },
             };
             let bytes = change.encode();
@@ -285,6 +291,7 @@ mod tests {
                 snapshot: false,
                 position: Position::Unknown,
                 fields: vec![],
+                context: None,
                 origin: Origin {
                     topic: "t".into(),
                     partition: 0,

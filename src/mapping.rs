@@ -44,6 +44,8 @@ pub struct MappedChange<'e, 'a> {
     /// Non-key fields the source row carries, by field. `Value::Unavailable` means the
     /// source did not send the column (unchanged).
     pub fields: Vec<(FieldId, &'e Value<'a>)>,
+    /// The version the row was based on, as the version column holds it (exact mode).
+    pub context: Option<&'e str>,
 }
 
 /// Why a change cannot become a record change. Permanent: the row breaks the mapping.
@@ -74,6 +76,8 @@ struct SourcePlan {
     columns: HashMap<String, (FieldId, Option<usize>)>,
     /// Column of each key field, in key order, for error messages.
     key_columns: Vec<String>,
+    /// The column carrying harmony's version (exact echo mode).
+    version_column: Option<String>,
 }
 
 /// The entities one configured table feeds.
@@ -143,6 +147,7 @@ impl Catalog {
                     entity: entity_id,
                     columns,
                     key_columns,
+                    version_column: source.version_column.clone(),
                 };
                 let tables = &mut catalog.plans[system];
                 match tables
@@ -228,7 +233,14 @@ impl Catalog {
         let entity = plan.entity.0 as usize;
         let mut key_values: Vec<Option<&Value<'a>>> = vec![None; plan.key_columns.len()];
         let mut fields = Vec::with_capacity(row.columns.len());
+        let mut context = None;
         for (column, value) in &row.columns {
+            if plan.version_column.as_deref() == Some(column.as_ref()) {
+                if let Value::Text(text) = value {
+                    context = Some(text.as_ref());
+                }
+                continue;
+            }
             let Some(&(field, key_pos)) = plan.columns.get(column.as_ref()) else {
                 continue;
             };
@@ -265,6 +277,7 @@ impl Catalog {
             key,
             kind,
             fields,
+            context,
         })
     }
 }
@@ -362,6 +375,33 @@ mod tests {
             assert!(c.fields.iter().any(
                 |&(f, v)| catalog.field_name(c.entity, f) == "quantity" && *v == Value::Int(98)
             ));
+        });
+    }
+
+    #[test]
+    fn the_version_column_is_the_changes_context_not_a_field() {
+        // The example's warehouse runs in exact mode.
+        let catalog = Catalog::new(&config());
+        let wms = envelope(
+            "wms",
+            "skus",
+            "u",
+            "null",
+            r#"{"sku":"SKU-1","on_hand":95,"reserved":0,"harmony_version":"{\"erp\":1}"}"#,
+        );
+        mapped(&catalog, 2, &wms, |changes| {
+            assert_eq!(changes[0].context, Some(r#"{"erp":1}"#));
+            assert_eq!(changes[0].fields.len(), 2, "quantity and reserved only");
+        });
+        let fresh = envelope(
+            "wms",
+            "skus",
+            "c",
+            "null",
+            r#"{"sku":"SKU-2","on_hand":5,"reserved":0,"harmony_version":null}"#,
+        );
+        mapped(&catalog, 2, &fresh, |changes| {
+            assert_eq!(changes[0].context, None, "a row harmony never wrote");
         });
     }
 

@@ -32,6 +32,8 @@ pub struct TargetPlan {
     /// The target's columns: the entity field each holds, and its position in the canonical
     /// key when it is a key column.
     pub columns: Vec<(String, FieldId, Option<usize>)>,
+    /// Exact echo mode: the column the record's version vector is written to.
+    pub version_column: Option<String>,
 }
 
 /// Every (entity, target system) the configuration delivers to.
@@ -70,6 +72,7 @@ pub fn target_plans(
                     format: target.format,
                     table: source.table.clone(),
                     columns,
+                    version_column: source.version_column.clone(),
                 },
             );
         }
@@ -160,6 +163,9 @@ pub fn target_records(
             for (column, value) in &row {
                 image.insert((*column).to_owned(), json_of(value));
             }
+            if let Some(column) = &plan.version_column {
+                image.insert(column.clone(), Json::String(version_text.clone()));
+            }
             let image = Json::Object(image);
             let key: Map<String, Json> = key.into_iter().map(|(c, v)| (c.to_owned(), v)).collect();
             let value = json!({
@@ -187,6 +193,10 @@ pub fn target_records(
             for (column, value) in &row {
                 row_schema.push(connect::field_schema(column, value));
                 image.insert((*column).to_owned(), connect::field_payload(value));
+            }
+            if let Some(column) = &plan.version_column {
+                row_schema.push(connect::field_schema(column, &FieldValue::Null));
+                image.insert(column.clone(), Json::String(version_text.clone()));
             }
             let image = Json::Object(image);
             let topic = &plan.topic;
@@ -386,7 +396,8 @@ mod tests {
         let v = json(out[0].value.as_deref().unwrap());
         assert_eq!(
             v["payload"]["after"],
-            serde_json::json!({"sku": "SKU-1", "on_hand": 93})
+            serde_json::json!({"sku": "SKU-1", "on_hand": 93, "harmony_version": r#"{"wms":1}"#}),
+            "exact mode: the version column carries the record's version"
         );
         assert_eq!(v["schema"]["name"], "harmony.demo.wms.product.Envelope");
         let after_schema = &v["schema"]["fields"][1];

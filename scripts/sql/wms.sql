@@ -4,8 +4,11 @@ CREATE TABLE IF NOT EXISTS skus (
     sku         text    PRIMARY KEY,
     on_hand     integer NOT NULL DEFAULT 0,
     reserved    integer NOT NULL DEFAULT 0,
-    updated_at  timestamptz NOT NULL DEFAULT now()
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    -- harmony's version of the row, written by the JDBC sink, never by the warehouse itself.
+    harmony_version text
 );
+ALTER TABLE skus ADD COLUMN IF NOT EXISTS harmony_version text;
 
 INSERT INTO skus (sku, on_hand, reserved) VALUES
     ('SKU-1001', 120, 4),

@@ -116,6 +116,11 @@ pub struct SourceMapping {
     /// as a target, this system is sent a record only once the record has a value for each.
     #[serde(default)]
     pub required: Vec<String>,
+    /// Exact echo mode (DESIGN §4 step 3): a column of this table that holds the version
+    /// harmony last wrote (the sink writes it with the row; the application leaves it alone),
+    /// so every captured change names the version it was based on. Not a field.
+    #[serde(default)]
+    pub version_column: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -195,6 +200,14 @@ pub(super) fn validate(
                     at_source("columns"),
                     format!("maps no column onto key field `{missing}`"),
                 ));
+            }
+            if let Some(column) = &source.version_column {
+                if column.is_empty() || source.columns.contains_key(column) {
+                    return Err(key_error(
+                        at_source("version_column"),
+                        "must name a column that is not mapped onto a field",
+                    ));
+                }
             }
             for (k, field) in source.required.iter().enumerate() {
                 if !mapped.contains(field.as_str()) {

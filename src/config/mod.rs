@@ -681,6 +681,11 @@ mod tests {
                 r#"required = ["name", "reserved"]"#,
                 "entities[0].sources[0].required[1]",
             ),
+            (
+                r#"version_column = "harmony_version""#,
+                r#"version_column = "on_hand""#,
+                "entities[0].sources[2].version_column",
+            ),
         ];
         for (from, to, key) in cases {
             let err = with_inventory_edit(from, to);

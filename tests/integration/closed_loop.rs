@@ -58,6 +58,7 @@ ignore = ["updated_at"]
   [[entities.sources]]
   system = "wms"
   table = "public.loop_skus"
+  version_column = "harmony_version"
   columns = { sku = "sku", on_hand = "quantity", reserved = "reserved", updated_at = "updated_at" }
 "#;
 
@@ -229,6 +230,12 @@ fn concurrent_updates_in_three_databases_converge_through_the_jdbc_sink_and_the_
         )
         .unwrap();
     }
+    // The warehouse runs in exact echo mode, the erp and the shop in content mode.
+    psql(
+        "wms",
+        "ALTER TABLE loop_skus ADD COLUMN IF NOT EXISTS harmony_version text",
+    )
+    .unwrap();
     let mut stack = LoopStack {
         connectors: Vec::new(),
         slots: Vec::new(),
@@ -392,6 +399,19 @@ fn concurrent_updates_in_three_databases_converge_through_the_jdbc_sink_and_the_
         Some("93"),
     ];
     wait_rows(&sku, converged, "the three databases to converge", &harmony);
+    // Exact mode: the warehouse's row carries the version it was last sent.
+    let version: Value = serde_json::from_str(
+        &psql(
+            "wms",
+            &format!("SELECT harmony_version FROM loop_skus WHERE sku = '{sku}'"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        version["erp"].as_u64().unwrap() >= 2 && version["wms"].as_u64().unwrap() >= 1,
+        "{version}"
+    );
 
     // What the sinks read is Kafka Connect JSON with schemas, harmony's version in a block and
     // in headers, and the conflicts it resolved named.
