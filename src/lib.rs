@@ -21,6 +21,8 @@
 //! | [`target`] | the record a target system receives, in its own columns (pure) |
 //! | [`connect`] | Kafka Connect's JSON-with-schema format of target records, for schema-aware sinks |
 //! | [`conflict`] | the conflicts-topic record: deterministic id, candidates, winner (pure) |
+//! | [`resolution`] | an operator's settling of a held conflict, as a record change from `operator` (pure) |
+//! | [`settle`] | `harmony resolve`: finds the conflict record, publishes the operator's change |
 //! | [`kafka`] | client settings that carry the delivery guarantee, topic creation, and [`kafka::offsets`], the one owner of input offsets |
 //! | [`telemetry`] | named events: each logs and counts together; the Prometheus registry |
 //! | [`http`] | `/metrics`, `/health`, `/ready` |
@@ -50,8 +52,10 @@ pub mod internal;
 pub mod kafka;
 pub mod mapping;
 pub mod output;
+pub mod resolution;
 pub mod resolver;
 pub mod schema;
+pub mod settle;
 pub mod target;
 pub mod telemetry;
 pub mod value;

@@ -35,6 +35,24 @@ enum Command {
     },
     /// Validate a configuration file without connecting to anything.
     CheckConfig { file: PathBuf },
+    /// Settles a held (`manual`) conflict: the chosen value becomes a change of the record
+    /// from the system `operator`, delivered to every target.
+    Resolve {
+        #[arg(long, short, env = "HARMONY_CONFIG")]
+        config: PathBuf,
+        /// The conflict's id, as on the conflicts topic (`c-…`).
+        conflict: String,
+        /// Take the value of this system's candidate.
+        #[arg(long, required_unless_present = "value", conflicts_with = "value")]
+        pick: Option<String>,
+        /// A value of your own, as a JSON literal (`4.95`, `"Kettle"`), read as the
+        /// candidates' type.
+        #[arg(long)]
+        value: Option<String>,
+        /// How long to look for the conflict and wait for the broker.
+        #[arg(long, default_value_t = 30)]
+        timeout_secs: u64,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -82,6 +100,48 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Resolve {
+            config,
+            conflict,
+            pick,
+            value,
+            timeout_secs,
+        } => {
+            init_logging(cli.log_format);
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{}: {e}", config.display());
+                    return ExitCode::from(2);
+                }
+            };
+            let choice = match (pick, value) {
+                (Some(system), _) => harmony::resolution::Choice::Pick(system),
+                (None, Some(literal)) => harmony::resolution::Choice::Value(literal),
+                (None, None) => return ExitCode::from(2),
+            };
+            let timeout = std::time::Duration::from_secs(timeout_secs);
+            let settled = tokio::runtime::Runtime::new()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| {
+                    rt.block_on(harmony::settle::settle(
+                        &config, &conflict, &choice, timeout,
+                    ))
+                });
+            match settled {
+                Ok(s) => {
+                    println!(
+                        "settled {conflict}: {} {} = {} (published to {})",
+                        s.record_key, s.field, s.value, s.topic
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("resolve {conflict}: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run { config } => {
             init_logging(cli.log_format);
             let config = match Config::load(&config) {

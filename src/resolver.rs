@@ -76,12 +76,17 @@ impl Resolver {
             .enumerate()
             .map(|(i, e)| (e.name.clone(), EntityId(i as u16)))
             .collect();
-        let systems = config
-            .systems
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.name.clone(), SystemId(i as u16)))
-            .collect();
+        // Ids as the rules number them: the configured systems, then the operator.
+        let systems = rules
+            .first()
+            .map(|r| {
+                r.systems
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| (s.name.clone(), SystemId(i as u16)))
+                    .collect()
+            })
+            .unwrap_or_default();
         let fields = (0..config.entities.len())
             .map(|e| {
                 catalog
@@ -350,5 +355,56 @@ mod tests {
             1,
             "systems no longer configured are dropped"
         );
+    }
+
+    #[test]
+    fn a_held_conflict_is_settled_by_the_operators_pick_and_delivered_everywhere() {
+        let text = include_str!("../examples/inventory.toml").replace(
+            "[entities.fields.price]\n  strategy = \"lww\"",
+            "[entities.fields.price]\n  strategy = \"manual\"",
+        );
+        let config = Config::from_toml(&text, "inventory.toml", std::iter::empty()).unwrap();
+        let mut resolver = Resolver::new(&config);
+        let created = [
+            ("name", FieldValue::Text("Cup".into())),
+            ("price", FieldValue::Int(490)),
+            ("quantity", FieldValue::Int(100)),
+        ];
+        resolver.resolve(&record("erp", 1, &created, None)).unwrap();
+        // The shop, never having applied the erp's version, prices the product itself.
+        let priced = [
+            ("name", FieldValue::Text("Cup".into())),
+            ("price", FieldValue::Int(520)),
+        ];
+        let out = resolver.resolve(&record("shop", 2, &priced, None)).unwrap();
+        let held = out
+            .publications
+            .iter()
+            .find(|p| p.topic == "harmony.harmony-inventory.conflicts")
+            .expect("a conflict record");
+        let held = held.value.as_deref().unwrap();
+        let doc = crate::resolution::ConflictDoc::parse(held).unwrap();
+        let (key, settle) = crate::resolution::resolution_change(
+            &doc,
+            &crate::resolution::Choice::Pick("shop".into()),
+            5_000,
+        )
+        .unwrap();
+        assert_eq!(key, r#"product:["SKU-1"]"#);
+        let out = resolver.resolve(&settle.encode()).unwrap();
+        assert_eq!(out.outcome, "applied");
+        assert_eq!(out.conflicts, 0, "the operator had seen both candidates");
+        let to_erp = out
+            .publications
+            .iter()
+            .find(|p| p.topic == "harmony.demo.erp.product")
+            .expect("the erp is sent the settled price");
+        assert_eq!(after(to_erp)["price"], 520);
+        let value: serde_json::Value =
+            serde_json::from_slice(to_erp.value.as_deref().unwrap()).unwrap();
+        assert_eq!(value["payload"]["harmony"]["origin"], "operator");
+        // Settling twice changes nothing.
+        let again = resolver.resolve(&settle.encode()).unwrap();
+        assert_eq!(again.outcome, "duplicate");
     }
 }

@@ -330,6 +330,12 @@ impl Config {
                     "must be non-empty ASCII letters, digits, '_' or '-'",
                 ));
             }
+            if system.name == crate::resolution::OPERATOR {
+                return Err(key_error(
+                    format!("systems[{i}].name"),
+                    "`operator` is reserved: it is who settles manual conflicts",
+                ));
+            }
             if !seen_names.insert(system.name.as_str()) {
                 return Err(key_error(
                     format!("systems[{i}].name"),

@@ -8,7 +8,9 @@ use crate::guard::Guard;
 use crate::mapping::{Catalog, EntityId, FieldId};
 
 /// One `EntityRules` per configured entity, in `EntityId` order. The configuration has been
-/// validated, so every name it uses resolves.
+/// validated, so every name it uses resolves. After the configured systems comes one more,
+/// [`operator`](crate::resolution::OPERATOR), the author of manual resolutions: it holds no
+/// table and receives nothing, and ranks below every system.
 pub fn entity_rules(config: &Config, catalog: &Catalog) -> Vec<EntityRules> {
     let systems: Vec<SystemInfo> = config
         .systems
@@ -17,6 +19,10 @@ pub fn entity_rules(config: &Config, catalog: &Catalog) -> Vec<EntityRules> {
             name: s.name.clone(),
             rank: s.rank,
         })
+        .chain(std::iter::once(SystemInfo {
+            name: crate::resolution::OPERATOR.to_owned(),
+            rank: i32::MIN,
+        }))
         .collect();
     let system_id = |name: &str| {
         config
@@ -49,7 +55,7 @@ pub fn entity_rules(config: &Config, catalog: &Catalog) -> Vec<EntityRules> {
                     }
                 })
                 .collect();
-            let held_fields = (0..config.systems.len())
+            let held_fields = (0..systems.len())
                 .map(|s| {
                     let mut held: Vec<FieldId> = entity
                         .sources
@@ -70,7 +76,7 @@ pub fn entity_rules(config: &Config, catalog: &Catalog) -> Vec<EntityRules> {
                 .filter(|t| t.entities.contains(&entity.name))
                 .filter_map(|t| system_id(&t.system))
                 .collect();
-            let required_fields = (0..config.systems.len())
+            let required_fields = (0..systems.len())
                 .map(|s| {
                     entity
                         .sources

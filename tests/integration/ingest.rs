@@ -232,3 +232,89 @@ fn resolved_records_reach_each_target_in_its_own_columns_and_conflicts_are_recor
         .unwrap()
         .success());
 }
+
+/// A `manual` field holds its value on a conflict until an operator settles it with
+/// `harmony resolve`; the settled value then reaches every target.
+#[test]
+fn a_held_conflict_is_settled_by_harmony_resolve() {
+    if !support::stack_available("resolve manual") {
+        return;
+    }
+    let group = unique("e2e-manual");
+    let mut options = HarmonyOptions::stack(group.clone());
+    let targets: String = ["erp", "shop"]
+        .iter()
+        .map(|s| format!("\n[[targets]]\nsystem = \"{s}\"\nentities = [\"product\"]\ntopic = \"{group}.{s}.product\"\n"))
+        .collect();
+    options.extra_toml =
+        format!("{PRODUCT}\n  [entities.fields.name]\n  strategy = \"manual\"\n{targets}");
+    let mut harmony = Harmony::start(&options).unwrap();
+    let sku = unique("MAN");
+
+    psql("erp", &format!("INSERT INTO products (sku, name, price, quantity) VALUES ('{sku}', 'Scale', 24.90, 30)")).unwrap();
+    let mut erp = TopicReader::new(&format!("{group}.erp.product")).unwrap();
+    let mut conflicts = TopicReader::new(&format!("harmony.{group}.conflicts")).unwrap();
+    // The shop lists the product under its own name without having seen the erp's.
+    psql("shop", &format!("INSERT INTO items (item_sku, title, price, stock) VALUES ('{sku}', 'Kitchen scale', 24.90, 30)")).unwrap();
+    let key = format!(r#"product:["{sku}"]"#);
+    let held = |r: &Record| r.key.as_deref() == Some(key.as_str()) && r.json()["field"] == "name";
+    assert!(
+        conflicts
+            .read_until(Duration::from_secs(60), |rs| rs.iter().any(held))
+            .unwrap(),
+        "{}",
+        harmony.log()
+    );
+    let conflict = conflicts.records.iter().find(|r| held(r)).unwrap().json();
+    assert_eq!(conflict["strategy"], "manual");
+    assert_eq!(conflict["pending"], true);
+    assert_eq!(conflict["winner"], Value::Null);
+    assert_eq!(conflict["resolved"], json!({"text": "Scale"}), "held");
+    let id = conflict["id"].as_str().unwrap();
+
+    // Asking for a system that wrote no candidate is refused and changes nothing.
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_harmony"))
+        .args(["resolve", "--config"])
+        .arg(&harmony.config_path)
+        .args([id, "--pick", "wms"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("no candidate"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    let settled = std::process::Command::new(env!("CARGO_BIN_EXE_harmony"))
+        .args(["resolve", "--config"])
+        .arg(&harmony.config_path)
+        .args([id, "--pick", "shop"])
+        .output()
+        .unwrap();
+    assert!(
+        settled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&settled.stderr)
+    );
+    assert!(String::from_utf8_lossy(&settled.stdout).contains("settled"));
+
+    let by_operator = |r: &Record| {
+        let v = r.json();
+        v["payload"]["harmony"]["origin"] == "operator"
+            && v["payload"]["after"]["sku"] == sku.as_str()
+    };
+    assert!(
+        erp.read_until(Duration::from_secs(60), |rs| rs.iter().any(by_operator))
+            .unwrap(),
+        "{}",
+        harmony.log()
+    );
+    let settled = erp.records.iter().find(|r| by_operator(r)).unwrap().json();
+    assert_eq!(settled["payload"]["after"]["name"], "Kitchen scale");
+
+    assert!(harmony
+        .terminate(Duration::from_secs(30))
+        .unwrap()
+        .success());
+}
