@@ -22,9 +22,12 @@ pub fn field_schema(name: &str, value: &FieldValue) -> Json {
         FieldValue::Int(_) => json!({"type": "int64"}),
         FieldValue::Float(_) => json!({"type": "double"}),
         FieldValue::Decimal(d) => decimal_schema(d),
-        FieldValue::Json(_) => {
-            json!({"type": "string", "name": "io.debezium.data.Json", "version": 1})
-        }
+        FieldValue::Json(text) => match array_items_type(text) {
+            // A set (`merge`), or any array: a Connect array, which sinks write to an array
+            // column (Postgres `text[]`, `int[]`).
+            Some(items) => json!({"type": "array", "items": {"type": items, "optional": false}}),
+            None => json!({"type": "string", "name": "io.debezium.data.Json", "version": 1}),
+        },
     };
     if let Json::Object(map) = &mut schema {
         map.insert("optional".into(), Json::Bool(true));
@@ -42,9 +45,31 @@ fn decimal_schema(d: &Decimal) -> Json {
     })
 }
 
+/// The Connect type of a JSON array's items when they share one (`string`, `int64`,
+/// `double`, `boolean`); `None` for anything else, which then travels as JSON text.
+fn array_items_type(text: &str) -> Option<&'static str> {
+    let Ok(Json::Array(items)) = serde_json::from_str::<Json>(text) else {
+        return None;
+    };
+    let kind = |item: &Json| match item {
+        Json::String(_) => Some("string"),
+        Json::Number(n) if n.is_i64() => Some("int64"),
+        Json::Number(_) => Some("double"),
+        Json::Bool(_) => Some("boolean"),
+        _ => None,
+    };
+    let mut kinds = items.iter().map(kind);
+    // An empty array has no item type to go by; strings are the common case of sets.
+    let first = kinds.next().unwrap_or(Some("string"))?;
+    kinds.all(|k| k == Some(first)).then_some(first)
+}
+
 /// The payload of `value` as the schema of [`field_schema`] declares it.
 pub fn field_payload(value: &FieldValue) -> Json {
     match value {
+        FieldValue::Json(text) if array_items_type(text).is_some() => {
+            serde_json::from_str(text).unwrap_or(Json::Null)
+        }
         FieldValue::Null => Json::Null,
         FieldValue::Bool(b) => Json::Bool(*b),
         FieldValue::Int(i) => Json::from(*i),
@@ -168,6 +193,19 @@ mod tests {
             field_schema("doc", &FieldValue::Json("{}".into()))["name"],
             json!("io.debezium.data.Json")
         );
+        let tags = FieldValue::Json(r#"["new","sale"]"#.into());
+        assert_eq!(
+            field_schema("tags", &tags),
+            json!({"type": "array", "items": {"type": "string", "optional": false},
+                   "optional": true, "field": "tags"})
+        );
+        assert_eq!(field_payload(&tags), json!(["new", "sale"]));
+        let mixed = FieldValue::Json(r#"[1,"a"]"#.into());
+        assert_eq!(
+            field_schema("m", &mixed)["name"],
+            json!("io.debezium.data.Json")
+        );
+        assert_eq!(field_payload(&mixed), json!(r#"[1,"a"]"#));
         assert_eq!(key_field_schema("id", &json!(7))["type"], json!("int64"));
         assert_eq!(
             key_field_schema("sku", &json!("A"))["type"],

@@ -337,6 +337,7 @@ mod tests {
                         counter: 1,
                     },
                     ts_ms: 1_700,
+                    tags: Vec::new(),
                 },
             );
         }

@@ -235,12 +235,6 @@ pub(super) fn validate(
                 ));
             }
             let strategy = field.strategy.unwrap_or(entity.default_strategy);
-            if strategy == Strategy::Merge {
-                return Err(key_error(
-                    at_field("strategy"),
-                    "`merge` (set/map union) is not supported yet",
-                ));
-            }
             match (strategy, field.priority.is_empty()) {
                 (Strategy::Priority, true) => {
                     return Err(key_error(
@@ -273,12 +267,6 @@ pub(super) fn validate(
                     )
                 })?;
             }
-        }
-        if entity.default_strategy == Strategy::Merge {
-            return Err(key_error(
-                at("default_strategy"),
-                "`merge` (set/map union) is not supported yet",
-            ));
         }
         if entity.default_strategy == Strategy::Priority {
             return Err(key_error(

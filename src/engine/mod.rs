@@ -4,6 +4,7 @@
 //! same changes in the same order give the same state, and for every strategy but `manual`
 //! concurrent changes give the same state in any order.
 
+mod orset;
 mod rules;
 mod state;
 mod strategy;
@@ -230,6 +231,59 @@ pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) 
             dot,
             ts_ms: change.ts_ms,
         };
+        if rule.strategy == Strategy::Merge {
+            let current = state.field(field);
+            let merged = orset::merge(
+                current.map(|c| (&c.tags, &c.value, c.dot)),
+                base,
+                value,
+                dot,
+                &context,
+            );
+            // Not a set (a JSON array): resolved below like `lww`.
+            if let Some(tags) = merged {
+                let merged_value = orset::value_of(&tags);
+                if let Some(current) = current.filter(|c| {
+                    !context.covers(c.dot)
+                        && base.is_none_or(|b| b.fingerprint() != c.value.fingerprint())
+                        && merged_value.fingerprint() != value.fingerprint()
+                }) {
+                    conflicts.push(Conflict {
+                        field,
+                        strategy: Strategy::Merge,
+                        candidates: vec![
+                            Candidate {
+                                system: current.dot.system,
+                                value: current.value.clone(),
+                                dot: current.dot,
+                                ts_ms: current.ts_ms,
+                            },
+                            incoming.clone(),
+                        ],
+                        resolved: merged_value.clone(),
+                        winner: None,
+                    });
+                }
+                if rule
+                    .guard
+                    .as_ref()
+                    .is_some_and(|g| !g.admits(&merged_value))
+                {
+                    rejected.push((field, merged_value));
+                    continue;
+                }
+                state.set_field(
+                    field,
+                    FieldState {
+                        value: merged_value,
+                        dot,
+                        ts_ms: change.ts_ms,
+                        tags,
+                    },
+                );
+                continue;
+            }
+        }
         let current_value = state.field(field).map(|f| f.value.clone());
         let resolved = match state.field(field) {
             None => strategy::plain(rule.strategy, None, base, &incoming),
@@ -283,6 +337,7 @@ pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) 
                     value,
                     dot,
                     ts_ms: change.ts_ms,
+                    tags: Vec::new(),
                 },
             );
         }

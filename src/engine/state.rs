@@ -67,6 +67,8 @@ pub struct FieldState {
     pub dot: Dot,
     /// Source commit time of the change that wrote it.
     pub ts_ms: i64,
+    /// `merge` fields: each element with the dots that added it; empty otherwise.
+    pub tags: super::orset::Tags,
 }
 
 /// One publication to a target not yet seen back from it.

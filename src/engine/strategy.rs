@@ -84,8 +84,12 @@ pub fn resolve(
             // cannot be a movement, and counting it would add the whole stock twice.
             None => (Resolution::Keep, Some(0)),
         },
-        // Validation refuses `merge` until set/map merging exists; never reached.
-        Strategy::Merge => pick(later()),
+        // Sets merge before this (engine::orset); a value that is not a set is taken
+        // like `lww`.
+        Strategy::Merge => pick(match incoming.ts_ms.cmp(&current.ts_ms) {
+            Ordering::Equal => later(),
+            order => order == Ordering::Greater,
+        }),
         Strategy::Manual => (Resolution::Keep, None),
     }
 }

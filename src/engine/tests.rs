@@ -932,3 +932,140 @@ proptest! {
         }
     }
 }
+
+const TAGS: FieldId = FieldId(4);
+
+/// The usual rules plus a set-valued `tags` field under `merge`, held by every system, and a
+/// record all three systems hold with tags ["a","b","c"].
+fn merge_start() -> (EntityRules, Source, RecordState) {
+    let mut rules = rules(Strategy::Lww, vec![]);
+    rules.fields.push(FieldRule {
+        strategy: Strategy::Merge,
+        priority: vec![],
+        ignored: false,
+        guard: None,
+    });
+    for held in &mut rules.held_fields {
+        held.push(TAGS);
+    }
+    let mut src = Source { next: [0; 3] };
+    let mut state = RecordState::default();
+    let row = [(NAME, text("Cup")), (TAGS, set(r#"["a","b","c"]"#))];
+    apply(&mut state, &rules, &change(&mut src, ERP, 1_000, &row));
+    for s in [SHOP, WMS] {
+        let echo = apply(&mut state, &rules, &change(&mut src, s, 1_001, &row));
+        assert_eq!(echo, Outcome::Echo);
+    }
+    (rules, src, state)
+}
+
+fn set(items: &str) -> FieldValue {
+    FieldValue::Json(items.to_owned())
+}
+
+#[test]
+fn merge_keeps_both_systems_additions_and_removals() {
+    for shop_first in [true, false] {
+        let (rules, mut src, mut state) = merge_start();
+        let base = state.clock.clone();
+        // The shop adds "sale"; the warehouse drops "a" and adds "bulk".
+        let shop = [(TAGS, set(r#"["a","b","c","sale"]"#))];
+        let wms = [(TAGS, set(r#"["b","bulk","c"]"#))];
+        let mut conflicts = Vec::new();
+        let order = if shop_first { [SHOP, WMS] } else { [WMS, SHOP] };
+        for s in order {
+            let fields = if s == SHOP { &shop[..] } else { &wms[..] };
+            if let Outcome::Applied { conflicts: c, .. } = apply(
+                &mut state,
+                &rules,
+                &exact(&mut src, s, 2_000, fields, &base),
+            ) {
+                conflicts.extend(c);
+            }
+        }
+        assert_eq!(value(&state, TAGS), set(r#"["b","bulk","c","sale"]"#));
+        assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+        assert_eq!(conflicts[0].strategy, Strategy::Merge);
+        assert_eq!(conflicts[0].winner, None);
+    }
+}
+
+#[test]
+fn merge_lets_a_concurrent_addition_survive_a_removal_that_never_saw_it() {
+    let (rules, mut src, mut state) = merge_start();
+    let base = state.clock.clone();
+    // The erp clears every tag it knows while the shop adds "sale".
+    let cleared = [(TAGS, set("[]"))];
+    let added = [(TAGS, set(r#"["a","b","c","sale"]"#))];
+    apply(
+        &mut state,
+        &rules,
+        &exact(&mut src, SHOP, 2_000, &added, &base),
+    );
+    apply(
+        &mut state,
+        &rules,
+        &exact(&mut src, ERP, 2_001, &cleared, &base),
+    );
+    assert_eq!(value(&state, TAGS), set(r#"["sale"]"#));
+}
+
+fn arb_set_changes() -> impl Generator<Value = Vec<(SystemId, Vec<u8>)>> {
+    // Each system's new set: any subset of the start {1,2,3} plus any of {4,5,6}.
+    proptest::collection::vec(proptest::collection::vec(1u8..7, 0..6), 3).prop_map(|sets| {
+        sets.into_iter()
+            .enumerate()
+            .map(|(s, items)| (SystemId(s as u16), items))
+            .collect()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    /// `merge` converges: concurrent set changes from three systems give the same set in
+    /// every order, and it holds exactly the start's elements no system removed, plus every
+    /// element some system added.
+    #[test]
+    fn merge_converges_over_every_permutation(changes in arb_set_changes()) {
+        let start = [1u8, 2, 3];
+        let as_json = |items: &[u8]| {
+            let mut items = items.to_vec();
+            items.sort_unstable();
+            items.dedup();
+            set(&format!("[{}]", items.iter().map(u8::to_string).collect::<Vec<_>>().join(",")))
+        };
+        let mut results = Vec::new();
+        for order in permutations(changes.len()) {
+            let mut rules = rules(Strategy::Lww, vec![]);
+            rules.fields.push(FieldRule { strategy: Strategy::Merge, priority: vec![], ignored: false, guard: None });
+            for held in &mut rules.held_fields {
+                held.push(TAGS);
+            }
+            let mut src = Source { next: [0; 3] };
+            let mut state = RecordState::default();
+            let row = [(TAGS, as_json(&start))];
+            apply(&mut state, &rules, &change(&mut src, ERP, 1_000, &row));
+            for s in [SHOP, WMS] {
+                apply(&mut state, &rules, &change(&mut src, s, 1_001, &row));
+            }
+            let base = state.clock.clone();
+            for &i in &order {
+                let (s, items) = &changes[i];
+                let fields = [(TAGS, as_json(items))];
+                apply(&mut state, &rules, &exact(&mut src, *s, 2_000, &fields, &base));
+            }
+            results.push(value(&state, TAGS));
+        }
+        for r in &results[1..] {
+            prop_assert_eq!(r, &results[0]);
+        }
+        let mut expected: Vec<u8> = start
+            .iter()
+            .copied()
+            .filter(|x| changes.iter().all(|(_, items)| items.contains(x)))
+            .collect();
+        expected.extend((4u8..7).filter(|x| changes.iter().any(|(_, items)| items.contains(x))));
+        prop_assert_eq!(&results[0], &as_json(&expected));
+    }
+}

@@ -43,23 +43,27 @@ ignore = ["updated_at"]
   strategy = "priority"
   priority = ["erp", "shop"]
 
+  # Labels every system may add or remove: an observed-remove set.
+  [entities.fields.tags]
+  strategy = "merge"
+
   [[entities.sources]]
   system = "erp"
   table = "public.loop_products"
-  columns = { sku = "sku", name = "name", price = "price", quantity = "quantity", updated_at = "updated_at" }
+  columns = { sku = "sku", name = "name", price = "price", quantity = "quantity", tags = "tags", updated_at = "updated_at" }
   required = ["name", "price"]
 
   [[entities.sources]]
   system = "shop"
   table = "public.loop_items"
-  columns = { item_sku = "sku", title = "name", price = "price", stock = "quantity", active = "active", updated_at = "updated_at" }
+  columns = { item_sku = "sku", title = "name", price = "price", stock = "quantity", active = "active", tags = "tags", updated_at = "updated_at" }
   required = ["name", "price"]
 
   [[entities.sources]]
   system = "wms"
   table = "public.loop_skus"
   version_column = "harmony_version"
-  columns = { sku = "sku", on_hand = "quantity", reserved = "reserved", updated_at = "updated_at" }
+  columns = { sku = "sku", on_hand = "quantity", reserved = "reserved", tags = "tags", updated_at = "updated_at" }
 "#;
 
 /// Connectors, slots and publications of one run, removed when the run ends however it ends.
@@ -171,9 +175,27 @@ fn row(
 /// The three rows of `sku` as each database holds them: erp, shop, wms.
 fn rows(sku: &str) -> Result<[Option<String>; 3]> {
     Ok([
-        row("erp", "loop_products", "sku", sku, "name, price, quantity")?,
-        row("shop", "loop_items", "item_sku", sku, "title, price, stock")?,
-        row("wms", "loop_skus", "sku", sku, "on_hand")?,
+        row(
+            "erp",
+            "loop_products",
+            "sku",
+            sku,
+            "name, price, quantity, array_to_string(tags, ',')",
+        )?,
+        row(
+            "shop",
+            "loop_items",
+            "item_sku",
+            sku,
+            "title, price, stock, array_to_string(tags, ',')",
+        )?,
+        row(
+            "wms",
+            "loop_skus",
+            "sku",
+            sku,
+            "on_hand, array_to_string(tags, ',')",
+        )?,
     ])
 }
 
@@ -227,6 +249,13 @@ fn concurrent_updates_in_three_databases_converge_through_the_jdbc_sink_and_the_
         psql(
             db,
             &format!("CREATE TABLE IF NOT EXISTS {table} (LIKE {demo_table} INCLUDING ALL)"),
+        )
+        .unwrap();
+    }
+    for (db, _, table) in SYSTEMS {
+        psql(
+            db,
+            &format!("ALTER TABLE {table} ADD COLUMN IF NOT EXISTS tags text[]"),
         )
         .unwrap();
     }
@@ -312,15 +341,15 @@ fn concurrent_updates_in_three_databases_converge_through_the_jdbc_sink_and_the_
     // 1. A product created in the erp reaches the shop and the warehouse.
     psql(
         "erp",
-        &format!("INSERT INTO loop_products (sku, name, price, quantity) VALUES ('{sku}', 'Kettle', 59.00, 100)"),
+        &format!("INSERT INTO loop_products (sku, name, price, quantity, tags) VALUES ('{sku}', 'Kettle', 59.00, 100, ARRAY['new'])"),
     )
     .unwrap();
     wait_rows(
         &sku,
         [
-            Some("Kettle|59.00|100"),
-            Some("Kettle|59.00|100"),
-            Some("100"),
+            Some("Kettle|59.00|100|new"),
+            Some("Kettle|59.00|100|new"),
+            Some("100|new"),
         ],
         "the erp's product in every database",
         &harmony,
@@ -332,12 +361,14 @@ fn concurrent_updates_in_three_databases_converge_through_the_jdbc_sink_and_the_
     stack.set_paused(&sinks, true).unwrap();
     psql(
         "shop",
-        &format!("UPDATE loop_items SET stock = stock - 5, title = 'Kettle (web)' WHERE item_sku = '{sku}'"),
+        &format!("UPDATE loop_items SET stock = stock - 5, title = 'Kettle (web)', tags = array_append(tags, 'sale') WHERE item_sku = '{sku}'"),
     )
     .unwrap();
     psql(
         "wms",
-        &format!("UPDATE loop_skus SET on_hand = on_hand - 2 WHERE sku = '{sku}'"),
+        &format!(
+            "UPDATE loop_skus SET on_hand = on_hand - 2, tags = ARRAY['bulky'] WHERE sku = '{sku}'"
+        ),
     )
     .unwrap();
     psql(
@@ -357,9 +388,9 @@ fn concurrent_updates_in_three_databases_converge_through_the_jdbc_sink_and_the_
                 .iter()
                 .filter(|r| ours(r))
                 .count()
-                >= 2)
+                >= 3)
             .unwrap(),
-        "two conflicts expected\n{}",
+        "three conflicts expected\n{}",
         harmony.log()
     );
     let mut by_field: BTreeMap<String, Value> = BTreeMap::new();
@@ -369,9 +400,13 @@ fn concurrent_updates_in_three_databases_converge_through_the_jdbc_sink_and_the_
     }
     assert_eq!(
         by_field.keys().collect::<Vec<_>>(),
-        ["name", "quantity"],
+        ["name", "quantity", "tags"],
         "the price changed in one system only: {by_field:?}"
     );
+    // The shop added "sale"; the warehouse, which held "new", replaced it by "bulky".
+    let tags = &by_field["tags"];
+    assert_eq!(tags["strategy"], "merge");
+    assert_eq!(tags["resolved"], json!({"json": r#"["bulky","sale"]"#}));
     let quantity = &by_field["quantity"];
     assert_eq!(quantity["strategy"], "sum");
     assert_eq!(quantity["resolved"], json!({"int": 93}), "100 - 5 - 2");
@@ -394,9 +429,9 @@ fn concurrent_updates_in_three_databases_converge_through_the_jdbc_sink_and_the_
     // 3. The sinks apply every version harmony sent meanwhile; the databases converge.
     stack.set_paused(&sinks, false).unwrap();
     let converged = [
-        Some("Kettle 1.7 l|57.50|93"),
-        Some("Kettle 1.7 l|57.50|93"),
-        Some("93"),
+        Some("Kettle 1.7 l|57.50|93|bulky,sale"),
+        Some("Kettle 1.7 l|57.50|93|bulky,sale"),
+        Some("93|bulky,sale"),
     ];
     wait_rows(&sku, converged, "the three databases to converge", &harmony);
     // Exact mode: the warehouse's row carries the version it was last sent.
