@@ -120,11 +120,54 @@ pub fn struct_schema(name: Option<&str>, optional: bool, fields: Vec<Json>) -> J
 }
 
 /// A field schema renamed: the same struct schema under another field name.
-pub fn named_field(mut schema: Json, field: &str) -> Json {
+fn named_field(mut schema: Json, field: &str) -> Json {
     if let Json::Object(map) = &mut schema {
         map.insert("field".into(), Json::String(field.to_owned()));
     }
     schema
+}
+
+/// The schema of harmony's change event on `topic` whose row has `row_fields`: Debezium's
+/// envelope (`before`, `after`, `op`, `source`, `ts_ms`) plus the `harmony` block. The sink
+/// recognises a change event by an `…Envelope` schema name, as Debezium names its own.
+pub fn envelope_schema(topic: &str, row_fields: Vec<Json>) -> Json {
+    let row = struct_schema(Some(&format!("{topic}.Value")), true, row_fields);
+    let required =
+        |kind: &str, field: &str| json!({"type": kind, "optional": false, "field": field});
+    let source = struct_schema(
+        Some("dev.harmony.Source"),
+        false,
+        ["connector", "name", "db", "table"]
+            .iter()
+            .map(|f| required("string", f))
+            .chain(std::iter::once(required("int64", "ts_ms")))
+            .collect(),
+    );
+    let harmony = struct_schema(
+        Some("dev.harmony.Provenance"),
+        false,
+        vec![
+            required("string", "entity"),
+            required("string", "key"),
+            json!({"type": "map", "keys": {"type": "string", "optional": false},
+                   "values": {"type": "int64", "optional": false}, "optional": false, "field": "version"}),
+            required("string", "origin"),
+            json!({"type": "array", "items": {"type": "string", "optional": false},
+                   "optional": false, "field": "conflicts"}),
+        ],
+    );
+    struct_schema(
+        Some(&format!("{topic}.Envelope")),
+        false,
+        vec![
+            named_field(row.clone(), "before"),
+            named_field(row, "after"),
+            required("string", "op"),
+            named_field(source, "source"),
+            json!({"type": "int64", "optional": true, "field": "ts_ms"}),
+            named_field(harmony, "harmony"),
+        ],
+    )
 }
 
 /// The converter's envelope.

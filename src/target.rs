@@ -154,29 +154,33 @@ pub fn target_records(
     let origin = name(provenance.origin);
     let entity = provenance.entity;
 
+    // The change event around a row image: `harmony.key` is the canonical key itself where
+    // JSON is schemaless, its text where a Connect schema must name one type for it.
+    let change_event = |image: Json, harmony_key: Json| {
+        json!({
+            "before": if deleted { image.clone() } else { Json::Null },
+            "after": if deleted { Json::Null } else { image },
+            "op": op,
+            "source": {"connector": "harmony", "name": "harmony", "db": entity, "table": plan.table, "ts_ms": ts_ms},
+            "ts_ms": ts_ms,
+            "harmony": {"entity": entity, "key": harmony_key, "version": version,
+                        "origin": origin, "conflicts": provenance.conflicts},
+        })
+    };
+    let version_column = plan
+        .version_column
+        .as_ref()
+        .map(|c| (c, Json::String(version_text.clone())));
     let (key_bytes, value_bytes) = match plan.format {
         OutputFormat::JsonSchemaless => {
-            let mut image = Map::new();
-            for (column, value) in &key_row {
-                image.insert((*column).to_owned(), value.clone());
-            }
-            for (column, value) in &row {
-                image.insert((*column).to_owned(), json_of(value));
-            }
-            if let Some(column) = &plan.version_column {
-                image.insert(column.clone(), Json::String(version_text.clone()));
-            }
-            let image = Json::Object(image);
+            let image: Map<String, Json> = key_row
+                .iter()
+                .map(|(column, value)| ((*column).to_owned(), value.clone()))
+                .chain(row.iter().map(|(c, v)| ((*c).to_owned(), json_of(v))))
+                .chain(version_column.map(|(c, v)| (c.clone(), v)))
+                .collect();
             let key: Map<String, Json> = key.into_iter().map(|(c, v)| (c.to_owned(), v)).collect();
-            let value = json!({
-                "before": if deleted { image.clone() } else { Json::Null },
-                "after": if deleted { Json::Null } else { image },
-                "op": op,
-                "source": {"connector": "harmony", "name": "harmony", "db": entity, "table": plan.table, "ts_ms": ts_ms},
-                "ts_ms": ts_ms,
-                "harmony": {"entity": entity, "key": key_values, "version": version,
-                            "origin": origin, "conflicts": provenance.conflicts},
-            });
+            let value = change_event(Json::Object(image), Json::Array(key_values.clone()));
             (Json::Object(key), value)
         }
         OutputFormat::Json => {
@@ -194,66 +198,20 @@ pub fn target_records(
                 row_schema.push(connect::field_schema(column, value));
                 image.insert((*column).to_owned(), connect::field_payload(value));
             }
-            if let Some(column) = &plan.version_column {
+            if let Some((column, version)) = version_column {
                 row_schema.push(connect::field_schema(column, &FieldValue::Null));
-                image.insert(column.clone(), Json::String(version_text.clone()));
+                image.insert(column.clone(), version);
             }
-            let image = Json::Object(image);
             let topic = &plan.topic;
-            let row_schema =
-                connect::struct_schema(Some(&format!("{topic}.Value")), true, row_schema);
-            let source_schema = connect::struct_schema(
-                Some("dev.harmony.Source"),
-                false,
-                vec![
-                    json!({"type": "string", "optional": false, "field": "connector"}),
-                    json!({"type": "string", "optional": false, "field": "name"}),
-                    json!({"type": "string", "optional": false, "field": "db"}),
-                    json!({"type": "string", "optional": false, "field": "table"}),
-                    json!({"type": "int64", "optional": false, "field": "ts_ms"}),
-                ],
+            let value = change_event(
+                Json::Object(image),
+                Json::String(provenance.key_text.to_owned()),
             );
-            let harmony_schema = connect::struct_schema(
-                Some("dev.harmony.Provenance"),
-                false,
-                vec![
-                    json!({"type": "string", "optional": false, "field": "entity"}),
-                    json!({"type": "string", "optional": false, "field": "key"}),
-                    json!({"type": "map", "keys": {"type": "string", "optional": false},
-                           "values": {"type": "int64", "optional": false}, "optional": false, "field": "version"}),
-                    json!({"type": "string", "optional": false, "field": "origin"}),
-                    json!({"type": "array", "items": {"type": "string", "optional": false},
-                           "optional": false, "field": "conflicts"}),
-                ],
-            );
-            // The sink recognises a change event by an `…Envelope` schema name, as
-            // Debezium names its own.
-            let value_schema = connect::struct_schema(
-                Some(&format!("{topic}.Envelope")),
-                false,
-                vec![
-                    connect::named_field(row_schema.clone(), "before"),
-                    connect::named_field(row_schema, "after"),
-                    json!({"type": "string", "optional": false, "field": "op"}),
-                    connect::named_field(source_schema, "source"),
-                    json!({"type": "int64", "optional": true, "field": "ts_ms"}),
-                    connect::named_field(harmony_schema, "harmony"),
-                ],
-            );
-            let value = json!({
-                "before": if deleted { image.clone() } else { Json::Null },
-                "after": if deleted { Json::Null } else { image },
-                "op": op,
-                "source": {"connector": "harmony", "name": "harmony", "db": entity, "table": plan.table, "ts_ms": ts_ms},
-                "ts_ms": ts_ms,
-                "harmony": {"entity": entity, "key": provenance.key_text, "version": version,
-                            "origin": origin, "conflicts": provenance.conflicts},
-            });
             let key_schema =
                 connect::struct_schema(Some(&format!("{topic}.Key")), false, key_schema);
             (
                 connect::wrap(key_schema, Json::Object(key_payload)),
-                connect::wrap(value_schema, value),
+                connect::wrap(connect::envelope_schema(topic, row_schema), value),
             )
         }
     };

@@ -3,7 +3,7 @@
 
 use super::{EntityRules, FieldRule, SystemInfo};
 use crate::clock::SystemId;
-use crate::config::Config;
+use crate::config::{Config, SourceMapping};
 use crate::guard::Guard;
 use crate::mapping::{Catalog, EntityId, FieldId};
 
@@ -55,38 +55,31 @@ pub fn entity_rules(config: &Config, catalog: &Catalog) -> Vec<EntityRules> {
                     }
                 })
                 .collect();
-            let held_fields = (0..systems.len())
-                .map(|s| {
-                    let mut held: Vec<FieldId> = entity
-                        .sources
-                        .iter()
-                        .filter(|m| system_id(&m.system) == Some(SystemId(s as u16)))
-                        .flat_map(|m| m.columns.values())
-                        .filter_map(|f| field_names.iter().position(|n| n == f))
-                        .map(|i| FieldId(i as u16))
-                        .collect();
-                    held.sort_unstable();
-                    held.dedup();
-                    held
-                })
-                .collect();
+            // Per system id, the fields its source mappings name in `pick`, sorted.
+            let per_system = |pick: &dyn Fn(&SourceMapping) -> Vec<&String>| -> Vec<Vec<FieldId>> {
+                (0..systems.len())
+                    .map(|s| {
+                        let mut ids: Vec<FieldId> = entity
+                            .sources
+                            .iter()
+                            .filter(|m| system_id(&m.system) == Some(SystemId(s as u16)))
+                            .flat_map(pick)
+                            .filter_map(|f| field_names.iter().position(|n| n == f))
+                            .map(|i| FieldId(i as u16))
+                            .collect();
+                        ids.sort_unstable();
+                        ids.dedup();
+                        ids
+                    })
+                    .collect()
+            };
+            let held_fields = per_system(&|m| m.columns.values().collect());
+            let required_fields = per_system(&|m| m.required.iter().collect());
             let targets = config
                 .targets
                 .iter()
                 .filter(|t| t.entities.contains(&entity.name))
                 .filter_map(|t| system_id(&t.system))
-                .collect();
-            let required_fields = (0..systems.len())
-                .map(|s| {
-                    entity
-                        .sources
-                        .iter()
-                        .filter(|m| system_id(&m.system) == Some(SystemId(s as u16)))
-                        .flat_map(|m| m.required.iter())
-                        .filter_map(|f| field_names.iter().position(|n| n == f))
-                        .map(|i| FieldId(i as u16))
-                        .collect()
-                })
                 .collect();
             EntityRules {
                 systems: systems.clone(),

@@ -855,6 +855,28 @@ impl Loop {
     }
 }
 
+/// Runs `steps`, then the sinks and captures until nothing is left; checks that this ends and
+/// that every table then holds harmony's resolved record.
+fn run_to_quiet(
+    rules: EntityRules,
+    exact: bool,
+    steps: &[LoopStep],
+) -> Result<Loop, proptest::test_runner::TestCaseError> {
+    let mut sim = Loop::new(rules, exact);
+    for step in steps {
+        sim.step(step);
+    }
+    prop_assert!(sim.drain(), "the loop never went quiet");
+    let resolved: Vec<(FieldId, FieldValue)> = [NAME, PRICE, QUANTITY]
+        .into_iter()
+        .map(|f| (f, value(&sim.state, f)))
+        .collect();
+    for s in 0..3 {
+        prop_assert_eq!(&sim.rows[s], &resolved, "system {}", s);
+    }
+    Ok(sim)
+}
+
 fn arb_loop_steps() -> impl Generator<Value = Vec<LoopStep>> {
     let step = prop_oneof![
         (
@@ -885,18 +907,7 @@ proptest! {
         let mut rules = rules(Strategy::Sum, vec![]);
         rules.fields[PRICE.0 as usize].strategy = strategy;
         rules.fields[PRICE.0 as usize].priority = vec![WMS, ERP];
-        let mut sim = Loop::new(rules, true);
-        for step in &steps {
-            sim.step(step);
-        }
-        prop_assert!(sim.drain(), "the loop never went quiet");
-        let resolved: Vec<(FieldId, FieldValue)> = [NAME, PRICE, QUANTITY]
-            .into_iter()
-            .map(|f| (f, value(&sim.state, f)))
-            .collect();
-        for s in 0..3 {
-            prop_assert_eq!(&sim.rows[s], &resolved, "system {}", s);
-        }
+        let mut sim = run_to_quiet(rules, true, &steps)?;
         prop_assert_eq!(value(&sim.state, QUANTITY), int(100 + sim.moved));
         // Quiet means quiet: another round of captures of unchanged rows publishes nothing.
         let before = sim.outputs;
@@ -918,18 +929,7 @@ proptest! {
         let mut rules = rules(strategy, vec![WMS, ERP]);
         rules.fields[PRICE.0 as usize].strategy = strategy;
         rules.fields[PRICE.0 as usize].priority = vec![WMS, ERP];
-        let mut sim = Loop::new(rules, false);
-        for step in &steps {
-            sim.step(step);
-        }
-        prop_assert!(sim.drain(), "the loop never went quiet");
-        let resolved: Vec<(FieldId, FieldValue)> = [NAME, PRICE, QUANTITY]
-            .into_iter()
-            .map(|f| (f, value(&sim.state, f)))
-            .collect();
-        for s in 0..3 {
-            prop_assert_eq!(&sim.rows[s], &resolved, "system {}", s);
-        }
+        run_to_quiet(rules, false, &steps)?;
     }
 }
 
