@@ -21,6 +21,7 @@
 //! | [`target`] | the record a target system receives, in its own columns (pure) |
 //! | [`connect`] | Kafka Connect's JSON-with-schema format of target records, for schema-aware sinks |
 //! | [`conflict`] | the conflicts-topic record: deterministic id, candidates, winner (pure) |
+//! | [`changelog`] | a record's state as the changelog topic keeps it: compact, versioned, by name (pure) |
 //! | [`resolution`] | an operator's settling of a held conflict, as a record change from `operator` (pure) |
 //! | [`settle`] | `harmony resolve`: finds the conflict record, publishes the operator's change |
 //! | [`kafka`] | client settings that carry the delivery guarantee, topic creation, and [`kafka::offsets`], the one owner of input offsets |
@@ -40,6 +41,7 @@
 //!
 //! Without entities declared, stage 1 publishes each change as it is (`output`) instead.
 
+pub mod changelog;
 pub mod clock;
 pub mod config;
 pub mod conflict;

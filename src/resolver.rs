@@ -2,8 +2,11 @@
 //! engine, and what that produces — target records and conflict records. Pure: the worker
 //! sends what this returns and owns nothing of it.
 //!
-//! State lives in memory per record (the durable changelog and restore on reassignment are
-//! the next step, DESIGN §1 "Partition ownership").
+//! State lives in memory per partition of the internal topic and per record; every change
+//! that alters a record's state also yields the record's changelog value ([`crate::changelog`]),
+//! which the worker writes once the change's outputs are acknowledged. A partition assigned to
+//! this worker is [`Resolver::install`]ed from its changelog before any of its changes is
+//! applied, and dropped when it is revoked (DESIGN §1 "Partition ownership").
 
 use std::collections::HashMap;
 
@@ -13,7 +16,9 @@ use thiserror::Error;
 use crate::clock::{SystemId, VersionVector};
 use crate::config::Config;
 use crate::conflict::conflict_record;
-use crate::engine::{apply, entity_rules, Change, EntityRules, FieldValue, Outcome, RecordState};
+use crate::engine::{
+    apply, entity_rules, Change, DuplicateReason, EntityRules, FieldValue, Outcome, RecordState,
+};
 use crate::internal::InternalChange;
 use crate::mapping::{Catalog, EntityId, FieldId};
 use crate::target::{target_plans, target_records, Provenance, TargetPlan};
@@ -51,7 +56,12 @@ pub struct Resolved {
     pub outcome: &'static str,
     pub conflicts: usize,
     pub publications: Vec<Publication>,
+    /// The record's key and new state for the changelog, when the change altered the state.
+    pub changelog: Option<(String, Vec<u8>)>,
 }
+
+/// Records of one partition: by entity, then canonical key.
+type PartitionRecords = HashMap<EntityId, HashMap<String, RecordState>>;
 
 pub struct Resolver {
     catalog: Catalog,
@@ -61,8 +71,8 @@ pub struct Resolver {
     systems: HashMap<String, SystemId>,
     fields: Vec<HashMap<String, FieldId>>,
     conflicts_topic: String,
-    /// Record state by entity, then canonical key.
-    records: HashMap<EntityId, HashMap<String, RecordState>>,
+    /// Record state by internal-topic partition.
+    partitions: HashMap<i32, PartitionRecords>,
 }
 
 impl Resolver {
@@ -105,7 +115,7 @@ impl Resolver {
             systems,
             fields,
             conflicts_topic: config.output.conflicts_topic(&config.kafka.group_id),
-            records: HashMap::new(),
+            partitions: HashMap::new(),
         }
     }
 
@@ -132,7 +142,69 @@ impl Resolver {
         Some(version)
     }
 
-    pub fn resolve(&mut self, payload: &[u8]) -> Result<Resolved, ResolveError> {
+    fn names(&self, entity: EntityId) -> crate::changelog::Names<'_> {
+        crate::changelog::Names {
+            systems: &self.rules[entity.0 as usize].systems,
+            fields: self.catalog.field_names(entity),
+            system_ids: &self.systems,
+            field_ids: &self.fields[entity.0 as usize],
+        }
+    }
+
+    /// Replaces `partition`'s state by the records of its changelog, `(key, value)` in log
+    /// order (the latest value of a key wins, as compaction would keep it). Returns how many
+    /// records it holds and how many values could not be read (they are skipped: the record
+    /// then starts afresh, which re-delivers rather than loses).
+    pub fn install<'v>(
+        &mut self,
+        partition: i32,
+        log: impl IntoIterator<Item = (&'v [u8], Option<&'v [u8]>)>,
+    ) -> (usize, usize) {
+        let mut records = PartitionRecords::new();
+        let mut unreadable = 0;
+        for (key, value) in log {
+            let Some((entity, record_key)) = std::str::from_utf8(key)
+                .ok()
+                .and_then(|k| k.split_once(':'))
+                .and_then(|(e, k)| self.entities.get(e).map(|&id| (id, k)))
+            else {
+                unreadable += 1;
+                continue;
+            };
+            let by_key = records.entry(entity).or_default();
+            match value.map(|v| crate::changelog::decode(v, &self.names(entity))) {
+                Some(Ok(state)) => {
+                    by_key.insert(record_key.to_owned(), state);
+                }
+                None => {
+                    by_key.remove(record_key);
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(partition, key = record_key, %error, "unreadable changelog record skipped");
+                    unreadable += 1;
+                }
+            }
+        }
+        let count = records.values().map(HashMap::len).sum();
+        self.partitions.insert(partition, records);
+        (count, unreadable)
+    }
+
+    /// Forgets a revoked partition's state; its next owner restores it from the changelog.
+    pub fn drop_partition(&mut self, partition: i32) {
+        self.partitions.remove(&partition);
+    }
+
+    /// Records held, over all partitions.
+    pub fn record_count(&self) -> usize {
+        self.partitions
+            .values()
+            .flat_map(HashMap::values)
+            .map(HashMap::len)
+            .sum()
+    }
+
+    pub fn resolve(&mut self, partition: i32, payload: &[u8]) -> Result<Resolved, ResolveError> {
         let change = InternalChange::decode(payload).map_err(ResolveError::Invalid)?;
         let unknown = |what, name: &str| ResolveError::Unknown {
             what,
@@ -164,7 +236,12 @@ impl Resolver {
             .and_then(|text| self.version_of(text));
         let rules = &self.rules[entity.0 as usize];
         // Looked up by the borrowed key; only a record seen for the first time copies it.
-        let records = self.records.entry(entity).or_default();
+        let records = self
+            .partitions
+            .entry(partition)
+            .or_default()
+            .entry(entity)
+            .or_default();
         if !records.contains_key(change.key.as_ref()) {
             records.insert(change.key.to_string(), RecordState::default());
         }
@@ -185,6 +262,19 @@ impl Resolver {
             },
         );
         let mut resolved = Resolved::default();
+        // A replay (position dedup) leaves the state as it was: nothing to write.
+        if !matches!(outcome, Outcome::Duplicate(DuplicateReason::Position)) {
+            let names = crate::changelog::Names {
+                systems: &rules.systems,
+                fields: self.catalog.field_names(entity),
+                system_ids: &self.systems,
+                field_ids: &self.fields[entity.0 as usize],
+            };
+            resolved.changelog = Some((
+                format!("{}:{}", self.catalog.entity_name(entity), change.key),
+                crate::changelog::encode(state, &names),
+            ));
+        }
         match outcome {
             Outcome::Duplicate(_) => resolved.outcome = "duplicate",
             Outcome::Echo => resolved.outcome = "echo",
@@ -297,7 +387,9 @@ mod tests {
             ("price", FieldValue::Int(5)),
             ("quantity", FieldValue::Int(100)),
         ];
-        let out = resolver.resolve(&record("erp", 1, &created, None)).unwrap();
+        let out = resolver
+            .resolve(0, &record("erp", 1, &created, None))
+            .unwrap();
         let to_wms = out
             .publications
             .iter()
@@ -311,14 +403,16 @@ mod tests {
         );
         let mut outcomes = Vec::new();
         // Both sinks applied the erp's product.
-        let r = resolver.resolve(&record("wms", 2, &created[2..], version.as_deref()));
+        let r = resolver.resolve(0, &record("wms", 2, &created[2..], version.as_deref()));
         outcomes.push(r.unwrap().outcome);
-        let r = resolver.resolve(&record("shop", 3, &created, None));
+        let r = resolver.resolve(0, &record("shop", 3, &created, None));
         outcomes.push(r.unwrap().outcome);
         let sold = [("quantity", FieldValue::Int(95))];
-        resolver.resolve(&record("shop", 4, &sold, None)).unwrap();
+        resolver
+            .resolve(0, &record("shop", 4, &sold, None))
+            .unwrap();
         let wms_sale = resolver
-            .resolve(&record("wms", 5, &sold, version.as_deref()))
+            .resolve(0, &record("wms", 5, &sold, version.as_deref()))
             .unwrap();
         outcomes.push(wms_sale.outcome);
         let to_erp = wms_sale
@@ -370,13 +464,17 @@ mod tests {
             ("price", FieldValue::Int(490)),
             ("quantity", FieldValue::Int(100)),
         ];
-        resolver.resolve(&record("erp", 1, &created, None)).unwrap();
+        resolver
+            .resolve(0, &record("erp", 1, &created, None))
+            .unwrap();
         // The shop, never having applied the erp's version, prices the product itself.
         let priced = [
             ("name", FieldValue::Text("Cup".into())),
             ("price", FieldValue::Int(520)),
         ];
-        let out = resolver.resolve(&record("shop", 2, &priced, None)).unwrap();
+        let out = resolver
+            .resolve(0, &record("shop", 2, &priced, None))
+            .unwrap();
         let held = out
             .publications
             .iter()
@@ -391,7 +489,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(key, r#"product:["SKU-1"]"#);
-        let out = resolver.resolve(&settle.encode()).unwrap();
+        let out = resolver.resolve(0, &settle.encode()).unwrap();
         assert_eq!(out.outcome, "applied");
         assert_eq!(out.conflicts, 0, "the operator had seen both candidates");
         let to_erp = out
@@ -404,7 +502,68 @@ mod tests {
             serde_json::from_slice(to_erp.value.as_deref().unwrap()).unwrap();
         assert_eq!(value["payload"]["harmony"]["origin"], "operator");
         // Settling twice changes nothing.
-        let again = resolver.resolve(&settle.encode()).unwrap();
+        let again = resolver.resolve(0, &settle.encode()).unwrap();
         assert_eq!(again.outcome, "duplicate");
+    }
+
+    #[test]
+    fn a_partition_restored_from_its_changelog_carries_on_exactly_as_before() {
+        let created = [
+            ("name", FieldValue::Text("Cup".into())),
+            ("price", FieldValue::Int(5)),
+            ("quantity", FieldValue::Int(100)),
+        ];
+        let version = r#"{"erp":1}"#;
+        let sold = [("quantity", FieldValue::Int(95))];
+        let steps = [
+            record("erp", 1, &created, None),
+            record("wms", 2, &created[2..], Some(version)),
+            record("shop", 3, &created, None),
+            record("shop", 4, &sold, None),
+            // A replay of the shop's sale (a connector restart): a duplicate.
+            record("shop", 4, &sold, None),
+            record("wms", 5, &sold, Some(version)),
+            record("erp", 6, &created[..2], None),
+        ];
+        let outputs = |r: Resolved| {
+            let published: Vec<(String, Vec<u8>, Option<Vec<u8>>)> = r
+                .publications
+                .into_iter()
+                .map(|p| (p.topic, p.key, p.value))
+                .collect();
+            (r.outcome, r.conflicts, published, r.changelog)
+        };
+        for crash_after in 0..=steps.len() {
+            let mut before = resolver(true);
+            let mut log = Vec::new();
+            for step in &steps[..crash_after] {
+                log.extend(before.resolve(0, step).unwrap().changelog);
+            }
+            let mut after = resolver(true);
+            let (count, unreadable) = after.install(
+                0,
+                log.iter().map(|(k, v)| (k.as_bytes(), Some(v.as_slice()))),
+            );
+            assert_eq!((count, unreadable), (usize::from(crash_after > 0), 0));
+            let held = |r: &Resolver| r.partitions.get(&0).cloned().unwrap_or_default();
+            assert_eq!(held(&after), held(&before), "restored after {crash_after}");
+            for step in &steps[crash_after..] {
+                assert_eq!(
+                    outputs(after.resolve(0, step).unwrap()),
+                    outputs(before.resolve(0, step).unwrap())
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn unreadable_changelog_records_are_skipped_and_counted() {
+        let mut resolver = resolver(true);
+        let log: [(&[u8], Option<&[u8]>); 3] = [
+            (b"product:[\"A\"]", Some(&[9, 1, 2])),
+            (b"no-entity", Some(&[1])),
+            (b"product:[\"B\"]", None),
+        ];
+        assert_eq!(resolver.install(0, log), (0, 2));
     }
 }

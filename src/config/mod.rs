@@ -172,6 +172,9 @@ pub struct OutputConfig {
     pub internal_topic: Option<String>,
     /// Conflict records. Default `harmony.<group_id>.conflicts`.
     pub conflicts_topic: Option<String>,
+    /// Stage 2's record state, compacted, partition for partition with the internal topic.
+    /// Default `harmony.<group_id>.state`.
+    pub state_topic: Option<String>,
 }
 
 impl OutputConfig {
@@ -179,6 +182,12 @@ impl OutputConfig {
         self.conflicts_topic
             .clone()
             .unwrap_or_else(|| format!("harmony.{group_id}.conflicts"))
+    }
+
+    pub fn state_topic(&self, group_id: &str) -> String {
+        self.state_topic
+            .clone()
+            .unwrap_or_else(|| format!("harmony.{group_id}.state"))
     }
 
     pub fn internal_topic(&self, group_id: &str) -> String {
@@ -373,11 +382,26 @@ impl Config {
                 ));
             }
         }
-        if !is_valid_topic_name(&self.output.internal_topic(&self.kafka.group_id)) {
-            return Err(key_error(
-                "output.internal_topic".into(),
-                "is not a valid Kafka topic name (set it, or use a group_id that makes one)",
-            ));
+        for (key, topic) in [
+            (
+                "output.internal_topic",
+                self.output.internal_topic(&self.kafka.group_id),
+            ),
+            (
+                "output.conflicts_topic",
+                self.output.conflicts_topic(&self.kafka.group_id),
+            ),
+            (
+                "output.state_topic",
+                self.output.state_topic(&self.kafka.group_id),
+            ),
+        ] {
+            if !is_valid_topic_name(&topic) {
+                return Err(key_error(
+                    key.into(),
+                    "is not a valid Kafka topic name (set it, or use a group_id that makes one)",
+                ));
+            }
         }
         if self.output.partitions < 1 {
             return Err(key_error("output.partitions".into(), "must be at least 1"));

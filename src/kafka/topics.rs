@@ -12,12 +12,14 @@ use rdkafka::ClientConfig;
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Ensures each topic exists; an existing topic is left as it is (partitions included).
+/// Ensures each topic exists, created with `settings` (e.g. `cleanup.policy=compact`); an
+/// existing topic is left as it is (partitions and settings included).
 pub async fn ensure_topics(
     client_config: &ClientConfig,
     topics: &[&str],
     partitions: i32,
     replication_factor: i32,
+    settings: &[(&str, &str)],
 ) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> = client_config.create()?;
     let metadata = admin.inner().fetch_metadata(None, METADATA_TIMEOUT)?;
@@ -36,7 +38,12 @@ pub async fn ensure_topics(
     }
     let new_topics: Vec<NewTopic<'_>> = missing
         .iter()
-        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(replication_factor)))
+        .map(|t| {
+            settings.iter().fold(
+                NewTopic::new(t, partitions, TopicReplication::Fixed(replication_factor)),
+                |topic, (key, value)| topic.set(key, value),
+            )
+        })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     for result in admin.create_topics(&new_topics, &options).await? {

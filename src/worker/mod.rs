@@ -103,6 +103,7 @@ pub async fn run(
         &own_topics,
         config.output.partitions,
         config.output.replication_factor,
+        &[],
     )
     .await
     .map_err(WorkerError::Setup)?;

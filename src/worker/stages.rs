@@ -128,7 +128,7 @@ impl Pipeline<'_> {
         let Some(resolver) = self.resolver.as_mut() else {
             return;
         };
-        match resolver.resolve(message.payload().unwrap_or_default()) {
+        match resolver.resolve(message.partition(), message.payload().unwrap_or_default()) {
             Ok(resolved) => {
                 self.metrics
                     .record_change(resolved.outcome, resolved.conflicts);

@@ -1,0 +1,293 @@
+//! The durable form of one record's state (DESIGN §1, §5): what stage 2 writes to the compacted
+//! changelog topic after the record's outputs are acknowledged, and reads back to rebuild a
+//! partition's state when the partition is assigned to it.
+//!
+//! Compact binary (postcard) after a format byte, so the encoding can evolve. Systems and fields
+//! are written by name, not by the positions the running configuration gives them: the
+//! changelog outlives a configuration that adds a system or a field. Names the configuration no
+//! longer has are dropped on reading.
+
+use std::borrow::Cow;
+use std::collections::{HashMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::{Dot, SystemId, VersionVector};
+use crate::engine::{Delivery, FieldState, FieldValue, RecordState, SystemInfo, SystemState};
+use crate::internal::Position;
+use crate::mapping::FieldId;
+use crate::value::Decimal;
+
+/// Version of the encoding; a reader refuses versions it does not know.
+pub const FORMAT: u8 = 1;
+
+/// How names map to the running configuration's ids, for one entity.
+pub struct Names<'a> {
+    pub systems: &'a [SystemInfo],
+    pub fields: &'a [String],
+    pub system_ids: &'a HashMap<String, SystemId>,
+    pub field_ids: &'a HashMap<String, FieldId>,
+}
+
+type WireClock<'a> = Vec<(Cow<'a, str>, u64)>;
+type WireDot<'a> = (Cow<'a, str>, u64);
+
+#[derive(Serialize, Deserialize)]
+struct WireState<'a> {
+    #[serde(borrow)]
+    clock: WireClock<'a>,
+    #[serde(borrow)]
+    fields: Vec<WireField<'a>>,
+    #[serde(borrow)]
+    deleted: Option<WireDot<'a>>,
+    #[serde(borrow)]
+    systems: Vec<WireSystem<'a>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireField<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    #[serde(borrow)]
+    value: WireValue<'a>,
+    #[serde(borrow)]
+    dot: WireDot<'a>,
+    ts_ms: i64,
+    #[serde(borrow)]
+    tags: Vec<(Cow<'a, str>, Vec<WireDot<'a>>)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireSystem<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    #[serde(borrow)]
+    seen: WireClock<'a>,
+    #[serde(borrow)]
+    held: Vec<(Cow<'a, str>, WireValue<'a>)>,
+    held_deleted: bool,
+    position: Option<Position>,
+    #[serde(borrow)]
+    pending: Vec<WireDelivery<'a>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireDelivery<'a> {
+    #[serde(borrow)]
+    clock: WireClock<'a>,
+    fingerprint: u64,
+    #[serde(borrow)]
+    values: Vec<(Cow<'a, str>, WireValue<'a>)>,
+    deleted: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+enum WireValue<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Decimal(i128, u32),
+    Float(f64),
+    Text(#[serde(borrow)] Cow<'a, str>),
+    Json(#[serde(borrow)] Cow<'a, str>),
+}
+
+impl<'a> From<&'a FieldValue> for WireValue<'a> {
+    fn from(v: &'a FieldValue) -> Self {
+        match v {
+            FieldValue::Null => WireValue::Null,
+            FieldValue::Bool(b) => WireValue::Bool(*b),
+            FieldValue::Int(i) => WireValue::Int(*i),
+            FieldValue::Decimal(d) => WireValue::Decimal(d.unscaled, d.scale),
+            FieldValue::Float(f) => WireValue::Float(*f),
+            FieldValue::Text(t) => WireValue::Text(Cow::Borrowed(t)),
+            FieldValue::Json(j) => WireValue::Json(Cow::Borrowed(j)),
+        }
+    }
+}
+
+impl From<WireValue<'_>> for FieldValue {
+    fn from(v: WireValue<'_>) -> Self {
+        match v {
+            WireValue::Null => FieldValue::Null,
+            WireValue::Bool(b) => FieldValue::Bool(b),
+            WireValue::Int(i) => FieldValue::Int(i),
+            WireValue::Decimal(unscaled, scale) => FieldValue::Decimal(Decimal { unscaled, scale }),
+            WireValue::Float(f) => FieldValue::Float(f),
+            WireValue::Text(t) => FieldValue::Text(t.into_owned()),
+            WireValue::Json(j) => FieldValue::Json(j.into_owned()),
+        }
+    }
+}
+
+impl Names<'_> {
+    fn system(&self, id: SystemId) -> Cow<'_, str> {
+        Cow::Borrowed(
+            self.systems
+                .get(id.0 as usize)
+                .map_or("?", |s| s.name.as_str()),
+        )
+    }
+
+    fn field(&self, id: FieldId) -> Cow<'_, str> {
+        Cow::Borrowed(self.fields.get(id.0 as usize).map_or("?", String::as_str))
+    }
+
+    fn clock(&self, clock: &VersionVector) -> WireClock<'_> {
+        clock.iter().map(|(s, n)| (self.system(s), n)).collect()
+    }
+
+    fn dot(&self, dot: Dot) -> WireDot<'_> {
+        (self.system(dot.system), dot.counter)
+    }
+
+    fn values<'v>(
+        &'v self,
+        values: &'v [(FieldId, FieldValue)],
+    ) -> Vec<(Cow<'v, str>, WireValue<'v>)> {
+        values
+            .iter()
+            .map(|(f, v)| (self.field(*f), WireValue::from(v)))
+            .collect()
+    }
+
+    fn clock_of(&self, wire: WireClock<'_>) -> VersionVector {
+        let mut clock = VersionVector::new();
+        for (name, n) in wire {
+            if let Some(&s) = self.system_ids.get(name.as_ref()) {
+                clock.set(s, n);
+            }
+        }
+        clock
+    }
+
+    fn dot_of(&self, (name, counter): WireDot<'_>) -> Option<Dot> {
+        self.system_ids
+            .get(name.as_ref())
+            .map(|&system| Dot { system, counter })
+    }
+
+    fn values_of(&self, wire: Vec<(Cow<'_, str>, WireValue<'_>)>) -> Vec<(FieldId, FieldValue)> {
+        let mut values: Vec<(FieldId, FieldValue)> = wire
+            .into_iter()
+            .filter_map(|(name, v)| self.field_ids.get(name.as_ref()).map(|&f| (f, v.into())))
+            .collect();
+        values.sort_by_key(|(f, _)| *f);
+        values
+    }
+}
+
+/// The changelog value of `state`.
+pub fn encode(state: &RecordState, names: &Names<'_>) -> Vec<u8> {
+    let wire = WireState {
+        clock: names.clock(&state.clock),
+        fields: state
+            .fields
+            .iter()
+            .map(|(f, s)| WireField {
+                name: names.field(*f),
+                value: WireValue::from(&s.value),
+                dot: names.dot(s.dot),
+                ts_ms: s.ts_ms,
+                tags: s
+                    .tags
+                    .iter()
+                    .map(|(e, dots)| {
+                        (
+                            Cow::Borrowed(e.as_str()),
+                            dots.iter().map(|d| names.dot(*d)).collect(),
+                        )
+                    })
+                    .collect(),
+            })
+            .collect(),
+        deleted: state.deleted.map(|d| names.dot(d)),
+        systems: state
+            .systems
+            .iter()
+            .map(|(s, sys)| WireSystem {
+                name: names.system(*s),
+                seen: names.clock(&sys.seen),
+                held: names.values(&sys.held),
+                held_deleted: sys.held_deleted,
+                position: sys.position.map(Position::from),
+                pending: sys
+                    .pending
+                    .iter()
+                    .map(|d| WireDelivery {
+                        clock: names.clock(&d.clock),
+                        fingerprint: d.fingerprint,
+                        values: names.values(&d.values),
+                        deleted: d.deleted,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
+    let mut out = vec![FORMAT];
+    // Serialising plain in-memory data into a vector cannot fail.
+    out.extend(postcard::to_allocvec(&wire).unwrap_or_default());
+    out
+}
+
+/// A record's state from its changelog value.
+pub fn decode(bytes: &[u8], names: &Names<'_>) -> Result<RecordState, String> {
+    let (&format, body) = bytes.split_first().ok_or("empty changelog record")?;
+    if format != FORMAT {
+        return Err(format!("changelog format {format} is not {FORMAT}"));
+    }
+    let wire: WireState<'_> = postcard::from_bytes(body).map_err(|e| e.to_string())?;
+    let mut state = RecordState {
+        clock: names.clock_of(wire.clock),
+        deleted: wire.deleted.and_then(|d| names.dot_of(d)),
+        ..RecordState::default()
+    };
+    for f in wire.fields {
+        let (Some(&id), Some(dot)) = (names.field_ids.get(f.name.as_ref()), names.dot_of(f.dot))
+        else {
+            continue;
+        };
+        let tags = f
+            .tags
+            .into_iter()
+            .map(|(e, dots)| {
+                (
+                    e.into_owned(),
+                    dots.into_iter().filter_map(|d| names.dot_of(d)).collect(),
+                )
+            })
+            .collect();
+        state.set_field(
+            id,
+            FieldState {
+                value: f.value.into(),
+                dot,
+                ts_ms: f.ts_ms,
+                tags,
+            },
+        );
+    }
+    for s in wire.systems {
+        let Some(&id) = names.system_ids.get(s.name.as_ref()) else {
+            continue;
+        };
+        let pending: VecDeque<Delivery> = s
+            .pending
+            .into_iter()
+            .map(|d| Delivery {
+                clock: names.clock_of(d.clock),
+                fingerprint: d.fingerprint,
+                values: names.values_of(d.values),
+                deleted: d.deleted,
+            })
+            .collect();
+        *state.system_mut(id) = SystemState {
+            seen: names.clock_of(s.seen),
+            held: names.values_of(s.held),
+            held_deleted: s.held_deleted,
+            position: s.position.map(Into::into),
+            pending,
+        };
+    }
+    Ok(state)
+}
