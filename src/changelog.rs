@@ -8,7 +8,7 @@
 //! longer has are dropped on reading.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -69,6 +69,8 @@ struct WireSystem<'a> {
     position: Option<Position>,
     #[serde(borrow)]
     pending: Vec<WireDelivery<'a>>,
+    #[serde(borrow)]
+    superseded: Vec<WireDelivery<'a>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -151,6 +153,24 @@ impl Names<'_> {
             .collect()
     }
 
+    fn delivery<'v>(&'v self, d: &'v Delivery) -> WireDelivery<'v> {
+        WireDelivery {
+            clock: self.clock(&d.clock),
+            fingerprint: d.fingerprint,
+            values: self.values(&d.values),
+            deleted: d.deleted,
+        }
+    }
+
+    fn delivery_of(&self, d: WireDelivery<'_>) -> Delivery {
+        Delivery {
+            clock: self.clock_of(d.clock),
+            fingerprint: d.fingerprint,
+            values: self.values_of(d.values),
+            deleted: d.deleted,
+        }
+    }
+
     fn clock_of(&self, wire: WireClock<'_>) -> VersionVector {
         let mut clock = VersionVector::new();
         for (name, n) in wire {
@@ -211,16 +231,8 @@ pub fn encode(state: &RecordState, names: &Names<'_>) -> Vec<u8> {
                 held: names.values(&sys.held),
                 held_deleted: sys.held_deleted,
                 position: sys.position.map(Position::from),
-                pending: sys
-                    .pending
-                    .iter()
-                    .map(|d| WireDelivery {
-                        clock: names.clock(&d.clock),
-                        fingerprint: d.fingerprint,
-                        values: names.values(&d.values),
-                        deleted: d.deleted,
-                    })
-                    .collect(),
+                pending: sys.pending.iter().map(|d| names.delivery(d)).collect(),
+                superseded: sys.superseded.iter().map(|d| names.delivery(d)).collect(),
             })
             .collect(),
     };
@@ -271,22 +283,21 @@ pub fn decode(bytes: &[u8], names: &Names<'_>) -> Result<RecordState, String> {
         let Some(&id) = names.system_ids.get(s.name.as_ref()) else {
             continue;
         };
-        let pending: VecDeque<Delivery> = s
-            .pending
-            .into_iter()
-            .map(|d| Delivery {
-                clock: names.clock_of(d.clock),
-                fingerprint: d.fingerprint,
-                values: names.values_of(d.values),
-                deleted: d.deleted,
-            })
-            .collect();
         *state.system_mut(id) = SystemState {
             seen: names.clock_of(s.seen),
             held: names.values_of(s.held),
             held_deleted: s.held_deleted,
             position: s.position.map(Into::into),
-            pending,
+            pending: s
+                .pending
+                .into_iter()
+                .map(|d| names.delivery_of(d))
+                .collect(),
+            superseded: s
+                .superseded
+                .into_iter()
+                .map(|d| names.delivery_of(d))
+                .collect(),
         };
     }
     Ok(state)

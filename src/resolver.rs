@@ -278,6 +278,25 @@ impl Resolver {
         match outcome {
             Outcome::Duplicate(_) => resolved.outcome = "duplicate",
             Outcome::Echo => resolved.outcome = "echo",
+            Outcome::LateEcho { deliver_to } => {
+                resolved.outcome = "echo";
+                let provenance = Provenance {
+                    entity: self.catalog.entity_name(entity),
+                    key_text: &change.key,
+                    origin: system,
+                    conflicts: &[],
+                };
+                for target in deliver_to {
+                    if let Some(plan) = self.plans.get(&(entity, target)) {
+                        resolved.publications.extend(target_records(
+                            plan,
+                            rules,
+                            state,
+                            &provenance,
+                        ));
+                    }
+                }
+            }
             Outcome::Applied {
                 conflicts,
                 deliver_to,

@@ -20,6 +20,10 @@ pub struct Metrics {
     outputs_published: IntCounterVec,
     in_flight: IntGauge,
     processing_seconds: Histogram,
+    restore_seconds: Histogram,
+    restored_records: prometheus::IntCounter,
+    state_records: IntGauge,
+    rebalances: prometheus::IntCounter,
 }
 
 impl Metrics {
@@ -90,9 +94,32 @@ impl Metrics {
                     0.005, 0.01, 0.025, 0.1,
                 ]),
             )?,
+            restore_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "harmony_state_restore_seconds",
+                    "Time to rebuild one assigned partition's record state from its changelog.",
+                )
+                .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+            )?,
+            restored_records: prometheus::IntCounter::new(
+                "harmony_state_restored_records_total",
+                "Records rebuilt from the changelog on partition assignment.",
+            )?,
+            state_records: IntGauge::new(
+                "harmony_state_records",
+                "Records whose state this worker holds, over its assigned partitions.",
+            )?,
+            rebalances: prometheus::IntCounter::new(
+                "harmony_rebalances_total",
+                "Partition assignments this worker received from its consumer groups.",
+            )?,
         };
         registry.register(Box::new(metrics.in_flight.clone()))?;
         registry.register(Box::new(metrics.processing_seconds.clone()))?;
+        registry.register(Box::new(metrics.restore_seconds.clone()))?;
+        registry.register(Box::new(metrics.restored_records.clone()))?;
+        registry.register(Box::new(metrics.state_records.clone()))?;
+        registry.register(Box::new(metrics.rebalances.clone()))?;
         Ok(metrics)
     }
 
@@ -167,6 +194,40 @@ impl Metrics {
 
     pub fn set_in_flight(&self, in_flight: usize) {
         self.in_flight.set(in_flight as i64);
+    }
+
+    /// An assigned partition's state rebuilt from its changelog.
+    pub fn partition_restored(
+        &self,
+        partition: i32,
+        records: usize,
+        unreadable: usize,
+        seconds: f64,
+        held: usize,
+    ) {
+        tracing::info!(
+            partition,
+            records,
+            unreadable,
+            seconds,
+            "partition state restored"
+        );
+        self.restore_seconds.observe(seconds);
+        self.restored_records.inc_by(records as u64);
+        self.state_records.set(held as i64);
+    }
+
+    pub fn partition_dropped(&self, partition: i32, held: usize) {
+        tracing::info!(partition, "partition state dropped");
+        self.state_records.set(held as i64);
+    }
+
+    pub fn state_size(&self, held: usize) {
+        self.state_records.set(held as i64);
+    }
+
+    pub fn rebalanced(&self) {
+        self.rebalances.inc();
     }
 }
 

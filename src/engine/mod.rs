@@ -109,6 +109,11 @@ pub enum Outcome {
     Duplicate(DuplicateReason),
     /// The system applied a delivery of harmony's: no new version, no output.
     Echo,
+    /// The system applied a delivery older than one it already echoed: no new version; it is
+    /// sent the current record again when nothing newer is on its way to it.
+    LateEcho {
+        deliver_to: Vec<SystemId>,
+    },
     Applied {
         dot: Dot,
         conflicts: Vec<Conflict>,
@@ -155,7 +160,15 @@ pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) 
         Some(i) => {
             let system = state.system_mut(s);
             let delivery = system.pending[i].clone();
-            system.pending.drain(..=i);
+            // Versions sent before this one and not seen back: the sink still writes them
+            // (in order, before this one) unless this "echo" was in truth a local write that
+            // happened to equal it. Remembered, so that their late arrival is known for what
+            // it is rather than taken for a fresh change of stale values.
+            let skipped: Vec<Delivery> = system.pending.drain(..=i).take(i).collect();
+            system.superseded.extend(skipped);
+            while system.superseded.len() > MAX_PENDING_DELIVERIES {
+                system.superseded.pop_front();
+            }
             system.seen = delivery.clock;
             system.held_deleted = delivery.deleted;
             for (field, value) in delivery.values {
@@ -165,7 +178,26 @@ pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) 
             echoed = true;
             system.clone()
         }
-        None => sys,
+        None => match sys.superseded.iter().position(is_echo) {
+            // A version older than one the system already echoed: its sink catching up, or
+            // (content mode) a local write equal to it — the ambiguity exact mode removes.
+            // Either way no new version: the system holds those values now, and is sent the
+            // record again unless a newer delivery is already on its way to it.
+            Some(i) => {
+                let system = state.system_mut(s);
+                let late = system.superseded[i].clone();
+                system.superseded.drain(..=i);
+                system.held_deleted = late.deleted;
+                for (field, value) in late.values {
+                    system.set_held(field, value);
+                }
+                system.position = Some(change.position);
+                return Outcome::LateEcho {
+                    deliver_to: deliver(state, rules, &[s]),
+                };
+            }
+            None => sys,
+        },
     };
 
     // 3. Causal context, 4. what changed.
@@ -356,9 +388,20 @@ pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) 
         }
     }
 
-    // 8. Deliver to every target whose content differs from what it holds or was last sent.
+    let deliver_to = deliver(state, rules, &rules.targets);
+    Outcome::Applied {
+        dot,
+        conflicts,
+        rejected,
+        deliver_to,
+    }
+}
+
+/// Step 8: queues a delivery to each of `targets` whose content differs from what it holds or was
+/// last sent; returns those targets.
+fn deliver(state: &mut RecordState, rules: &EntityRules, targets: &[SystemId]) -> Vec<SystemId> {
     let mut deliver_to = Vec::new();
-    for &t in &rules.targets {
+    for &t in targets {
         // A row the target could not create waits until the record has what it needs; a
         // record it already holds (its own, or delivered) it can always update.
         let target_state = state.system(t).cloned().unwrap_or_default();
@@ -391,12 +434,7 @@ pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) 
             deliver_to.push(t);
         }
     }
-    Outcome::Applied {
-        dot,
-        conflicts,
-        rejected,
-        deliver_to,
-    }
+    deliver_to
 }
 
 fn hash_content<'v>(

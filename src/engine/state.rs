@@ -96,6 +96,8 @@ pub struct SystemState {
     pub position: Option<SourcePosition>,
     /// Deliveries not yet seen back, oldest first.
     pub pending: VecDeque<Delivery>,
+    /// Deliveries overtaken by a later one's echo before they were seen back, oldest first.
+    pub superseded: VecDeque<Delivery>,
 }
 
 impl SystemState {

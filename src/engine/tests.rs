@@ -824,8 +824,12 @@ impl Loop {
                         context: self.exact.then_some(&version),
                         ..change(&mut self.src, system, self.clock_ms, &row)
                     };
-                    if let Outcome::Applied { deliver_to, .. } =
-                        apply(&mut self.state, &self.rules, &change)
+                    let deliver_to = match apply(&mut self.state, &self.rules, &change) {
+                        Outcome::Applied { deliver_to, .. } | Outcome::LateEcho { deliver_to } => {
+                            deliver_to
+                        }
+                        _ => Vec::new(),
+                    };
                     {
                         for t in deliver_to {
                             let sent = self.state.system(t).and_then(|x| x.pending.back());

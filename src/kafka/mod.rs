@@ -44,6 +44,9 @@ pub fn consumer_config(kafka: &KafkaConfig, commit_interval_ms: u64) -> ClientCo
     // Debezium creates a table's topic with its first change, often after harmony subscribed;
     // librdkafka's default (5 min) would leave such a system unread that long.
     config.set("topic.metadata.refresh.interval.ms", "10000");
+    // A rebalance moves only the partitions that change owner: the others keep their state
+    // and their in-flight work.
+    config.set("partition.assignment.strategy", "cooperative-sticky");
     let base = base_config(kafka);
     for (name, value) in base.config_map() {
         config.set(name, value);

@@ -13,7 +13,9 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use rdkafka::consumer::{CommitMode, Consumer};
+use std::marker::PhantomData;
+
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, DefaultConsumerContext};
 use rdkafka::error::KafkaResult;
 
 /// Identifies a begun event so that its acknowledgement finds it again, even across a
@@ -92,6 +94,17 @@ impl OffsetTracker {
         self.in_flight
     }
 
+    /// Drops what is in flight for a revoked partition: its next owner reads it again, and a
+    /// later assignment starts afresh instead of waiting behind events it will never see.
+    pub fn forget(&mut self, topic: &str, partition: i32) {
+        if let Some(&slot) = self.slots.get(topic).and_then(|p| p.get(&partition)) {
+            let queue = &mut self.partitions[slot].1;
+            self.in_flight -= queue.pending.len();
+            queue.pending.clear();
+            queue.generation += 1;
+        }
+    }
+
     fn slot(&mut self, topic: &str, partition: i32) -> usize {
         if let Some(&slot) = self.slots.get(topic).and_then(|p| p.get(&partition)) {
             return slot;
@@ -108,16 +121,18 @@ impl OffsetTracker {
 }
 
 /// The tracker bound to the consumer whose offsets it stores.
-pub struct OffsetStore<'c, C: Consumer> {
+pub struct OffsetStore<'c, C: Consumer<X>, X: ConsumerContext = DefaultConsumerContext> {
     consumer: &'c C,
     tracker: OffsetTracker,
+    context: PhantomData<X>,
 }
 
-impl<'c, C: Consumer> OffsetStore<'c, C> {
+impl<'c, X: ConsumerContext, C: Consumer<X>> OffsetStore<'c, C, X> {
     pub fn new(consumer: &'c C) -> Self {
         Self {
             consumer,
             tracker: OffsetTracker::default(),
+            context: PhantomData,
         }
     }
 
@@ -143,6 +158,11 @@ impl<'c, C: Consumer> OffsetStore<'c, C> {
 
     pub fn in_flight(&self) -> usize {
         self.tracker.in_flight()
+    }
+
+    /// See [`OffsetTracker::forget`].
+    pub fn forget(&mut self, topic: &str, partition: i32) {
+        self.tracker.forget(topic, partition);
     }
 
     /// Commits every stored offset now and waits for the broker's answer.

@@ -15,6 +15,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use futures_util::stream::FuturesUnordered;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -42,6 +43,10 @@ pub enum WorkerError {
     Delivery { topic: String, error: KafkaError },
     #[error("commit failed: {0}")]
     Commit(#[source] KafkaError),
+    /// An assigned partition's changelog could not be read: going on without its state would
+    /// re-deliver every record as new.
+    #[error("cannot restore partition {partition} from the changelog: {error}")]
+    Restore { partition: i32, error: String },
 }
 
 /// Where an output record goes; decides which counter its acknowledgement moves.
@@ -54,9 +59,18 @@ enum Destination {
     Topic(String),
 }
 
-/// The acknowledgement of every record one input event caused.
+/// Which acknowledgement a completion is: of an event's outputs (stage 2, before its changelog
+/// write) or of the last records before its offset may be stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Outputs,
+    Stored,
+}
+
+/// The acknowledgement of every record one input event caused (in one phase).
 struct Completion {
     ticket: Ticket,
+    phase: Phase,
     results: Vec<(Destination, Result<(), KafkaError>)>,
 }
 
@@ -80,8 +94,21 @@ pub async fn run(
     let producer_config = kafka::producer_config(&config.kafka);
     tracing::info!(consumer = ?kafka::redacted(&consumer_config), producer = ?kafka::redacted(&producer_config),
         "Kafka client settings");
-    let consumer: StreamConsumer = consumer_config.create().map_err(WorkerError::Setup)?;
     let producer: FutureProducer = producer_config.create().map_err(WorkerError::Setup)?;
+    let flush_deadline = config
+        .processing
+        .shutdown_timeout
+        .min(std::time::Duration::from_secs(20));
+    let context = |restore| OwnershipContext {
+        ownership: Arc::new(Ownership::default()),
+        producer: producer.clone(),
+        flush_deadline,
+        restore,
+        health: health.clone(),
+    };
+    let consumer: StreamConsumer<OwnershipContext> = consumer_config
+        .create_with_context(context(None))
+        .map_err(WorkerError::Setup)?;
 
     let internal_topic = config.output.internal_topic(&config.kafka.group_id);
     // With entities declared, stage 1 re-keys changes into the internal topic and stage 2
@@ -89,6 +116,7 @@ pub async fn run(
     // it is to the output topic.
     let catalog = (!config.entities.is_empty()).then(|| Catalog::new(config));
     let resolver = catalog.as_ref().map(|_| Resolver::new(config));
+    let state_topic = config.output.state_topic(&config.kafka.group_id);
     let mut own_topics: Vec<String> = vec![config.output.dead_letter_topic.clone()];
     match &resolver {
         Some(r) => {
@@ -107,13 +135,37 @@ pub async fn run(
     )
     .await
     .map_err(WorkerError::Setup)?;
+    if resolver.is_some() {
+        // One changelog partition per internal partition (written partition for partition);
+        // compacted, so it keeps each record's latest state and nothing older.
+        topics::ensure_topics(
+            &producer_config,
+            &[state_topic.as_str()],
+            config.output.partitions,
+            config.output.replication_factor,
+            &[("cleanup.policy", "compact")],
+        )
+        .await
+        .map_err(WorkerError::Setup)?;
+    }
 
     // Stage 2 is a consumer group of its own over the internal topic.
-    let resolve_consumer: Option<StreamConsumer> = match &resolver {
+    let resolve_consumer: Option<StreamConsumer<OwnershipContext>> = match &resolver {
         Some(_) => {
             let mut resolve_config = consumer_config.clone();
             resolve_config.set("group.id", format!("{}.resolve", config.kafka.group_id));
-            let c: StreamConsumer = resolve_config.create().map_err(WorkerError::Setup)?;
+            let mut reader = consumer_config.clone();
+            reader
+                .set("group.id", format!("{}.restore", config.kafka.group_id))
+                .set("enable.auto.commit", "false");
+            let restore = Restore {
+                reader,
+                changelog_topic: state_topic.clone(),
+                timeout: std::time::Duration::from_secs(120),
+            };
+            let c: StreamConsumer<OwnershipContext> = resolve_config
+                .create_with_context(context(Some(restore)))
+                .map_err(WorkerError::Setup)?;
             c.subscribe(&[internal_topic.as_str()])
                 .map_err(WorkerError::Setup)?;
             Some(c)
@@ -125,17 +177,23 @@ pub async fn run(
         .subscribe(&subscription)
         .map_err(WorkerError::Setup)?;
     tracing::info!(group = %config.kafka.group_id, topics = ?subscription, "subscribed");
-    health.set_ready(true);
+    // Stage 2 is ready once its first assignment is restored (the ownership context says so).
+    if resolve_consumer.is_none() {
+        health.set_ready(true);
+    }
 
-    let pipeline = |consumer, catalog, resolver| Pipeline {
+    let pipeline = |consumer, ownership, catalog, resolver, durability| Pipeline {
         config,
         metrics,
         producer: &producer,
         router: config.topic_router(),
         offsets: OffsetStore::new(consumer),
+        ownership,
+        durability,
         catalog,
         resolver,
         internal_topic: &internal_topic,
+        state_topic: &state_topic,
         decoder: Decoder::new(Limits {
             max_record_bytes: config.input.max_record_bytes,
             max_nesting_depth: config.input.max_nesting_depth,
@@ -143,15 +201,22 @@ pub async fn run(
         deliveries: FuturesUnordered::new(),
         buf: Vec::with_capacity(4096),
     };
-    let mut ingest = pipeline(&consumer, catalog, None);
-    let mut resolve = resolve_consumer
-        .as_ref()
-        .map(|c| pipeline(c, None, resolver));
+    let mut ingest = pipeline(
+        &consumer,
+        Arc::clone(&consumer.context().ownership),
+        catalog,
+        None,
+        None,
+    );
+    let mut resolve = resolve_consumer.as_ref().map(|c| {
+        let ownership = Arc::clone(&c.context().ownership);
+        pipeline(c, ownership, None, resolver, Some(Durability::default()))
+    });
 
     // Both stages stop together: on the signal, or when either stops on its own.
     let (stop_tx, stop_rx) = watch::channel(false);
-    let stop_tx = std::sync::Arc::new(stop_tx);
-    let forward = std::sync::Arc::clone(&stop_tx);
+    let stop_tx = Arc::new(stop_tx);
+    let forward = Arc::clone(&stop_tx);
     let forwarder = tokio::spawn(async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
         let _ = forward.send(true);
@@ -195,7 +260,11 @@ pub async fn run(
     result
 }
 
+mod durability;
+mod ownership;
 mod pipeline;
 mod stages;
 
+use durability::Durability;
+use ownership::{Ownership, OwnershipContext, Restore};
 use pipeline::Pipeline;

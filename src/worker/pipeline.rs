@@ -11,7 +11,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
 use tokio::sync::watch;
 
-use super::{Completion, Destination, PendingCompletion, Sent, WorkerError};
+use super::durability::Durability;
+use super::ownership::{Ownership, OwnershipContext, OwnershipEvent};
+use super::{Completion, Destination, PendingCompletion, Phase, Sent, WorkerError};
 use crate::config::{Config, TopicRouter};
 use crate::envelope::Decoder;
 use crate::kafka::offsets::{OffsetStore, Ticket};
@@ -24,12 +26,17 @@ pub(super) struct Pipeline<'a> {
     pub(super) metrics: &'a Metrics,
     pub(super) producer: &'a FutureProducer,
     pub(super) router: TopicRouter,
-    pub(super) offsets: OffsetStore<'a, StreamConsumer>,
+    pub(super) offsets: OffsetStore<'a, StreamConsumer<OwnershipContext>, OwnershipContext>,
+    /// Which partitions the consumer owns now, and what changed since the last record.
+    pub(super) ownership: std::sync::Arc<Ownership>,
+    /// Stage 2: outputs → changelog → offset.
+    pub(super) durability: Option<Durability>,
     /// Present when entities are declared: stage 1 mapping.
     pub(super) catalog: Option<Catalog>,
     /// Present in the stage 2 pipeline, which reads the internal topic.
     pub(super) resolver: Option<Resolver>,
     pub(super) internal_topic: &'a str,
+    pub(super) state_topic: &'a str,
     pub(super) decoder: Decoder,
     pub(super) deliveries: FuturesUnordered<PendingCompletion>,
     /// Reused for every output value.
@@ -39,26 +46,32 @@ pub(super) struct Pipeline<'a> {
 impl Pipeline<'_> {
     pub(super) async fn process_until(
         &mut self,
-        consumer: &StreamConsumer,
+        consumer: &StreamConsumer<OwnershipContext>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), WorkerError> {
         let mut system_cache: HashMap<String, Option<usize>> = HashMap::new();
         loop {
-            let can_read = self.offsets.in_flight() < self.config.processing.max_in_flight;
+            self.apply_ownership()?;
+            let can_read = self.in_flight() < self.config.processing.max_in_flight;
             tokio::select! {
                 biased;
                 changed = shutdown.changed() => {
                     if changed.is_err() || *shutdown.borrow() {
-                        tracing::info!(in_flight = self.offsets.in_flight(), "shutdown requested; draining");
+                        tracing::info!(in_flight = self.in_flight(), "shutdown requested; draining");
                         return Ok(());
                     }
                 }
                 Some(done) = self.deliveries.next(), if !self.deliveries.is_empty() => {
-                    self.complete(done)?;
+                    self.complete(done).await?;
                 }
                 received = consumer.recv(), if can_read => match received {
-                    Ok(message) if self.resolver.is_some() => self.resolve(&message).await,
+                    Ok(message) if self.resolver.is_some() => {
+                        // An assignment in this very poll restored the partition's state.
+                        self.apply_ownership()?;
+                        self.resolve(&message).await
+                    }
                     Ok(message) => {
+                        self.apply_ownership()?;
                         let topic = message.topic();
                         let system = match system_cache.get(topic) {
                             Some(&s) => s,
@@ -78,10 +91,60 @@ impl Pipeline<'_> {
         }
     }
 
+    /// Events read and not yet stored, in either phase.
+    fn in_flight(&self) -> usize {
+        self.offsets.in_flight() + self.durability.as_ref().map_or(0, Durability::in_flight)
+    }
+
+    /// Follows the rebalances since the last call: a revoked partition's work is forgotten
+    /// (its next owner reads it again) and its state dropped; an assigned one's state installed.
+    fn apply_ownership(&mut self) -> Result<(), WorkerError> {
+        for event in self.ownership.take_events() {
+            match event {
+                OwnershipEvent::Revoked { topic, partition } => {
+                    self.offsets.forget(&topic, partition);
+                    if let Some(d) = self.durability.as_mut() {
+                        d.forget(&topic, partition);
+                    }
+                    if let Some(r) = self.resolver.as_mut() {
+                        r.drop_partition(partition);
+                        self.metrics.partition_dropped(partition, r.record_count());
+                    }
+                }
+                OwnershipEvent::Assigned {
+                    partition,
+                    restored,
+                    ..
+                } => {
+                    self.metrics.rebalanced();
+                    let (Some(restored), Some(resolver)) = (restored, self.resolver.as_mut())
+                    else {
+                        continue;
+                    };
+                    let (log, elapsed) =
+                        restored.map_err(|error| WorkerError::Restore { partition, error })?;
+                    let (records, unreadable) = resolver.install(
+                        partition,
+                        log.iter().map(|(k, v)| (k.as_slice(), v.as_deref())),
+                    );
+                    self.metrics.partition_restored(
+                        partition,
+                        records,
+                        unreadable,
+                        elapsed.as_secs_f64(),
+                        resolver.record_count(),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Turns one input record into its outputs and registers it as in flight.
     pub(super) fn track(
         &mut self,
         ticket: Ticket,
+        phase: Phase,
         sends: Vec<(Destination, Sent)>,
         started: Instant,
     ) {
@@ -99,14 +162,19 @@ impl Pipeline<'_> {
                 };
                 results.push((destination, result));
             }
-            Completion { ticket, results }
+            Completion {
+                ticket,
+                phase,
+                results,
+            }
         }));
         self.metrics
-            .processed(started.elapsed().as_secs_f64(), self.offsets.in_flight());
+            .processed(started.elapsed().as_secs_f64(), self.in_flight());
     }
 
-    /// A copy of the input record, bytes untouched, with why and where from in headers.
-    fn complete(&mut self, done: Completion) -> Result<(), WorkerError> {
+    /// One phase of an event acknowledged. Outputs (stage 2): the events now ready write their
+    /// changelog values, in offset order. Last phase: the offset may be stored.
+    async fn complete(&mut self, done: Completion) -> Result<(), WorkerError> {
         for (destination, result) in done.results {
             let topic = match &destination {
                 Destination::Output => self.config.output.topic.as_str(),
@@ -131,8 +199,46 @@ impl Pipeline<'_> {
                 }
             }
         }
-        self.offsets.acknowledged(done.ticket);
-        self.metrics.set_in_flight(self.offsets.in_flight());
+        match done.phase {
+            Phase::Stored => self.offsets.acknowledged(done.ticket),
+            Phase::Outputs => {
+                let ready = self
+                    .durability
+                    .as_mut()
+                    .map(|d| d.outputs_acknowledged(done.ticket))
+                    .unwrap_or_default();
+                for (partition, offset, value) in ready {
+                    if !self.ownership.owns(self.internal_topic, partition) {
+                        continue;
+                    }
+                    let ticket = self.offsets.begin(self.internal_topic, partition, offset);
+                    match value {
+                        None => self.offsets.acknowledged(ticket),
+                        Some((key, state)) => {
+                            // Partition for partition: the internal partition's next owner
+                            // restores from exactly this changelog partition.
+                            let record = FutureRecord {
+                                topic: self.state_topic,
+                                partition: Some(partition),
+                                payload: Some(state.as_slice()),
+                                key: Some(key.as_bytes()),
+                                timestamp: None,
+                                headers: None,
+                            };
+                            let sent = send(self.producer, record).await;
+                            let destination = Destination::Topic(self.state_topic.to_owned());
+                            self.track(
+                                ticket,
+                                Phase::Stored,
+                                vec![(destination, sent)],
+                                Instant::now(),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        self.metrics.set_in_flight(self.in_flight());
         Ok(())
     }
 
@@ -141,7 +247,7 @@ impl Pipeline<'_> {
     pub(super) async fn drain(&mut self, deadline: Duration) -> Result<(), WorkerError> {
         let drain = async {
             while let Some(done) = self.deliveries.next().await {
-                self.complete(done)?;
+                self.complete(done).await?;
             }
             Ok(())
         };
@@ -149,7 +255,7 @@ impl Pipeline<'_> {
             Ok(result) => result,
             Err(_) => {
                 tracing::warn!(
-                    in_flight = self.offsets.in_flight(),
+                    in_flight = self.in_flight(),
                     "shutdown deadline reached with deliveries in flight; they will be re-read"
                 );
                 Ok(())

@@ -10,7 +10,7 @@ use rdkafka::producer::FutureRecord;
 use rdkafka::Message;
 
 use super::pipeline::{send, Pipeline};
-use super::{Destination, Sent};
+use super::{Destination, Phase, Sent};
 use crate::envelope::{Decoded, RecordHeaders};
 use crate::internal::{self, InternalChange};
 use crate::output::{encode_change, output_key, Origin};
@@ -37,7 +37,7 @@ impl Pipeline<'_> {
                 Destination::DeadLetter,
                 self.dead_letter(message, "unroutable", reason).await,
             ));
-            return self.track(ticket, sends, started);
+            return self.track(ticket, Phase::Stored, sends, started);
         };
         let system = self.config.systems[system_index].name.as_str();
 
@@ -114,21 +114,28 @@ impl Pipeline<'_> {
                 ));
             }
         }
-        self.track(ticket, sends, started);
+        self.track(ticket, Phase::Stored, sends, started);
     }
 
     /// Stage 2: one internal record through the engine; its target and conflict records are
     /// published, and its offset stored once they are all acknowledged.
     pub(super) async fn resolve(&mut self, message: &BorrowedMessage<'_>) {
         let started = Instant::now();
-        let ticket = self
-            .offsets
-            .begin(message.topic(), message.partition(), message.offset());
         let mut sends: Vec<(Destination, Sent)> = Vec::new();
-        let Some(resolver) = self.resolver.as_mut() else {
+        let (Some(resolver), Some(durability)) = (self.resolver.as_mut(), self.durability.as_mut())
+        else {
             return;
         };
-        match resolver.resolve(message.partition(), message.payload().unwrap_or_default()) {
+        let resolved = resolver.resolve(message.partition(), message.payload().unwrap_or_default());
+        self.metrics.state_size(resolver.record_count());
+        let changelog = resolved.as_ref().ok().and_then(|r| r.changelog.clone());
+        let ticket = durability.begin(
+            message.topic(),
+            message.partition(),
+            message.offset(),
+            changelog,
+        );
+        match resolved {
             Ok(resolved) => {
                 self.metrics
                     .record_change(resolved.outcome, resolved.conflicts);
@@ -171,7 +178,7 @@ impl Pipeline<'_> {
                 ));
             }
         }
-        self.track(ticket, sends, started);
+        self.track(ticket, Phase::Outputs, sends, started);
     }
 
     /// Stage 1: the change as record changes of the entities its table feeds, each to the

@@ -1,0 +1,174 @@
+//! Which partitions this worker owns, as the group's rebalances decide, and stage 2's state
+//! following that ownership (DESIGN §1 "Partition ownership").
+//!
+//! The callbacks run inside the consumer's poll, before any record of a newly assigned
+//! partition is handed to the pipeline: an assigned internal-topic partition is restored there
+//! by reading its changelog partition to the end, so no change of it is applied to a missing
+//! state. On revocation, everything already handed to the producer is flushed before the
+//! partition is released, so its next owner's restore sees every changelog record this worker
+//! wrote; what is still unacknowledged is forgotten, not stored, and read again by that owner.
+//! The pipeline applies the recorded events between two records (`take_events`).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
+
+use crate::http::Health;
+
+/// A partition's changelog as read back: `(key, value)` in log order, `None` for a tombstone.
+pub type ChangelogLog = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+pub enum OwnershipEvent {
+    Assigned {
+        partition: i32,
+        /// Stage 2: the partition's changelog and how long reading it took, or why it could
+        /// not be read.
+        restored: Option<Result<(ChangelogLog, Duration), String>>,
+    },
+    Revoked {
+        topic: String,
+        partition: i32,
+    },
+}
+
+/// Shared between the consumer's callbacks and the pipeline.
+#[derive(Default)]
+pub struct Ownership {
+    owned: Mutex<HashSet<(String, i32)>>,
+    events: Mutex<Vec<OwnershipEvent>>,
+}
+
+impl Ownership {
+    /// Whether the partition is assigned to this worker now. Work finishing for a revoked one
+    /// must neither write its changelog nor store its offset.
+    pub fn owns(&self, topic: &str, partition: i32) -> bool {
+        self.owned
+            .lock()
+            .map(|o| o.contains(&(topic.to_owned(), partition)))
+            .unwrap_or(false)
+    }
+
+    pub fn take_events(&self) -> Vec<OwnershipEvent> {
+        self.events
+            .lock()
+            .map(|mut e| std::mem::take(&mut *e))
+            .unwrap_or_default()
+    }
+
+    fn push(&self, event: OwnershipEvent) {
+        if let Ok(mut events) = self.events.lock() {
+            events.push(event);
+        }
+    }
+}
+
+/// How stage 2 restores an assigned partition.
+pub struct Restore {
+    /// Settings for a group-less reader of the changelog.
+    pub reader: ClientConfig,
+    pub changelog_topic: String,
+    pub timeout: Duration,
+}
+
+pub struct OwnershipContext {
+    pub ownership: Arc<Ownership>,
+    pub producer: FutureProducer,
+    /// Bounded below the session timeout, so a slow broker cannot get the worker evicted.
+    pub flush_deadline: Duration,
+    pub restore: Option<Restore>,
+    pub health: Health,
+}
+
+impl ClientContext for OwnershipContext {}
+
+impl ConsumerContext for OwnershipContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(partitions) = rebalance else {
+            return;
+        };
+        if let Ok(mut owned) = self.ownership.owned.lock() {
+            for p in partitions.elements() {
+                owned.remove(&(p.topic().to_owned(), p.partition()));
+            }
+        }
+        for p in partitions.elements() {
+            tracing::info!(
+                topic = p.topic(),
+                partition = p.partition(),
+                "partition revoked"
+            );
+            self.ownership.push(OwnershipEvent::Revoked {
+                topic: p.topic().to_owned(),
+                partition: p.partition(),
+            });
+        }
+        if let Err(error) = self.producer.flush(self.flush_deadline) {
+            tracing::warn!(%error, "records still unacknowledged at revocation; their events will be read again by the next owner");
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Assign(partitions) = rebalance else {
+            return;
+        };
+        if self.restore.is_some() && partitions.count() > 0 {
+            self.health.set_ready(false);
+        }
+        for p in partitions.elements() {
+            let (topic, partition) = (p.topic().to_owned(), p.partition());
+            let restored = self.restore.as_ref().map(|restore| {
+                let started = Instant::now();
+                read_to_end(restore, partition)
+                    .map(|log| (log, started.elapsed()))
+                    .map_err(|e| e.to_string())
+            });
+            if let Ok(mut owned) = self.ownership.owned.lock() {
+                owned.insert((topic.clone(), partition));
+            }
+            self.ownership.push(OwnershipEvent::Assigned {
+                partition,
+                restored,
+            });
+        }
+        self.health.set_ready(true);
+    }
+}
+
+/// Every record of the changelog partition, from the beginning to the end it has now.
+fn read_to_end(
+    restore: &Restore,
+    partition: i32,
+) -> Result<ChangelogLog, rdkafka::error::KafkaError> {
+    let reader: BaseConsumer = restore.reader.create()?;
+    let topic = restore.changelog_topic.as_str();
+    let (low, high) = reader.fetch_watermarks(topic, partition, restore.timeout)?;
+    let mut log = Vec::new();
+    if high <= low {
+        return Ok(log);
+    }
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+    reader.assign(&assignment)?;
+    let deadline = Instant::now() + restore.timeout;
+    loop {
+        if Instant::now() > deadline {
+            return Err(rdkafka::error::KafkaError::MessageConsumption(
+                rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
+            ));
+        }
+        let Some(message) = reader.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let message = message?;
+        if let Some(key) = message.key() {
+            log.push((key.to_vec(), message.payload().map(<[u8]>::to_vec)));
+        }
+        if message.offset() + 1 >= high {
+            return Ok(log);
+        }
+    }
+}
