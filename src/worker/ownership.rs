@@ -40,6 +40,8 @@ pub enum OwnershipEvent {
 pub struct Ownership {
     owned: Mutex<HashSet<(String, i32)>>,
     events: Mutex<Vec<OwnershipEvent>>,
+    /// Wakes the pipeline when events wait, even while no record arrives.
+    pending: tokio::sync::Notify,
 }
 
 impl Ownership {
@@ -59,10 +61,16 @@ impl Ownership {
             .unwrap_or_default()
     }
 
+    /// Resolves when events are waiting to be taken.
+    pub async fn changed(&self) {
+        self.pending.notified().await;
+    }
+
     fn push(&self, event: OwnershipEvent) {
         if let Ok(mut events) = self.events.lock() {
             events.push(event);
         }
+        self.pending.notify_one();
     }
 }
 

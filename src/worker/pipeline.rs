@@ -50,6 +50,7 @@ impl Pipeline<'_> {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), WorkerError> {
         let mut system_cache: HashMap<String, Option<usize>> = HashMap::new();
+        let ownership = std::sync::Arc::clone(&self.ownership);
         loop {
             self.apply_ownership()?;
             let can_read = self.in_flight() < self.config.processing.max_in_flight;
@@ -64,6 +65,8 @@ impl Pipeline<'_> {
                 Some(done) = self.deliveries.next(), if !self.deliveries.is_empty() => {
                     self.complete(done).await?;
                 }
+                // Taken at the top of the loop.
+                () = ownership.changed() => {}
                 received = consumer.recv(), if can_read => match received {
                     Ok(message) if self.resolver.is_some() => {
                         // An assignment in this very poll restored the partition's state.

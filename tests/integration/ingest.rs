@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use crate::support::{self, psql, unique, Harmony, HarmonyOptions, Record, TopicReader};
 
 /// The product entity of examples/inventory.toml, without targets.
-const PRODUCT: &str = r#"
+pub(crate) const PRODUCT: &str = r#"
 [[entities]]
 name = "product"
 key = ["sku"]

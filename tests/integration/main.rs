@@ -5,6 +5,7 @@
 mod capture;
 mod closed_loop;
 mod decoding;
+mod durability;
 mod faults;
 mod ingest;
 mod pipeline;
