@@ -147,3 +147,119 @@ fn record_state_survives_a_sigkill_and_an_echo_after_restart_is_still_an_echo() 
         .unwrap()
         .success());
 }
+
+/// Partitions move between workers of one group: the new owner restores their state before
+/// applying any change of them, so echoes stay echoes and sales stay single deliveries — first
+/// when a second worker joins, then when the first is killed and the second takes over all.
+#[test]
+fn state_follows_partitions_across_rebalances_between_workers() {
+    if !support::stack_available("rebalance") {
+        return;
+    }
+    let group = unique("e2e-rebalance");
+    let mut options = HarmonyOptions::stack(group.clone());
+    let targets: String = ["erp", "shop", "wms"]
+        .iter()
+        .map(|s| format!("\n[[targets]]\nsystem = \"{s}\"\nentities = [\"product\"]\ntopic = \"{group}.{s}.product\"\n"))
+        .collect();
+    options.extra_toml = format!("{PRODUCT}{targets}");
+    let mut first = Harmony::start(&options).unwrap();
+    let prefix = unique("RB");
+    let skus: Vec<String> = (0..6).map(|i| format!("{prefix}-{i}")).collect();
+    for sku in &skus {
+        psql("erp", &format!("INSERT INTO products (sku, name, price, quantity) VALUES ('{sku}', 'Mill', 9.90, 50)")).unwrap();
+    }
+    let mut state = TopicReader::new(&format!("harmony.{group}.state")).unwrap();
+    assert!(
+        state
+            .read_until(Duration::from_secs(60), |rs| skus.iter().all(|sku| rs
+                .iter()
+                .any(|r| r
+                    .key
+                    .as_deref()
+                    .is_some_and(|k| k.contains(sku.as_str())))))
+            .unwrap(),
+        "{}",
+        first.log()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+
+    // A second worker joins: it is given some partitions and restores their records.
+    let mut second = first.another_worker("second").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while second.metric("harmony_state_restored_records_total") < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the second worker restored nothing\n{}",
+            second.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    let mut erp = TopicReader::new(&format!("{group}.erp.product")).unwrap();
+    let mut wms = TopicReader::new(&format!("{group}.wms.product")).unwrap();
+    let mut conflicts = TopicReader::new(&format!("harmony.{group}.conflicts")).unwrap();
+    let counts = |erp: &mut TopicReader, wms: &mut TopicReader, conflicts: &mut TopicReader| {
+        skus.iter()
+            .map(|sku| {
+                (
+                    count_for(erp, sku),
+                    count_for(wms, sku),
+                    count_for(conflicts, sku),
+                )
+            })
+            .fold((0, 0, 0), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2))
+    };
+    let before = counts(&mut erp, &mut wms, &mut conflicts);
+    // The shop's sink applies every product harmony sent it: echoes, whoever owns them now.
+    for sku in &skus {
+        psql("shop", &format!("INSERT INTO items (item_sku, title, price, stock) VALUES ('{sku}', 'Mill', 9.90, 50)")).unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        counts(&mut erp, &mut wms, &mut conflicts),
+        before,
+        "echoes re-delivered\nfirst:\n{}\nsecond:\n{}",
+        first.log(),
+        second.log()
+    );
+
+    // The first worker dies; the second takes every partition over and restores the rest.
+    first.kill_hard().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while second.metric("harmony_state_records") < skus.len() as f64 {
+        assert!(
+            Instant::now() < deadline,
+            "the second worker did not take over\n{}",
+            second.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    for sku in &skus {
+        psql(
+            "shop",
+            &format!("UPDATE items SET stock = 49 WHERE item_sku = '{sku}'"),
+        )
+        .unwrap();
+    }
+    let sold = |r: &Record| r.json()["payload"]["after"]["quantity"] == 49;
+    assert!(
+        erp.read_until(Duration::from_secs(60), |rs| rs
+            .iter()
+            .filter(|r| sold(r))
+            .count()
+            >= skus.len())
+            .unwrap(),
+        "{}",
+        second.log()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let n = skus.len();
+    assert_eq!(
+        counts(&mut erp, &mut wms, &mut conflicts),
+        (before.0 + n, before.1 + n, before.2),
+        "one delivery per sale to the erp and the warehouse, no conflict\n{}",
+        second.log()
+    );
+    assert!(second.terminate(Duration::from_secs(30)).unwrap().success());
+}

@@ -358,6 +358,32 @@ impl Harmony {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// Another worker of the same group, on the same config, with a log of its own.
+    pub fn another_worker(&self, name: &str) -> Result<Self> {
+        let mut worker = Self {
+            child: None,
+            config_path: self.config_path.clone(),
+            log_path: self.log_path.with_extension(format!("{name}.log")),
+            output_topic: self.output_topic.clone(),
+            dead_letter_topic: self.dead_letter_topic.clone(),
+        };
+        worker.spawn()?;
+        Ok(worker)
+    }
+
+    /// A counter or gauge of this worker's `/metrics`, 0 when absent.
+    pub fn metric(&self, name: &str) -> f64 {
+        self.http_address()
+            .and_then(|a| http_get(&a, "/metrics").ok())
+            .and_then(|(_, body)| {
+                body.lines()
+                    .find(|l| l.starts_with(&format!("{name} ")))
+                    .and_then(|l| l.rsplit(' ').next())
+                    .and_then(|v| v.parse().ok())
+            })
+            .unwrap_or(0.0)
+    }
+
     /// Waits until the current process has logged `message` (counted from its start).
     fn wait_for_log(&self, message: &str, timeout: Duration) -> Result<()> {
         let starts = self.log().matches("harmony starting").count();
