@@ -236,9 +236,12 @@ impl Catalog {
         let mut context = None;
         for (column, value) in &row.columns {
             if plan.version_column.as_deref() == Some(column.as_ref()) {
-                if let Value::Text(text) = value {
-                    context = Some(text.as_ref());
-                }
+                context = match value {
+                    Value::Text(text) => Some(text.as_ref()),
+                    // A row harmony never wrote: it is based on no version of harmony's.
+                    Value::Null => Some("{}"),
+                    _ => None,
+                };
                 continue;
             }
             let Some(&(field, key_pos)) = plan.columns.get(column.as_ref()) else {
@@ -401,7 +404,7 @@ mod tests {
             r#"{"sku":"SKU-2","on_hand":5,"reserved":0,"harmony_version":null}"#,
         );
         mapped(&catalog, 2, &fresh, |changes| {
-            assert_eq!(changes[0].context, None, "a row harmony never wrote");
+            assert_eq!(changes[0].context, Some("{}"), "a row harmony never wrote");
         });
     }
 

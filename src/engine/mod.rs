@@ -201,7 +201,15 @@ pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) 
     };
 
     // 3. Causal context, 4. what changed.
-    let context = change.context.cloned().unwrap_or_else(|| sys.seen.clone());
+    let context = match change.context {
+        // A system has seen every change of its own, whatever version its row names.
+        Some(explicit) => {
+            let mut context = explicit.clone();
+            context.set(s, context.get(s).max(state.clock.get(s)));
+            context
+        }
+        None => sys.seen.clone(),
+    };
     let changed: Vec<&(FieldId, FieldValue)> = change
         .fields
         .iter()

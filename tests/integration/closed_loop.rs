@@ -11,11 +11,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use serde_json::{json, Value};
 
 use crate::support::{
-    self, connect_rest, deployed_connector, psql, unique, wait_until, Harmony, HarmonyOptions,
+    self, deployed_connector, psql, unique, wait_until, Connectors, Harmony, HarmonyOptions,
     Record, TopicReader,
 };
 
@@ -65,97 +65,6 @@ ignore = ["updated_at"]
   version_column = "harmony_version"
   columns = { sku = "sku", on_hand = "quantity", reserved = "reserved", tags = "tags", updated_at = "updated_at" }
 "#;
-
-/// Connectors, slots and publications of one run, removed when the run ends however it ends.
-struct LoopStack {
-    connectors: Vec<String>,
-    /// (database, slot and publication name)
-    slots: Vec<(&'static str, String)>,
-}
-
-impl LoopStack {
-    fn register(&mut self, name: &str, config: serde_json::Map<String, Value>) -> Result<()> {
-        self.connectors.push(name.to_owned());
-        let (code, body) = connect_rest(
-            "PUT",
-            &format!("/connectors/{name}/config"),
-            Some(&Value::Object(config)),
-        )?;
-        if code >= 300 {
-            bail!("registering {name}: {code} {body}");
-        }
-        Ok(())
-    }
-
-    fn state(name: &str) -> String {
-        connect_rest("GET", &format!("/connectors/{name}/status"), None)
-            .ok()
-            .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok())
-            .map_or_else(String::new, |s| {
-                let tasks: Vec<&str> = s["tasks"]
-                    .as_array()
-                    .map(|ts| ts.iter().filter_map(|t| t["state"].as_str()).collect())
-                    .unwrap_or_default();
-                format!(
-                    "{}/{}",
-                    s["connector"]["state"].as_str().unwrap_or("?"),
-                    tasks.join(",")
-                )
-            })
-    }
-
-    fn wait_state(&self, names: &[String], wanted: &str) -> Result<()> {
-        wait_until(
-            Duration::from_secs(90),
-            &format!("{names:?} {wanted}"),
-            || {
-                for name in names {
-                    let state = Self::state(name);
-                    if state.contains("FAILED") {
-                        let (_, body) =
-                            connect_rest("GET", &format!("/connectors/{name}/status"), None)?;
-                        bail!("connector {name} failed: {body}");
-                    }
-                    if state != format!("{wanted}/{wanted}") {
-                        return Ok(false);
-                    }
-                }
-                Ok(true)
-            },
-        )
-    }
-
-    fn set_paused(&self, names: &[String], paused: bool) -> Result<()> {
-        let verb = if paused { "pause" } else { "resume" };
-        for name in names {
-            connect_rest("PUT", &format!("/connectors/{name}/{verb}"), None)?;
-        }
-        self.wait_state(names, if paused { "PAUSED" } else { "RUNNING" })
-    }
-}
-
-impl Drop for LoopStack {
-    fn drop(&mut self) {
-        for name in &self.connectors {
-            let _ = connect_rest("DELETE", &format!("/connectors/{name}"), None);
-        }
-        // A slot can be dropped only once its connector has let go of it; a kept slot would
-        // hold back WAL for good.
-        for (db, slot) in &self.slots {
-            let _ = wait_until(Duration::from_secs(30), "slot released", || {
-                Ok(psql(
-                    db,
-                    &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}' AND active"),
-                )? == "0")
-            });
-            let _ = psql(
-                db,
-                &format!("SELECT pg_drop_replication_slot('{slot}') FROM pg_replication_slots WHERE slot_name = '{slot}'"),
-            );
-            let _ = psql(db, &format!("DROP PUBLICATION IF EXISTS {slot}"));
-        }
-    }
-}
 
 /// One row of a loop table as (column → text), or `None` when absent.
 fn row(
@@ -265,40 +174,11 @@ fn concurrent_updates_in_three_databases_converge_through_the_jdbc_sink_and_the_
         "ALTER TABLE loop_skus ADD COLUMN IF NOT EXISTS harmony_version text",
     )
     .unwrap();
-    let mut stack = LoopStack {
-        connectors: Vec::new(),
-        slots: Vec::new(),
-    };
+    let mut stack = Connectors::default();
 
     // Sources: streaming only, from a slot of their own.
-    let mut sources = Vec::new();
-    for (system, _, table) in SYSTEMS {
-        let name = format!("{run}_{system}");
-        let mut config = deployed_connector(&format!("{system}-postgres")).unwrap();
-        for (key, value) in [
-            ("topic.prefix", name.as_str()),
-            ("table.include.list", &format!("public.{table}")),
-            ("slot.name", &name),
-            ("publication.name", &name),
-            ("snapshot.mode", "no_data"),
-            ("heartbeat.interval.ms", "1000"),
-        ] {
-            config.insert(key.into(), json!(value));
-        }
-        stack.slots.push((system, name.clone()));
-        stack.register(&name, config).unwrap();
-        sources.push(name);
-    }
-    stack.wait_state(&sources, "RUNNING").unwrap();
-    for (db, slot) in &stack.slots {
-        wait_until(Duration::from_secs(60), "replication slot streaming", || {
-            Ok(psql(
-                db,
-                &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}' AND active"),
-            )? == "1")
-        })
-        .unwrap();
-    }
+    let tables = SYSTEMS.map(|(system, _, table)| (system, table));
+    stack.stream_tables(&run, &tables).unwrap();
 
     let group = run.replace('_', "-");
     let mut options = HarmonyOptions::stack(group.clone());

@@ -3,6 +3,7 @@
 //! linked once.
 
 mod capture;
+mod chaos;
 mod closed_loop;
 mod decoding;
 mod durability;

@@ -567,3 +567,139 @@ pub fn wait_until(
     }
     bail!("timed out after {timeout:?} waiting for {what}")
 }
+
+/// Kafka Connect connectors, replication slots and publications a test registers, removed when
+/// the test ends however it ends.
+#[derive(Default)]
+pub struct Connectors {
+    connectors: Vec<String>,
+    /// (database, slot and publication name)
+    slots: Vec<(&'static str, String)>,
+}
+
+impl Connectors {
+    pub fn register(
+        &mut self,
+        name: &str,
+        config: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<()> {
+        self.connectors.push(name.to_owned());
+        let (code, body) = connect_rest(
+            "PUT",
+            &format!("/connectors/{name}/config"),
+            Some(&serde_json::Value::Object(config)),
+        )?;
+        if code >= 300 {
+            bail!("registering {name}: {code} {body}");
+        }
+        Ok(())
+    }
+
+    /// Streams each `(system, table)` of the stack's databases into Kafka with a Debezium
+    /// connector of this test's own (`<run>_<system>`, topics `<run>_<system>.public.<table>`),
+    /// changes only (`snapshot.mode=no_data`), from a slot of its own; returns once every slot
+    /// streams, so that no later change is missed.
+    pub fn stream_tables(&mut self, run: &str, tables: &[(&'static str, &str)]) -> Result<()> {
+        let mut sources = Vec::new();
+        for (system, table) in tables {
+            let name = format!("{run}_{system}");
+            let mut config = deployed_connector(&format!("{system}-postgres"))?;
+            for (key, value) in [
+                ("topic.prefix", name.as_str()),
+                ("table.include.list", &format!("public.{table}")),
+                ("slot.name", &name),
+                ("publication.name", &name),
+                ("snapshot.mode", "no_data"),
+                ("heartbeat.interval.ms", "1000"),
+            ] {
+                config.insert(key.into(), serde_json::json!(value));
+            }
+            self.slots.push((system, name.clone()));
+            self.register(&name, config)?;
+            sources.push(name);
+        }
+        self.wait_state(&sources, "RUNNING")?;
+        for (db, slot) in &self.slots {
+            wait_until(
+                Duration::from_secs(60),
+                "replication slot streaming",
+                || {
+                    Ok(psql(
+                    db,
+                    &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}' AND active"),
+                )? == "1")
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    fn state(name: &str) -> String {
+        connect_rest("GET", &format!("/connectors/{name}/status"), None)
+            .ok()
+            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+            .map_or_else(String::new, |s| {
+                let tasks: Vec<&str> = s["tasks"]
+                    .as_array()
+                    .map(|ts| ts.iter().filter_map(|t| t["state"].as_str()).collect())
+                    .unwrap_or_default();
+                format!(
+                    "{}/{}",
+                    s["connector"]["state"].as_str().unwrap_or("?"),
+                    tasks.join(",")
+                )
+            })
+    }
+
+    pub fn wait_state(&self, names: &[String], wanted: &str) -> Result<()> {
+        wait_until(
+            Duration::from_secs(90),
+            &format!("{names:?} {wanted}"),
+            || {
+                for name in names {
+                    let state = Self::state(name);
+                    if state.contains("FAILED") {
+                        let (_, body) =
+                            connect_rest("GET", &format!("/connectors/{name}/status"), None)?;
+                        bail!("connector {name} failed: {body}");
+                    }
+                    if state != format!("{wanted}/{wanted}") {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            },
+        )
+    }
+
+    pub fn set_paused(&self, names: &[String], paused: bool) -> Result<()> {
+        let verb = if paused { "pause" } else { "resume" };
+        for name in names {
+            connect_rest("PUT", &format!("/connectors/{name}/{verb}"), None)?;
+        }
+        self.wait_state(names, if paused { "PAUSED" } else { "RUNNING" })
+    }
+}
+
+impl Drop for Connectors {
+    fn drop(&mut self) {
+        for name in &self.connectors {
+            let _ = connect_rest("DELETE", &format!("/connectors/{name}"), None);
+        }
+        // A slot can be dropped only once its connector has let go of it; a kept slot would
+        // hold back WAL for good.
+        for (db, slot) in &self.slots {
+            let _ = wait_until(Duration::from_secs(30), "slot released", || {
+                Ok(psql(
+                    db,
+                    &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}' AND active"),
+                )? == "0")
+            });
+            let _ = psql(
+                db,
+                &format!("SELECT pg_drop_replication_slot('{slot}') FROM pg_replication_slots WHERE slot_name = '{slot}'"),
+            );
+            let _ = psql(db, &format!("DROP PUBLICATION IF EXISTS {slot}"));
+        }
+    }
+}
