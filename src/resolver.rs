@@ -195,6 +195,30 @@ impl Resolver {
         self.partitions.remove(&partition);
     }
 
+    /// A record's version vector by system name, from whichever partition holds it: how many
+    /// changes of each system the record has accepted (state inspection, the chaos checker).
+    pub fn version_of_record(&self, entity: &str, key: &str) -> Option<Vec<(String, u64)>> {
+        let entity = *self.entities.get(entity)?;
+        let rules = &self.rules[entity.0 as usize];
+        let state = self
+            .partitions
+            .values()
+            .find_map(|records| records.get(&entity)?.get(key))?;
+        Some(
+            state
+                .clock
+                .iter()
+                .map(|(s, n)| {
+                    let name = rules
+                        .systems
+                        .get(s.0 as usize)
+                        .map_or("?", |i| i.name.as_str());
+                    (name.to_owned(), n)
+                })
+                .collect(),
+        )
+    }
+
     /// Records held, over all partitions.
     pub fn record_count(&self) -> usize {
         self.partitions

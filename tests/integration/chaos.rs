@@ -14,11 +14,16 @@
 //! | `CHAOS_BROKER_RESTARTS` | broker restarts (`scripts/stack restart-kafka`) | 1 |
 //! | `CHAOS_SEED` | the generator's seed | 42 |
 //! | `CHAOS_WAIT_SECS` | how long each run may take to converge after the writes | 300 |
+//! | `CHAOS_LINGER_MS` | the producers' `linger.ms` (widens every in-flight window) | librdkafka's |
 //!
 //! Checks, over every product of the run:
-//! - **lost**: the stock `quantity` is the sum of every movement (`sum`), so its final value on
-//!   the erp's target topic must be 1000 plus every delta written; a product off by anything is
-//!   a lost (or doubled) change;
+//! - **lost** / **counted twice**: every change written must be accepted exactly once, and the
+//!   record's version vector counts the changes accepted from each system: in the final state
+//!   on the changelog, it must equal the number of (effective) changes the generator wrote;
+//! - **stock off**: the stock `quantity` is the sum of every movement (`sum`), so its final
+//!   value on the erp's target topic must be 1000 plus every delta written. (A lost movement
+//!   can hide here: a system reports its whole stock, so its next report carries the missed
+//!   delta along; hence the count above.)
 //! - **mismatched**: each target topic's final record has the values of that of a fault-free
 //!   reference run (a fresh group, one worker) over the same input;
 //! - **out of order**: on each target topic, the version vectors of a product's records, once
@@ -95,8 +100,15 @@ struct Sizes {
     seed: u64,
 }
 
-/// The seeded input: per system, its SQL in order; and every product's expected stock.
-fn generate(sizes: &Sizes, prefix: &str) -> ([String; 3], BTreeMap<String, i64>) {
+/// What the input implies: per product, its final stock, and per system how many changes of
+/// it harmony must accept (its version vector's count for that system).
+struct Expected {
+    stock: BTreeMap<String, i64>,
+    changes: BTreeMap<String, [u64; 3]>,
+}
+
+/// The seeded input: per system, its SQL in order; and what it implies.
+fn generate(sizes: &Sizes, prefix: &str) -> ([String; 3], Expected) {
     let mut seed = [0u8; 32];
     seed[..8].copy_from_slice(&sizes.seed.to_le_bytes());
     let mut rng = TestRng::from_seed(RngAlgorithm::ChaCha, &seed);
@@ -104,6 +116,10 @@ fn generate(sizes: &Sizes, prefix: &str) -> ([String; 3], BTreeMap<String, i64>)
         .map(|i| format!("{prefix}-{i:04}"))
         .collect();
     let mut expected: BTreeMap<String, i64> = skus.iter().map(|s| (s.clone(), 1000)).collect();
+    // The inserts count once per system.
+    let mut changes: BTreeMap<String, [u64; 3]> =
+        skus.iter().map(|s| (s.clone(), [1; 3])).collect();
+    let mut prices: BTreeMap<(usize, String), u32> = BTreeMap::new();
     let mut sql: [String; 3] = Default::default();
     for sku in &skus {
         sql[0].push_str(&format!("INSERT INTO chaos_products (sku, name, price, quantity) VALUES ('{sku}', 'Chaos', 10.00, 1000);\n"));
@@ -123,6 +139,11 @@ fn generate(sizes: &Sizes, prefix: &str) -> ([String; 3], BTreeMap<String, i64>)
         // The warehouse holds no price: it only moves stock.
         if system < 2 && rng.random_bool(0.15) {
             let cents = rng.random_range(100..10_000u32);
+            // Setting the price a row already has changes nothing, and is no change.
+            let previous = prices.insert((system, sku.clone()), cents).unwrap_or(1000);
+            if previous != cents {
+                changes.get_mut(sku).unwrap()[system] += 1;
+            }
             let price = format!("{}.{:02}", cents / 100, cents % 100);
             sql[system].push_str(&match system {
                 0 => format!("UPDATE chaos_products SET price = {price} WHERE sku = '{sku}';\n"),
@@ -135,6 +156,7 @@ fn generate(sizes: &Sizes, prefix: &str) -> ([String; 3], BTreeMap<String, i64>)
             delta = 1;
         }
         *expected.get_mut(sku).unwrap() += delta;
+        changes.get_mut(sku).unwrap()[system] += 1;
         sql[system].push_str(&match system {
             0 => format!(
                 "UPDATE chaos_products SET quantity = quantity + {delta} WHERE sku = '{sku}';\n"
@@ -147,7 +169,13 @@ fn generate(sizes: &Sizes, prefix: &str) -> ([String; 3], BTreeMap<String, i64>)
             }
         });
     }
-    (sql, expected)
+    (
+        sql,
+        Expected {
+            stock: expected,
+            changes,
+        },
+    )
 }
 
 fn run_sql(database: &str, script: &str) {
@@ -235,6 +263,40 @@ fn check_topic(records: &[Record], prefix: &str) -> TopicCheck {
     check
 }
 
+/// Per product, the version vector of its final state on the run's changelog topic.
+fn final_clocks(
+    config_path: &std::path::Path,
+    group: &str,
+    expected: &Expected,
+) -> HashMap<String, BTreeMap<String, u64>> {
+    let config = harmony::config::Config::load(config_path).unwrap();
+    let mut resolver = harmony::resolver::Resolver::new(&config);
+    let log = read_all(&format!("harmony.{group}.state"), Duration::from_secs(3));
+    let mut by_partition: BTreeMap<i32, Vec<&Record>> = BTreeMap::new();
+    for record in &log {
+        by_partition
+            .entry(record.partition)
+            .or_default()
+            .push(record);
+    }
+    for (partition, records) in by_partition {
+        resolver.install(
+            partition,
+            records
+                .iter()
+                .filter_map(|r| Some((r.key.as_deref()?.as_bytes(), r.value.as_deref()))),
+        );
+    }
+    expected
+        .changes
+        .keys()
+        .filter_map(|sku| {
+            let clock = resolver.version_of_record("product", &format!(r#"["{sku}"]"#))?;
+            Some((sku.clone(), clock.into_iter().collect()))
+        })
+        .collect()
+}
+
 fn read_all(topic: &str, settle: Duration) -> Vec<Record> {
     let mut reader = TopicReader::new(topic).unwrap();
     reader.read_for(settle).unwrap();
@@ -257,7 +319,12 @@ fn options(group: &str, run: &str) -> HarmonyOptions {
         .iter()
         .map(|s| format!("\n[[targets]]\nsystem = \"{s}\"\nentities = [\"product\"]\ntopic = \"{group}.{s}.product\"\n"))
         .collect();
-    options.extra_toml = format!("{ENTITY}{targets}");
+    // A long linger keeps records in the producer for that long: the window in which a build
+    // that stored offsets before acknowledgements would lose them when killed.
+    let linger = std::env::var("CHAOS_LINGER_MS")
+        .map(|ms| format!("\n[kafka.producer]\n\"linger.ms\" = \"{ms}\"\n"))
+        .unwrap_or_default();
+    options.extra_toml = format!("{ENTITY}{targets}{linger}");
     options
 }
 
@@ -346,7 +413,7 @@ fn chaos() {
     let mut restarts = 0;
     let faults = sizes.kills + sizes.broker_restarts;
     for fault in 0..faults {
-        std::thread::sleep(Duration::from_millis(fault_rng.random_range(2_000..6_000)));
+        std::thread::sleep(Duration::from_millis(fault_rng.random_range(1_000..5_000)));
         if fault == faults / 2 && restarts < sizes.broker_restarts {
             let ok = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stack"))
                 .arg("restart-kafka")
@@ -355,6 +422,16 @@ fn chaos() {
                 .success();
             assert!(ok, "broker restart failed");
             restarts += 1;
+            // The nastiest moment for a worker to die: the broker just came back, and what
+            // piled up while it was away is being acknowledged and committed.
+            if kills < sizes.kills {
+                std::thread::sleep(Duration::from_millis(fault_rng.random_range(200..1_500)));
+                let mut ws = workers.lock().unwrap();
+                let victim = fault_rng.random_range(0..ws.len());
+                ws[victim].kill_hard().unwrap();
+                ws[victim].spawn().unwrap();
+                kills += 1;
+            }
             continue;
         }
         if kills < sizes.kills {
@@ -379,24 +456,24 @@ fn chaos() {
     }
     let written = started.elapsed();
     let wait = Duration::from_secs(env_usize("CHAOS_WAIT_SECS", 300) as u64);
-    wait_for_totals(&group, &prefix, &expected, wait);
+    wait_for_totals(&group, &prefix, &expected.stock, wait);
     let chaotic_done = started.elapsed();
 
     // The reference: a fresh group, one worker, no faults, over the same input.
     let reference_group = unique("chaosref");
     let reference = Harmony::start(&options(&reference_group, &run)).unwrap();
-    wait_for_totals(&reference_group, &prefix, &expected, wait);
+    wait_for_totals(&reference_group, &prefix, &expected.stock, wait);
 
     let mut report = json!({
         "changes": sizes.changes, "skus": sizes.skus, "workers": sizes.workers,
         "kills": kills, "broker_restarts": restarts,
         "write_seconds": written.as_secs_f64(), "converged_seconds": chaotic_done.as_secs_f64(),
     });
-    let mut lost = 0;
     let mut mismatched = 0;
     let mut out_of_order = 0;
     let mut duplicates = 0;
     let mut examples = Vec::new();
+    let mut stock_off = 0;
     for system in SYSTEMS {
         let chaotic = check_topic(
             &read_all(&format!("{group}.{system}.product"), Duration::from_secs(3)),
@@ -411,7 +488,7 @@ fn chaos() {
         );
         out_of_order += chaotic.out_of_order;
         duplicates += chaotic.duplicates;
-        for sku in expected.keys() {
+        for sku in expected.stock.keys() {
             let (a, b) = (chaotic.last.get(sku), fault_free.last.get(sku));
             if a != b {
                 mismatched += 1;
@@ -422,7 +499,8 @@ fn chaos() {
             }
         }
         if system == "erp" {
-            lost = expected
+            stock_off = expected
+                .stock
                 .iter()
                 .filter(|(sku, q)| {
                     chaotic.last.get(*sku).and_then(|a| a["quantity"].as_i64()) != Some(**q)
@@ -449,7 +527,27 @@ fn chaos() {
                 .collect::<Vec<_>>()
         })
         .collect();
+    // Every change written must have been accepted exactly once: its system's count in the
+    // record's version vector says how many were. Read from the final state the workers left on
+    // the changelog (an accepted change that altered no target's content publishes nothing, so
+    // the target topics alone would undercount).
+    let config_path = workers.lock().unwrap()[0].config_path.clone();
+    let clocks = final_clocks(&config_path, &group, &expected);
+    let (mut lost, mut counted_twice) = (0u64, 0u64);
+    for (sku, counts) in &expected.changes {
+        for (i, system) in SYSTEMS.iter().enumerate() {
+            let seen = clocks
+                .get(sku)
+                .and_then(|v| v.get(*system))
+                .copied()
+                .unwrap_or(0);
+            lost += counts[i].saturating_sub(seen);
+            counted_twice += seen.saturating_sub(counts[i]);
+        }
+    }
     report["lost"] = json!(lost);
+    report["counted_twice"] = json!(counted_twice);
+    report["stock_off"] = json!(stock_off);
     report["mismatched_records"] = json!(mismatched);
     report["mismatch_examples"] = json!(examples);
     report["out_of_order"] = json!(out_of_order);
@@ -460,6 +558,8 @@ fn chaos() {
     eprintln!("CHAOS REPORT {report}");
     drop(reference);
     assert_eq!(lost, 0, "{report}");
+    assert_eq!(counted_twice, 0, "{report}");
+    assert_eq!(stock_off, 0, "{report}");
     assert_eq!(mismatched, 0, "{report}");
     assert_eq!(out_of_order, 0, "{report}");
 }
