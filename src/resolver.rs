@@ -310,16 +310,14 @@ impl Resolver {
                     origin: system,
                     conflicts: &[],
                 };
-                for target in deliver_to {
-                    if let Some(plan) = self.plans.get(&(entity, target)) {
-                        resolved.publications.extend(target_records(
-                            plan,
-                            rules,
-                            state,
-                            &provenance,
-                        ));
-                    }
-                }
+                deliveries(
+                    &self.plans,
+                    entity,
+                    &deliver_to,
+                    (rules, state),
+                    &provenance,
+                    &mut resolved,
+                );
             }
             Outcome::Applied {
                 conflicts,
@@ -351,19 +349,35 @@ impl Resolver {
                     origin: system,
                     conflicts: &conflict_ids,
                 };
-                for target in deliver_to {
-                    if let Some(plan) = self.plans.get(&(entity, target)) {
-                        resolved.publications.extend(target_records(
-                            plan,
-                            rules,
-                            state,
-                            &provenance,
-                        ));
-                    }
-                }
+                deliveries(
+                    &self.plans,
+                    entity,
+                    &deliver_to,
+                    (rules, state),
+                    &provenance,
+                    &mut resolved,
+                );
             }
         }
         Ok(resolved)
+    }
+}
+
+/// The target records of `state` for each of `targets` that receives the entity.
+fn deliveries(
+    plans: &HashMap<(EntityId, SystemId), TargetPlan>,
+    entity: EntityId,
+    targets: &[SystemId],
+    (rules, state): (&EntityRules, &RecordState),
+    provenance: &Provenance<'_>,
+    resolved: &mut Resolved,
+) {
+    for target in targets {
+        if let Some(plan) = plans.get(&(entity, *target)) {
+            resolved
+                .publications
+                .extend(target_records(plan, rules, state, provenance));
+        }
     }
 }
 

@@ -297,6 +297,15 @@ fn final_clocks(
         .collect()
 }
 
+fn restart_broker() {
+    let ok = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stack"))
+        .arg("restart-kafka")
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "broker restart failed");
+}
+
 fn read_all(topic: &str, settle: Duration) -> Vec<Record> {
     let mut reader = TopicReader::new(topic).unwrap();
     reader.read_for(settle).unwrap();
@@ -315,10 +324,7 @@ fn options(group: &str, run: &str) -> HarmonyOptions {
             )
         })
         .collect();
-    let targets: String = SYSTEMS
-        .iter()
-        .map(|s| format!("\n[[targets]]\nsystem = \"{s}\"\nentities = [\"product\"]\ntopic = \"{group}.{s}.product\"\n"))
-        .collect();
+    let targets = support::product_targets(group, &SYSTEMS, "");
     // A long linger keeps records in the producer for that long: the window in which a build
     // that stored offsets before acknowledgements would lose them when killed.
     let linger = std::env::var("CHAOS_LINGER_MS")
@@ -415,12 +421,7 @@ fn chaos() {
     for fault in 0..faults {
         std::thread::sleep(Duration::from_millis(fault_rng.random_range(1_000..5_000)));
         if fault == faults / 2 && restarts < sizes.broker_restarts {
-            let ok = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stack"))
-                .arg("restart-kafka")
-                .status()
-                .unwrap()
-                .success();
-            assert!(ok, "broker restart failed");
+            restart_broker();
             restarts += 1;
             // The nastiest moment for a worker to die: the broker just came back, and what
             // piled up while it was away is being acknowledged and committed.
@@ -443,12 +444,7 @@ fn chaos() {
         }
     }
     while restarts < sizes.broker_restarts {
-        let ok = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stack"))
-            .arg("restart-kafka")
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "broker restart failed");
+        restart_broker();
         restarts += 1;
     }
     for w in writers {

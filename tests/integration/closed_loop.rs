@@ -191,12 +191,7 @@ fn concurrent_updates_in_three_databases_converge_through_the_jdbc_sink_and_the_
             )
         })
         .collect();
-    let targets: String = SYSTEMS
-        .iter()
-        .map(|(s, _, _)| {
-            format!("\n[[targets]]\nsystem = \"{s}\"\nentities = [\"product\"]\ntopic = \"{group}.{s}.product\"\n")
-        })
-        .collect();
+    let targets = support::product_targets(&group, &SYSTEMS.map(|(s, _, _)| s), "");
     options.extra_toml = format!("{PRODUCT}{targets}");
     let mut harmony = Harmony::start(&options).unwrap();
     let conflicts_topic = format!("harmony.{group}.conflicts");

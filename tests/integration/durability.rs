@@ -31,10 +31,7 @@ fn record_state_survives_a_sigkill_and_an_echo_after_restart_is_still_an_echo() 
     }
     let group = unique("e2e-state");
     let mut options = HarmonyOptions::stack(group.clone());
-    let targets: String = ["erp", "shop", "wms"]
-        .iter()
-        .map(|s| format!("\n[[targets]]\nsystem = \"{s}\"\nentities = [\"product\"]\ntopic = \"{group}.{s}.product\"\n"))
-        .collect();
+    let targets = support::product_targets(&group, &["erp", "shop", "wms"], "");
     options.extra_toml = format!("{PRODUCT}{targets}");
     let mut harmony = Harmony::start(&options).unwrap();
     let sku = unique("DUR");
@@ -158,10 +155,7 @@ fn state_follows_partitions_across_rebalances_between_workers() {
     }
     let group = unique("e2e-rebalance");
     let mut options = HarmonyOptions::stack(group.clone());
-    let targets: String = ["erp", "shop", "wms"]
-        .iter()
-        .map(|s| format!("\n[[targets]]\nsystem = \"{s}\"\nentities = [\"product\"]\ntopic = \"{group}.{s}.product\"\n"))
-        .collect();
+    let targets = support::product_targets(&group, &["erp", "shop", "wms"], "");
     options.extra_toml = format!("{PRODUCT}{targets}");
     let mut first = Harmony::start(&options).unwrap();
     let prefix = unique("RB");

@@ -146,10 +146,12 @@ fn resolved_records_reach_each_target_in_its_own_columns_and_conflicts_are_recor
     }
     let group = unique("e2e-resolve");
     let mut options = HarmonyOptions::stack(group.clone());
-    let targets: String = ["erp", "shop", "wms"]
-        .iter()
-        .map(|s| format!("\n[[targets]]\nsystem = \"{s}\"\nentities = [\"product\"]\ntopic = \"{group}.{s}.product\"\nformat = \"json_schemaless\"\n"))
-        .collect();
+    let targets = support::product_targets(
+        &group,
+        &["erp", "shop", "wms"],
+        "format = \"json_schemaless\"
+",
+    );
     options.extra_toml = format!("{PRODUCT}{targets}");
     let mut harmony = Harmony::start(&options).unwrap();
     let sku = unique("RES");
@@ -242,10 +244,7 @@ fn a_held_conflict_is_settled_by_harmony_resolve() {
     }
     let group = unique("e2e-manual");
     let mut options = HarmonyOptions::stack(group.clone());
-    let targets: String = ["erp", "shop"]
-        .iter()
-        .map(|s| format!("\n[[targets]]\nsystem = \"{s}\"\nentities = [\"product\"]\ntopic = \"{group}.{s}.product\"\n"))
-        .collect();
+    let targets = support::product_targets(&group, &["erp", "shop"], "");
     options.extra_toml =
         format!("{PRODUCT}\n  [entities.fields.name]\n  strategy = \"manual\"\n{targets}");
     let mut harmony = Harmony::start(&options).unwrap();

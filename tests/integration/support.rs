@@ -703,3 +703,14 @@ impl Drop for Connectors {
         }
     }
 }
+
+/// `[[targets]]` tables: each system receives the `product` entity on `<group>.<system>.product`,
+/// with `extra` lines (e.g. `format = "json_schemaless"`) in each.
+pub fn product_targets(group: &str, systems: &[&str], extra: &str) -> String {
+    systems
+        .iter()
+        .map(|s| {
+            format!("\n[[targets]]\nsystem = \"{s}\"\nentities = [\"product\"]\ntopic = \"{group}.{s}.product\"\n{extra}")
+        })
+        .collect()
+}
