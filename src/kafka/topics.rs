@@ -12,6 +12,19 @@ use rdkafka::ClientConfig;
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How many partitions `topic` has (0 when it does not exist).
+pub fn partition_count(client_config: &ClientConfig, topic: &str) -> Result<usize, KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = client_config.create()?;
+    let metadata = admin
+        .inner()
+        .fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
+    Ok(metadata
+        .topics()
+        .first()
+        .filter(|t| t.error().is_none())
+        .map_or(0, |t| t.partitions().len()))
+}
+
 /// Ensures each topic exists, created with `settings` (e.g. `cleanup.policy=compact`); an
 /// existing topic is left as it is (partitions and settings included).
 pub async fn ensure_topics(

@@ -43,6 +43,15 @@ pub enum WorkerError {
     Delivery { topic: String, error: KafkaError },
     #[error("commit failed: {0}")]
     Commit(#[source] KafkaError),
+    /// Internal partition `p` is restored from state partition `p`: the state topic needs at
+    /// least as many partitions.
+    #[error("output.state_topic `{state_topic}` has {state} partitions, fewer than the {internal} of output.internal_topic `{internal_topic}`: give it as many (or more)")]
+    StatePartitions {
+        state_topic: String,
+        state: usize,
+        internal_topic: String,
+        internal: usize,
+    },
     /// An assigned partition's changelog could not be read: going on without its state would
     /// re-deliver every record as new.
     #[error("cannot restore partition {partition} from the changelog: {error}")]
@@ -147,6 +156,18 @@ pub async fn run(
         )
         .await
         .map_err(WorkerError::Setup)?;
+        let internal = topics::partition_count(&producer_config, &internal_topic)
+            .map_err(WorkerError::Setup)?;
+        let state =
+            topics::partition_count(&producer_config, &state_topic).map_err(WorkerError::Setup)?;
+        if state < internal {
+            return Err(WorkerError::StatePartitions {
+                state_topic,
+                state,
+                internal_topic,
+                internal,
+            });
+        }
     }
 
     // Stage 2 is a consumer group of its own over the internal topic.

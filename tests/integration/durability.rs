@@ -264,3 +264,28 @@ fn state_follows_partitions_across_rebalances_between_workers() {
     );
     assert!(second.terminate(Duration::from_secs(30)).unwrap().success());
 }
+
+/// Internal partition p is restored from state partition p: a state topic with fewer partitions
+/// than the internal topic is refused at start, naming the key, instead of failing on the first
+/// changelog write to a partition that does not exist.
+#[test]
+fn a_state_topic_with_too_few_partitions_is_refused_at_start() {
+    if !support::stack_available("state partitions") {
+        return;
+    }
+    let group = unique("e2e-statep");
+    support::create_topic(&format!("harmony.{group}.state"), 1).unwrap();
+    let mut options = HarmonyOptions::stack(group.clone());
+    options.extra_toml = format!(
+        "{PRODUCT}{}",
+        support::product_targets(&group, &["erp", "shop", "wms"], "")
+    );
+    let Err(error) = Harmony::start(&options) else {
+        panic!("harmony started with a 1-partition state topic");
+    };
+    let log = error.to_string();
+    assert!(
+        log.contains("output.state_topic") && log.contains("has 1 partitions, fewer than the 3"),
+        "{log}"
+    );
+}

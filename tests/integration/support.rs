@@ -385,7 +385,7 @@ impl Harmony {
     }
 
     /// Waits until the current process has logged `message` (counted from its start).
-    fn wait_for_log(&self, message: &str, timeout: Duration) -> Result<()> {
+    fn wait_for_log(&mut self, message: &str, timeout: Duration) -> Result<()> {
         let starts = self.log().matches("harmony starting").count();
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
@@ -397,9 +397,8 @@ impl Harmony {
             if current.contains(message) {
                 return Ok(());
             }
-            if let Some(child) = &self.child {
-                let pid = child.id();
-                if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            if let Some(child) = self.child.as_mut() {
+                if child.try_wait()?.is_some() {
                     break;
                 }
             }
