@@ -159,23 +159,25 @@ pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) 
     let sys = match sys.pending.iter().position(is_echo) {
         Some(i) => {
             let system = state.system_mut(s);
-            let delivery = system.pending[i].clone();
             // Versions sent before this one and not seen back: the sink still writes them
             // (in order, before this one) unless this "echo" was in truth a local write that
             // happened to equal it. Remembered, so that their late arrival is known for what
             // it is rather than taken for a fresh change of stale values.
-            let skipped: Vec<Delivery> = system.pending.drain(..=i).take(i).collect();
+            let mut skipped: Vec<Delivery> = system.pending.drain(..=i).collect();
+            // The last one drained is the delivery echoed (moved out, not copied).
+            if let Some(delivery) = skipped.pop() {
+                system.seen = delivery.clock;
+                system.held_deleted = delivery.deleted;
+                for (field, value) in delivery.values {
+                    system.set_held(field, value);
+                }
+                echoed = true;
+            }
             system.superseded.extend(skipped);
             while system.superseded.len() > MAX_PENDING_DELIVERIES {
                 system.superseded.pop_front();
             }
-            system.seen = delivery.clock;
-            system.held_deleted = delivery.deleted;
-            for (field, value) in delivery.values {
-                system.set_held(field, value);
-            }
             system.position = Some(change.position);
-            echoed = true;
             system.clone()
         }
         None => match sys.superseded.iter().position(is_echo) {
@@ -185,11 +187,12 @@ pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) 
             // record again unless a newer delivery is already on its way to it.
             Some(i) => {
                 let system = state.system_mut(s);
-                let late = system.superseded[i].clone();
-                system.superseded.drain(..=i);
-                system.held_deleted = late.deleted;
-                for (field, value) in late.values {
-                    system.set_held(field, value);
+                let late = system.superseded.drain(..=i).next_back();
+                if let Some(late) = late {
+                    system.held_deleted = late.deleted;
+                    for (field, value) in late.values {
+                        system.set_held(field, value);
+                    }
                 }
                 system.position = Some(change.position);
                 return Outcome::LateEcho {
@@ -412,7 +415,8 @@ fn deliver(state: &mut RecordState, rules: &EntityRules, targets: &[SystemId]) -
     for &t in targets {
         // A row the target could not create waits until the record has what it needs; a
         // record it already holds (its own, or delivered) it can always update.
-        let target_state = state.system(t).cloned().unwrap_or_default();
+        let empty = SystemState::default();
+        let target_state = state.system(t).unwrap_or(&empty);
         let holds_row = !target_state.held.is_empty() || !target_state.pending.is_empty();
         let incomplete = rules
             .required_fields
@@ -421,13 +425,18 @@ fn deliver(state: &mut RecordState, rules: &EntityRules, targets: &[SystemId]) -
         if incomplete && !holds_row && state.deleted.is_none() {
             continue;
         }
-        let (fingerprint, values) = record_content(rules, t, state);
+        let fingerprint = record_fingerprint(rules, t, state);
         let deleted = state.deleted.is_some();
         let last = target_state.pending.back().map_or_else(
-            || held_content_fingerprint(rules, t, &target_state),
+            || held_content_fingerprint(rules, t, target_state),
             |d| d.fingerprint,
         );
         if fingerprint != last {
+            // Copied only for a delivery that is made: most changes leave most targets as
+            // they were.
+            let values = compared_fields(rules, t)
+                .filter_map(|f| state.field(f).map(|s| (f, s.value.clone())))
+                .collect();
             let clock = state.clock.clone();
             let target = state.system_mut(t);
             target.pending.push_back(Delivery {
@@ -508,20 +517,11 @@ fn held_content_fingerprint(rules: &EntityRules, system: SystemId, sys: &SystemS
 }
 
 /// The record's content as target `t` would hold it, and the values of that content.
-fn record_content(
-    rules: &EntityRules,
-    t: SystemId,
-    state: &RecordState,
-) -> (u64, Vec<(FieldId, FieldValue)>) {
-    let deleted = state.deleted.is_some();
-    let fingerprint = hash_content(
+fn record_fingerprint(rules: &EntityRules, t: SystemId, state: &RecordState) -> u64 {
+    hash_content(
         compared_fields(rules, t).map(|f| (f, state.field(f).map(|s| &s.value))),
-        deleted,
-    );
-    let values = compared_fields(rules, t)
-        .filter_map(|f| state.field(f).map(|s| (f, s.value.clone())))
-        .collect();
-    (fingerprint, values)
+        state.deleted.is_some(),
+    )
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 //! wrote; what is still unacknowledged is forgotten, not stored, and read again by that owner.
 //! The pipeline applies the recorded events between two records (`take_events`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,7 +38,8 @@ pub enum OwnershipEvent {
 /// Shared between the consumer's callbacks and the pipeline.
 #[derive(Default)]
 pub struct Ownership {
-    owned: Mutex<HashSet<(String, i32)>>,
+    /// Topic → partitions; looked up by `&str`, so asking allocates nothing.
+    owned: Mutex<HashMap<String, HashSet<i32>>>,
     events: Mutex<Vec<OwnershipEvent>>,
     /// Wakes the pipeline when events wait, even while no record arrives.
     pending: tokio::sync::Notify,
@@ -50,7 +51,7 @@ impl Ownership {
     pub fn owns(&self, topic: &str, partition: i32) -> bool {
         self.owned
             .lock()
-            .map(|o| o.contains(&(topic.to_owned(), partition)))
+            .map(|o| o.get(topic).is_some_and(|p| p.contains(&partition)))
             .unwrap_or(false)
     }
 
@@ -100,7 +101,9 @@ impl ConsumerContext for OwnershipContext {
         };
         if let Ok(mut owned) = self.ownership.owned.lock() {
             for p in partitions.elements() {
-                owned.remove(&(p.topic().to_owned(), p.partition()));
+                if let Some(partitions) = owned.get_mut(p.topic()) {
+                    partitions.remove(&p.partition());
+                }
             }
         }
         for p in partitions.elements() {
@@ -135,7 +138,7 @@ impl ConsumerContext for OwnershipContext {
                     .map_err(|e| e.to_string())
             });
             if let Ok(mut owned) = self.ownership.owned.lock() {
-                owned.insert((topic.clone(), partition));
+                owned.entry(topic.clone()).or_default().insert(partition);
             }
             self.ownership.push(OwnershipEvent::Assigned {
                 partition,

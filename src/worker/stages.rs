@@ -126,9 +126,10 @@ impl Pipeline<'_> {
         else {
             return;
         };
-        let resolved = resolver.resolve(message.partition(), message.payload().unwrap_or_default());
+        let mut resolved =
+            resolver.resolve(message.partition(), message.payload().unwrap_or_default());
         self.metrics.state_size(resolver.record_count());
-        let changelog = resolved.as_ref().ok().and_then(|r| r.changelog.clone());
+        let changelog = resolved.as_mut().ok().and_then(|r| r.changelog.take());
         let ticket = durability.begin(
             message.topic(),
             message.partition(),
