@@ -24,6 +24,7 @@ pub struct Metrics {
     restored_records: prometheus::IntCounter,
     state_records: IntGauge,
     rebalances: prometheus::IntCounter,
+    rewinds: IntCounterVec,
 }
 
 impl Metrics {
@@ -112,6 +113,11 @@ impl Metrics {
             rebalances: prometheus::IntCounter::new(
                 "harmony_rebalances_total",
                 "Partition assignments this worker received from its consumer groups.",
+            )?,
+            rewinds: counter(
+                "harmony_partition_rewinds_total",
+                "Partitions read again from their last stored offset after the producer gave up on an output (retry budget spent).",
+                &["topic"],
             )?,
         };
         registry.register(Box::new(metrics.in_flight.clone()))?;
@@ -224,6 +230,20 @@ impl Metrics {
 
     pub fn state_size(&self, held: usize) {
         self.state_records.set(held as i64);
+    }
+
+    /// A partition paused after a failed delivery, to be read again after `backoff`.
+    pub fn partition_rewound(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        backoff: std::time::Duration,
+        error: &str,
+    ) {
+        tracing::warn!(topic, partition, offset, backoff = ?backoff, error,
+            "delivery failed after the producer's retries; the partition is paused and will be read again from its last stored offset");
+        self.rewinds.with_label_values(&[topic]).inc();
     }
 
     pub fn rebalanced(&self) {

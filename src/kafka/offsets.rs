@@ -94,6 +94,19 @@ impl OffsetTracker {
         self.in_flight
     }
 
+    /// The topic and partition of a ticket still current (not of a read since forgotten).
+    pub fn locate(&self, ticket: Ticket) -> Option<(String, i32)> {
+        let ((topic, partition), queue) = self.partitions.get(ticket.slot)?;
+        (queue.generation == ticket.generation).then(|| (topic.clone(), *partition))
+    }
+
+    /// The earliest offset begun and not yet stored: everything before it is stored, so a
+    /// re-read from here redoes exactly the unfinished work.
+    pub fn earliest_pending(&self, topic: &str, partition: i32) -> Option<i64> {
+        let slot = *self.slots.get(topic)?.get(&partition)?;
+        self.partitions[slot].1.pending.front().map(|&(o, _)| o)
+    }
+
     /// Drops what is in flight for a revoked partition: its next owner reads it again, and a
     /// later assignment starts afresh instead of waiting behind events it will never see.
     pub fn forget(&mut self, topic: &str, partition: i32) {
@@ -142,8 +155,10 @@ impl<'c, X: ConsumerContext, C: Consumer<X>> OffsetStore<'c, C, X> {
 
     /// Records that every output of `ticket`'s event is acknowledged, and stores the offset
     /// when the partition's acknowledged prefix grew.
-    pub fn acknowledged(&mut self, ticket: Ticket) {
-        if let Some((topic, partition, next)) = self.tracker.acknowledge(ticket) {
+    /// Returns the partition and next offset when one was stored.
+    pub fn acknowledged(&mut self, ticket: Ticket) -> Option<(&str, i32, i64)> {
+        let stored = self.tracker.acknowledge(ticket);
+        if let Some((topic, partition, next)) = stored {
             // rd_kafka_offset_store stores `offset + 1` itself: hand it the last acknowledged
             // offset. Passing `next` would commit one record too far, and a crash would then
             // skip a record nobody processed (the mock-cluster fault test catches exactly that).
@@ -154,10 +169,19 @@ impl<'c, X: ConsumerContext, C: Consumer<X>> OffsetStore<'c, C, X> {
                 tracing::debug!(topic, partition, offset = next, error = %e, "offset not stored");
             }
         }
+        stored
+    }
+
+    pub fn consumer(&self) -> &'c C {
+        self.consumer
     }
 
     pub fn in_flight(&self) -> usize {
         self.tracker.in_flight()
+    }
+
+    pub fn tracker(&self) -> &OffsetTracker {
+        &self.tracker
     }
 
     /// See [`OffsetTracker::forget`].
@@ -210,6 +234,21 @@ mod tests {
         // The stale acknowledgement belongs to the previous read and stores nothing.
         assert_eq!(t.acknowledge(stale), None);
         assert_eq!(t.acknowledge(fresh), Some(("in", 0, 11)));
+    }
+
+    #[test]
+    fn a_rewind_point_is_the_first_unstored_offset_and_stale_tickets_have_no_place() {
+        let mut t = OffsetTracker::default();
+        let a = t.begin("in", 3, 20);
+        let b = t.begin("in", 3, 21);
+        let _ = t.begin("in", 3, 22);
+        assert_eq!(t.acknowledge(a), Some(("in", 3, 21)));
+        assert_eq!(t.earliest_pending("in", 3), Some(21));
+        assert_eq!(t.locate(b), Some(("in".to_owned(), 3)));
+        t.forget("in", 3);
+        assert_eq!(t.locate(b), None);
+        assert_eq!(t.earliest_pending("in", 3), None);
+        assert_eq!(t.earliest_pending("other", 0), None);
     }
 
     use proptest::prelude::*;

@@ -69,6 +69,10 @@ impl Durability {
         self.outputs.forget(topic, partition);
     }
 
+    pub fn tracker(&self) -> &OffsetTracker {
+        &self.outputs
+    }
+
     pub fn in_flight(&self) -> usize {
         self.outputs.in_flight()
     }

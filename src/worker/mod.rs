@@ -221,6 +221,7 @@ pub async fn run(
         }),
         deliveries: FuturesUnordered::new(),
         buf: Vec::with_capacity(4096),
+        rewinds: Default::default(),
     };
     let mut ingest = pipeline(
         &consumer,
@@ -284,6 +285,7 @@ pub async fn run(
 mod durability;
 mod ownership;
 mod pipeline;
+mod rewind;
 mod stages;
 
 use durability::Durability;

@@ -24,6 +24,7 @@ pub type ChangelogLog = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 
 pub enum OwnershipEvent {
     Assigned {
+        topic: String,
         partition: i32,
         /// Stage 2: the partition's changelog and how long reading it took, or why it could
         /// not be read.
@@ -131,6 +132,7 @@ impl ConsumerContext for OwnershipContext {
         }
         for p in partitions.elements() {
             let (topic, partition) = (p.topic().to_owned(), p.partition());
+            tracing::info!(topic, partition, "partition assigned");
             let restored = self.restore.as_ref().map(|restore| {
                 let started = Instant::now();
                 read_to_end(restore, partition)
@@ -141,6 +143,7 @@ impl ConsumerContext for OwnershipContext {
                 owned.entry(topic.clone()).or_default().insert(partition);
             }
             self.ownership.push(OwnershipEvent::Assigned {
+                topic,
                 partition,
                 restored,
             });
@@ -150,7 +153,7 @@ impl ConsumerContext for OwnershipContext {
 }
 
 /// Every record of the changelog partition, from the beginning to the end it has now.
-fn read_to_end(
+pub(super) fn read_to_end(
     restore: &Restore,
     partition: i32,
 ) -> Result<ChangelogLog, rdkafka::error::KafkaError> {

@@ -5,14 +5,15 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use rdkafka::consumer::StreamConsumer;
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::Message;
+use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use super::durability::Durability;
-use super::ownership::{Ownership, OwnershipContext, OwnershipEvent};
+use super::ownership::{self, ChangelogLog, Ownership, OwnershipContext, OwnershipEvent};
+use super::rewind::{self, Rewinds};
 use super::{Completion, Destination, PendingCompletion, Phase, Sent, WorkerError};
 use crate::config::{Config, TopicRouter};
 use crate::envelope::Decoder;
@@ -41,6 +42,8 @@ pub(super) struct Pipeline<'a> {
     pub(super) deliveries: FuturesUnordered<PendingCompletion>,
     /// Reused for every output value.
     pub(super) buf: Vec<u8>,
+    /// Partitions paused after a failed delivery, waiting to be read again.
+    pub(super) rewinds: Rewinds,
 }
 
 impl Pipeline<'_> {
@@ -67,7 +70,13 @@ impl Pipeline<'_> {
                 }
                 // Taken at the top of the loop.
                 () = ownership.changed() => {}
+                () = sleep_until(self.rewinds.next_due()), if self.rewinds.next_due().is_some() => {
+                    self.read_again(consumer)?;
+                }
                 received = consumer.recv(), if can_read => match received {
+                    // Fetched before the partition was paused: it is read again from its
+                    // earliest unfinished offset.
+                    Ok(message) if self.rewinds.is_waiting(message.topic(), message.partition()) => {}
                     Ok(message) if self.resolver.is_some() => {
                         // An assignment in this very poll restored the partition's state.
                         self.apply_ownership()?;
@@ -105,6 +114,7 @@ impl Pipeline<'_> {
         for event in self.ownership.take_events() {
             match event {
                 OwnershipEvent::Revoked { topic, partition } => {
+                    self.rewinds.forget(&topic, partition);
                     self.offsets.forget(&topic, partition);
                     if let Some(d) = self.durability.as_mut() {
                         d.forget(&topic, partition);
@@ -115,30 +125,145 @@ impl Pipeline<'_> {
                     }
                 }
                 OwnershipEvent::Assigned {
+                    topic,
                     partition,
                     restored,
-                    ..
                 } => {
                     self.metrics.rebalanced();
-                    let (Some(restored), Some(resolver)) = (restored, self.resolver.as_mut())
-                    else {
-                        continue;
-                    };
-                    let (log, elapsed) =
-                        restored.map_err(|error| WorkerError::Restore { partition, error })?;
-                    let (records, unreadable) = resolver.install(
-                        partition,
-                        log.iter().map(|(k, v)| (k.as_slice(), v.as_deref())),
-                    );
-                    self.metrics.partition_restored(
-                        partition,
-                        records,
-                        unreadable,
-                        elapsed.as_secs_f64(),
-                        resolver.record_count(),
-                    );
+                    // librdkafka keeps a partition's pause across a revocation: one paused
+                    // for a rewind just before it was revoked would stay silent forever.
+                    let mut tpl = TopicPartitionList::new();
+                    tpl.add_partition(&topic, partition);
+                    if let Err(e) = self.offsets.consumer().resume(&tpl) {
+                        tracing::debug!(topic, partition, error = %e, "cannot resume the assigned partition");
+                    }
+                    if let Some(restored) = restored {
+                        self.install(partition, restored)?;
+                    }
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Stage 2: a partition's state as read back from its changelog.
+    fn install(
+        &mut self,
+        partition: i32,
+        restored: Result<(ChangelogLog, Duration), String>,
+    ) -> Result<(), WorkerError> {
+        let Some(resolver) = self.resolver.as_mut() else {
+            return Ok(());
+        };
+        let (log, elapsed) = restored.map_err(|error| WorkerError::Restore { partition, error })?;
+        let (records, unreadable) = resolver.install(
+            partition,
+            log.iter().map(|(k, v)| (k.as_slice(), v.as_deref())),
+        );
+        self.metrics.partition_restored(
+            partition,
+            records,
+            unreadable,
+            elapsed.as_secs_f64(),
+            resolver.record_count(),
+        );
+        Ok(())
+    }
+
+    /// The producer gave up on an output of `ticket`'s event: its partition stops, forgets its
+    /// unfinished work (and, in stage 2, its state), and is read again after a back-off from
+    /// the earliest offset not yet stored. A ticket of a read already forgotten changes nothing.
+    fn rewind(&mut self, ticket: Ticket, phase: Phase, error: &KafkaError) {
+        let located = match phase {
+            Phase::Stored => self.offsets.tracker().locate(ticket),
+            Phase::Outputs => self
+                .durability
+                .as_ref()
+                .and_then(|d| d.tracker().locate(ticket)),
+        };
+        let Some((topic, partition)) = located else {
+            return;
+        };
+        if !self.ownership.owns(&topic, partition) {
+            // Revoked meanwhile: its next owner reads it again from the committed offset.
+            return;
+        }
+        let durability = self.durability.as_ref();
+        let Some(offset) = [
+            self.offsets.tracker().earliest_pending(&topic, partition),
+            durability.and_then(|d| d.tracker().earliest_pending(&topic, partition)),
+        ]
+        .into_iter()
+        .flatten()
+        .min() else {
+            return;
+        };
+        self.offsets.forget(&topic, partition);
+        if let Some(d) = self.durability.as_mut() {
+            d.forget(&topic, partition);
+        }
+        if let Some(r) = self.resolver.as_mut() {
+            r.drop_partition(partition);
+            self.metrics.partition_dropped(partition, r.record_count());
+        }
+        let mut paused = TopicPartitionList::new();
+        paused.add_partition(&topic, partition);
+        if let Err(e) = self.offsets.consumer().pause(&paused) {
+            tracing::warn!(topic, partition, error = %e, "cannot pause the partition; its records are ignored until it is read again");
+        }
+        let backoff = self
+            .rewinds
+            .schedule(&topic, partition, offset, Instant::now());
+        self.metrics
+            .partition_rewound(&topic, partition, offset, backoff, &error.to_string());
+    }
+
+    /// Partitions whose back-off is over: (stage 2) their state rebuilt from the changelog,
+    /// then read again from where they were rewound to.
+    fn read_again(
+        &mut self,
+        consumer: &StreamConsumer<OwnershipContext>,
+    ) -> Result<(), WorkerError> {
+        for due in self.rewinds.take_due(Instant::now()) {
+            let (topic, partition) = (due.topic.as_str(), due.partition);
+            if !self.ownership.owns(topic, partition) {
+                continue;
+            }
+            if let Some(restore) = consumer.context().restore.as_ref() {
+                let started = Instant::now();
+                // The reader blocks; the other partitions wait as they do on an assignment.
+                let log =
+                    tokio::task::block_in_place(|| ownership::read_to_end(restore, partition));
+                match log {
+                    Ok(log) => self.install(partition, Ok((log, started.elapsed())))?,
+                    Err(e) => {
+                        tracing::warn!(partition, error = %e, "cannot read the changelog to rebuild the partition; trying again");
+                        self.rewinds
+                            .schedule(topic, partition, due.offset, Instant::now());
+                        continue;
+                    }
+                }
+            }
+            let mut tpl = TopicPartitionList::new();
+            if let Err(e) = tpl
+                .add_partition_offset(topic, partition, Offset::Offset(due.offset))
+                .and_then(|()| consumer.seek_partitions(tpl.clone(), Duration::from_secs(10)))
+                .and_then(|_| consumer.resume(&tpl))
+            {
+                tracing::warn!(topic, partition, error = %e, "cannot read the partition again yet");
+                if let Some(r) = self.resolver.as_mut() {
+                    r.drop_partition(partition);
+                }
+                self.rewinds
+                    .schedule(topic, partition, due.offset, Instant::now());
+                continue;
+            }
+            tracing::info!(
+                topic,
+                partition,
+                offset = due.offset,
+                "partition read again"
+            );
         }
         Ok(())
     }
@@ -178,6 +303,7 @@ impl Pipeline<'_> {
     /// One phase of an event acknowledged. Outputs (stage 2): the events now ready write their
     /// changelog values, in offset order. Last phase: the offset may be stored.
     async fn complete(&mut self, done: Completion) -> Result<(), WorkerError> {
+        let mut failed = None;
         for (destination, result) in done.results {
             let topic = match &destination {
                 Destination::Output => self.config.output.topic.as_str(),
@@ -192,9 +318,13 @@ impl Pipeline<'_> {
                     }
                     Destination::DeadLetter => self.metrics.dead_letter_acknowledged(topic),
                 },
+                Err(error) if rewind::is_retriable(&error) && failed.is_none() => {
+                    failed = Some(error);
+                }
+                Err(error) if rewind::is_retriable(&error) => {}
                 Err(error) => {
                     tracing::error!(topic = %topic, error = %error,
-                        "delivery failed after the producer's retries; stopping without storing this offset");
+                        "delivery failed and cannot succeed by retrying; stopping without storing this offset");
                     return Err(WorkerError::Delivery {
                         topic: topic.to_owned(),
                         error,
@@ -202,8 +332,17 @@ impl Pipeline<'_> {
                 }
             }
         }
+        if let Some(error) = failed {
+            self.rewind(done.ticket, done.phase, &error);
+            self.metrics.set_in_flight(self.in_flight());
+            return Ok(());
+        }
         match done.phase {
-            Phase::Stored => self.offsets.acknowledged(done.ticket),
+            Phase::Stored => {
+                if let Some((topic, partition, next)) = self.offsets.acknowledged(done.ticket) {
+                    self.rewinds.stored(topic, partition, next);
+                }
+            }
             Phase::Outputs => {
                 let ready = self
                     .durability
@@ -216,7 +355,13 @@ impl Pipeline<'_> {
                     }
                     let ticket = self.offsets.begin(self.internal_topic, partition, offset);
                     match value {
-                        None => self.offsets.acknowledged(ticket),
+                        None => {
+                            if let Some((topic, partition, next)) =
+                                self.offsets.acknowledged(ticket)
+                            {
+                                self.rewinds.stored(topic, partition, next);
+                            }
+                        }
                         Some((key, state)) => {
                             // Partition for partition: the internal partition's next owner
                             // restores from exactly this changelog partition.
@@ -266,6 +411,12 @@ impl Pipeline<'_> {
         }
     }
 }
+async fn sleep_until(due: Option<Instant>) {
+    if let Some(due) = due {
+        tokio::time::sleep_until(due.into()).await;
+    }
+}
+
 /// Hands a record to the producer, waiting while its local queue is full rather than
 /// dropping or reordering anything.
 pub(super) async fn send(

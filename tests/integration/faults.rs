@@ -10,7 +10,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use crate::support::{unique, TopicReader};
+use crate::support::{unique, wait_until, Harmony, Record, TopicReader};
 
 fn valid(n: usize) -> String {
     format!(
@@ -20,20 +20,33 @@ fn valid(n: usize) -> String {
 }
 
 fn committed(bootstrap: &str, group: &str, topic: &str) -> Offset {
+    committed_at(bootstrap, group, topic, 0)
+}
+
+fn committed_at(bootstrap: &str, group: &str, topic: &str, partition: i32) -> Offset {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(topic, 0);
+    tpl.add_partition(topic, partition);
     let offsets = consumer
         .committed_offsets(tpl, Duration::from_secs(10))
         .unwrap();
-    offsets.find_partition(topic, 0).unwrap().offset()
+    offsets.find_partition(topic, partition).unwrap().offset()
 }
 
 fn config(bootstrap: &str, group: &str, dir: &std::path::Path) -> std::path::PathBuf {
+    config_reading(bootstrap, group, dir, "in")
+}
+
+fn config_reading(
+    bootstrap: &str,
+    group: &str,
+    dir: &std::path::Path,
+    input: &str,
+) -> std::path::PathBuf {
     let path = dir.join(format!("{group}.toml"));
     std::fs::write(
         &path,
@@ -49,7 +62,7 @@ group_id = "{group}"
 "session.timeout.ms" = "6000"
 [[systems]]
 name = "erp"
-topics = ["in"]
+topics = ["{input}"]
 [output]
 topic = "out"
 dead_letter_topic = "dlq"
@@ -182,4 +195,267 @@ fn a_failed_output_stops_the_worker_without_committing_past_it() {
         .fetch_watermarks("in", 0, Duration::from_secs(10))
         .unwrap();
     assert_eq!(committed(&bootstrap, &group, "in"), Offset::Offset(high));
+}
+
+fn mock_with_input(partitions: i32) -> MockCluster<'static, DefaultProducerContext> {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("in", partitions, 1).unwrap();
+    for topic in ["out", "dlq"] {
+        cluster.create_topic(topic, 1, 1).unwrap();
+    }
+    cluster
+}
+
+fn producer(bootstrap: &str) -> ThreadedProducer<DefaultProducerContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "0")
+        .create()
+        .unwrap()
+}
+
+/// Records `n` in `ns` go to the input with key `n % keys`, so a key sees a rising `n`.
+fn produce_numbered(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    ns: std::ops::Range<usize>,
+    keys: usize,
+) {
+    for n in ns {
+        let key = format!(r#"{{"id":{}}}"#, n % keys);
+        let value = valid(n);
+        loop {
+            match producer.send(BaseRecord::to("in").key(&key).payload(&value)) {
+                Ok(()) => break,
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+}
+
+fn n_of(record: &Record) -> i64 {
+    record.json()["after"]["n"].as_i64().unwrap()
+}
+
+/// Per output key, the numbers in the order they first appear: re-deliveries are duplicates,
+/// but a record's first appearances must never go back.
+fn first_appearances_go_back(records: &[Record]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut last: std::collections::HashMap<Option<String>, i64> = Default::default();
+    let mut backwards = Vec::new();
+    for r in records {
+        let n = n_of(r);
+        if !seen.insert(n) {
+            continue;
+        }
+        if let Some(&prev) = last.get(&r.key) {
+            if n < prev {
+                backwards.push(format!("key {:?}: {n} after {prev}", r.key));
+            }
+        }
+        last.insert(r.key.clone(), n);
+    }
+    backwards
+}
+
+fn distinct_ns(records: &[Record]) -> std::collections::BTreeSet<i64> {
+    records.iter().map(n_of).collect()
+}
+
+/// The broker refuses produces with a retriable error for longer than the producer's retry
+/// budget (`message.timeout.ms`): the worker does not stop and does not skip; it pauses the
+/// partition, reads it again from its last stored offset once the back-off is over, and when
+/// the broker accepts again every record is published, in order, and committed.
+#[test]
+fn outputs_failing_past_the_retry_budget_are_read_again_without_stopping_the_worker() {
+    let cluster = mock_with_input(1);
+    let bootstrap = cluster.bootstrap_servers();
+    produce_numbered(&producer(&bootstrap), 0..30, 3);
+    let group = unique("mock-retry");
+    let dir = std::env::temp_dir().join("harmony-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = config(&bootstrap, &group, &dir);
+
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 2000],
+    );
+    let mut worker = Harmony::on_config(config, "worker").unwrap();
+    wait_until(Duration::from_secs(60), "a rewind", || {
+        Ok(worker.log().contains("will be read again"))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", worker.log()));
+    assert!(
+        worker.exited().is_none(),
+        "the worker must keep running\n{}",
+        worker.log()
+    );
+    assert!(
+        matches!(
+            committed(&bootstrap, &group, "in"),
+            Offset::Invalid | Offset::Offset(0)
+        ),
+        "nothing may be committed while no output is acknowledged"
+    );
+
+    cluster.clear_request_errors(RDKafkaApiKey::Produce);
+    let mut out = TopicReader::new_at(&bootstrap, "out").unwrap();
+    let all = out
+        .read_until(Duration::from_secs(90), |r| distinct_ns(r).len() >= 30)
+        .unwrap();
+    assert!(
+        all,
+        "{} of 30 outputs\n{}",
+        distinct_ns(&out.records).len(),
+        worker.log()
+    );
+    assert_eq!(
+        first_appearances_go_back(&out.records),
+        Vec::<String>::new()
+    );
+    wait_until(Duration::from_secs(20), "the commit of the end", || {
+        Ok(committed(&bootstrap, &group, "in") == Offset::Offset(30))
+    })
+    .unwrap();
+    assert!(
+        worker.log().contains("partition read again"),
+        "{}",
+        worker.log()
+    );
+    assert!(worker.terminate(Duration::from_secs(30)).unwrap().success());
+}
+
+/// A slow broker, then one that is down for a while: at every moment the group's committed
+/// offset covers only input whose output is on the output topic.
+#[test]
+fn under_a_slow_and_then_absent_broker_the_committed_offset_never_passes_an_unpublished_output() {
+    let cluster = mock_with_input(1);
+    let bootstrap = cluster.bootstrap_servers();
+    let total = 600;
+    let feeder = {
+        let bootstrap = bootstrap.clone();
+        std::thread::spawn(move || {
+            let producer = producer(&bootstrap);
+            for chunk in 0..20 {
+                produce_numbered(&producer, chunk * 30..(chunk + 1) * 30, 7);
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        })
+    };
+    let group = unique("mock-slow");
+    let dir = std::env::temp_dir().join("harmony-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = config(&bootstrap, &group, &dir);
+    cluster
+        .broker_round_trip_time(1, Duration::from_millis(300))
+        .unwrap();
+    let mut worker = Harmony::on_config(config, "worker").unwrap();
+    let mut out = TopicReader::new_at(&bootstrap, "out").unwrap();
+    let started = Instant::now();
+    let mut samples = 0;
+    let mut went_down = false;
+    loop {
+        let offset = match committed(&bootstrap, &group, "in") {
+            Offset::Offset(o) => o,
+            _ => 0,
+        };
+        // Everything below the committed offset must be published: read until it is seen.
+        let covered = out
+            .read_until(Duration::from_secs(15), |r| {
+                let ns = distinct_ns(r);
+                (0..offset).all(|n| ns.contains(&n))
+            })
+            .unwrap();
+        assert!(covered, "offset {offset} committed with outputs missing");
+        samples += 1;
+        if offset >= total {
+            break;
+        }
+        if !went_down && offset >= 100 {
+            cluster.broker_down(1).unwrap();
+            std::thread::sleep(Duration::from_secs(4));
+            cluster.broker_up(1).unwrap();
+            went_down = true;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "stuck at {offset}\n{}",
+            worker.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    feeder.join().unwrap();
+    assert!(went_down && samples > 10, "{samples} samples");
+    assert_eq!(
+        first_appearances_go_back(&out.records),
+        Vec::<String>::new()
+    );
+    assert!(worker.terminate(Duration::from_secs(30)).unwrap().success());
+}
+
+/// A second worker joins while records stream in, then the first leaves: each rebalance
+/// hands partitions over with their work drained, nothing is lost, and the group ends
+/// committed at the end of both partitions.
+#[test]
+fn a_second_worker_joining_and_the_first_leaving_hand_over_cleanly() {
+    let cluster = mock_with_input(2);
+    let bootstrap = cluster.bootstrap_servers();
+    let group = unique("mock-rebalance");
+    let dir = std::env::temp_dir().join("harmony-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = config_reading(&bootstrap, &group, &dir, "in");
+    let total = 3000;
+    let feeder = {
+        let bootstrap = bootstrap.clone();
+        std::thread::spawn(move || {
+            let producer = producer(&bootstrap);
+            for chunk in 0..30 {
+                produce_numbered(&producer, chunk * 100..(chunk + 1) * 100, 11);
+                std::thread::sleep(Duration::from_millis(400));
+            }
+        })
+    };
+    let mut first = Harmony::on_config(config.clone(), "first").unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let mut second = Harmony::on_config(config, "second").unwrap();
+    wait_until(
+        Duration::from_secs(30),
+        "the second worker's assignment",
+        || Ok(second.log().contains("partition assigned")),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", second.log()));
+    std::thread::sleep(Duration::from_secs(3));
+    let left = first.terminate(Duration::from_secs(30)).unwrap();
+    assert!(left.success(), "{}", first.log());
+    feeder.join().unwrap();
+
+    let mut out = TopicReader::new_at(&bootstrap, "out").unwrap();
+    let all = out
+        .read_until(Duration::from_secs(90), |r| distinct_ns(r).len() >= total)
+        .unwrap();
+    assert!(
+        all,
+        "{} of {total} outputs\n{}",
+        distinct_ns(&out.records).len(),
+        second.log()
+    );
+    assert_eq!(
+        first_appearances_go_back(&out.records),
+        Vec::<String>::new()
+    );
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    for partition in 0..2 {
+        let (_, high) = consumer
+            .fetch_watermarks("in", partition, Duration::from_secs(10))
+            .unwrap();
+        wait_until(Duration::from_secs(20), "the commit of the end", || {
+            Ok(committed_at(&bootstrap, &group, "in", partition) == Offset::Offset(high))
+        })
+        .unwrap();
+    }
+    assert!(second.exited().is_none(), "{}", second.log());
+    assert!(second.terminate(Duration::from_secs(30)).unwrap().success());
 }

@@ -234,7 +234,14 @@ impl TopicReader {
             let mut wait = Duration::from_millis(200);
             while let Some(message) = self.consumer.poll(wait) {
                 wait = Duration::ZERO;
-                let message = message?;
+                let message = match message {
+                    // The broker going away (a fault test's doing) is reported, then recovered.
+                    Err(rdkafka::error::KafkaError::MessageConsumption(
+                        rdkafka::types::RDKafkaErrorCode::AllBrokersDown
+                        | rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure,
+                    )) => continue,
+                    other => other?,
+                };
                 let mut headers = BTreeMap::new();
                 if let Some(hs) = message.headers() {
                     for h in hs.iter() {
@@ -332,6 +339,27 @@ impl Harmony {
         };
         harmony.spawn()?;
         Ok(harmony)
+    }
+
+    /// A worker on a config file written by the test (e.g. for the mock cluster).
+    pub fn on_config(config_path: PathBuf, name: &str) -> Result<Self> {
+        let mut worker = Self {
+            child: None,
+            log_path: config_path.with_extension(format!("{name}.log")),
+            config_path,
+            output_topic: String::new(),
+            dead_letter_topic: String::new(),
+        };
+        let _ = std::fs::remove_file(&worker.log_path);
+        worker.spawn()?;
+        Ok(worker)
+    }
+
+    /// Whether the process has exited (and with what) without being asked to.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Starts (again) the process on the same config, appending to the same log.

@@ -1,0 +1,176 @@
+//! Re-reading a partition after the producer gave up on one of its outputs (DESIGN §5 "Retry
+//! without reordering").
+//!
+//! librdkafka retries a failed produce by itself until `message.timeout.ms`; what fails after
+//! that budget is retriable trouble that outlasted it (broker down, no leader, too few
+//! replicas). Skipping the event would lose it and stopping the worker would stop every
+//! partition, so only the partition is stopped: its unfinished work is forgotten, it is paused,
+//! and after a growing back-off it is read again from its earliest unstored offset (stage 2
+//! first rebuilds the partition's state from the changelog, which holds nothing past the failed
+//! event: changelog values are written in offset order after outputs). Outputs of a record are
+//! produced again in their input order, so they never go backwards.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+/// Whether a delivery error is worth reading the partition again for. Anything else (denied
+/// authorisation, an invalid record, a fenced or fatal producer) would fail again the same way.
+pub fn is_retriable(error: &KafkaError) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        error,
+        KafkaError::MessageProduction(
+            MessageTimedOut
+                | RequestTimedOut
+                | QueueFull
+                | AllBrokersDown
+                | BrokerTransportFailure
+                | BrokerNotAvailable
+                | LeaderNotAvailable
+                | NotLeaderForPartition
+                | NetworkException
+                | NotEnoughReplicas
+                | NotEnoughReplicasAfterAppend
+                | KafkaStorageError
+                | PreferredLeaderNotAvailable
+        )
+    )
+}
+
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewind {
+    pub topic: String,
+    pub partition: i32,
+    /// The offset to read again from.
+    pub offset: i64,
+    pub due: Instant,
+}
+
+/// Partitions waiting to be read again, and how often each failed in a row.
+#[derive(Debug, Default)]
+pub struct Rewinds {
+    waiting: Vec<Rewind>,
+    /// Consecutive failures per partition; cleared once the partition stores an offset past
+    /// where it was rewound to.
+    failures: Vec<((String, i32), u32, i64)>,
+}
+
+impl Rewinds {
+    /// Schedules a partition to be read again from `offset`; returns the back-off.
+    pub fn schedule(&mut self, topic: &str, partition: i32, offset: i64, now: Instant) -> Duration {
+        let failures = match self
+            .failures
+            .iter_mut()
+            .find(|((t, p), _, _)| t == topic && *p == partition)
+        {
+            Some(entry) => {
+                entry.1 += 1;
+                entry.2 = offset;
+                entry.1
+            }
+            None => {
+                self.failures
+                    .push(((topic.to_owned(), partition), 1, offset));
+                1
+            }
+        };
+        let backoff = FIRST_BACKOFF
+            .saturating_mul(1 << (failures - 1).min(5))
+            .min(MAX_BACKOFF);
+        self.waiting
+            .retain(|r| !(r.topic == topic && r.partition == partition));
+        self.waiting.push(Rewind {
+            topic: topic.to_owned(),
+            partition,
+            offset,
+            due: now + backoff,
+        });
+        backoff
+    }
+
+    /// Whether the partition's records are to be ignored: it is waiting to be read again.
+    pub fn is_waiting(&self, topic: &str, partition: i32) -> bool {
+        !self.waiting.is_empty()
+            && self
+                .waiting
+                .iter()
+                .any(|r| r.partition == partition && r.topic == topic)
+    }
+
+    pub fn next_due(&self) -> Option<Instant> {
+        self.waiting.iter().map(|r| r.due).min()
+    }
+
+    /// Takes the rewinds due at `now`.
+    pub fn take_due(&mut self, now: Instant) -> Vec<Rewind> {
+        let (due, waiting) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|r| r.due <= now);
+        self.waiting = waiting;
+        due
+    }
+
+    /// An offset was stored: a partition that got past the point it was rewound to is healthy.
+    pub fn stored(&mut self, topic: &str, partition: i32, next: i64) {
+        if !self.failures.is_empty() {
+            self.failures
+                .retain(|((t, p), _, from)| !(t == topic && *p == partition && next > *from));
+        }
+    }
+
+    /// A revoked partition is its next owner's to read.
+    pub fn forget(&mut self, topic: &str, partition: i32) {
+        self.waiting
+            .retain(|r| !(r.topic == topic && r.partition == partition));
+        self.failures
+            .retain(|((t, p), _, _)| !(t == topic && *p == partition));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn back_off_grows_per_partition_until_it_gets_past_the_failure() {
+        let mut r = Rewinds::default();
+        let now = Instant::now();
+        assert_eq!(r.schedule("t", 0, 10, now), Duration::from_secs(1));
+        assert_eq!(r.schedule("t", 0, 10, now), Duration::from_secs(2));
+        assert_eq!(r.schedule("t", 1, 4, now), Duration::from_secs(1));
+        assert!(r.is_waiting("t", 0) && r.is_waiting("t", 1) && !r.is_waiting("u", 0));
+        assert_eq!(r.next_due(), Some(now + Duration::from_secs(1)));
+        let due = r.take_due(now + Duration::from_secs(1));
+        assert_eq!(
+            due.len(),
+            1,
+            "only partition 1 is due: partition 0 was rescheduled"
+        );
+        assert_eq!((due[0].partition, due[0].offset), (1, 4));
+        for _ in 0..10 {
+            r.schedule("t", 0, 10, now);
+        }
+        assert_eq!(r.schedule("t", 0, 10, now), MAX_BACKOFF);
+        r.stored("t", 0, 10);
+        assert_eq!(r.schedule("t", 0, 10, now), MAX_BACKOFF, "not past 10 yet");
+        r.stored("t", 0, 11);
+        assert_eq!(r.schedule("t", 0, 12, now), FIRST_BACKOFF);
+        r.forget("t", 0);
+        assert!(!r.is_waiting("t", 0));
+    }
+
+    #[test]
+    fn only_transient_delivery_errors_are_retried() {
+        assert!(is_retriable(&KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageTimedOut
+        )));
+        assert!(!is_retriable(&KafkaError::MessageProduction(
+            RDKafkaErrorCode::TopicAuthorizationFailed
+        )));
+        assert!(!is_retriable(&KafkaError::Canceled));
+    }
+}
