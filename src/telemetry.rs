@@ -25,6 +25,8 @@ pub struct Metrics {
     state_records: IntGauge,
     rebalances: prometheus::IntCounter,
     rewinds: IntCounterVec,
+    batches: IntCounterVec,
+    batch_events: IntCounterVec,
 }
 
 impl Metrics {
@@ -118,6 +120,16 @@ impl Metrics {
                 "harmony_partition_rewinds_total",
                 "Partitions read again from their last stored offset after the producer gave up on an output (retry budget spent).",
                 &["topic"],
+            )?,
+            batches: counter(
+                "harmony_transactions_total",
+                "Exactly-once batches (Kafka transactions) by stage and result (committed, aborted).",
+                &["stage", "result"],
+            )?,
+            batch_events: counter(
+                "harmony_transaction_events_total",
+                "Events committed in exactly-once batches, by stage.",
+                &["stage"],
             )?,
         };
         registry.register(Box::new(metrics.in_flight.clone()))?;
@@ -244,6 +256,23 @@ impl Metrics {
         tracing::warn!(topic, partition, offset, backoff = ?backoff, error,
             "delivery failed after the producer's retries; the partition is paused and will be read again from its last stored offset");
         self.rewinds.with_label_values(&[topic]).inc();
+    }
+
+    pub fn batch_committed(&self, stage: &str, events: usize) {
+        tracing::debug!(stage, events, "batch committed");
+        self.batches.with_label_values(&[stage, "committed"]).inc();
+        self.batch_events
+            .with_label_values(&[stage])
+            .inc_by(events as u64);
+    }
+
+    pub fn batch_aborted(&self, stage: &str, reason: &str) {
+        tracing::warn!(
+            stage,
+            reason,
+            "batch aborted; the assigned partitions are read again from their committed offsets"
+        );
+        self.batches.with_label_values(&[stage, "aborted"]).inc();
     }
 
     pub fn rebalanced(&self) {

@@ -238,6 +238,44 @@ pub struct ProcessingConfig {
     /// Events consumed whose outputs are not yet acknowledged; past it, consumption waits.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// `at_least_once` (default): an offset is stored once its event's outputs are
+    /// acknowledged; a crash replays, and dedup removes what downstream would see twice.
+    /// `exactly_once`: each commit interval is one Kafka transaction (outputs, conflicts,
+    /// changelog, offsets); read_committed readers see every change once.
+    #[serde(default)]
+    pub guarantee: Guarantee,
+    /// Names this worker in its transactional ids (`exactly_once`): stable across restarts
+    /// of the same worker (a StatefulSet pod name) so that a restart aborts what its previous
+    /// incarnation left open; unique among live workers. The environment variable
+    /// `HARMONY_INSTANCE_ID` overrides it; the default is the host name.
+    #[serde(default)]
+    pub instance_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Guarantee {
+    #[default]
+    AtLeastOnce,
+    ExactlyOnce,
+}
+
+impl ProcessingConfig {
+    /// This worker's name among the group's workers (see `instance_id`).
+    pub fn instance(&self) -> String {
+        std::env::var("HARMONY_INSTANCE_ID")
+            .ok()
+            .filter(|v| !v.is_empty())
+            .or_else(|| self.instance_id.clone())
+            .or_else(|| std::env::var("HOSTNAME").ok().filter(|v| !v.is_empty()))
+            .or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_owned())
+                    .filter(|h| !h.is_empty())
+            })
+            .unwrap_or_else(|| "harmony".to_owned())
+    }
 }
 
 impl Default for ProcessingConfig {
@@ -246,6 +284,8 @@ impl Default for ProcessingConfig {
             commit_interval: default_commit_interval(),
             shutdown_timeout: default_shutdown_timeout(),
             max_in_flight: default_max_in_flight(),
+            guarantee: Guarantee::default(),
+            instance_id: None,
         }
     }
 }

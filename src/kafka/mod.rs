@@ -11,8 +11,9 @@ use crate::config::{is_secret_property, KafkaConfig};
 /// librdkafka properties harmony sets itself. Letting a user override them would silently
 /// break at-least-once delivery (`enable.auto.offset.store`), per-record order
 /// (`enable.idempotence`) or durability (`acks`).
-const RESERVED_PROPERTIES: [&str; 9] = [
+const RESERVED_PROPERTIES: [&str; 10] = [
     "bootstrap.servers",
+    "transactional.id",
     "group.id",
     "enable.auto.offset.store",
     "enable.auto.commit",
@@ -81,6 +82,31 @@ pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
     config
 }
 
+/// Exactly-once mode: offsets are committed only inside transactions, and only committed
+/// records are read (the internal topic and the changelog are written transactionally).
+pub fn exactly_once_consumer(config: &mut ClientConfig) {
+    config
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed");
+}
+
+/// Exactly-once mode: a transactional producer. Its transaction timeout bounds how long an
+/// open batch of a killed worker blocks read_committed readers when no successor with the
+/// same id starts, so it defaults to a little more than two commit intervals.
+pub fn transactional_producer(
+    producer: &ClientConfig,
+    transactional_id: &str,
+    commit_interval_ms: u64,
+) -> ClientConfig {
+    let mut config = producer.clone();
+    if config.get("transaction.timeout.ms").is_none() {
+        let timeout = (2 * commit_interval_ms + 5_000).max(10_000);
+        config.set("transaction.timeout.ms", timeout.to_string());
+    }
+    config.set("transactional.id", transactional_id);
+    config
+}
+
 /// The client settings for a log line, secrets replaced.
 pub fn redacted(config: &ClientConfig) -> Vec<(String, String)> {
     let mut shown: Vec<(String, String)> = config
@@ -124,6 +150,22 @@ mod tests {
         assert_eq!(producer.get("acks"), Some("all"));
         assert_eq!(producer.get("linger.ms"), Some("50"));
         assert_eq!(producer.get("auto.offset.reset"), None);
+    }
+
+    #[test]
+    fn exactly_once_reads_committed_and_commits_only_in_transactions() {
+        let mut consumer = consumer_config(&kafka(), 5000);
+        exactly_once_consumer(&mut consumer);
+        assert_eq!(consumer.get("enable.auto.commit"), Some("false"));
+        assert_eq!(consumer.get("isolation.level"), Some("read_committed"));
+        let producer =
+            transactional_producer(&producer_config(&kafka()), "harmony.g.resolve.w1", 5000);
+        assert_eq!(
+            producer.get("transactional.id"),
+            Some("harmony.g.resolve.w1")
+        );
+        assert_eq!(producer.get("transaction.timeout.ms"), Some("15000"));
+        assert_eq!(producer.get("enable.idempotence"), Some("true"));
     }
 
     #[test]

@@ -24,7 +24,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer};
 use thiserror::Error;
 use tokio::sync::watch;
 
-use crate::config::Config;
+use crate::config::{Config, Guarantee};
 use crate::envelope::{Decoder, Limits};
 use crate::http::Health;
 use crate::kafka::offsets::{OffsetStore, Ticket};
@@ -52,6 +52,10 @@ pub enum WorkerError {
         internal_topic: String,
         internal: usize,
     },
+    /// Exactly-once mode: the transactional producer is fenced (another live worker uses the
+    /// same instance id) or failed fatally.
+    #[error("transactional producer failed: {0} (each live worker needs its own processing.instance_id / HARMONY_INSTANCE_ID)")]
+    Transaction(String),
     /// An assigned partition's changelog could not be read: going on without its state would
     /// re-deliver every record as new.
     #[error("cannot restore partition {partition} from the changelog: {error}")]
@@ -96,27 +100,49 @@ pub async fn run(
     health: &Health,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), WorkerError> {
-    let consumer_config = kafka::consumer_config(
-        &config.kafka,
-        config.processing.commit_interval.as_millis() as u64,
-    );
+    let commit_interval_ms = config.processing.commit_interval.as_millis() as u64;
+    let mut consumer_config = kafka::consumer_config(&config.kafka, commit_interval_ms);
+    let exactly_once = config.processing.guarantee == Guarantee::ExactlyOnce;
+    if exactly_once {
+        kafka::exactly_once_consumer(&mut consumer_config);
+    }
     let producer_config = kafka::producer_config(&config.kafka);
     tracing::info!(consumer = ?kafka::redacted(&consumer_config), producer = ?kafka::redacted(&producer_config),
-        "Kafka client settings");
+        guarantee = ?config.processing.guarantee, "Kafka client settings");
     let producer: FutureProducer = producer_config.create().map_err(WorkerError::Setup)?;
+    // Exactly once: a transactional producer per stage, named by group, stage and instance.
+    let instance = config.processing.instance();
+    let transaction = |stage: &'static str| -> Result<Option<Arc<Transaction>>, WorkerError> {
+        if !exactly_once {
+            return Ok(None);
+        }
+        let id = format!("harmony.{}.{stage}.{instance}", config.kafka.group_id);
+        let producer: FutureProducer =
+            kafka::transactional_producer(&producer_config, &id, commit_interval_ms)
+                .create()
+                .map_err(WorkerError::Setup)?;
+        let transaction = Transaction::init(stage, producer, TRANSACTION_TIMEOUT)
+            .map_err(|e| WorkerError::Transaction(format!("{id}: {e}")))?;
+        tracing::info!(transactional_id = %id, "transactional producer ready");
+        Ok(Some(Arc::new(transaction)))
+    };
     let flush_deadline = config
         .processing
         .shutdown_timeout
         .min(std::time::Duration::from_secs(20));
-    let context = |restore| OwnershipContext {
+    let context = |restore, transaction: &Option<Arc<Transaction>>| OwnershipContext {
         ownership: Arc::new(Ownership::default()),
-        producer: producer.clone(),
+        producer: transaction
+            .as_ref()
+            .map_or_else(|| producer.clone(), |t| t.producer().clone()),
+        transaction: transaction.clone(),
         flush_deadline,
         restore,
         health: health.clone(),
     };
+    let ingest_transaction = transaction("ingest")?;
     let consumer: StreamConsumer<OwnershipContext> = consumer_config
-        .create_with_context(context(None))
+        .create_with_context(context(None, &ingest_transaction))
         .map_err(WorkerError::Setup)?;
 
     let internal_topic = config.output.internal_topic(&config.kafka.group_id);
@@ -170,6 +196,10 @@ pub async fn run(
         }
     }
 
+    let resolve_transaction = match &resolver {
+        Some(_) => transaction("resolve")?,
+        None => None,
+    };
     // Stage 2 is a consumer group of its own over the internal topic.
     let resolve_consumer: Option<StreamConsumer<OwnershipContext>> = match &resolver {
         Some(_) => {
@@ -185,7 +215,7 @@ pub async fn run(
                 timeout: std::time::Duration::from_secs(120),
             };
             let c: StreamConsumer<OwnershipContext> = resolve_config
-                .create_with_context(context(Some(restore)))
+                .create_with_context(context(Some(restore), &resolve_transaction))
                 .map_err(WorkerError::Setup)?;
             c.subscribe(&[internal_topic.as_str()])
                 .map_err(WorkerError::Setup)?;
@@ -207,6 +237,7 @@ pub async fn run(
         config,
         metrics,
         producer: &producer,
+        transaction: None,
         router: config.topic_router(),
         offsets: OffsetStore::new(consumer),
         ownership,
@@ -230,9 +261,18 @@ pub async fn run(
         None,
         None,
     );
+    if let Some(t) = &ingest_transaction {
+        ingest.producer = t.producer();
+        ingest.transaction = Some(Arc::clone(t));
+    }
     let mut resolve = resolve_consumer.as_ref().map(|c| {
         let ownership = Arc::clone(&c.context().ownership);
-        pipeline(c, ownership, None, resolver, Some(Durability::default()))
+        let mut p = pipeline(c, ownership, None, resolver, Some(Durability::default()));
+        if let Some(t) = &resolve_transaction {
+            p.producer = t.producer();
+            p.transaction = Some(Arc::clone(t));
+        }
+        p
     });
 
     // Both stages stop together: on the signal, or when either stops on its own.
@@ -287,7 +327,12 @@ mod ownership;
 mod pipeline;
 mod rewind;
 mod stages;
+mod transaction;
 
 use durability::Durability;
 use ownership::{Ownership, OwnershipContext, Restore};
 use pipeline::Pipeline;
+use transaction::Transaction;
+
+/// How long a transaction call (init, offsets, commit, abort) may take.
+const TRANSACTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);

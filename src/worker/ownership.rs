@@ -17,6 +17,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 
+use super::transaction::{Transaction, TransactionError};
 use crate::http::Health;
 
 /// A partition's changelog as read back: `(key, value)` in log order, `None` for a tombstone.
@@ -33,6 +34,12 @@ pub enum OwnershipEvent {
     Revoked {
         topic: String,
         partition: i32,
+    },
+    /// Exactly once: the batch committed at a revocation failed. Aborted, its input is read
+    /// again; fatal, the worker stops.
+    TransactionFailed {
+        reason: String,
+        fatal: bool,
     },
 }
 
@@ -91,12 +98,14 @@ pub struct OwnershipContext {
     pub flush_deadline: Duration,
     pub restore: Option<Restore>,
     pub health: Health,
+    /// Exactly once: the stage's open batch, committed before partitions change hands.
+    pub transaction: Option<Arc<Transaction>>,
 }
 
 impl ClientContext for OwnershipContext {}
 
 impl ConsumerContext for OwnershipContext {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(partitions) = rebalance else {
             return;
         };
@@ -118,7 +127,31 @@ impl ConsumerContext for OwnershipContext {
                 partition: p.partition(),
             });
         }
-        if let Err(error) = self.producer.flush(self.flush_deadline) {
+        if let Some(transaction) = &self.transaction {
+            // The next owners read from the committed offsets: what this worker did with the
+            // revoked partitions must be committed now, or it is aborted and done again.
+            match transaction.commit(consumer.group_metadata()) {
+                Ok(events) => {
+                    tracing::info!(
+                        events,
+                        stage = transaction.stage,
+                        "batch committed at revocation"
+                    )
+                }
+                Err(TransactionError::Aborted(reason)) => {
+                    self.ownership.push(OwnershipEvent::TransactionFailed {
+                        reason,
+                        fatal: false,
+                    })
+                }
+                Err(TransactionError::Fatal(reason)) => {
+                    self.ownership.push(OwnershipEvent::TransactionFailed {
+                        reason,
+                        fatal: true,
+                    })
+                }
+            }
+        } else if let Err(error) = self.producer.flush(self.flush_deadline) {
             tracing::warn!(%error, "records still unacknowledged at revocation; their events will be read again by the next owner");
         }
     }
@@ -157,7 +190,11 @@ pub(super) fn read_to_end(
     restore: &Restore,
     partition: i32,
 ) -> Result<ChangelogLog, rdkafka::error::KafkaError> {
-    let reader: BaseConsumer = restore.reader.create()?;
+    let mut settings = restore.reader.clone();
+    // A transactionally written changelog ends in a commit marker the reader never sees: the
+    // end is where librdkafka reports it (the last stable offset under read_committed).
+    settings.set("enable.partition.eof", "true");
+    let reader: BaseConsumer = settings.create()?;
     let topic = restore.changelog_topic.as_str();
     let (low, high) = reader.fetch_watermarks(topic, partition, restore.timeout)?;
     let mut log = Vec::new();
@@ -177,7 +214,10 @@ pub(super) fn read_to_end(
         let Some(message) = reader.poll(Duration::from_millis(100)) else {
             continue;
         };
-        let message = message?;
+        let message = match message {
+            Err(rdkafka::error::KafkaError::PartitionEOF(_)) => return Ok(log),
+            other => other?,
+        };
         if let Some(key) = message.key() {
             log.push((key.to_vec(), message.payload().map(<[u8]>::to_vec)));
         }

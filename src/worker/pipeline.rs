@@ -11,9 +11,11 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
+use super::durability::ChangelogValue;
 use super::durability::Durability;
 use super::ownership::{self, ChangelogLog, Ownership, OwnershipContext, OwnershipEvent};
 use super::rewind::{self, Rewinds};
+use super::transaction::{Transaction, TransactionError};
 use super::{Completion, Destination, PendingCompletion, Phase, Sent, WorkerError};
 use crate::config::{Config, TopicRouter};
 use crate::envelope::Decoder;
@@ -26,6 +28,8 @@ pub(super) struct Pipeline<'a> {
     pub(super) config: &'a Config,
     pub(super) metrics: &'a Metrics,
     pub(super) producer: &'a FutureProducer,
+    /// Exactly once: the stage's batch, which the producer writes into.
+    pub(super) transaction: Option<std::sync::Arc<Transaction>>,
     pub(super) router: TopicRouter,
     pub(super) offsets: OffsetStore<'a, StreamConsumer<OwnershipContext>, OwnershipContext>,
     /// Which partitions the consumer owns now, and what changed since the last record.
@@ -57,6 +61,7 @@ impl Pipeline<'_> {
         loop {
             self.apply_ownership()?;
             let can_read = self.in_flight() < self.config.processing.max_in_flight;
+            let commit_due = self.commit_due();
             tokio::select! {
                 biased;
                 changed = shutdown.changed() => {
@@ -73,6 +78,9 @@ impl Pipeline<'_> {
                 () = sleep_until(self.rewinds.next_due()), if self.rewinds.next_due().is_some() => {
                     self.read_again(consumer)?;
                 }
+                () = sleep_until(commit_due), if commit_due.is_some() => {
+                    self.commit_batch()?;
+                }
                 received = consumer.recv(), if can_read => match received {
                     // Fetched before the partition was paused: it is read again from its
                     // earliest unfinished offset.
@@ -80,7 +88,7 @@ impl Pipeline<'_> {
                     Ok(message) if self.resolver.is_some() => {
                         // An assignment in this very poll restored the partition's state.
                         self.apply_ownership()?;
-                        self.resolve(&message).await
+                        self.resolve(&message).await?;
                     }
                     Ok(message) => {
                         self.apply_ownership()?;
@@ -93,7 +101,7 @@ impl Pipeline<'_> {
                                 s
                             }
                         };
-                        self.process(&message, system).await;
+                        self.process(&message, system).await?;
                     }
                     // librdkafka reports and recovers from broker and topic trouble by itself;
                     // the consumer keeps its position, so nothing is skipped.
@@ -113,6 +121,12 @@ impl Pipeline<'_> {
     fn apply_ownership(&mut self) -> Result<(), WorkerError> {
         for event in self.ownership.take_events() {
             match event {
+                OwnershipEvent::TransactionFailed { reason, fatal } => {
+                    if fatal {
+                        return Err(WorkerError::Transaction(reason));
+                    }
+                    self.batch_aborted(&reason)?;
+                }
                 OwnershipEvent::Revoked { topic, partition } => {
                     self.rewinds.forget(&topic, partition);
                     self.offsets.forget(&topic, partition);
@@ -246,7 +260,7 @@ impl Pipeline<'_> {
             }
             let mut tpl = TopicPartitionList::new();
             if let Err(e) = tpl
-                .add_partition_offset(topic, partition, Offset::Offset(due.offset))
+                .add_partition_offset(topic, partition, Offset::from_raw(due.offset))
                 .and_then(|()| consumer.seek_partitions(tpl.clone(), Duration::from_secs(10)))
                 .and_then(|_| consumer.resume(&tpl))
             {
@@ -264,6 +278,130 @@ impl Pipeline<'_> {
                 offset = due.offset,
                 "partition read again"
             );
+        }
+        Ok(())
+    }
+
+    /// An event's records are all handed to the producer. At least once: its offset waits for
+    /// their acknowledgements (stage 2: and then for its changelog value's). Exactly once: its
+    /// changelog value joins them in the open batch, and its offset commits with the batch.
+    pub(super) async fn finish(
+        &mut self,
+        message: &rdkafka::message::BorrowedMessage<'_>,
+        changelog: Option<ChangelogValue>,
+        phase: Phase,
+        sends: Vec<(Destination, Sent)>,
+        started: Instant,
+    ) -> Result<(), WorkerError> {
+        let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
+        let Some(transaction) = self.transaction.clone() else {
+            let ticket = match (phase, self.durability.as_mut()) {
+                (Phase::Outputs, Some(d)) => d.begin(topic, partition, offset, changelog),
+                _ => self.offsets.begin(topic, partition, offset),
+            };
+            self.track(ticket, phase, sends, started);
+            return Ok(());
+        };
+        let mut refused = sends.into_iter().find_map(|(_, sent)| sent.err());
+        if let Some((key, state)) = changelog.filter(|_| refused.is_none()) {
+            let record = FutureRecord {
+                topic: self.state_topic,
+                partition: Some(partition),
+                payload: Some(state.as_slice()),
+                key: Some(key.as_bytes()),
+                timestamp: None,
+                headers: None,
+            };
+            refused = send(self.producer, record).await.err();
+        }
+        if let Some(error) = refused {
+            // A record the producer would not even take: the batch cannot be whole.
+            return self.abort_batch(&transaction, &error.to_string());
+        }
+        transaction.consumed(topic, partition, offset);
+        self.metrics.processed(started.elapsed().as_secs_f64(), 0);
+        Ok(())
+    }
+
+    /// Exactly once: opens the stage's batch before an event's first record is sent.
+    pub(super) fn open_batch(&mut self) -> Result<(), WorkerError> {
+        let Some(transaction) = self.transaction.clone() else {
+            return Ok(());
+        };
+        match transaction.ensure_open() {
+            Ok(()) => Ok(()),
+            Err(TransactionError::Fatal(reason)) => Err(WorkerError::Transaction(reason)),
+            Err(TransactionError::Aborted(reason)) => self.abort_batch(&transaction, &reason),
+        }
+    }
+
+    fn commit_due(&self) -> Option<Instant> {
+        self.transaction
+            .as_ref()
+            .and_then(|t| t.due(self.config.processing.commit_interval))
+    }
+
+    /// Exactly once: commits the open batch with its offsets.
+    fn commit_batch(&mut self) -> Result<(), WorkerError> {
+        let Some(transaction) = self.transaction.clone() else {
+            return Ok(());
+        };
+        let group = self.offsets.consumer().group_metadata();
+        // The commit waits for every record of the batch; the stage has nothing else to do
+        // meanwhile that would not go into the next batch anyway.
+        match tokio::task::block_in_place(|| transaction.commit(group)) {
+            Ok(events) => {
+                self.rewinds.committed();
+                self.metrics.batch_committed(transaction.stage, events);
+                Ok(())
+            }
+            Err(TransactionError::Aborted(reason)) => self.batch_aborted(&reason),
+            Err(TransactionError::Fatal(reason)) => Err(WorkerError::Transaction(reason)),
+        }
+    }
+
+    fn abort_batch(&mut self, transaction: &Transaction, reason: &str) -> Result<(), WorkerError> {
+        match tokio::task::block_in_place(|| transaction.abort_open(reason)) {
+            TransactionError::Fatal(reason) => Err(WorkerError::Transaction(reason)),
+            TransactionError::Aborted(reason) => self.batch_aborted(&reason),
+        }
+    }
+
+    /// Exactly once: a batch was aborted, so nothing of it happened. Every assigned partition
+    /// is read again from its committed offset (stage 2: with its state rebuilt from the
+    /// committed changelog).
+    fn batch_aborted(&mut self, reason: &str) -> Result<(), WorkerError> {
+        let stage = self.transaction.as_ref().map_or("", |t| t.stage);
+        self.metrics.batch_aborted(stage, reason);
+        let consumer = self.offsets.consumer();
+        let assignment = consumer.assignment().map_err(|e| {
+            WorkerError::Transaction(format!("cannot read the assignment after an abort: {e}"))
+        })?;
+        let committed = tokio::task::block_in_place(|| {
+            consumer.committed_offsets(assignment, Duration::from_secs(30))
+        })
+        .map_err(|e| {
+            WorkerError::Transaction(format!(
+                "cannot read the committed offsets after an abort: {e}"
+            ))
+        })?;
+        let now = Instant::now();
+        for p in committed.elements() {
+            let (topic, partition) = (p.topic(), p.partition());
+            let from = match p.offset() {
+                Offset::Offset(o) => o,
+                // Nothing committed yet: from the beginning, as a new group reads.
+                _ => Offset::Beginning.to_raw().unwrap_or(-2),
+            };
+            let mut paused = TopicPartitionList::new();
+            paused.add_partition(topic, partition);
+            if let Err(e) = consumer.pause(&paused) {
+                tracing::warn!(topic, partition, error = %e, "cannot pause the partition; its records are ignored until it is read again");
+            }
+            if let Some(r) = self.resolver.as_mut() {
+                r.drop_partition(partition);
+            }
+            self.rewinds.schedule(topic, partition, from, now);
         }
         Ok(())
     }
@@ -397,7 +535,7 @@ impl Pipeline<'_> {
             while let Some(done) = self.deliveries.next().await {
                 self.complete(done).await?;
             }
-            Ok(())
+            self.commit_batch()
         };
         match tokio::time::timeout(deadline, drain).await {
             Ok(result) => result,

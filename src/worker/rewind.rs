@@ -122,6 +122,11 @@ impl Rewinds {
         }
     }
 
+    /// Exactly once: a batch committed, so every partition got past where it was rewound to.
+    pub fn committed(&mut self) {
+        self.failures.clear();
+    }
+
     /// A revoked partition is its next owner's to read.
     pub fn forget(&mut self, topic: &str, partition: i32) {
         self.waiting

@@ -10,13 +10,17 @@ use rdkafka::producer::FutureRecord;
 use rdkafka::Message;
 
 use super::pipeline::{send, Pipeline};
-use super::{Destination, Phase, Sent};
+use super::{Destination, Phase, Sent, WorkerError};
 use crate::envelope::{Decoded, RecordHeaders};
 use crate::internal::{self, InternalChange};
 use crate::output::{encode_change, output_key, Origin};
 
 impl Pipeline<'_> {
-    pub(super) async fn process(&mut self, message: &BorrowedMessage<'_>, system: Option<usize>) {
+    pub(super) async fn process(
+        &mut self,
+        message: &BorrowedMessage<'_>,
+        system: Option<usize>,
+    ) -> Result<(), WorkerError> {
         let started = Instant::now();
         let topic = message.topic();
         let origin = Origin {
@@ -24,7 +28,7 @@ impl Pipeline<'_> {
             partition: message.partition(),
             offset: message.offset(),
         };
-        let ticket = self.offsets.begin(topic, origin.partition, origin.offset);
+        self.open_batch()?;
         let mut sends: Vec<(Destination, Sent)> = Vec::with_capacity(1);
 
         let Some(system_index) = system else {
@@ -37,7 +41,9 @@ impl Pipeline<'_> {
                 Destination::DeadLetter,
                 self.dead_letter(message, "unroutable", reason).await,
             ));
-            return self.track(ticket, Phase::Stored, sends, started);
+            return self
+                .finish(message, None, Phase::Stored, sends, started)
+                .await;
         };
         let system = self.config.systems[system_index].name.as_str();
 
@@ -114,28 +120,26 @@ impl Pipeline<'_> {
                 ));
             }
         }
-        self.track(ticket, Phase::Stored, sends, started);
+        self.finish(message, None, Phase::Stored, sends, started)
+            .await
     }
 
     /// Stage 2: one internal record through the engine; its target and conflict records are
     /// published, and its offset stored once they are all acknowledged.
-    pub(super) async fn resolve(&mut self, message: &BorrowedMessage<'_>) {
+    pub(super) async fn resolve(
+        &mut self,
+        message: &BorrowedMessage<'_>,
+    ) -> Result<(), WorkerError> {
         let started = Instant::now();
         let mut sends: Vec<(Destination, Sent)> = Vec::new();
-        let (Some(resolver), Some(durability)) = (self.resolver.as_mut(), self.durability.as_mut())
-        else {
-            return;
+        self.open_batch()?;
+        let Some(resolver) = self.resolver.as_mut() else {
+            return Ok(());
         };
         let mut resolved =
             resolver.resolve(message.partition(), message.payload().unwrap_or_default());
         self.metrics.state_size(resolver.record_count());
         let changelog = resolved.as_mut().ok().and_then(|r| r.changelog.take());
-        let ticket = durability.begin(
-            message.topic(),
-            message.partition(),
-            message.offset(),
-            changelog,
-        );
         match resolved {
             Ok(resolved) => {
                 self.metrics
@@ -179,7 +183,8 @@ impl Pipeline<'_> {
                 ));
             }
         }
-        self.track(ticket, Phase::Outputs, sends, started);
+        self.finish(message, changelog, Phase::Outputs, sends, started)
+            .await
     }
 
     /// Stage 1: the change as record changes of the entities its table feeds, each to the

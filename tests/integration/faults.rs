@@ -385,7 +385,7 @@ fn under_a_slow_and_then_absent_broker_the_committed_offset_never_passes_an_unpu
         std::thread::sleep(Duration::from_millis(200));
     }
     feeder.join().unwrap();
-    assert!(went_down && samples > 10, "{samples} samples");
+    assert!(went_down && samples >= 5, "{samples} samples");
     assert_eq!(
         first_appearances_go_back(&out.records),
         Vec::<String>::new()

@@ -7,6 +7,7 @@ mod chaos;
 mod closed_loop;
 mod decoding;
 mod durability;
+mod exactly_once;
 mod faults;
 mod ingest;
 mod pipeline;

@@ -192,10 +192,20 @@ impl TopicReader {
         Self::new_at(&bootstrap(), topic)
     }
 
+    /// A reader that also sees records of open and aborted transactions.
+    pub fn new_uncommitted(topic: &str) -> Result<Self> {
+        Self::with_isolation(&bootstrap(), topic, "read_uncommitted")
+    }
+
     /// A reader of a topic on another cluster (e.g. librdkafka's mock cluster).
     pub fn new_at(bootstrap: &str, topic: &str) -> Result<Self> {
+        Self::with_isolation(bootstrap, topic, "read_committed")
+    }
+
+    fn with_isolation(bootstrap: &str, topic: &str, isolation: &str) -> Result<Self> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
+            .set("isolation.level", isolation)
             .set("group.id", unique("reader"))
             .set("enable.auto.commit", "false")
             .create()?;
@@ -277,6 +287,9 @@ impl TopicReader {
 /// A harmony worker process with its own config, group and topics.
 pub struct Harmony {
     child: Option<Child>,
+    /// `HARMONY_INSTANCE_ID`: the worker's name, kept across its restarts (exactly-once mode
+    /// names its transactional ids with it).
+    pub instance: String,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
     pub output_topic: String,
@@ -287,6 +300,8 @@ pub struct HarmonyOptions {
     pub group_id: String,
     pub systems: Vec<(String, Vec<String>)>,
     pub commit_interval: &'static str,
+    /// `processing.guarantee = "exactly_once"`.
+    pub exactly_once: bool,
     /// Appended to the generated config file (whole TOML tables).
     pub extra_toml: String,
 }
@@ -302,6 +317,7 @@ impl HarmonyOptions {
                 ("wms".into(), vec!["^wms[.]public[.].*".into()]),
             ],
             commit_interval: "1s",
+            exactly_once: false,
             extra_toml: String::new(),
         }
     }
@@ -317,10 +333,15 @@ impl Harmony {
         let output_topic = format!("{name}.out");
         let dead_letter_topic = format!("{name}.dlq");
         let mut toml = format!(
-            "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{}\"\n\n[output]\ntopic = \"{output_topic}\"\ndead_letter_topic = \"{dead_letter_topic}\"\n\n[http]\naddress = \"127.0.0.1:0\"\n\n[processing]\ncommit_interval = \"{}\"\nshutdown_timeout = \"20s\"\n\n[kafka.consumer]\n# A SIGKILLed member blocks the group until its session expires; the broker's minimum.\n\"session.timeout.ms\" = \"6000\"\n",
+            "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{}\"\n\n[output]\ntopic = \"{output_topic}\"\ndead_letter_topic = \"{dead_letter_topic}\"\n\n[http]\naddress = \"127.0.0.1:0\"\n\n[processing]\ncommit_interval = \"{}\"\nshutdown_timeout = \"20s\"\nguarantee = \"{}\"\n\n[kafka.consumer]\n# A SIGKILLed member blocks the group until its session expires; the broker's minimum.\n\"session.timeout.ms\" = \"6000\"\n",
             bootstrap(),
             options.group_id,
-            options.commit_interval
+            options.commit_interval,
+            if options.exactly_once {
+                "exactly_once"
+            } else {
+                "at_least_once"
+            },
         );
         for (system, topics) in &options.systems {
             toml.push_str(&format!(
@@ -332,6 +353,7 @@ impl Harmony {
         std::fs::write(&config_path, toml)?;
         let mut harmony = Self {
             child: None,
+            instance: "w0".into(),
             config_path,
             log_path,
             output_topic,
@@ -345,6 +367,7 @@ impl Harmony {
     pub fn on_config(config_path: PathBuf, name: &str) -> Result<Self> {
         let mut worker = Self {
             child: None,
+            instance: name.to_owned(),
             log_path: config_path.with_extension(format!("{name}.log")),
             config_path,
             output_topic: String::new(),
@@ -373,6 +396,7 @@ impl Harmony {
             .arg(&self.config_path)
             .env("HARMONY_LOG_FORMAT", "json")
             .env("HARMONY_LOG", "info,harmony=debug")
+            .env("HARMONY_INSTANCE_ID", &self.instance)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -390,6 +414,7 @@ impl Harmony {
     pub fn another_worker(&self, name: &str) -> Result<Self> {
         let mut worker = Self {
             child: None,
+            instance: name.to_owned(),
             config_path: self.config_path.clone(),
             log_path: self.log_path.with_extension(format!("{name}.log")),
             output_topic: self.output_topic.clone(),
