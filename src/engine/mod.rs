@@ -330,11 +330,16 @@ pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) 
         let current_value = state.field(field).map(|f| f.value.clone());
         let resolved = match state.field(field) {
             None => strategy::plain(rule.strategy, None, base, &incoming),
-            // The system had seen the write, or holds its very value (two snapshot reads of
-            // one row, say): either way its change supersedes the current value.
+            // The system had seen the write: its change supersedes the current value. Without
+            // a causal context from the source (content mode), holding the very value (two
+            // snapshot reads of one row, say) is the best evidence of having seen it; with one,
+            // it is not: another system may have written that value concurrently, and taking
+            // it as seen would let the arrival order pick the winner.
             Some(current)
                 if context.covers(current.dot)
-                    || base.is_some_and(|b| b.fingerprint() == current.value.fingerprint()) =>
+                    || (change.context.is_none()
+                        && base
+                            .is_some_and(|b| b.fingerprint() == current.value.fingerprint())) =>
             {
                 strategy::plain(rule.strategy, Some(&current.value), base, &incoming)
             }

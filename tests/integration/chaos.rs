@@ -15,6 +15,12 @@
 //! | `CHAOS_SEED` | the generator's seed | 42 |
 //! | `CHAOS_WAIT_SECS` | how long each run may take to converge after the writes | 300 |
 //! | `CHAOS_LINGER_MS` | the producers' `linger.ms` (widens every in-flight window) | librdkafka's |
+//! | `CHAOS_MESSAGE_TIMEOUT_MS` | the producers' retry budget; shorter than a broker restart, so outputs in flight then fail and their partitions are read again | 2000 |
+//! | `CHAOS_GUARANTEE` | `at_least_once` or `exactly_once` | at_least_once |
+//!
+//! The input: stock movements and price changes from all three systems, half of them on a
+//! tenth of the products (hot keys), and on a twentieth of the products (churned, cold ones)
+//! deletes each followed by a re-insert in the same system.
 //!
 //! Checks, over every product of the run:
 //! - **lost** / **counted twice**: every change written must be accepted exactly once, and the
@@ -29,7 +35,11 @@
 //! - **out of order**: on each target topic, the version vectors of a product's records, once
 //!   exact repeats are set aside, never go backwards;
 //! - **duplicates**: records repeating a version already published (replays after kills),
-//!   reported, not failed: delivery is at least once.
+//!   reported; at least once they are allowed (downstream dedups them), exactly once
+//!   (read_committed) there must be none.
+//!
+//! Churned products are left out of the stock check (a re-insert starts a new stock), not out
+//! of the others.
 
 use std::collections::{BTreeMap, HashMap};
 use std::process::Command;
@@ -84,6 +94,10 @@ ignore = ["updated_at"]
   columns = { sku = "sku", on_hand = "quantity", updated_at = "updated_at" }
 "#;
 
+fn exactly_once() -> bool {
+    std::env::var("CHAOS_GUARANTEE").is_ok_and(|g| g == "exactly_once")
+}
+
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -103,7 +117,9 @@ struct Sizes {
 /// What the input implies: per product, its final stock, and per system how many changes of
 /// it harmony must accept (its version vector's count for that system).
 struct Expected {
+    /// Products never deleted.
     stock: BTreeMap<String, i64>,
+    /// Every product.
     changes: BTreeMap<String, [u64; 3]>,
 }
 
@@ -129,8 +145,24 @@ fn generate(sizes: &Sizes, prefix: &str) -> ([String; 3], Expected) {
         ));
     }
     let hot = (sizes.skus / 10).max(1);
+    let churned = &skus[skus.len() - (sizes.skus / 20).max(1)..];
+    for sku in churned {
+        expected.remove(sku);
+    }
     for _ in 0..sizes.changes {
         let system = rng.random_range(0..3usize);
+        if rng.random_bool(0.02) {
+            // Delete and re-insert: two changes of the system, the second a fresh row.
+            let sku = &churned[rng.random_range(0..churned.len())];
+            changes.get_mut(sku).unwrap()[system] += 2;
+            prices.remove(&(system, sku.clone()));
+            sql[system].push_str(&match system {
+                0 => format!("DELETE FROM chaos_products WHERE sku = '{sku}';\nINSERT INTO chaos_products (sku, name, price, quantity) VALUES ('{sku}', 'Chaos', 10.00, 1000);\n"),
+                1 => format!("DELETE FROM chaos_items WHERE item_sku = '{sku}';\nINSERT INTO chaos_items (item_sku, title, price, stock) VALUES ('{sku}', 'Chaos', 10.00, 1000);\n"),
+                _ => format!("DELETE FROM chaos_skus WHERE sku = '{sku}';\nINSERT INTO chaos_skus (sku, on_hand) VALUES ('{sku}', 1000);\n"),
+            });
+            continue;
+        }
         let sku = if rng.random_bool(0.5) {
             &skus[rng.random_range(0..hot)]
         } else {
@@ -155,7 +187,9 @@ fn generate(sizes: &Sizes, prefix: &str) -> ([String; 3], Expected) {
         if delta == 0 {
             delta = 1;
         }
-        *expected.get_mut(sku).unwrap() += delta;
+        if let Some(stock) = expected.get_mut(sku) {
+            *stock += delta;
+        }
         changes.get_mut(sku).unwrap()[system] += 1;
         sql[system].push_str(&match system {
             0 => format!(
@@ -231,9 +265,15 @@ fn check_topic(records: &[Record], prefix: &str) -> TopicCheck {
     let mut latest: HashMap<String, BTreeMap<String, u64>> = HashMap::new();
     for record in records {
         let value = record.json();
-        let Some(sku) = value["payload"]["after"]
+        let payload = &value["payload"];
+        let row = if payload["op"] == "d" {
+            &payload["before"]
+        } else {
+            &payload["after"]
+        };
+        let Some(sku) = row
             .get("sku")
-            .or_else(|| value["payload"]["after"].get("item_sku"))
+            .or_else(|| row.get("item_sku"))
             .and_then(Value::as_str)
             .filter(|s| s.starts_with(prefix))
             .map(str::to_owned)
@@ -254,7 +294,8 @@ fn check_topic(records: &[Record], prefix: &str) -> TopicCheck {
         // The values, not the version they came with: which of the record's versions a target
         // was last sent depends on how the systems' changes interleaved, and the reference
         // run interleaves them differently.
-        let mut after = value["payload"]["after"].clone();
+        // A delete's last state is its absence.
+        let mut after = payload["after"].clone();
         if let Some(row) = after.as_object_mut() {
             row.remove("harmony_version");
         }
@@ -328,9 +369,13 @@ fn options(group: &str, run: &str) -> HarmonyOptions {
     // A long linger keeps records in the producer for that long: the window in which a build
     // that stored offsets before acknowledgements would lose them when killed.
     let linger = std::env::var("CHAOS_LINGER_MS")
-        .map(|ms| format!("\n[kafka.producer]\n\"linger.ms\" = \"{ms}\"\n"))
+        .map(|ms| format!("\"linger.ms\" = \"{ms}\"\n"))
         .unwrap_or_default();
-    options.extra_toml = format!("{ENTITY}{targets}{linger}");
+    let timeout = env_usize("CHAOS_MESSAGE_TIMEOUT_MS", 2000);
+    options.exactly_once = exactly_once();
+    options.extra_toml = format!(
+        "{ENTITY}{targets}\n[kafka.producer]\n\"message.timeout.ms\" = \"{timeout}\"\n{linger}"
+    );
     options
 }
 
@@ -484,7 +529,7 @@ fn chaos() {
         );
         out_of_order += chaotic.out_of_order;
         duplicates += chaotic.duplicates;
-        for sku in expected.stock.keys() {
+        for sku in expected.changes.keys() {
             let (a, b) = (chaotic.last.get(sku), fault_free.last.get(sku));
             if a != b {
                 mismatched += 1;
@@ -529,16 +574,48 @@ fn chaos() {
     // the target topics alone would undercount).
     let config_path = workers.lock().unwrap()[0].config_path.clone();
     let clocks = final_clocks(&config_path, &group, &expected);
+    let reference_clocks = final_clocks(&config_path, &reference_group, &expected);
     let (mut lost, mut counted_twice) = (0u64, 0u64);
+    let mut count_examples = Vec::new();
     for (sku, counts) in &expected.changes {
         for (i, system) in SYSTEMS.iter().enumerate() {
-            let seen = clocks
-                .get(sku)
-                .and_then(|v| v.get(*system))
-                .copied()
-                .unwrap_or(0);
+            let seen_in = |clocks: &HashMap<String, BTreeMap<String, u64>>| {
+                clocks
+                    .get(sku)
+                    .and_then(|v| v.get(*system))
+                    .copied()
+                    .unwrap_or(0)
+            };
+            let seen = seen_in(&clocks);
             lost += counts[i].saturating_sub(seen);
             counted_twice += seen.saturating_sub(counts[i]);
+            if seen != counts[i] && count_examples.len() < 5 {
+                count_examples.push(json!({"sku": sku, "system": system, "written": counts[i],
+                    "accepted": seen, "accepted_by_reference": seen_in(&reference_clocks)}));
+            }
+        }
+    }
+    report["count_examples"] = json!(count_examples);
+    // For whoever debugs a mismatch: the record's changes as each run's stage 2 read them.
+    if let Some(sku) = examples.first().and_then(|e| e["sku"].as_str()) {
+        for g in [&group, &reference_group] {
+            let path = std::env::temp_dir().join(format!("chaos-changes-{g}.jsonl"));
+            let lines: Vec<String> =
+                read_all(&format!("harmony.{g}.changes"), Duration::from_secs(3))
+                    .iter()
+                    .filter(|r| r.key.as_deref().is_some_and(|k| k.contains(sku)))
+                    .filter_map(|r| {
+                        let change =
+                            harmony::internal::InternalChange::decode(r.value.as_deref()?).ok()?;
+                        Some(format!(
+                            "{} {}",
+                            r.partition,
+                            serde_json::to_string(&change).ok()?
+                        ))
+                    })
+                    .collect();
+            std::fs::write(&path, lines.join("\n")).unwrap();
+            report[format!("changes_of_{g}")] = json!(path);
         }
     }
     report["lost"] = json!(lost);
@@ -550,6 +627,22 @@ fn chaos() {
     report["duplicates"] = json!(duplicates);
     report["rebalances_seen_by_live_workers"] = json!(rebalances);
     report["restores_logged"] = json!(restore_log.len());
+    let logged = |needle: &str| -> usize {
+        workers
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|w| w.log().lines().filter(|l| l.contains(needle)).count())
+            .sum()
+    };
+    report["guarantee"] = json!(if exactly_once() {
+        "exactly_once"
+    } else {
+        "at_least_once"
+    });
+    report["partition_rewinds_logged"] = json!(logged("will be read again"));
+    report["aborted_batches_logged"] = json!(logged("batch aborted"));
+    report["churned_products"] = json!(expected.changes.len() - expected.stock.len());
     println!("CHAOS REPORT {report}");
     eprintln!("CHAOS REPORT {report}");
     drop(reference);
@@ -558,4 +651,7 @@ fn chaos() {
     assert_eq!(stock_off, 0, "{report}");
     assert_eq!(mismatched, 0, "{report}");
     assert_eq!(out_of_order, 0, "{report}");
+    if exactly_once() {
+        assert_eq!(duplicates, 0, "{report}");
+    }
 }
