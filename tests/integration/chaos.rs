@@ -20,7 +20,7 @@
 //!
 //! The input: stock movements and price changes from all three systems, half of them on a
 //! tenth of the products (hot keys), and on a twentieth of the products (churned, cold ones)
-//! deletes each followed by a re-insert in the same system.
+//! deletes each followed by a re-insert in the same system (one system per churned product).
 //!
 //! Checks, over every product of the run:
 //! - **lost** / **counted twice**: every change written must be accepted exactly once, and the
@@ -152,8 +152,13 @@ fn generate(sizes: &Sizes, prefix: &str) -> ([String; 3], Expected) {
     for _ in 0..sizes.changes {
         let system = rng.random_range(0..3usize);
         if rng.random_bool(0.02) {
-            // Delete and re-insert: two changes of the system, the second a fresh row.
-            let sku = &churned[rng.random_range(0..churned.len())];
+            // Delete and re-insert: two changes of the system, the second a fresh row. One
+            // system churns a given product: a delete of a record another system's delete
+            // already removed is no new version (harmony sees nothing change), so with two
+            // deleting systems the count would depend on how their changes interleave.
+            let churn = rng.random_range(0..churned.len());
+            let sku = &churned[churn];
+            let system = churn % 3;
             changes.get_mut(sku).unwrap()[system] += 2;
             prices.remove(&(system, sku.clone()));
             sql[system].push_str(&match system {
@@ -627,6 +632,15 @@ fn chaos() {
     report["duplicates"] = json!(duplicates);
     report["rebalances_seen_by_live_workers"] = json!(rebalances);
     report["restores_logged"] = json!(restore_log.len());
+    let mut restore_seconds: Vec<f64> = restore_log
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok()?["seconds"].as_f64())
+        .collect();
+    restore_seconds.sort_by(f64::total_cmp);
+    if let (Some(first), Some(last)) = (restore_seconds.first(), restore_seconds.last()) {
+        report["restore_seconds_min_median_max"] =
+            json!([first, restore_seconds[restore_seconds.len() / 2], last]);
+    }
     let logged = |needle: &str| -> usize {
         workers
             .lock()
