@@ -41,6 +41,10 @@ pub enum WorkerError {
     /// input offset was not stored, so the record is read again after a restart.
     #[error("delivery to {topic} failed: {error}")]
     Delivery { topic: String, error: KafkaError },
+    #[error("cannot start a stage's thread or runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("the {0} stage panicked")]
+    Panicked(&'static str),
     #[error("commit failed: {0}")]
     Commit(#[source] KafkaError),
     /// Internal partition `p` is restored from state partition `p`: the state topic needs at
@@ -283,41 +287,61 @@ pub async fn run(
         let _ = shutdown.wait_for(|stop| *stop).await;
         let _ = forward.send(true);
     });
-    let (mut stop_ingest, mut stop_resolve) = (stop_rx.clone(), stop_rx);
-    let ingest_run = async {
-        let r = ingest.process_until(&consumer, &mut stop_ingest).await;
-        let _ = stop_tx.send(true);
-        r
+    // Each stage runs on a thread of its own: sharing one task, a stage that always has a
+    // record ready kept the other from running long enough for its exactly-once batch to
+    // outlive the transaction timeout. The threads are scoped, so the stages borrow the
+    // clients and the configuration.
+    let shutdown_timeout = config.processing.shutdown_timeout;
+    let run_stage = |pipeline: &mut Pipeline<'_>,
+                     consumer: &StreamConsumer<OwnershipContext>,
+                     mut stop: watch::Receiver<bool>|
+     -> Result<(), WorkerError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(WorkerError::Runtime)?;
+        runtime.block_on(async {
+            let processed = pipeline.process_until(consumer, &mut stop).await;
+            let _ = stop_tx.send(true);
+            let drained = pipeline.drain(shutdown_timeout).await;
+            // Whatever happened above, every stored offset is acknowledged work: committing
+            // it is always safe and saves the replay.
+            let committed = match pipeline.offsets.commit_now() {
+                Ok(()) => Ok(()),
+                Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
+                Err(e) => Err(WorkerError::Commit(e)),
+            };
+            consumer.unsubscribe();
+            processed.and(drained).and(committed)
+        })
     };
-    let resolve_run = async {
-        match (resolve.as_mut(), resolve_consumer.as_ref()) {
-            (Some(p), Some(c)) => {
-                let r = p.process_until(c, &mut stop_resolve).await;
-                let _ = stop_tx.send(true);
-                r
-            }
-            _ => Ok(()),
-        }
-    };
-    let (ingested, resolved) = tokio::join!(ingest_run, resolve_run);
+    let result = tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            let resolving = match (resolve.as_mut(), resolve_consumer.as_ref()) {
+                (Some(p), Some(c)) => {
+                    let stop = stop_rx.clone();
+                    let run_stage = &run_stage;
+                    Some(
+                        std::thread::Builder::new()
+                            .name("harmony-resolve".into())
+                            .spawn_scoped(scope, move || run_stage(p, c, stop))
+                            .map_err(WorkerError::Runtime)?,
+                    )
+                }
+                _ => None,
+            };
+            let ingested = run_stage(&mut ingest, &consumer, stop_rx.clone());
+            let resolved = match resolving {
+                Some(handle) => handle
+                    .join()
+                    .unwrap_or_else(|_| Err(WorkerError::Panicked("resolve"))),
+                None => Ok(()),
+            };
+            ingested.and(resolved)
+        })
+    });
     forwarder.abort();
     health.set_ready(false);
-
-    let mut result = ingested.and(resolved);
-    for (p, c) in std::iter::once((&mut ingest, &consumer))
-        .chain(resolve.as_mut().zip(resolve_consumer.as_ref()))
-    {
-        let drained = p.drain(config.processing.shutdown_timeout).await;
-        // Whatever happened above, every stored offset is acknowledged work: committing it
-        // is always safe and saves the replay.
-        let committed = match p.offsets.commit_now() {
-            Ok(()) => Ok(()),
-            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
-            Err(e) => Err(WorkerError::Commit(e)),
-        };
-        result = result.and(drained).and(committed);
-        c.unsubscribe();
-    }
     tracing::info!("left the consumer group");
     result
 }

@@ -61,7 +61,20 @@ impl Pipeline<'_> {
         loop {
             self.apply_ownership()?;
             let can_read = self.in_flight() < self.config.processing.max_in_flight;
+            // Checked here as well as slept on below: while records keep coming the task never
+            // waits, so the runtime never turns its timer and a sleep would not end.
             let commit_due = self.commit_due();
+            if commit_due.is_some_and(|due| Instant::now() >= due) {
+                self.commit_batch()?;
+                continue;
+            }
+            if self
+                .rewinds
+                .next_due()
+                .is_some_and(|due| Instant::now() >= due)
+            {
+                self.read_again(consumer)?;
+            }
             tokio::select! {
                 biased;
                 changed = shutdown.changed() => {
@@ -245,9 +258,9 @@ impl Pipeline<'_> {
             }
             if let Some(restore) = consumer.context().restore.as_ref() {
                 let started = Instant::now();
-                // The reader blocks; the other partitions wait as they do on an assignment.
-                let log =
-                    tokio::task::block_in_place(|| ownership::read_to_end(restore, partition));
+                // The reader blocks the stage's thread; its other partitions wait as they do
+                // on an assignment.
+                let log = ownership::read_to_end(restore, partition);
                 match log {
                     Ok(log) => self.install(partition, Ok((log, started.elapsed())))?,
                     Err(e) => {
@@ -347,9 +360,9 @@ impl Pipeline<'_> {
             return Ok(());
         };
         let group = self.offsets.consumer().group_metadata();
-        // The commit waits for every record of the batch; the stage has nothing else to do
-        // meanwhile that would not go into the next batch anyway.
-        match tokio::task::block_in_place(|| transaction.commit(group)) {
+        // The commit blocks the stage's thread until every record of the batch is written;
+        // the stage has nothing else to do meanwhile that would not go into the next batch.
+        match transaction.commit(group) {
             Ok(events) => {
                 self.rewinds.committed();
                 self.metrics.batch_committed(transaction.stage, events);
@@ -361,7 +374,7 @@ impl Pipeline<'_> {
     }
 
     fn abort_batch(&mut self, transaction: &Transaction, reason: &str) -> Result<(), WorkerError> {
-        match tokio::task::block_in_place(|| transaction.abort_open(reason)) {
+        match transaction.abort_open(reason) {
             TransactionError::Fatal(reason) => Err(WorkerError::Transaction(reason)),
             TransactionError::Aborted(reason) => self.batch_aborted(&reason),
         }
@@ -377,14 +390,13 @@ impl Pipeline<'_> {
         let assignment = consumer.assignment().map_err(|e| {
             WorkerError::Transaction(format!("cannot read the assignment after an abort: {e}"))
         })?;
-        let committed = tokio::task::block_in_place(|| {
-            consumer.committed_offsets(assignment, Duration::from_secs(30))
-        })
-        .map_err(|e| {
-            WorkerError::Transaction(format!(
-                "cannot read the committed offsets after an abort: {e}"
-            ))
-        })?;
+        let committed = consumer
+            .committed_offsets(assignment, Duration::from_secs(30))
+            .map_err(|e| {
+                WorkerError::Transaction(format!(
+                    "cannot read the committed offsets after an abort: {e}"
+                ))
+            })?;
         let now = Instant::now();
         for p in committed.elements() {
             let (topic, partition) = (p.topic(), p.partition());
