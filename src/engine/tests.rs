@@ -349,6 +349,15 @@ fn arb_changes() -> impl Generator<Value = Vec<TestChange>> {
     })
 }
 
+/// The orders of `n` changes in which change 0 comes before change 1 (one system's two
+/// changes, which reach harmony in the order that system made them).
+fn interleavings(n: usize) -> Vec<Vec<usize>> {
+    permutations(n)
+        .into_iter()
+        .filter(|o| o.iter().position(|&i| i == 0) < o.iter().position(|&i| i == 1))
+        .collect()
+}
+
 fn permutations(n: usize) -> Vec<Vec<usize>> {
     if n == 0 {
         return vec![vec![]];
@@ -1088,10 +1097,7 @@ fn a_delete_and_re_insert_against_concurrent_updates_converges_in_every_interlea
     for (price_ts, name_ts) in [(1_500, 1_600), (2_500, 2_600), (1_500, 2_600)] {
         let mut results = Vec::new();
         // Events 0 and 1 are the erp's delete and re-insert, in that order.
-        for order in permutations(4)
-            .into_iter()
-            .filter(|o| o.iter().position(|&i| i == 0) < o.iter().position(|&i| i == 1))
-        {
+        for order in interleavings(4) {
             let mut src = Source { next: [0; 3] };
             let mut state = synced(&rules, &mut src);
             let base = state.clock.clone();
@@ -1143,10 +1149,7 @@ fn a_concurrent_write_equal_to_what_a_system_holds_is_still_resolved_by_the_stra
     let back = [(PRICE, int(490))];
     let erp_price = [(PRICE, int(4063))];
     let mut results = Vec::new();
-    for order in permutations(3)
-        .into_iter()
-        .filter(|o| o.iter().position(|&i| i == 0) < o.iter().position(|&i| i == 1))
-    {
+    for order in interleavings(3) {
         let mut src = Source { next: [0; 3] };
         let mut state = synced(&rules, &mut src);
         let base = state.clock.clone();

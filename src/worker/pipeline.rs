@@ -142,14 +142,7 @@ impl Pipeline<'_> {
                 }
                 OwnershipEvent::Revoked { topic, partition } => {
                     self.rewinds.forget(&topic, partition);
-                    self.offsets.forget(&topic, partition);
-                    if let Some(d) = self.durability.as_mut() {
-                        d.forget(&topic, partition);
-                    }
-                    if let Some(r) = self.resolver.as_mut() {
-                        r.drop_partition(partition);
-                        self.metrics.partition_dropped(partition, r.record_count());
-                    }
+                    self.forget_partition(&topic, partition);
                 }
                 OwnershipEvent::Assigned {
                     topic,
@@ -197,6 +190,27 @@ impl Pipeline<'_> {
         Ok(())
     }
 
+    /// Drops a partition's unfinished work and (stage 2) its state: revoked, or to be read
+    /// again from an earlier offset.
+    fn forget_partition(&mut self, topic: &str, partition: i32) {
+        self.offsets.forget(topic, partition);
+        if let Some(d) = self.durability.as_mut() {
+            d.forget(topic, partition);
+        }
+        if let Some(r) = self.resolver.as_mut() {
+            r.drop_partition(partition);
+            self.metrics.partition_dropped(partition, r.record_count());
+        }
+    }
+
+    fn pause(&self, topic: &str, partition: i32) {
+        let mut paused = TopicPartitionList::new();
+        paused.add_partition(topic, partition);
+        if let Err(e) = self.offsets.consumer().pause(&paused) {
+            tracing::warn!(topic, partition, error = %e, "cannot pause the partition; its records are ignored until it is read again");
+        }
+    }
+
     /// The producer gave up on an output of `ticket`'s event: its partition stops, forgets its
     /// unfinished work (and, in stage 2, its state), and is read again after a back-off from
     /// the earliest offset not yet stored. A ticket of a read already forgotten changes nothing.
@@ -225,19 +239,8 @@ impl Pipeline<'_> {
         .min() else {
             return;
         };
-        self.offsets.forget(&topic, partition);
-        if let Some(d) = self.durability.as_mut() {
-            d.forget(&topic, partition);
-        }
-        if let Some(r) = self.resolver.as_mut() {
-            r.drop_partition(partition);
-            self.metrics.partition_dropped(partition, r.record_count());
-        }
-        let mut paused = TopicPartitionList::new();
-        paused.add_partition(&topic, partition);
-        if let Err(e) = self.offsets.consumer().pause(&paused) {
-            tracing::warn!(topic, partition, error = %e, "cannot pause the partition; its records are ignored until it is read again");
-        }
+        self.forget_partition(&topic, partition);
+        self.pause(&topic, partition);
         let backoff = self
             .rewinds
             .schedule(&topic, partition, offset, Instant::now());
@@ -317,15 +320,7 @@ impl Pipeline<'_> {
         };
         let mut refused = sends.into_iter().find_map(|(_, sent)| sent.err());
         if let Some((key, state)) = changelog.filter(|_| refused.is_none()) {
-            let record = FutureRecord {
-                topic: self.state_topic,
-                partition: Some(partition),
-                payload: Some(state.as_slice()),
-                key: Some(key.as_bytes()),
-                timestamp: None,
-                headers: None,
-            };
-            refused = send(self.producer, record).await.err();
+            refused = self.write_changelog(partition, &key, &state).await.err();
         }
         if let Some(error) = refused {
             // A record the producer would not even take: the batch cannot be whole.
@@ -334,6 +329,20 @@ impl Pipeline<'_> {
         transaction.consumed(topic, partition, offset);
         self.metrics.processed(started.elapsed().as_secs_f64(), 0);
         Ok(())
+    }
+
+    /// A record's state to the changelog, partition for partition: the internal partition's
+    /// next owner restores from exactly this changelog partition.
+    async fn write_changelog(&self, partition: i32, key: &str, state: &[u8]) -> Sent {
+        let record = FutureRecord {
+            topic: self.state_topic,
+            partition: Some(partition),
+            payload: Some(state),
+            key: Some(key.as_bytes()),
+            timestamp: None,
+            headers: None,
+        };
+        send(self.producer, record).await
     }
 
     /// Exactly once: opens the stage's batch before an event's first record is sent.
@@ -405,14 +414,8 @@ impl Pipeline<'_> {
                 // Nothing committed yet: from the beginning, as a new group reads.
                 _ => Offset::Beginning.to_raw().unwrap_or(-2),
             };
-            let mut paused = TopicPartitionList::new();
-            paused.add_partition(topic, partition);
-            if let Err(e) = consumer.pause(&paused) {
-                tracing::warn!(topic, partition, error = %e, "cannot pause the partition; its records are ignored until it is read again");
-            }
-            if let Some(r) = self.resolver.as_mut() {
-                r.drop_partition(partition);
-            }
+            self.forget_partition(topic, partition);
+            self.pause(topic, partition);
             self.rewinds.schedule(topic, partition, from, now);
         }
         Ok(())
@@ -513,17 +516,7 @@ impl Pipeline<'_> {
                             }
                         }
                         Some((key, state)) => {
-                            // Partition for partition: the internal partition's next owner
-                            // restores from exactly this changelog partition.
-                            let record = FutureRecord {
-                                topic: self.state_topic,
-                                partition: Some(partition),
-                                payload: Some(state.as_slice()),
-                                key: Some(key.as_bytes()),
-                                timestamp: None,
-                                headers: None,
-                            };
-                            let sent = send(self.producer, record).await;
+                            let sent = self.write_changelog(partition, &key, &state).await;
                             let destination = Destination::Topic(self.state_topic.to_owned());
                             self.track(
                                 ticket,

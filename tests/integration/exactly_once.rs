@@ -22,6 +22,21 @@ fn options(group: &str) -> HarmonyOptions {
     options
 }
 
+/// Products `<prefix>-NNN` for each number, in one erp transaction.
+fn insert_products(prefix: &str, numbers: std::ops::Range<usize>) {
+    let values: Vec<String> = numbers
+        .map(|n| format!("('{prefix}-{n:03}', 'Once', 5.00, 10)"))
+        .collect();
+    psql(
+        "erp",
+        &format!(
+            "INSERT INTO products (sku, name, price, quantity) VALUES {}",
+            values.join(", ")
+        ),
+    )
+    .unwrap();
+}
+
 /// Records per product of ours on a topic (read_committed, librdkafka's default).
 fn per_sku(records: &[Record], prefix: &str) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
@@ -49,17 +64,7 @@ fn each_change_reaches_the_targets_once_across_a_sigkill_mid_batch() {
         let prefix = prefix.clone();
         std::thread::spawn(move || {
             for batch in 0..24 {
-                let values: Vec<String> = (0..10)
-                    .map(|i| format!("('{prefix}-{:03}', 'Once', 5.00, 10)", batch * 10 + i))
-                    .collect();
-                psql(
-                    "erp",
-                    &format!(
-                        "INSERT INTO products (sku, name, price, quantity) VALUES {}",
-                        values.join(", ")
-                    ),
-                )
-                .unwrap();
+                insert_products(&prefix, batch * 10..batch * 10 + 10);
                 std::thread::sleep(Duration::from_millis(250));
             }
         })
@@ -148,17 +153,7 @@ fn a_worker_fenced_by_a_namesake_stops_and_says_why() {
     let mut first = Harmony::start(&options(&group)).unwrap();
     let mut namesake = first.another_worker("w0").unwrap();
     let prefix = unique("EOF").replace('-', "");
-    let values: Vec<String> = (0..12)
-        .map(|i| format!("('{prefix}-{i:02}', 'Fence', 5.00, 10)"))
-        .collect();
-    psql(
-        "erp",
-        &format!(
-            "INSERT INTO products (sku, name, price, quantity) VALUES {}",
-            values.join(", ")
-        ),
-    )
-    .unwrap();
+    insert_products(&prefix, 0..12);
     wait_until(Duration::from_secs(60), "the first worker to stop", || {
         Ok(first.exited().is_some())
     })
