@@ -17,11 +17,23 @@ use tokio::net::TcpListener;
 #[derive(Clone, Default)]
 pub struct Health {
     ready: Arc<AtomicBool>,
+    /// `harmony_ready`, for alerting on a worker that stays unready.
+    gauge: Option<prometheus::IntGauge>,
 }
 
 impl Health {
+    pub fn with_gauge(gauge: prometheus::IntGauge) -> Self {
+        Self {
+            ready: Arc::default(),
+            gauge: Some(gauge),
+        }
+    }
+
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
+        if let Some(g) = &self.gauge {
+            g.set(i64::from(ready));
+        }
     }
 
     pub fn is_ready(&self) -> bool {

@@ -173,7 +173,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     use anyhow::Context;
     let registry = prometheus::Registry::new();
     let metrics = Metrics::new(&registry).context("registering metrics")?;
-    let health = Health::default();
+    let health = Health::with_gauge(metrics.ready_gauge());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let mut http_shutdown = shutdown_rx.clone();

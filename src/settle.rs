@@ -80,7 +80,8 @@ fn find_conflict(config: &Config, topic: &str, id: &str, timeout: Duration) -> R
     // A reader of its own: no group membership, nothing committed.
     settings
         .set("group.id", format!("{}.resolve-cli", config.kafka.group_id))
-        .set("enable.auto.commit", "false");
+        .set("enable.auto.commit", "false")
+        .set("statistics.interval.ms", "0");
     let consumer: BaseConsumer = settings.create().context("creating the consumer")?;
     let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
     let partitions = metadata

@@ -27,6 +27,8 @@ pub struct Metrics {
     rewinds: IntCounterVec,
     batches: IntCounterVec,
     batch_events: IntCounterVec,
+    ready: IntGauge,
+    consumer_lag: prometheus::IntGaugeVec,
 }
 
 impl Metrics {
@@ -131,7 +133,20 @@ impl Metrics {
                 "Events committed in exactly-once batches, by stage.",
                 &["stage"],
             )?,
+            ready: IntGauge::new(
+                "harmony_ready",
+                "1 when every assigned partition is restored and the worker processes; 0 while starting, restoring or stopping.",
+            )?,
+            consumer_lag: prometheus::IntGaugeVec::new(
+                Opts::new(
+                    "harmony_consumer_lag",
+                    "Records behind the partition's end, per consumer group (stage 1: <group>, stage 2: <group>.resolve), topic and assigned partition, from librdkafka's statistics.",
+                ),
+                &["group", "topic", "partition"],
+            )?,
         };
+        registry.register(Box::new(metrics.ready.clone()))?;
+        registry.register(Box::new(metrics.consumer_lag.clone()))?;
         registry.register(Box::new(metrics.in_flight.clone()))?;
         registry.register(Box::new(metrics.processing_seconds.clone()))?;
         registry.register(Box::new(metrics.restore_seconds.clone()))?;
@@ -273,6 +288,15 @@ impl Metrics {
             "batch aborted; the assigned partitions are read again from their committed offsets"
         );
         self.batches.with_label_values(&[stage, "aborted"]).inc();
+    }
+
+    pub fn ready_gauge(&self) -> IntGauge {
+        self.ready.clone()
+    }
+
+    /// The per-partition lag series, for the consumers' statistics callbacks.
+    pub fn consumer_lag(&self) -> prometheus::IntGaugeVec {
+        self.consumer_lag.clone()
     }
 
     pub fn rebalanced(&self) {

@@ -48,6 +48,8 @@ pub fn consumer_config(kafka: &KafkaConfig, commit_interval_ms: u64) -> ClientCo
     // A rebalance moves only the partitions that change owner: the others keep their state
     // and their in-flight work.
     config.set("partition.assignment.strategy", "cooperative-sticky");
+    // Consumer lag per partition for `harmony_consumer_lag`.
+    config.set("statistics.interval.ms", "5000");
     let base = base_config(kafka);
     for (name, value) in base.config_map() {
         config.set(name, value);

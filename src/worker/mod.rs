@@ -134,19 +134,26 @@ pub async fn run(
         .processing
         .shutdown_timeout
         .min(std::time::Duration::from_secs(20));
-    let context = |restore, transaction: &Option<Arc<Transaction>>| OwnershipContext {
-        ownership: Arc::new(Ownership::default()),
-        producer: transaction
-            .as_ref()
-            .map_or_else(|| producer.clone(), |t| t.producer().clone()),
-        transaction: transaction.clone(),
-        flush_deadline,
-        restore,
-        health: health.clone(),
-    };
+    let context =
+        |restore, transaction: &Option<Arc<Transaction>>, group: String| OwnershipContext {
+            lag: metrics.consumer_lag(),
+            group,
+            ownership: Arc::new(Ownership::default()),
+            producer: transaction
+                .as_ref()
+                .map_or_else(|| producer.clone(), |t| t.producer().clone()),
+            transaction: transaction.clone(),
+            flush_deadline,
+            restore,
+            health: health.clone(),
+        };
     let ingest_transaction = transaction("ingest")?;
     let consumer: StreamConsumer<OwnershipContext> = consumer_config
-        .create_with_context(context(None, &ingest_transaction))
+        .create_with_context(context(
+            None,
+            &ingest_transaction,
+            config.kafka.group_id.clone(),
+        ))
         .map_err(WorkerError::Setup)?;
 
     let internal_topic = config.output.internal_topic(&config.kafka.group_id);
@@ -219,7 +226,11 @@ pub async fn run(
                 timeout: std::time::Duration::from_secs(120),
             };
             let c: StreamConsumer<OwnershipContext> = resolve_config
-                .create_with_context(context(Some(restore), &resolve_transaction))
+                .create_with_context(context(
+                    Some(restore),
+                    &resolve_transaction,
+                    format!("{}.resolve", config.kafka.group_id),
+                ))
                 .map_err(WorkerError::Setup)?;
             c.subscribe(&[internal_topic.as_str()])
                 .map_err(WorkerError::Setup)?;

@@ -100,9 +100,27 @@ pub struct OwnershipContext {
     pub health: Health,
     /// Exactly once: the stage's open batch, committed before partitions change hands.
     pub transaction: Option<Arc<Transaction>>,
+    /// `harmony_consumer_lag`, by this consumer's group.
+    pub lag: prometheus::IntGaugeVec,
+    pub group: String,
 }
 
-impl ClientContext for OwnershipContext {}
+impl ClientContext for OwnershipContext {
+    /// librdkafka's statistics: the lag of every partition this consumer owns. A revoked
+    /// partition's series is removed at revocation, so only owned ones are set here.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (&partition, p) in &t.partitions {
+                if partition < 0 || p.consumer_lag < 0 || !self.ownership.owns(topic, partition) {
+                    continue;
+                }
+                self.lag
+                    .with_label_values(&[self.group.as_str(), topic, &partition.to_string()])
+                    .set(p.consumer_lag);
+            }
+        }
+    }
+}
 
 impl ConsumerContext for OwnershipContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -122,6 +140,11 @@ impl ConsumerContext for OwnershipContext {
                 partition = p.partition(),
                 "partition revoked"
             );
+            let _ = self.lag.remove_label_values(&[
+                self.group.as_str(),
+                p.topic(),
+                &p.partition().to_string(),
+            ]);
             self.ownership.push(OwnershipEvent::Revoked {
                 topic: p.topic().to_owned(),
                 partition: p.partition(),
@@ -193,7 +216,9 @@ pub(super) fn read_to_end(
     let mut settings = restore.reader.clone();
     // A transactionally written changelog ends in a commit marker the reader never sees: the
     // end is where librdkafka reports it (the last stable offset under read_committed).
-    settings.set("enable.partition.eof", "true");
+    settings
+        .set("enable.partition.eof", "true")
+        .set("statistics.interval.ms", "0");
     let reader: BaseConsumer = settings.create()?;
     let topic = restore.changelog_topic.as_str();
     let (low, high) = reader.fetch_watermarks(topic, partition, restore.timeout)?;

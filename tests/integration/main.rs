@@ -10,6 +10,7 @@ mod durability;
 mod exactly_once;
 mod faults;
 mod ingest;
+mod operability;
 mod pipeline;
 mod poison;
 mod stack;
