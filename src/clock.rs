@@ -17,7 +17,7 @@ use std::fmt;
 
 /// A system's index in the configuration. Stable while a configuration runs; what is stored
 /// durably names systems, not indices.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SystemId(pub u16);
 
 /// One change: the `counter`-th change harmony accepted from `system`.

@@ -45,19 +45,6 @@ pub struct CandidateRecord<'a> {
     pub ts_ms: i64,
 }
 
-fn strategy_name(strategy: Strategy) -> &'static str {
-    match strategy {
-        Strategy::Lww => "lww",
-        Strategy::Fww => "fww",
-        Strategy::Priority => "priority",
-        Strategy::Sum => "sum",
-        Strategy::Max => "max",
-        Strategy::Min => "min",
-        Strategy::Merge => "merge",
-        Strategy::Manual => "manual",
-    }
-}
-
 /// The id of a conflict: its record, field and the dots of its candidates.
 pub fn conflict_id(entity: &str, key: &str, field: &str, conflict: &Conflict) -> String {
     let mut h = DefaultHasher::new();
@@ -83,7 +70,7 @@ pub fn conflict_record<'a>(
         entity,
         key,
         field,
-        strategy: strategy_name(conflict.strategy),
+        strategy: conflict.strategy.name(),
         candidates: conflict
             .candidates
             .iter()

@@ -18,7 +18,7 @@ use crate::envelope::{ChangeEvent, Op, Row};
 use crate::value::Value;
 
 /// An entity's index in the configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EntityId(pub u16);
 
 /// A field's index within its entity.

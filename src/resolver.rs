@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 use thiserror::Error;
 
 use crate::clock::{SystemId, VersionVector};
-use crate::config::Config;
+use crate::config::{Config, Strategy};
 use crate::conflict::conflict_record;
 use crate::engine::{
     apply, entity_rules, Change, DuplicateReason, EntityRules, FieldValue, Outcome, RecordState,
@@ -54,7 +54,13 @@ pub struct Publication {
 pub struct Resolved {
     /// `duplicate`, `echo` or `applied`, for metrics.
     pub outcome: &'static str,
-    pub conflicts: usize,
+    /// Why a duplicate was dropped: `position`, `snapshot_content` or `no_change`.
+    pub duplicate_reason: Option<&'static str>,
+    /// Entity and system of the change, to be named by [`Resolver::label_names`].
+    pub entity: EntityId,
+    pub system: SystemId,
+    /// Per conflict: its field and strategy.
+    pub conflicts: Vec<(FieldId, Strategy)>,
     pub publications: Vec<Publication>,
     /// The record's key and new state for the changelog, when the change altered the state.
     pub changelog: Option<(String, Vec<u8>)>,
@@ -219,6 +225,20 @@ impl Resolver {
         )
     }
 
+    /// The names of a resolved change's entity and system, and of a field of the entity: the
+    /// labels of its metrics.
+    pub fn label_names(&self, entity: EntityId, system: SystemId) -> (&str, &str) {
+        let system_name = self.rules[entity.0 as usize]
+            .systems
+            .get(system.0 as usize)
+            .map_or("?", |s| s.name.as_str());
+        (self.catalog.entity_name(entity), system_name)
+    }
+
+    pub fn field_name(&self, entity: EntityId, field: FieldId) -> &str {
+        self.catalog.field_name(entity, field)
+    }
+
     /// Records held, over all partitions.
     pub fn record_count(&self) -> usize {
         self.partitions
@@ -285,7 +305,11 @@ impl Resolver {
                 context: context.as_ref(),
             },
         );
-        let mut resolved = Resolved::default();
+        let mut resolved = Resolved {
+            entity,
+            system,
+            ..Resolved::default()
+        };
         // A replay (position dedup) leaves the state as it was: nothing to write.
         if !matches!(outcome, Outcome::Duplicate(DuplicateReason::Position)) {
             let names = crate::changelog::Names {
@@ -300,7 +324,14 @@ impl Resolver {
             ));
         }
         match outcome {
-            Outcome::Duplicate(_) => resolved.outcome = "duplicate",
+            Outcome::Duplicate(reason) => {
+                resolved.outcome = "duplicate";
+                resolved.duplicate_reason = Some(match reason {
+                    DuplicateReason::Position => "position",
+                    DuplicateReason::SnapshotContent => "snapshot_content",
+                    DuplicateReason::NoChange => "no_change",
+                });
+            }
             Outcome::Echo => resolved.outcome = "echo",
             Outcome::LateEcho { deliver_to } => {
                 resolved.outcome = "echo";
@@ -325,7 +356,7 @@ impl Resolver {
                 ..
             } => {
                 resolved.outcome = "applied";
-                resolved.conflicts = conflicts.len();
+                resolved.conflicts = conflicts.iter().map(|c| (c.field, c.strategy)).collect();
                 let entity_name = self.catalog.entity_name(entity);
                 let record_key = format!("{entity_name}:{}", change.key);
                 let mut conflict_ids = Vec::with_capacity(conflicts.len());
@@ -548,7 +579,10 @@ mod tests {
         assert_eq!(key, r#"product:["SKU-1"]"#);
         let out = resolver.resolve(0, &settle.encode()).unwrap();
         assert_eq!(out.outcome, "applied");
-        assert_eq!(out.conflicts, 0, "the operator had seen both candidates");
+        assert!(
+            out.conflicts.is_empty(),
+            "the operator had seen both candidates"
+        );
         let to_erp = out
             .publications
             .iter()

@@ -14,7 +14,8 @@ pub struct Metrics {
     control_records: IntCounterVec,
     unmapped_changes: IntCounterVec,
     record_changes: IntCounterVec,
-    conflicts: prometheus::IntCounter,
+    conflicts: IntCounterVec,
+    duplicates: IntCounterVec,
     decode_failures: IntCounterVec,
     dead_letters: IntCounterVec,
     outputs_published: IntCounterVec,
@@ -62,14 +63,19 @@ impl Metrics {
             )?,
             record_changes: counter(
                 "harmony_record_changes_total",
-                "Record changes stage 2 processed, by outcome (applied, echo, duplicate).",
-                &["outcome"],
+                "Record changes stage 2 processed, by entity, source system and outcome (applied, echo: a system applying a delivery, duplicate).",
+                &["entity", "system", "outcome"],
             )?,
-            conflicts: {
-                let c = prometheus::IntCounter::new("harmony_conflicts_total", "Conflicts detected on fields.")?;
-                registry.register(Box::new(c.clone()))?;
-                c
-            },
+            conflicts: counter(
+                "harmony_conflicts_total",
+                "Concurrent writes of a field detected and resolved, by entity, field and strategy (manual: held for an operator).",
+                &["entity", "field", "strategy"],
+            )?,
+            duplicates: counter(
+                "harmony_duplicates_total",
+                "Record changes dropped as duplicates, by source system and reason (position: a replay; snapshot_content: a snapshot read of what the system holds; no_change: nothing but ignored fields changed).",
+                &["system", "reason"],
+            )?,
             decode_failures: counter(
                 "harmony_decode_failures_total",
                 "Input records sent to the dead-letter topic, by kind of failure (decode errors, output_too_large).",
@@ -175,10 +181,26 @@ impl Metrics {
             .inc();
     }
 
-    pub fn record_change(&self, outcome: &str, conflicts: usize) {
-        tracing::debug!(outcome, conflicts, "record change");
-        self.record_changes.with_label_values(&[outcome]).inc();
-        self.conflicts.inc_by(conflicts as u64);
+    pub fn record_change(
+        &self,
+        entity: &str,
+        system: &str,
+        outcome: &str,
+        duplicate_reason: Option<&str>,
+    ) {
+        tracing::debug!(entity, system, outcome, duplicate_reason, "record change");
+        self.record_changes
+            .with_label_values(&[entity, system, outcome])
+            .inc();
+        if let Some(reason) = duplicate_reason {
+            self.duplicates.with_label_values(&[system, reason]).inc();
+        }
+    }
+
+    pub fn conflict(&self, entity: &str, field: &str, strategy: &str) {
+        self.conflicts
+            .with_label_values(&[entity, field, strategy])
+            .inc();
     }
 
     pub fn unmapped_change(&self, system: &str, topic: &str) {

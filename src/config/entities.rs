@@ -52,6 +52,22 @@ pub enum Strategy {
     Manual,
 }
 
+impl Strategy {
+    /// As written in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Lww => "lww",
+            Strategy::Fww => "fww",
+            Strategy::Priority => "priority",
+            Strategy::Sum => "sum",
+            Strategy::Max => "max",
+            Strategy::Min => "min",
+            Strategy::Merge => "merge",
+            Strategy::Manual => "manual",
+        }
+    }
+}
+
 /// Whether a delete or a concurrent update survives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -142,8 +142,20 @@ impl Pipeline<'_> {
         let changelog = resolved.as_mut().ok().and_then(|r| r.changelog.take());
         match resolved {
             Ok(resolved) => {
-                self.metrics
-                    .record_change(resolved.outcome, resolved.conflicts);
+                let (entity, system) = resolver.label_names(resolved.entity, resolved.system);
+                self.metrics.record_change(
+                    entity,
+                    system,
+                    resolved.outcome,
+                    resolved.duplicate_reason,
+                );
+                for &(field, strategy) in &resolved.conflicts {
+                    self.metrics.conflict(
+                        entity,
+                        resolver.field_name(resolved.entity, field),
+                        strategy.name(),
+                    );
+                }
                 for publication in resolved.publications {
                     let headers = (!publication.headers.is_empty()).then(|| {
                         publication.headers.iter().fold(

@@ -383,10 +383,11 @@ fn concurrent_updates_in_three_databases_converge_through_the_jdbc_sink_and_the_
         .1;
     let echoes: f64 = metrics
         .lines()
-        .find(|l| l.starts_with("harmony_record_changes_total{outcome=\"echo\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
+        .filter(|l| {
+            l.starts_with("harmony_record_changes_total{") && l.contains("outcome=\"echo\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
     assert!(echoes >= 3.0, "echoes suppressed: {echoes}\n{metrics}");
 
     // 5. A guard: the shop oversells to -1; the write is refused and the shop is sent 93 back.

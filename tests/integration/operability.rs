@@ -126,3 +126,177 @@ fn a_live_scrape_passes_promtool_and_shows_readiness_and_consumer_lag() {
         .unwrap()
         .success());
 }
+
+/// The sum of a metric's series whose labels include every `name="value"` of `labels`.
+fn metric_sum(body: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    body.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn erp_create(sku: &str, n: u64) -> String {
+    format!(
+        r#"{{"before":null,"after":{{"sku":"{sku}","name":"Widget","price":"10.00","quantity":5,"updated_at":"t{n}"}},"source":{{"connector":"postgresql","name":"erp","db":"erp","schema":"public","table":"products","ts_ms":{},"sequence":"[null,\"{}\"]"}},"op":"c","ts_ms":{}}}"#,
+        1_700_000_000_000 + n,
+        1_000 + n * 10,
+        1_700_000_000_000 + n
+    )
+}
+
+fn shop_create(sku: &str, n: u64) -> String {
+    format!(
+        r#"{{"before":null,"after":{{"item_sku":"{sku}","title":"Widget","price":"12.00","stock":5,"active":true,"updated_at":"s{n}"}},"source":{{"connector":"postgresql","name":"shop","db":"shop","schema":"public","table":"items","ts_ms":{},"sequence":"[null,\"{}\"]"}},"op":"c","ts_ms":{}}}"#,
+        1_700_000_100_000 + n,
+        5_000 + n * 10,
+        1_700_000_100_000 + n
+    )
+}
+
+/// Known traffic through the real broker — N new products from the erp, D of them delivered
+/// again (a connector restart's replay), C concurrent price writes from the shop, P records
+/// no decoder can read — moves each counter by exactly its amount.
+#[test]
+fn known_traffic_moves_the_counters_by_exactly_its_amounts() {
+    if !support::stack_available("operability") {
+        return;
+    }
+    const N: u64 = 10;
+    const D: usize = 3;
+    const C: usize = 2;
+    const P: usize = 2;
+    let group = unique("e2e-count");
+    let erp_topic = format!("{group}_erp.public.products");
+    let shop_topic = format!("{group}_shop.public.items");
+    support::create_topic(&erp_topic, 1).unwrap();
+    support::create_topic(&shop_topic, 1).unwrap();
+    let skus: Vec<String> = (0..N).map(|n| format!("{group}-{n}")).collect();
+    let keys: Vec<String> = skus.iter().map(|s| format!(r#"{{"sku":"{s}"}}"#)).collect();
+    let creates: Vec<String> = (0..N).map(|n| erp_create(&skus[n as usize], n)).collect();
+    let mut erp: Vec<support::RawRecord<'_>> = creates
+        .iter()
+        .zip(&keys)
+        .map(|(v, k)| (Some(k.as_bytes()), Some(v.as_bytes())))
+        .collect();
+    // The replay: the first D records again, same positions.
+    erp.extend(erp[..D].to_vec());
+    let poison = [b"not json at all".as_slice(), b"{\"op\":".as_slice()];
+    erp.extend(poison.iter().map(|p| (Some(b"{}".as_slice()), Some(*p))));
+    let shop_keys: Vec<String> = skus[..C]
+        .iter()
+        .map(|s| format!(r#"{{"item_sku":"{s}"}}"#))
+        .collect();
+    let shop_values: Vec<String> = (0..C as u64)
+        .map(|n| shop_create(&skus[n as usize], n))
+        .collect();
+    let shop: Vec<support::RawRecord<'_>> = shop_keys
+        .iter()
+        .zip(&shop_values)
+        .map(|(k, v)| (Some(k.as_bytes()), Some(v.as_bytes())))
+        .collect();
+    support::produce_raw(&erp_topic, &erp).unwrap();
+    support::produce_raw(&shop_topic, &shop).unwrap();
+
+    let mut options = HarmonyOptions::stack(group.clone());
+    options.systems = vec![
+        ("erp".into(), vec![erp_topic.clone()]),
+        ("shop".into(), vec![shop_topic.clone()]),
+    ];
+    let targets = support::product_targets(&group, &["erp", "shop"], "");
+    options.extra_toml = format!(
+        "{}{targets}",
+        PRODUCT
+            .split("\n  [[entities.sources]]\n  system = \"wms\"")
+            .next()
+            .unwrap()
+    );
+    let mut harmony = Harmony::start(&options).unwrap();
+    let address = harmony.http_address().unwrap();
+    let scrape = || {
+        http_get(&address, "/metrics")
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    };
+    let total = (N as usize + D + C) as f64;
+    wait_until(
+        Duration::from_secs(60),
+        "every record change processed",
+        || {
+            let body = scrape();
+            Ok(
+                metric_sum(&body, "harmony_record_changes_total", &[]) >= total
+                    && metric_sum(&body, "harmony_dead_letter_records_total", &[]) >= P as f64,
+            )
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}\n{}", scrape(), harmony.log()));
+    // Whatever else would arrive late arrives now.
+    std::thread::sleep(Duration::from_secs(2));
+    let body = scrape();
+    let expect = |name: &str, labels: &[(&str, &str)], amount: f64| {
+        assert_eq!(
+            metric_sum(&body, name, labels),
+            amount,
+            "{name} {labels:?}\n{body}"
+        );
+    };
+    let erp_c = [
+        ("system", "erp"),
+        ("topic", erp_topic.as_str()),
+        ("op", "c"),
+    ];
+    expect(
+        "harmony_events_consumed_total",
+        &erp_c,
+        (N as usize + D) as f64,
+    );
+    expect(
+        "harmony_decode_failures_total",
+        &[("topic", erp_topic.as_str())],
+        P as f64,
+    );
+    expect("harmony_dead_letter_records_total", &[], P as f64);
+    expect("harmony_record_changes_total", &[], total);
+    expect(
+        "harmony_record_changes_total",
+        &[
+            ("entity", "product"),
+            ("system", "erp"),
+            ("outcome", "applied"),
+        ],
+        N as f64,
+    );
+    expect(
+        "harmony_duplicates_total",
+        &[("system", "erp"), ("reason", "position")],
+        D as f64,
+    );
+    expect("harmony_duplicates_total", &[], D as f64);
+    expect(
+        "harmony_conflicts_total",
+        &[
+            ("entity", "product"),
+            ("field", "price"),
+            ("strategy", "lww"),
+        ],
+        C as f64,
+    );
+    expect("harmony_conflicts_total", &[], C as f64);
+    expect(
+        "harmony_outputs_published_total",
+        &[("topic", &format!("harmony.{group}.conflicts"))],
+        C as f64,
+    );
+    assert!(harmony
+        .terminate(Duration::from_secs(30))
+        .unwrap()
+        .success());
+}
