@@ -61,6 +61,8 @@ pub struct Resolved {
     pub system: SystemId,
     /// Per conflict: its field and strategy.
     pub conflicts: Vec<(FieldId, Strategy)>,
+    /// The source's commit time of the change, for end-to-end latency.
+    pub source_ts_ms: i64,
     pub publications: Vec<Publication>,
     /// The record's key and new state for the changelog, when the change altered the state.
     pub changelog: Option<(String, Vec<u8>)>,
@@ -308,6 +310,7 @@ impl Resolver {
         let mut resolved = Resolved {
             entity,
             system,
+            source_ts_ms: change.ts_ms,
             ..Resolved::default()
         };
         // A replay (position dedup) leaves the state as it was: nothing to write.

@@ -29,6 +29,7 @@ pub struct Metrics {
     batches: IntCounterVec,
     batch_events: IntCounterVec,
     ready: IntGauge,
+    end_to_end_seconds: Histogram,
     consumer_lag: prometheus::IntGaugeVec,
 }
 
@@ -139,6 +140,15 @@ impl Metrics {
                 "Events committed in exactly-once batches, by stage.",
                 &["stage"],
             )?,
+            end_to_end_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "harmony_end_to_end_latency_seconds",
+                    "From the source database's commit (source.ts_ms) to the broker's acknowledgement of the change's target records (exactly once: to the batch's commit).",
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+                ]),
+            )?,
             ready: IntGauge::new(
                 "harmony_ready",
                 "1 when every assigned partition is restored and the worker processes; 0 while starting, restoring or stopping.",
@@ -152,6 +162,7 @@ impl Metrics {
             )?,
         };
         registry.register(Box::new(metrics.ready.clone()))?;
+        registry.register(Box::new(metrics.end_to_end_seconds.clone()))?;
         registry.register(Box::new(metrics.consumer_lag.clone()))?;
         registry.register(Box::new(metrics.in_flight.clone()))?;
         registry.register(Box::new(metrics.processing_seconds.clone()))?;
@@ -310,6 +321,16 @@ impl Metrics {
             "batch aborted; the assigned partitions are read again from their committed offsets"
         );
         self.batches.with_label_values(&[stage, "aborted"]).inc();
+    }
+
+    /// A change whose target records are acknowledged, committed at `source_ts_ms`. Snapshot
+    /// reads and replays carry old commit times: they are observed too, as what they are.
+    pub fn end_to_end(&self, source_ts_ms: i64) {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        self.end_to_end_seconds
+            .observe((now_ms - source_ts_ms).max(0) as f64 / 1000.0);
     }
 
     pub fn ready_gauge(&self) -> IntGauge {

@@ -88,6 +88,9 @@ enum Phase {
 struct Completion {
     ticket: Ticket,
     phase: Phase,
+    /// The source's commit time of the event, when its outputs are target records: the start
+    /// of the end-to-end latency that ends with their acknowledgement.
+    source_ts_ms: Option<i64>,
     results: Vec<(Destination, Result<(), KafkaError>)>,
 }
 

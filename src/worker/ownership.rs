@@ -154,7 +154,7 @@ impl ConsumerContext for OwnershipContext {
             // The next owners read from the committed offsets: what this worker did with the
             // revoked partitions must be committed now, or it is aborted and done again.
             match transaction.commit(consumer.group_metadata()) {
-                Ok(events) => {
+                Ok((events, _)) => {
                     tracing::info!(
                         events,
                         stage = transaction.stage,

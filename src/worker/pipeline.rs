@@ -301,12 +301,14 @@ impl Pipeline<'_> {
     /// An event's records are all handed to the producer. At least once: its offset waits for
     /// their acknowledgements (stage 2: and then for its changelog value's). Exactly once: its
     /// changelog value joins them in the open batch, and its offset commits with the batch.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn finish(
         &mut self,
         message: &rdkafka::message::BorrowedMessage<'_>,
         changelog: Option<ChangelogValue>,
         phase: Phase,
         sends: Vec<(Destination, Sent)>,
+        source_ts_ms: Option<i64>,
         started: Instant,
     ) -> Result<(), WorkerError> {
         let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
@@ -315,7 +317,7 @@ impl Pipeline<'_> {
                 (Phase::Outputs, Some(d)) => d.begin(topic, partition, offset, changelog),
                 _ => self.offsets.begin(topic, partition, offset),
             };
-            self.track(ticket, phase, sends, started);
+            self.track(ticket, phase, sends, source_ts_ms, started);
             return Ok(());
         };
         let mut refused = sends.into_iter().find_map(|(_, sent)| sent.err());
@@ -326,7 +328,7 @@ impl Pipeline<'_> {
             // A record the producer would not even take: the batch cannot be whole.
             return self.abort_batch(&transaction, &error.to_string());
         }
-        transaction.consumed(topic, partition, offset);
+        transaction.consumed(topic, partition, offset, source_ts_ms);
         self.metrics.processed(started.elapsed().as_secs_f64(), 0);
         Ok(())
     }
@@ -372,8 +374,11 @@ impl Pipeline<'_> {
         // The commit blocks the stage's thread until every record of the batch is written;
         // the stage has nothing else to do meanwhile that would not go into the next batch.
         match transaction.commit(group) {
-            Ok(events) => {
+            Ok((events, source_times)) => {
                 self.rewinds.committed();
+                for ts in source_times {
+                    self.metrics.end_to_end(ts);
+                }
                 self.metrics.batch_committed(transaction.stage, events);
                 Ok(())
             }
@@ -427,6 +432,7 @@ impl Pipeline<'_> {
         ticket: Ticket,
         phase: Phase,
         sends: Vec<(Destination, Sent)>,
+        source_ts_ms: Option<i64>,
         started: Instant,
     ) {
         self.deliveries.push(Box::pin(async move {
@@ -446,6 +452,7 @@ impl Pipeline<'_> {
             Completion {
                 ticket,
                 phase,
+                source_ts_ms,
                 results,
             }
         }));
@@ -490,6 +497,9 @@ impl Pipeline<'_> {
             self.metrics.set_in_flight(self.in_flight());
             return Ok(());
         }
+        if let Some(ts) = done.source_ts_ms {
+            self.metrics.end_to_end(ts);
+        }
         match done.phase {
             Phase::Stored => {
                 if let Some((topic, partition, next)) = self.offsets.acknowledged(done.ticket) {
@@ -522,6 +532,7 @@ impl Pipeline<'_> {
                                 ticket,
                                 Phase::Stored,
                                 vec![(destination, sent)],
+                                None,
                                 Instant::now(),
                             );
                         }

@@ -29,6 +29,8 @@ impl Pipeline<'_> {
             offset: message.offset(),
         };
         self.open_batch()?;
+        // Set when the event's output is a target record (no entities: the output topic).
+        let mut source_ts_ms = None;
         let mut sends: Vec<(Destination, Sent)> = Vec::with_capacity(1);
 
         let Some(system_index) = system else {
@@ -42,7 +44,7 @@ impl Pipeline<'_> {
                 self.dead_letter(message, "unroutable", reason).await,
             ));
             return self
-                .finish(message, None, Phase::Stored, sends, started)
+                .finish(message, None, Phase::Stored, sends, None, started)
                 .await;
         };
         let system = self.config.systems[system_index].name.as_str();
@@ -61,6 +63,7 @@ impl Pipeline<'_> {
             }
             Ok(Decoded::Change(event)) => {
                 self.metrics.change_consumed(system, topic, event.op);
+                source_ts_ms = Some(event.source.ts_ms);
                 encode_change(&mut self.buf, &event, system, origin, now_ms());
                 let record = FutureRecord {
                     topic: &self.config.output.topic,
@@ -120,7 +123,7 @@ impl Pipeline<'_> {
                 ));
             }
         }
-        self.finish(message, None, Phase::Stored, sends, started)
+        self.finish(message, None, Phase::Stored, sends, source_ts_ms, started)
             .await
     }
 
@@ -140,6 +143,11 @@ impl Pipeline<'_> {
             resolver.resolve(message.partition(), message.payload().unwrap_or_default());
         self.metrics.state_size(resolver.record_count());
         let changelog = resolved.as_mut().ok().and_then(|r| r.changelog.take());
+        let source_ts_ms = resolved
+            .as_ref()
+            .ok()
+            .filter(|r| !r.publications.is_empty())
+            .map(|r| r.source_ts_ms);
         match resolved {
             Ok(resolved) => {
                 let (entity, system) = resolver.label_names(resolved.entity, resolved.system);
@@ -195,8 +203,15 @@ impl Pipeline<'_> {
                 ));
             }
         }
-        self.finish(message, changelog, Phase::Outputs, sends, started)
-            .await
+        self.finish(
+            message,
+            changelog,
+            Phase::Outputs,
+            sends,
+            source_ts_ms,
+            started,
+        )
+        .await
     }
 
     /// Stage 1: the change as record changes of the entities its table feeds, each to the

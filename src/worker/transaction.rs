@@ -34,6 +34,9 @@ struct Batch {
     open: bool,
     opened_at: Option<Instant>,
     events: usize,
+    /// Source commit times of the batch's events with target outputs: their end-to-end
+    /// latency ends when the batch commits.
+    source_times: Vec<i64>,
     /// topic → partition → next offset to read; looked up by `&str`, so recording an event
     /// allocates nothing once its partition is known.
     next: HashMap<String, HashMap<i32, i64>>,
@@ -82,9 +85,10 @@ impl Transaction {
     }
 
     /// An event whose records were all sent in the open batch: its offset commits with them.
-    pub fn consumed(&self, topic: &str, partition: i32, offset: i64) {
+    pub fn consumed(&self, topic: &str, partition: i32, offset: i64, source_ts_ms: Option<i64>) {
         let mut batch = self.lock();
         batch.events += 1;
+        batch.source_times.extend(source_ts_ms);
         match batch.next.get_mut(topic) {
             Some(partitions) => {
                 partitions.insert(partition, offset + 1);
@@ -103,12 +107,16 @@ impl Transaction {
         batch.opened_at.filter(|_| batch.open).map(|t| t + interval)
     }
 
-    /// Commits the open batch with its offsets; returns how many events it held. On failure
-    /// the batch is aborted (when it can be) and the caller must read its input again.
-    pub fn commit(&self, group: Option<ConsumerGroupMetadata>) -> Result<usize, TransactionError> {
+    /// Commits the open batch with its offsets; returns how many events it held and the source
+    /// times of those with target outputs. On failure the batch is aborted (when it can be) and
+    /// the caller must read its input again.
+    pub fn commit(
+        &self,
+        group: Option<ConsumerGroupMetadata>,
+    ) -> Result<(usize, Vec<i64>), TransactionError> {
         let mut batch = self.lock();
         if !batch.open {
-            return Ok(0);
+            return Ok((0, Vec::new()));
         }
         let events = batch.events;
         let mut offsets = TopicPartitionList::new();
@@ -136,8 +144,9 @@ impl Transaction {
         if let Err(e) = self.producer.commit_transaction(self.timeout) {
             return Err(self.abort(&mut batch, &e));
         }
+        let source_times = std::mem::take(&mut batch.source_times);
         *batch = Batch::default();
-        Ok(events)
+        Ok((events, source_times))
     }
 
     /// Aborts the open batch (a record of it was refused).

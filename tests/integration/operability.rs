@@ -295,6 +295,12 @@ fn known_traffic_moves_the_counters_by_exactly_its_amounts() {
         &[("topic", &format!("harmony.{group}.conflicts"))],
         C as f64,
     );
+    // Every applied change published target records, each timed from its source commit.
+    expect(
+        "harmony_end_to_end_latency_seconds_count",
+        &[],
+        (N as usize + C) as f64,
+    );
     assert!(harmony
         .terminate(Duration::from_secs(30))
         .unwrap()
