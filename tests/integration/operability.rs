@@ -306,3 +306,76 @@ fn known_traffic_moves_the_counters_by_exactly_its_amounts() {
         .unwrap()
         .success());
 }
+
+/// The Grafana dashboard: valid JSON, every panel placed and queried, every query valid PromQL
+/// (`promtool check rules` on the queries as recording rules) and naming only metrics harmony
+/// defines — a renamed metric cannot leave a panel silently empty.
+#[test]
+fn the_dashboard_queries_valid_promql_over_metrics_harmony_exports() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let text =
+        std::fs::read_to_string(format!("{root}/deploy/grafana/harmony-dashboard.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let telemetry = std::fs::read_to_string(format!("{root}/src/telemetry.rs")).unwrap();
+    let defined = |name: &str| telemetry.contains(&format!("\"{name}\""));
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 12);
+    let mut ids = std::collections::HashSet::new();
+    let mut exprs = Vec::new();
+    for panel in panels {
+        let title = panel["title"].as_str().unwrap();
+        assert!(
+            ids.insert(panel["id"].as_u64().unwrap()),
+            "{title}: duplicate id"
+        );
+        assert!(
+            panel["gridPos"]["w"].as_u64().unwrap() > 0,
+            "{title}: not placed"
+        );
+        let targets = panel["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{title}: no query");
+        for target in targets {
+            let expr = target["expr"].as_str().unwrap();
+            let names: Vec<&str> = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("harmony_"))
+                .collect();
+            assert!(
+                !names.is_empty(),
+                "{title}: {expr} queries no harmony metric"
+            );
+            for name in names {
+                let base = ["_bucket", "_count", "_sum"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                    .filter(|b| defined(b))
+                    .unwrap_or(name);
+                assert!(
+                    defined(base),
+                    "{title}: {name} is not a metric harmony defines"
+                );
+            }
+            exprs.push(expr.to_owned());
+        }
+    }
+    let Some(promtool) = promtool("dashboard") else {
+        return;
+    };
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, expr) in exprs.iter().enumerate() {
+        rules.push_str(&format!(
+            "      - record: dashboard:query_{i}\n        expr: {}\n",
+            serde_json::to_string(expr).unwrap()
+        ));
+    }
+    let dir = std::env::temp_dir().join(unique("dashboard"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("queries.yml"), rules).unwrap();
+    let (ok, output) = run(
+        promtool,
+        &["check", "rules", "queries.yml"],
+        dir.to_str().unwrap(),
+        None,
+    );
+    assert!(ok, "dashboard queries:\n{output}");
+}
