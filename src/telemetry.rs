@@ -30,6 +30,7 @@ pub struct Metrics {
     batch_events: IntCounterVec,
     ready: IntGauge,
     end_to_end_seconds: Histogram,
+    producer_queue: prometheus::IntGaugeVec,
     consumer_lag: prometheus::IntGaugeVec,
 }
 
@@ -149,6 +150,13 @@ impl Metrics {
                     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
                 ]),
             )?,
+            producer_queue: prometheus::IntGaugeVec::new(
+                Opts::new(
+                    "harmony_producer_queue_messages",
+                    "Records handed to a producer and not yet acknowledged (librdkafka's queue), by producer: shared (at least once) or the stage's transactional one.",
+                ),
+                &["producer"],
+            )?,
             ready: IntGauge::new(
                 "harmony_ready",
                 "1 when every assigned partition is restored and the worker processes; 0 while starting, restoring or stopping.",
@@ -163,6 +171,7 @@ impl Metrics {
         };
         registry.register(Box::new(metrics.ready.clone()))?;
         registry.register(Box::new(metrics.end_to_end_seconds.clone()))?;
+        registry.register(Box::new(metrics.producer_queue.clone()))?;
         registry.register(Box::new(metrics.consumer_lag.clone()))?;
         registry.register(Box::new(metrics.in_flight.clone()))?;
         registry.register(Box::new(metrics.processing_seconds.clone()))?;
@@ -331,6 +340,11 @@ impl Metrics {
             .map_or(0, |d| d.as_millis() as i64);
         self.end_to_end_seconds
             .observe((now_ms - source_ts_ms).max(0) as f64 / 1000.0);
+    }
+
+    /// The queue depth series of one producer, for the statistics callbacks.
+    pub fn producer_queue(&self, producer: &str) -> IntGauge {
+        self.producer_queue.with_label_values(&[producer])
     }
 
     pub fn ready_gauge(&self) -> IntGauge {

@@ -140,6 +140,8 @@ pub async fn run(
     let context =
         |restore, transaction: &Option<Arc<Transaction>>, group: String| OwnershipContext {
             lag: metrics.consumer_lag(),
+            producer_queue: metrics
+                .producer_queue(transaction.as_ref().map_or("shared", |t| t.stage)),
             group,
             ownership: Arc::new(Ownership::default()),
             producer: transaction

@@ -102,6 +102,8 @@ pub struct OwnershipContext {
     pub transaction: Option<Arc<Transaction>>,
     /// `harmony_consumer_lag`, by this consumer's group.
     pub lag: prometheus::IntGaugeVec,
+    /// `harmony_producer_queue_messages` of `producer`, sampled with the statistics.
+    pub producer_queue: prometheus::IntGauge,
     pub group: String,
 }
 
@@ -109,6 +111,8 @@ impl ClientContext for OwnershipContext {
     /// librdkafka's statistics: the lag of every partition this consumer owns. A revoked
     /// partition's series is removed at revocation, so only owned ones are set here.
     fn stats(&self, statistics: rdkafka::Statistics) {
+        self.producer_queue
+            .set(i64::from(self.producer.in_flight_count()));
         for (topic, t) in &statistics.topics {
             for (&partition, p) in &t.partitions {
                 if partition < 0 || p.consumer_lag < 0 || !self.ownership.owns(topic, partition) {

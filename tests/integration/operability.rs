@@ -107,6 +107,7 @@ fn a_live_scrape_passes_promtool_and_shows_readiness_and_consumer_lag() {
                 })
             };
             Ok(body.contains("harmony_ready 1")
+                && body.contains("harmony_producer_queue_messages{producer=\"shared\"}")
                 && lag(&group, "erp.public.products")
                 && lag(
                     &format!("{group}.resolve"),
