@@ -63,6 +63,8 @@ pub struct Resolved {
     pub conflicts: Vec<(FieldId, Strategy)>,
     /// The source's commit time of the change, for end-to-end latency.
     pub source_ts_ms: i64,
+    /// The change was the first of its record in this partition's state.
+    pub new_record: bool,
     pub publications: Vec<Publication>,
     /// The record's key and new state for the changelog, when the change altered the state.
     pub changelog: Option<(String, Vec<u8>)>,
@@ -241,6 +243,13 @@ impl Resolver {
         self.catalog.field_name(entity, field)
     }
 
+    /// Records held in one partition's state.
+    pub fn partition_record_count(&self, partition: i32) -> usize {
+        self.partitions
+            .get(&partition)
+            .map_or(0, |records| records.values().map(HashMap::len).sum())
+    }
+
     /// Records held, over all partitions.
     pub fn record_count(&self) -> usize {
         self.partitions
@@ -288,7 +297,8 @@ impl Resolver {
             .or_default()
             .entry(entity)
             .or_default();
-        if !records.contains_key(change.key.as_ref()) {
+        let new_record = !records.contains_key(change.key.as_ref());
+        if new_record {
             records.insert(change.key.to_string(), RecordState::default());
         }
         let state = records
@@ -311,6 +321,7 @@ impl Resolver {
             entity,
             system,
             source_ts_ms: change.ts_ms,
+            new_record,
             ..Resolved::default()
         };
         // A replay (position dedup) leaves the state as it was: nothing to write.

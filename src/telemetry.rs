@@ -23,7 +23,7 @@ pub struct Metrics {
     processing_seconds: Histogram,
     restore_seconds: Histogram,
     restored_records: prometheus::IntCounter,
-    state_records: IntGauge,
+    state_records: prometheus::IntGaugeVec,
     rebalances: prometheus::IntCounter,
     rewinds: IntCounterVec,
     batches: IntCounterVec,
@@ -118,9 +118,12 @@ impl Metrics {
                 "harmony_state_restored_records_total",
                 "Records rebuilt from the changelog on partition assignment.",
             )?,
-            state_records: IntGauge::new(
-                "harmony_state_records",
-                "Records whose state this worker holds, over its assigned partitions.",
+            state_records: prometheus::IntGaugeVec::new(
+                Opts::new(
+                    "harmony_state_records",
+                    "Records whose state this worker holds, per assigned internal-topic partition.",
+                ),
+                &["partition"],
             )?,
             rebalances: prometheus::IntCounter::new(
                 "harmony_rebalances_total",
@@ -289,16 +292,23 @@ impl Metrics {
         );
         self.restore_seconds.observe(seconds);
         self.restored_records.inc_by(records as u64);
-        self.state_records.set(held as i64);
+        self.state_size(partition, held);
     }
 
-    pub fn partition_dropped(&self, partition: i32, held: usize) {
+    /// A revoked partition: its series goes with it.
+    pub fn partition_dropped(&self, partition: i32) {
         tracing::info!(partition, "partition state dropped");
-        self.state_records.set(held as i64);
+        let _ = self
+            .state_records
+            .remove_label_values(&[&partition.to_string()]);
     }
 
-    pub fn state_size(&self, held: usize) {
-        self.state_records.set(held as i64);
+    /// Called when a partition's record count changed (a record seen for the first time), not
+    /// per event: the label is formatted each time.
+    pub fn state_size(&self, partition: i32, held: usize) {
+        self.state_records
+            .with_label_values(&[&partition.to_string()])
+            .set(held as i64);
     }
 
     /// A partition paused after a failed delivery, to be read again after `backoff`.

@@ -185,7 +185,7 @@ impl Pipeline<'_> {
             records,
             unreadable,
             elapsed.as_secs_f64(),
-            resolver.record_count(),
+            resolver.partition_record_count(partition),
         );
         Ok(())
     }
@@ -199,7 +199,7 @@ impl Pipeline<'_> {
         }
         if let Some(r) = self.resolver.as_mut() {
             r.drop_partition(partition);
-            self.metrics.partition_dropped(partition, r.record_count());
+            self.metrics.partition_dropped(partition);
         }
     }
 

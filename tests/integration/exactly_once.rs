@@ -75,19 +75,23 @@ fn each_change_reaches_the_targets_once_across_a_sigkill_mid_batch() {
     // read_uncommitted reader sees them) and not committed (a read_committed one sees none).
     let topic = format!("{group}.shop.product");
     let mut early = TopicReader::new_uncommitted(&topic).unwrap();
-    assert!(
-        early
-            .read_until(Duration::from_secs(60), |rs| per_sku(rs, &prefix).len()
-                >= 20)
-            .unwrap(),
-        "{}",
-        harmony.log()
-    );
-    shop.read_for(Duration::from_millis(200)).unwrap();
-    assert!(
-        per_sku(&shop.records, &prefix).is_empty(),
-        "a batch was committed before the kill; the commit interval is too short for this test"
-    );
+    // Products on the broker that a read_committed reader still does not see, 300 ms later
+    // too (not just its reading lag): an open batch holds them.
+    let open_batch = |early: &mut TopicReader, shop: &mut TopicReader| {
+        early.read_for(Duration::from_millis(300)).unwrap();
+        shop.read_for(Duration::from_millis(300)).unwrap();
+        let committed = per_sku(&shop.records, &prefix);
+        per_sku(&early.records, &prefix)
+            .keys()
+            .filter(|sku| !committed.contains_key(*sku))
+            .count()
+    };
+    wait_until(
+        Duration::from_secs(60),
+        "a batch open with outputs on the broker",
+        || Ok(open_batch(&mut early, &mut shop) >= 5 && open_batch(&mut early, &mut shop) >= 5),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", harmony.log()));
     harmony.kill_hard().unwrap();
     harmony.spawn().unwrap();
     writer.join().unwrap();

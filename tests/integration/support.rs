@@ -424,15 +424,19 @@ impl Harmony {
         Ok(worker)
     }
 
-    /// A counter or gauge of this worker's `/metrics`, 0 when absent.
+    /// A counter or gauge of this worker's `/metrics`, summed over its labelled series; 0 when
+    /// absent.
     pub fn metric(&self, name: &str) -> f64 {
         self.http_address()
             .and_then(|a| http_get(&a, "/metrics").ok())
-            .and_then(|(_, body)| {
+            .map(|(_, body)| {
                 body.lines()
-                    .find(|l| l.starts_with(&format!("{name} ")))
-                    .and_then(|l| l.rsplit(' ').next())
-                    .and_then(|v| v.parse().ok())
+                    .filter(|l| {
+                        l.strip_prefix(name)
+                            .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+                    })
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum()
             })
             .unwrap_or(0.0)
     }
