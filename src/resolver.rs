@@ -209,7 +209,6 @@ impl Resolver {
     /// changes of each system the record has accepted (state inspection, the chaos checker).
     pub fn version_of_record(&self, entity: &str, key: &str) -> Option<Vec<(String, u64)>> {
         let entity = *self.entities.get(entity)?;
-        let rules = &self.rules[entity.0 as usize];
         let state = self
             .partitions
             .values()
@@ -218,25 +217,25 @@ impl Resolver {
             state
                 .clock
                 .iter()
-                .map(|(s, n)| {
-                    let name = rules
-                        .systems
-                        .get(s.0 as usize)
-                        .map_or("?", |i| i.name.as_str());
-                    (name.to_owned(), n)
-                })
+                .map(|(s, n)| (self.system_name(entity, s).to_owned(), n))
                 .collect(),
         )
+    }
+
+    fn system_name(&self, entity: EntityId, system: SystemId) -> &str {
+        self.rules[entity.0 as usize]
+            .systems
+            .get(system.0 as usize)
+            .map_or("?", |s| s.name.as_str())
     }
 
     /// The names of a resolved change's entity and system, and of a field of the entity: the
     /// labels of its metrics.
     pub fn label_names(&self, entity: EntityId, system: SystemId) -> (&str, &str) {
-        let system_name = self.rules[entity.0 as usize]
-            .systems
-            .get(system.0 as usize)
-            .map_or("?", |s| s.name.as_str());
-        (self.catalog.entity_name(entity), system_name)
+        (
+            self.catalog.entity_name(entity),
+            self.system_name(entity, system),
+        )
     }
 
     pub fn field_name(&self, entity: EntityId, field: FieldId) -> &str {
@@ -248,15 +247,6 @@ impl Resolver {
         self.partitions
             .get(&partition)
             .map_or(0, |records| records.values().map(HashMap::len).sum())
-    }
-
-    /// Records held, over all partitions.
-    pub fn record_count(&self) -> usize {
-        self.partitions
-            .values()
-            .flat_map(HashMap::values)
-            .map(HashMap::len)
-            .sum()
     }
 
     pub fn resolve(&mut self, partition: i32, payload: &[u8]) -> Result<Resolved, ResolveError> {
@@ -325,6 +315,7 @@ impl Resolver {
             ..Resolved::default()
         };
         // A replay (position dedup) leaves the state as it was: nothing to write.
+        let entity_name = self.catalog.entity_name(entity);
         if !matches!(outcome, Outcome::Duplicate(DuplicateReason::Position)) {
             let names = crate::changelog::Names {
                 systems: &rules.systems,
@@ -333,36 +324,23 @@ impl Resolver {
                 field_ids: &self.fields[entity.0 as usize],
             };
             resolved.changelog = Some((
-                format!("{}:{}", self.catalog.entity_name(entity), change.key),
+                format!("{entity_name}:{}", change.key),
                 crate::changelog::encode(state, &names),
             ));
         }
-        match outcome {
+        let (deliver_to, conflict_ids) = match outcome {
             Outcome::Duplicate(reason) => {
                 resolved.outcome = "duplicate";
-                resolved.duplicate_reason = Some(match reason {
-                    DuplicateReason::Position => "position",
-                    DuplicateReason::SnapshotContent => "snapshot_content",
-                    DuplicateReason::NoChange => "no_change",
-                });
+                resolved.duplicate_reason = Some(reason.name());
+                return Ok(resolved);
             }
-            Outcome::Echo => resolved.outcome = "echo",
+            Outcome::Echo => {
+                resolved.outcome = "echo";
+                return Ok(resolved);
+            }
             Outcome::LateEcho { deliver_to } => {
                 resolved.outcome = "echo";
-                let provenance = Provenance {
-                    entity: self.catalog.entity_name(entity),
-                    key_text: &change.key,
-                    origin: system,
-                    conflicts: &[],
-                };
-                deliveries(
-                    &self.plans,
-                    entity,
-                    &deliver_to,
-                    (rules, state),
-                    &provenance,
-                    &mut resolved,
-                );
+                (deliver_to, Vec::new())
             }
             Outcome::Applied {
                 conflicts,
@@ -371,10 +349,10 @@ impl Resolver {
             } => {
                 resolved.outcome = "applied";
                 resolved.conflicts = conflicts.iter().map(|c| (c.field, c.strategy)).collect();
-                let entity_name = self.catalog.entity_name(entity);
-                let record_key = format!("{entity_name}:{}", change.key);
                 let mut conflict_ids = Vec::with_capacity(conflicts.len());
-                if let Ok(key) = serde_json::from_str::<&RawValue>(&change.key) {
+                let key = serde_json::from_str::<&RawValue>(&change.key).ok();
+                if let (Some(key), false) = (key, conflicts.is_empty()) {
+                    let record_key = format!("{entity_name}:{}", change.key);
                     for conflict in &conflicts {
                         let field = self.catalog.field_name(entity, conflict.field);
                         let record =
@@ -388,22 +366,23 @@ impl Resolver {
                         });
                     }
                 }
-                let provenance = Provenance {
-                    entity: entity_name,
-                    key_text: &change.key,
-                    origin: system,
-                    conflicts: &conflict_ids,
-                };
-                deliveries(
-                    &self.plans,
-                    entity,
-                    &deliver_to,
-                    (rules, state),
-                    &provenance,
-                    &mut resolved,
-                );
+                (deliver_to, conflict_ids)
             }
-        }
+        };
+        let provenance = Provenance {
+            entity: entity_name,
+            key_text: &change.key,
+            origin: system,
+            conflicts: &conflict_ids,
+        };
+        deliveries(
+            &self.plans,
+            entity,
+            &deliver_to,
+            (rules, state),
+            &provenance,
+            &mut resolved,
+        );
         Ok(resolved)
     }
 }

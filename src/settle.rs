@@ -3,7 +3,7 @@
 //! published to the internal topic, keyed like the record, for stage 2 to apply in order with
 //! the record's other changes.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -35,10 +35,7 @@ pub async fn settle(
     let record = find_conflict(config, &conflicts_topic, id, timeout)
         .with_context(|| format!("looking up conflict {id} on {conflicts_topic}"))?;
     let doc = ConflictDoc::parse(&record)?;
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    let (record_key, change) = resolution_change(&doc, choice, now_ms)?;
+    let (record_key, change) = resolution_change(&doc, choice, kafka::now_ms())?;
     let topic = config.output.internal_topic(&config.kafka.group_id);
     let producer: FutureProducer = kafka::producer_config(&config.kafka)
         .create()

@@ -345,11 +345,8 @@ impl Metrics {
     /// A change whose target records are acknowledged, committed at `source_ts_ms`. Snapshot
     /// reads and replays carry old commit times: they are observed too, as what they are.
     pub fn end_to_end(&self, source_ts_ms: i64) {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
         self.end_to_end_seconds
-            .observe((now_ms - source_ts_ms).max(0) as f64 / 1000.0);
+            .observe((crate::kafka::now_ms() - source_ts_ms).max(0) as f64 / 1000.0);
     }
 
     /// The queue depth series of one producer, for the statistics callbacks.

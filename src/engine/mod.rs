@@ -104,6 +104,17 @@ pub enum DuplicateReason {
     NoChange,
 }
 
+impl DuplicateReason {
+    /// As metrics label it.
+    pub fn name(self) -> &'static str {
+        match self {
+            DuplicateReason::Position => "position",
+            DuplicateReason::SnapshotContent => "snapshot_content",
+            DuplicateReason::NoChange => "no_change",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     Duplicate(DuplicateReason),

@@ -109,6 +109,13 @@ pub fn transactional_producer(
     config
 }
 
+/// Wall-clock milliseconds since the epoch, as Kafka and Debezium timestamp records.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// The client settings for a log line, secrets replaced.
 pub fn redacted(config: &ClientConfig) -> Vec<(String, String)> {
     let mut shown: Vec<(String, String)> = config

@@ -71,6 +71,8 @@ pub enum WorkerError {
 enum Destination {
     Output,
     Internal,
+    /// Stage 2's state topic.
+    Changelog,
     DeadLetter,
     /// A target or conflicts topic of stage 2, by name.
     Topic(String),

@@ -312,23 +312,25 @@ impl Pipeline<'_> {
         started: Instant,
     ) -> Result<(), WorkerError> {
         let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
-        let Some(transaction) = self.transaction.clone() else {
+        if self.transaction.is_none() {
             let ticket = match (phase, self.durability.as_mut()) {
                 (Phase::Outputs, Some(d)) => d.begin(topic, partition, offset, changelog),
                 _ => self.offsets.begin(topic, partition, offset),
             };
             self.track(ticket, phase, sends, source_ts_ms, started);
             return Ok(());
-        };
+        }
         let mut refused = sends.into_iter().find_map(|(_, sent)| sent.err());
         if let Some((key, state)) = changelog.filter(|_| refused.is_none()) {
             refused = self.write_changelog(partition, &key, &state).await.err();
         }
         if let Some(error) = refused {
             // A record the producer would not even take: the batch cannot be whole.
-            return self.abort_batch(&transaction, &error.to_string());
+            return self.abort_batch(&error.to_string());
         }
-        transaction.consumed(topic, partition, offset, source_ts_ms);
+        if let Some(transaction) = &self.transaction {
+            transaction.consumed(topic, partition, offset, source_ts_ms);
+        }
         self.metrics.processed(started.elapsed().as_secs_f64(), 0);
         Ok(())
     }
@@ -349,13 +351,14 @@ impl Pipeline<'_> {
 
     /// Exactly once: opens the stage's batch before an event's first record is sent.
     pub(super) fn open_batch(&mut self) -> Result<(), WorkerError> {
-        let Some(transaction) = self.transaction.clone() else {
-            return Ok(());
+        let opened = match &self.transaction {
+            None => return Ok(()),
+            Some(transaction) => transaction.ensure_open(),
         };
-        match transaction.ensure_open() {
+        match opened {
             Ok(()) => Ok(()),
             Err(TransactionError::Fatal(reason)) => Err(WorkerError::Transaction(reason)),
-            Err(TransactionError::Aborted(reason)) => self.abort_batch(&transaction, &reason),
+            Err(TransactionError::Aborted(reason)) => self.abort_batch(&reason),
         }
     }
 
@@ -387,7 +390,10 @@ impl Pipeline<'_> {
         }
     }
 
-    fn abort_batch(&mut self, transaction: &Transaction, reason: &str) -> Result<(), WorkerError> {
+    fn abort_batch(&mut self, reason: &str) -> Result<(), WorkerError> {
+        let Some(transaction) = self.transaction.clone() else {
+            return Ok(());
+        };
         match transaction.abort_open(reason) {
             TransactionError::Fatal(reason) => Err(WorkerError::Transaction(reason)),
             TransactionError::Aborted(reason) => self.batch_aborted(&reason),
@@ -468,14 +474,16 @@ impl Pipeline<'_> {
             let topic = match &destination {
                 Destination::Output => self.config.output.topic.as_str(),
                 Destination::Internal => self.internal_topic,
+                Destination::Changelog => self.state_topic,
                 Destination::DeadLetter => self.config.output.dead_letter_topic.as_str(),
                 Destination::Topic(name) => name.as_str(),
             };
             match result {
                 Ok(()) => match destination {
-                    Destination::Output | Destination::Internal | Destination::Topic(_) => {
-                        self.metrics.output_acknowledged(topic)
-                    }
+                    Destination::Output
+                    | Destination::Internal
+                    | Destination::Changelog
+                    | Destination::Topic(_) => self.metrics.output_acknowledged(topic),
                     Destination::DeadLetter => self.metrics.dead_letter_acknowledged(topic),
                 },
                 Err(error) if rewind::is_retriable(&error) && failed.is_none() => {
@@ -527,7 +535,7 @@ impl Pipeline<'_> {
                         }
                         Some((key, state)) => {
                             let sent = self.write_changelog(partition, &key, &state).await;
-                            let destination = Destination::Topic(self.state_topic.to_owned());
+                            let destination = Destination::Changelog;
                             self.track(
                                 ticket,
                                 Phase::Stored,

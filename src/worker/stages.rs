@@ -2,7 +2,7 @@
 //! entities (internal topic); stage 2 resolves an internal record; both dead-letter what
 //! cannot be handled.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
@@ -64,7 +64,13 @@ impl Pipeline<'_> {
             Ok(Decoded::Change(event)) => {
                 self.metrics.change_consumed(system, topic, event.op);
                 source_ts_ms = Some(event.source.ts_ms);
-                encode_change(&mut self.buf, &event, system, origin, now_ms());
+                encode_change(
+                    &mut self.buf,
+                    &event,
+                    system,
+                    origin,
+                    crate::kafka::now_ms(),
+                );
                 let record = FutureRecord {
                     topic: &self.config.output.topic,
                     partition: None,
@@ -347,10 +353,4 @@ impl Pipeline<'_> {
         };
         send(self.producer, record).await
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

@@ -31,7 +31,7 @@ pub enum TransactionError {
 
 #[derive(Default)]
 struct Batch {
-    open: bool,
+    /// When the open batch began; `None` with no batch open.
     opened_at: Option<Instant>,
     events: usize,
     /// Source commit times of the batch's events with target outputs: their end-to-end
@@ -73,13 +73,12 @@ impl Transaction {
     /// Opens the batch if none is open; to be called before an event's first record is sent.
     pub fn ensure_open(&self) -> Result<(), TransactionError> {
         let mut batch = self.lock();
-        if batch.open {
+        if batch.opened_at.is_some() {
             return Ok(());
         }
         self.producer
             .begin_transaction()
             .map_err(|e| classify(&e))?;
-        batch.open = true;
         batch.opened_at = Some(Instant::now());
         Ok(())
     }
@@ -104,7 +103,7 @@ impl Transaction {
     /// When the open batch is due for commit (`None` with no batch open).
     pub fn due(&self, interval: Duration) -> Option<Instant> {
         let batch = self.lock();
-        batch.opened_at.filter(|_| batch.open).map(|t| t + interval)
+        batch.opened_at.map(|t| t + interval)
     }
 
     /// Commits the open batch with its offsets; returns how many events it held and the source
@@ -115,7 +114,7 @@ impl Transaction {
         group: Option<ConsumerGroupMetadata>,
     ) -> Result<(usize, Vec<i64>), TransactionError> {
         let mut batch = self.lock();
-        if !batch.open {
+        if batch.opened_at.is_none() {
             return Ok((0, Vec::new()));
         }
         let events = batch.events;
@@ -152,7 +151,7 @@ impl Transaction {
     /// Aborts the open batch (a record of it was refused).
     pub fn abort_open(&self, reason: &str) -> TransactionError {
         let mut batch = self.lock();
-        if !batch.open {
+        if batch.opened_at.is_none() {
             return TransactionError::Aborted(reason.to_owned());
         }
         self.abort_with(&mut batch, reason.to_owned())

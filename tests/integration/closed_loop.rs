@@ -137,11 +137,7 @@ fn records_of(
             reader
                 .records
                 .iter()
-                .filter(|r| {
-                    r.key
-                        .as_deref()
-                        .is_some_and(|k| k.contains(&format!("\"{sku}\"")))
-                })
+                .filter(|r| r.keyed_by(sku))
                 .map(|r| (topic.clone(), r.clone())),
         );
     }

@@ -13,15 +13,7 @@ use crate::support::{self, http_get, psql, unique, Harmony, HarmonyOptions, Reco
 
 fn count_for(reader: &mut TopicReader, sku: &str) -> usize {
     reader.read_for(Duration::from_millis(300)).unwrap();
-    reader
-        .records
-        .iter()
-        .filter(|r| {
-            r.key
-                .as_deref()
-                .is_some_and(|k| k.contains(&format!("\"{sku}\"")))
-        })
-        .count()
+    reader.records.iter().filter(|r| r.keyed_by(sku)).count()
 }
 
 #[test]

@@ -173,6 +173,13 @@ pub struct Record {
 }
 
 impl Record {
+    /// Whether the record's key names `value` as a JSON string (a product's sku, say).
+    pub fn keyed_by(&self, value: &str) -> bool {
+        self.key
+            .as_deref()
+            .is_some_and(|k| k.contains(&format!("\"{value}\"")))
+    }
+
     pub fn json(&self) -> serde_json::Value {
         self.value
             .as_deref()
