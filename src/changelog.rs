@@ -2,7 +2,9 @@
 //! changelog topic after the record's outputs are acknowledged, and reads back to rebuild a
 //! partition's state when the partition is assigned to it.
 //!
-//! Compact binary (postcard) after a format byte, so the encoding can evolve. Systems and fields
+//! Compact binary (postcard) after a format byte, so the encoding can evolve: format 2 appends
+//! what format 1 lacked (the times metrics measure from) after the format-1 body, so a format-1
+//! value still reads, with those times taken from the record. Systems and fields
 //! are written by name, not by the positions the running configuration gives them: the
 //! changelog outlives a configuration that adds a system or a field. Names the configuration no
 //! longer has are dropped on reading.
@@ -19,7 +21,7 @@ use crate::mapping::FieldId;
 use crate::value::Decimal;
 
 /// Version of the encoding; a reader refuses versions it does not know.
-pub const FORMAT: u8 = 1;
+pub const FORMAT: u8 = 2;
 
 /// How names map to the running configuration's ids, for one entity.
 pub struct Names<'a> {
@@ -81,6 +83,17 @@ struct WireDelivery<'a> {
     #[serde(borrow)]
     values: Vec<(Cow<'a, str>, WireValue<'a>)>,
     deleted: bool,
+}
+
+/// Format 2's appendix to the format-1 body.
+#[derive(Serialize, Deserialize, Default)]
+struct WireTimes<'a> {
+    /// Unsettled manual conflicts: field and since when.
+    #[serde(borrow)]
+    unsettled: Vec<(Cow<'a, str>, i64)>,
+    /// Per system, the source commit times of its pending deliveries, in their order.
+    #[serde(borrow)]
+    pending: Vec<(Cow<'a, str>, Vec<i64>)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -168,6 +181,8 @@ impl Names<'_> {
             fingerprint: d.fingerprint,
             values: self.values_of(d.values),
             deleted: d.deleted,
+            // Set from format 2's appendix once the state is read.
+            ts_ms: 0,
         }
     }
 
@@ -236,19 +251,46 @@ pub fn encode(state: &RecordState, names: &Names<'_>) -> Vec<u8> {
             })
             .collect(),
     };
-    let mut out = vec![FORMAT];
+    let times = WireTimes {
+        unsettled: state
+            .unsettled
+            .iter()
+            .map(|(f, ts)| (names.field(*f), *ts))
+            .collect(),
+        pending: state
+            .systems
+            .iter()
+            .filter(|(_, sys)| !sys.pending.is_empty())
+            .map(|(s, sys)| {
+                (
+                    names.system(*s),
+                    sys.pending.iter().map(|d| d.ts_ms).collect(),
+                )
+            })
+            .collect(),
+    };
     // Serialising plain in-memory data into a vector cannot fail.
-    out.extend(postcard::to_allocvec(&wire).unwrap_or_default());
+    let mut out = postcard::to_extend(&wire, vec![FORMAT]).unwrap_or_default();
+    out = postcard::to_extend(&times, out).unwrap_or_default();
     out
 }
 
 /// A record's state from its changelog value.
 pub fn decode(bytes: &[u8], names: &Names<'_>) -> Result<RecordState, String> {
     let (&format, body) = bytes.split_first().ok_or("empty changelog record")?;
-    if format != FORMAT {
-        return Err(format!("changelog format {format} is not {FORMAT}"));
-    }
-    let wire: WireState<'_> = postcard::from_bytes(body).map_err(|e| e.to_string())?;
+    let (wire, rest): (WireState<'_>, &[u8]) = match format {
+        1 | 2 => postcard::take_from_bytes(body).map_err(|e| e.to_string())?,
+        _ => {
+            return Err(format!(
+                "changelog format {format} is not one of 1, {FORMAT}"
+            ))
+        }
+    };
+    let times: WireTimes<'_> = if format == 1 {
+        WireTimes::default()
+    } else {
+        postcard::from_bytes(rest).map_err(|e| e.to_string())?
+    };
     let mut state = RecordState {
         clock: names.clock_of(wire.clock),
         deleted: wire.deleted.and_then(|d| names.dot_of(d)),
@@ -300,5 +342,30 @@ pub fn decode(bytes: &[u8], names: &Names<'_>) -> Result<RecordState, String> {
                 .collect(),
         };
     }
+    for (name, since) in times.unsettled {
+        if let Some(&f) = names.field_ids.get(name.as_ref()) {
+            state.unsettle(f, since);
+        }
+    }
+    // Format 1 kept no delivery times: the record's latest write is the closest known.
+    let latest_write = state.fields.iter().map(|(_, f)| f.ts_ms).max().unwrap_or(0);
+    let mut pending_times: HashMap<SystemId, Vec<i64>> = times
+        .pending
+        .into_iter()
+        .filter_map(|(name, ts)| names.system_ids.get(name.as_ref()).map(|&s| (s, ts)))
+        .collect();
+    for (s, sys) in &mut state.systems {
+        let ts = pending_times.remove(s).unwrap_or_default();
+        for (i, d) in sys.pending.iter_mut().enumerate() {
+            d.ts_ms = ts.get(i).copied().unwrap_or(latest_write);
+        }
+    }
     Ok(state)
+}
+
+/// A format-2 value as format 1 wrote it: without the appendix.
+#[cfg(test)]
+pub fn as_format_1(bytes: &[u8]) -> Vec<u8> {
+    let (wire, _): (WireState<'_>, _) = postcard::take_from_bytes(&bytes[1..]).unwrap();
+    postcard::to_extend(&wire, vec![1]).unwrap()
 }

@@ -34,6 +34,11 @@ pub struct VersionVector {
 }
 
 impl VersionVector {
+    /// Bytes its entries take on the heap.
+    pub fn heap_bytes(&self) -> usize {
+        self.entries.capacity() * std::mem::size_of::<(SystemId, u64)>()
+    }
+
     pub fn new() -> Self {
         Self::default()
     }

@@ -73,6 +73,27 @@ pub struct Resolved {
 /// Records of one partition: by entity, then canonical key.
 type PartitionRecords = HashMap<EntityId, HashMap<String, RecordState>>;
 
+/// One partition's state as its metrics report it. Made by a scan every few seconds rather than
+/// per event.
+#[derive(Debug, Default, PartialEq)]
+pub struct StateSummary<'r> {
+    pub records: usize,
+    /// Memory the records take: their keys, their state, the maps' buckets.
+    pub bytes: usize,
+    /// Per target system: records whose latest delivery it has not yet been seen applying
+    /// (echoed), and the source commit time of the oldest such delivery.
+    pub out_of_sync: Vec<(&'r str, usize, Option<i64>)>,
+    /// Per entity: fields holding a manual conflict no operator has settled, and since when the
+    /// oldest has been held.
+    pub unsettled: Vec<(&'r str, usize, Option<i64>)>,
+}
+
+/// A count and the earliest of the times counted.
+fn tally(slot: &mut (usize, Option<i64>), ts_ms: i64) {
+    slot.0 += 1;
+    slot.1 = Some(slot.1.map_or(ts_ms, |t| t.min(ts_ms)));
+}
+
 pub struct Resolver {
     catalog: Catalog,
     rules: Vec<EntityRules>,
@@ -81,6 +102,9 @@ pub struct Resolver {
     systems: HashMap<String, SystemId>,
     fields: Vec<HashMap<String, FieldId>>,
     conflicts_topic: String,
+    /// By entity: the targets that are also its sources, so apply what they are sent and are
+    /// seen doing so; only they can be out of sync.
+    echoing_targets: Vec<Vec<SystemId>>,
     /// Record state by internal-topic partition.
     partitions: HashMap<i32, PartitionRecords>,
 }
@@ -117,7 +141,22 @@ impl Resolver {
                     .collect()
             })
             .collect();
+        let echoing_targets = rules
+            .iter()
+            .map(|r| {
+                r.targets
+                    .iter()
+                    .copied()
+                    .filter(|t| {
+                        r.held_fields
+                            .get(t.0 as usize)
+                            .is_some_and(|f| !f.is_empty())
+                    })
+                    .collect()
+            })
+            .collect();
         Self {
+            echoing_targets,
             catalog,
             rules,
             plans,
@@ -200,6 +239,11 @@ impl Resolver {
         (count, unreadable)
     }
 
+    /// The partitions whose state it holds.
+    pub fn partitions(&self) -> Vec<i32> {
+        self.partitions.keys().copied().collect()
+    }
+
     /// Forgets a revoked partition's state; its next owner restores it from the changelog.
     pub fn drop_partition(&mut self, partition: i32) {
         self.partitions.remove(&partition);
@@ -247,6 +291,54 @@ impl Resolver {
         self.partitions
             .get(&partition)
             .map_or(0, |records| records.values().map(HashMap::len).sum())
+    }
+
+    /// What the metrics report of one partition's state: one pass over its records.
+    pub fn state_summary(&self, partition: i32) -> StateSummary<'_> {
+        let systems = self.rules.first().map_or(0, |r| r.systems.len());
+        let mut behind = vec![(0, None); systems];
+        let mut unsettled = vec![(0, None); self.rules.len()];
+        let mut summary = StateSummary::default();
+        for (&entity, records) in self.partitions.get(&partition).into_iter().flatten() {
+            let echoing = &self.echoing_targets[entity.0 as usize];
+            summary.records += records.len();
+            // A bucket per slot of capacity, plus its control byte.
+            summary.bytes +=
+                records.capacity() * (std::mem::size_of::<(String, RecordState)>() + 1);
+            for (key, state) in records {
+                summary.bytes += key.capacity() + state.heap_bytes();
+                for &target in echoing {
+                    if let Some(delivery) = state.system(target).and_then(|s| s.pending.front()) {
+                        tally(&mut behind[target.0 as usize], delivery.ts_ms);
+                    }
+                }
+                for &(_, since) in &state.unsettled {
+                    tally(&mut unsettled[entity.0 as usize], since);
+                }
+            }
+        }
+        summary.out_of_sync = self
+            .echoing_target_names()
+            .into_iter()
+            .map(|(id, name)| (name, behind[id.0 as usize].0, behind[id.0 as usize].1))
+            .collect();
+        summary.unsettled = unsettled
+            .into_iter()
+            .enumerate()
+            .map(|(e, (n, since))| (self.catalog.entity_name(EntityId(e as u16)), n, since))
+            .collect();
+        summary
+    }
+
+    /// The target systems a state summary reports on: those that echo, in id order.
+    fn echoing_target_names(&self) -> Vec<(SystemId, &str)> {
+        let mut targets: Vec<SystemId> = self.echoing_targets.iter().flatten().copied().collect();
+        targets.sort_unstable();
+        targets.dedup();
+        targets
+            .into_iter()
+            .map(|t| (t, self.system_name(EntityId(0), t)))
+            .collect()
     }
 
     pub fn resolve(&mut self, partition: i32, payload: &[u8]) -> Result<Resolved, ResolveError> {
@@ -570,7 +662,20 @@ mod tests {
         )
         .unwrap();
         assert_eq!(key, r#"product:["SKU-1"]"#);
+        let unsettled = |r: &Resolver| -> Vec<(String, usize, Option<i64>)> {
+            r.state_summary(0)
+                .unsettled
+                .into_iter()
+                .map(|(e, n, since)| (e.to_owned(), n, since))
+                .collect()
+        };
+        assert_eq!(
+            unsettled(&resolver),
+            [("product".to_owned(), 1, Some(1_002))],
+            "held since the shop's change"
+        );
         let out = resolver.resolve(0, &settle.encode()).unwrap();
+        assert_eq!(unsettled(&resolver), [("product".to_owned(), 0, None)]);
         assert_eq!(out.outcome, "applied");
         assert!(
             out.conflicts.is_empty(),
@@ -638,6 +743,104 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_target_is_out_of_sync_until_it_is_seen_applying_its_latest_delivery() {
+        let mut live = resolver(true);
+        let behind = |r: &Resolver| -> Vec<(String, usize, Option<i64>)> {
+            r.state_summary(0)
+                .out_of_sync
+                .into_iter()
+                .map(|(t, n, oldest)| (t.to_owned(), n, oldest))
+                .collect()
+        };
+        let created = [
+            ("name", FieldValue::Text("Cup".into())),
+            ("price", FieldValue::Int(5)),
+            ("quantity", FieldValue::Int(100)),
+        ];
+        let out = live.resolve(0, &record("erp", 1, &created, None)).unwrap();
+        let version = out
+            .publications
+            .iter()
+            .find(|p| p.topic == "harmony.demo.wms.product")
+            .map(|p| after(p)["harmony_version"].as_str().unwrap().to_owned())
+            .unwrap();
+        assert_eq!(
+            behind(&live),
+            [
+                ("erp".to_owned(), 0, None),
+                ("shop".to_owned(), 1, Some(1_001)),
+                ("wms".to_owned(), 1, Some(1_001)),
+            ]
+        );
+        let summary = live.state_summary(0);
+        assert_eq!(summary.records, 1);
+        assert!(summary.bytes > 0);
+        // The warehouse applies it; a later change sent to the shop keeps the oldest time.
+        live.resolve(0, &record("wms", 2, &created[2..], Some(&version)))
+            .unwrap();
+        live.resolve(
+            0,
+            &record("erp", 3, &[("quantity", FieldValue::Int(90))], None),
+        )
+        .unwrap();
+        assert_eq!(
+            behind(&live),
+            [
+                ("erp".to_owned(), 0, None),
+                ("shop".to_owned(), 1, Some(1_001)),
+                ("wms".to_owned(), 1, Some(1_003)),
+            ]
+        );
+        // Restored from the changelog, the times are as they were.
+        let mut log = Vec::new();
+        let mut again = resolver(true);
+        for (i, step) in [
+            record("erp", 1, &created, None),
+            record("wms", 2, &created[2..], Some(&version)),
+            record("erp", 3, &[("quantity", FieldValue::Int(90))], None),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let out = again.resolve(0, step).unwrap();
+            assert!(out.changelog.is_some(), "step {i}");
+            log.extend(out.changelog);
+        }
+        let mut restored = resolver(true);
+        restored.install(
+            0,
+            log.iter().map(|(k, v)| (k.as_bytes(), Some(v.as_slice()))),
+        );
+        assert_eq!(behind(&restored), behind(&live));
+    }
+
+    #[test]
+    fn a_format_1_changelog_value_reads_with_its_delivery_times_taken_from_the_record() {
+        let created = [
+            ("name", FieldValue::Text("Cup".into())),
+            ("price", FieldValue::Int(5)),
+            ("quantity", FieldValue::Int(100)),
+        ];
+        let mut live = resolver(true);
+        let (key, value) = live
+            .resolve(0, &record("erp", 1, &created, None))
+            .unwrap()
+            .changelog
+            .unwrap();
+        let v1 = crate::changelog::as_format_1(&value);
+        assert!(v1.len() < value.len());
+        let mut restored = resolver(true);
+        assert_eq!(
+            restored.install(0, [(key.as_bytes(), Some(v1.as_slice()))]),
+            (1, 0)
+        );
+        assert_eq!(
+            restored.state_summary(0).out_of_sync,
+            live.state_summary(0).out_of_sync
+        );
     }
 
     #[test]

@@ -4,9 +4,12 @@
 //!
 //! Labels are bounded: system, topic, op, error kind. Never a record key or raw error text.
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 use crate::envelope::Op;
+use crate::resolver::StateSummary;
 
 pub struct Metrics {
     events_consumed: IntCounterVec,
@@ -32,6 +35,11 @@ pub struct Metrics {
     end_to_end_seconds: Histogram,
     producer_queue: prometheus::IntGaugeVec,
     consumer_lag: prometheus::IntGaugeVec,
+    state_bytes: IntGaugeVec,
+    out_of_sync: IntGaugeVec,
+    out_of_sync_age: GaugeVec,
+    unsettled: IntGaugeVec,
+    unsettled_age: GaugeVec,
 }
 
 impl Metrics {
@@ -42,7 +50,44 @@ impl Metrics {
                 registry.register(Box::new(c.clone()))?;
                 Ok(c)
             };
+        let gauge =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
+                let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(g.clone()))?;
+                Ok(g)
+            };
+        let age =
+            |name: &str, help: &str, labels: &[&str]| -> Result<GaugeVec, prometheus::Error> {
+                let g = GaugeVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(g.clone()))?;
+                Ok(g)
+            };
         let metrics = Self {
+            state_bytes: gauge(
+                "harmony_state_bytes",
+                "Memory the record state of an assigned internal-topic partition takes (keys, state, map buckets; allocator overhead not counted).",
+                &["partition"],
+            )?,
+            out_of_sync: gauge(
+                "harmony_target_out_of_sync_records",
+                "Records whose latest delivery a target system has not yet been seen applying (its echo through its own change capture), per target and partition.",
+                &["target", "partition"],
+            )?,
+            out_of_sync_age: age(
+                "harmony_target_out_of_sync_age_seconds",
+                "Age of the oldest delivery a target has not yet been seen applying, from the source commit of the change that caused it; 0 when in sync.",
+                &["target", "partition"],
+            )?,
+            unsettled: gauge(
+                "harmony_manual_conflicts_pending",
+                "Fields holding a manual conflict no operator has settled, per entity and partition.",
+                &["entity", "partition"],
+            )?,
+            unsettled_age: age(
+                "harmony_manual_conflicts_oldest_age_seconds",
+                "Age of the oldest unsettled manual conflict, from the source commit of the change that raised it; 0 when none.",
+                &["entity", "partition"],
+            )?,
             events_consumed: counter(
                 "harmony_events_consumed_total",
                 "Change events read from Debezium topics, by system, topic and op.",
@@ -281,7 +326,6 @@ impl Metrics {
         records: usize,
         unreadable: usize,
         seconds: f64,
-        held: usize,
     ) {
         tracing::info!(
             partition,
@@ -292,15 +336,56 @@ impl Metrics {
         );
         self.restore_seconds.observe(seconds);
         self.restored_records.inc_by(records as u64);
-        self.state_size(partition, held);
     }
 
-    /// A revoked partition: its series goes with it.
-    pub fn partition_dropped(&self, partition: i32) {
+    /// A revoked partition: its series go with it. `labels`: a summary naming every target and
+    /// entity the partition's series were set for.
+    pub fn partition_dropped(&self, partition: i32, labels: &StateSummary<'_>) {
         tracing::info!(partition, "partition state dropped");
-        let _ = self
-            .state_records
-            .remove_label_values(&[&partition.to_string()]);
+        let partition = partition.to_string();
+        let _ = self.state_records.remove_label_values(&[&partition]);
+        let _ = self.state_bytes.remove_label_values(&[&partition]);
+        let partition = partition.as_str();
+        for &(target, _, _) in &labels.out_of_sync {
+            let _ = self.out_of_sync.remove_label_values(&[target, partition]);
+            let _ = self
+                .out_of_sync_age
+                .remove_label_values(&[target, partition]);
+        }
+        for &(entity, _, _) in &labels.unsettled {
+            let _ = self.unsettled.remove_label_values(&[entity, partition]);
+            let _ = self.unsettled_age.remove_label_values(&[entity, partition]);
+        }
+    }
+
+    /// A scan of an assigned partition's state.
+    pub fn partition_state(&self, partition: i32, summary: &StateSummary<'_>) {
+        let now_ms = crate::kafka::now_ms();
+        let age =
+            |oldest: Option<i64>| oldest.map_or(0.0, |ts| (now_ms - ts).max(0) as f64 / 1000.0);
+        let partition = partition.to_string();
+        self.state_records
+            .with_label_values(&[&partition])
+            .set(summary.records as i64);
+        self.state_bytes
+            .with_label_values(&[&partition])
+            .set(summary.bytes as i64);
+        for &(target, count, oldest) in &summary.out_of_sync {
+            self.out_of_sync
+                .with_label_values(&[target, &partition])
+                .set(count as i64);
+            self.out_of_sync_age
+                .with_label_values(&[target, &partition])
+                .set(age(oldest));
+        }
+        for &(entity, count, oldest) in &summary.unsettled {
+            self.unsettled
+                .with_label_values(&[entity, &partition])
+                .set(count as i64);
+            self.unsettled_age
+                .with_label_values(&[entity, &partition])
+                .set(age(oldest));
+        }
     }
 
     /// Called when a partition's record count changed (a record seen for the first time), not

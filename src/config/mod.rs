@@ -250,6 +250,11 @@ pub struct ProcessingConfig {
     /// `HARMONY_INSTANCE_ID` overrides it; the default is the host name.
     #[serde(default)]
     pub instance_id: Option<String>,
+    /// How often stage 2 scans its record state for the gauges that need a pass over every
+    /// record (state bytes, targets out of sync, unsettled manual conflicts). A scan of a
+    /// million records takes tens of milliseconds, during which the stage waits.
+    #[serde(default = "default_state_metrics_interval", with = "humantime_serde")]
+    pub state_metrics_interval: Duration,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -286,12 +291,17 @@ impl Default for ProcessingConfig {
             max_in_flight: default_max_in_flight(),
             guarantee: Guarantee::default(),
             instance_id: None,
+            state_metrics_interval: default_state_metrics_interval(),
         }
     }
 }
 
 fn default_commit_interval() -> Duration {
     Duration::from_secs(5)
+}
+
+fn default_state_metrics_interval() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_shutdown_timeout() -> Duration {

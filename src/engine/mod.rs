@@ -207,7 +207,7 @@ pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) 
                 }
                 system.position = Some(change.position);
                 return Outcome::LateEcho {
-                    deliver_to: deliver(state, rules, &[s]),
+                    deliver_to: deliver(state, rules, &[s], change.ts_ms),
                 };
             }
             None => sys,
@@ -339,6 +339,9 @@ pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) 
             }
         }
         let current_value = state.field(field).map(|f| f.value.clone());
+        // Whether the change had seen the current value: it then settles a manual conflict the
+        // field held (the operator's resolution is such a change).
+        let mut settles = false;
         let resolved = match state.field(field) {
             None => strategy::plain(rule.strategy, None, base, &incoming),
             // The system had seen the write: its change supersedes the current value. Without
@@ -352,6 +355,7 @@ pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) 
                         && base
                             .is_some_and(|b| b.fingerprint() == current.value.fingerprint())) =>
             {
+                settles = true;
                 strategy::plain(rule.strategy, Some(&current.value), base, &incoming)
             }
             Some(current) => {
@@ -374,6 +378,9 @@ pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) 
                 let agree = current.value.fingerprint() == incoming.value.fingerprint()
                     && (rule.strategy != Strategy::Sum || base.is_none());
                 if !agree {
+                    if rule.strategy == Strategy::Manual {
+                        state.unsettle(field, change.ts_ms);
+                    }
                     conflicts.push(Conflict {
                         field,
                         strategy: rule.strategy,
@@ -399,6 +406,9 @@ pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) 
                     tags: Vec::new(),
                 },
             );
+            if settles {
+                state.settle(field);
+            }
         }
     }
 
@@ -415,7 +425,7 @@ pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) 
         }
     }
 
-    let deliver_to = deliver(state, rules, &rules.targets);
+    let deliver_to = deliver(state, rules, &rules.targets, change.ts_ms);
     Outcome::Applied {
         dot,
         conflicts,
@@ -425,8 +435,13 @@ pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) 
 }
 
 /// Step 8: queues a delivery to each of `targets` whose content differs from what it holds or was
-/// last sent; returns those targets.
-fn deliver(state: &mut RecordState, rules: &EntityRules, targets: &[SystemId]) -> Vec<SystemId> {
+/// last sent; returns those targets. `ts_ms`: the source commit time of the change that caused it.
+fn deliver(
+    state: &mut RecordState,
+    rules: &EntityRules,
+    targets: &[SystemId],
+    ts_ms: i64,
+) -> Vec<SystemId> {
     let mut deliver_to = Vec::new();
     for &t in targets {
         // A row the target could not create waits until the record has what it needs; a
@@ -460,6 +475,7 @@ fn deliver(state: &mut RecordState, rules: &EntityRules, targets: &[SystemId]) -
                 fingerprint,
                 values,
                 deleted,
+                ts_ms,
             });
             if target.pending.len() > MAX_PENDING_DELIVERIES {
                 target.pending.pop_front();

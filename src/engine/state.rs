@@ -24,6 +24,14 @@ pub enum FieldValue {
 }
 
 impl FieldValue {
+    /// Bytes it owns on the heap.
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            FieldValue::Text(t) | FieldValue::Json(t) => t.capacity(),
+            _ => 0,
+        }
+    }
+
     /// As an exact number, for `sum`, `max`, `min`.
     pub fn as_decimal(&self) -> Option<Decimal> {
         match self {
@@ -81,6 +89,9 @@ pub struct Delivery {
     pub values: Vec<(FieldId, FieldValue)>,
     /// Sent as deleted.
     pub deleted: bool,
+    /// Source commit time of the change that made it: how long the target has been behind is
+    /// measured from there (the same origin as end-to-end latency).
+    pub ts_ms: i64,
 }
 
 /// What harmony knows of one system for one record.
@@ -144,6 +155,9 @@ pub struct RecordState {
     pub deleted: Option<Dot>,
     /// Per system, by system id.
     pub systems: Vec<(SystemId, SystemState)>,
+    /// Fields holding a `manual` conflict no operator has settled, with the source commit time
+    /// of the change that raised it, by field id.
+    pub unsettled: Vec<(FieldId, i64)>,
 }
 
 impl RecordState {
@@ -164,5 +178,66 @@ impl RecordState {
 
     pub fn system_mut(&mut self, system: SystemId) -> &mut SystemState {
         sorted_entry(&mut self.systems, system, SystemState::default)
+    }
+
+    /// Marks `field` as holding a manual conflict; a field already unsettled keeps the time it
+    /// has been so.
+    pub fn unsettle(&mut self, field: FieldId, ts_ms: i64) {
+        sorted_entry(&mut self.unsettled, field, || ts_ms);
+    }
+
+    /// A write that had seen the field's value settles whatever conflict it held.
+    pub fn settle(&mut self, field: FieldId) {
+        if let Ok(i) = self.unsettled.binary_search_by_key(&field, |(f, _)| *f) {
+            self.unsettled.remove(i);
+        }
+    }
+
+    /// Bytes this record's state owns on the heap, by the capacities it holds (the allocator's
+    /// own overhead is not counted).
+    pub fn heap_bytes(&self) -> usize {
+        use std::mem::size_of;
+        let values = |v: &[(FieldId, FieldValue)]| -> usize {
+            v.iter().map(|(_, value)| value.heap_bytes()).sum()
+        };
+        let delivery = |d: &Delivery| -> usize {
+            size_of::<Delivery>()
+                + d.clock.heap_bytes()
+                + d.values.capacity() * size_of::<(FieldId, FieldValue)>()
+                + values(&d.values)
+        };
+        let fields: usize = self
+            .fields
+            .iter()
+            .map(|(_, f)| {
+                f.value.heap_bytes()
+                    + f.tags.capacity() * size_of::<(String, Vec<Dot>)>()
+                    + f.tags
+                        .iter()
+                        .map(|(e, dots)| e.capacity() + dots.capacity() * size_of::<Dot>())
+                        .sum::<usize>()
+            })
+            .sum();
+        let systems: usize = self
+            .systems
+            .iter()
+            .map(|(_, s)| {
+                s.seen.heap_bytes()
+                    + s.held.capacity() * size_of::<(FieldId, FieldValue)>()
+                    + values(&s.held)
+                    + (s.pending.capacity() + s.superseded.capacity()) * size_of::<Delivery>()
+                    + s.pending
+                        .iter()
+                        .chain(&s.superseded)
+                        .map(|d| delivery(d) - size_of::<Delivery>())
+                        .sum::<usize>()
+            })
+            .sum();
+        self.clock.heap_bytes()
+            + self.fields.capacity() * size_of::<(FieldId, FieldState)>()
+            + fields
+            + self.systems.capacity() * size_of::<(SystemId, SystemState)>()
+            + systems
+            + self.unsettled.capacity() * size_of::<(FieldId, i64)>()
     }
 }

@@ -275,6 +275,7 @@ pub async fn run(
         deliveries: FuturesUnordered::new(),
         buf: Vec::with_capacity(4096),
         rewinds: Default::default(),
+        next_state_scan: std::time::Instant::now(),
     };
     let mut ingest = pipeline(
         &consumer,

@@ -48,6 +48,8 @@ pub(super) struct Pipeline<'a> {
     pub(super) buf: Vec<u8>,
     /// Partitions paused after a failed delivery, waiting to be read again.
     pub(super) rewinds: Rewinds,
+    /// Stage 2: when its state is next scanned for the metrics.
+    pub(super) next_state_scan: Instant,
 }
 
 impl Pipeline<'_> {
@@ -75,6 +77,10 @@ impl Pipeline<'_> {
             {
                 self.read_again(consumer)?;
             }
+            let state_scan_due = self.resolver.is_some().then_some(self.next_state_scan);
+            if state_scan_due.is_some_and(|due| Instant::now() >= due) {
+                self.scan_state();
+            }
             tokio::select! {
                 biased;
                 changed = shutdown.changed() => {
@@ -93,6 +99,9 @@ impl Pipeline<'_> {
                 }
                 () = sleep_until(commit_due), if commit_due.is_some() => {
                     self.commit_batch()?;
+                }
+                () = sleep_until(state_scan_due), if state_scan_due.is_some() => {
+                    self.scan_state();
                 }
                 received = consumer.recv(), if can_read => match received {
                     // Fetched before the partition was paused: it is read again from its
@@ -122,6 +131,25 @@ impl Pipeline<'_> {
                 },
             }
         }
+    }
+
+    /// Stage 2: the state gauges of every partition it holds.
+    fn scan_state(&mut self) {
+        self.next_state_scan = Instant::now() + self.config.processing.state_metrics_interval;
+        let Some(resolver) = self.resolver.as_ref() else {
+            return;
+        };
+        let started = Instant::now();
+        let partitions = resolver.partitions();
+        for &partition in &partitions {
+            self.metrics
+                .partition_state(partition, &resolver.state_summary(partition));
+        }
+        tracing::debug!(
+            partitions = partitions.len(),
+            seconds = started.elapsed().as_secs_f64(),
+            "state scanned for its metrics"
+        );
     }
 
     /// Events read and not yet stored, in either phase.
@@ -180,13 +208,10 @@ impl Pipeline<'_> {
             partition,
             log.iter().map(|(k, v)| (k.as_slice(), v.as_deref())),
         );
-        self.metrics.partition_restored(
-            partition,
-            records,
-            unreadable,
-            elapsed.as_secs_f64(),
-            resolver.partition_record_count(partition),
-        );
+        self.metrics
+            .partition_restored(partition, records, unreadable, elapsed.as_secs_f64());
+        self.metrics
+            .partition_state(partition, &resolver.state_summary(partition));
         Ok(())
     }
 
@@ -199,7 +224,8 @@ impl Pipeline<'_> {
         }
         if let Some(r) = self.resolver.as_mut() {
             r.drop_partition(partition);
-            self.metrics.partition_dropped(partition);
+            self.metrics
+                .partition_dropped(partition, &r.state_summary(partition));
         }
     }
 

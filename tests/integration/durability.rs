@@ -181,6 +181,33 @@ fn state_follows_partitions_across_rebalances_between_workers() {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
+    // A partition's state series are exported by its owner only: the first worker removed
+    // those of the partitions it gave up.
+    let owned = |w: &Harmony| -> Vec<String> {
+        let held = w.metric_labels("harmony_state_records", "partition");
+        for name in [
+            "harmony_state_bytes",
+            "harmony_target_out_of_sync_records",
+            "harmony_manual_conflicts_pending",
+        ] {
+            assert_eq!(w.metric_labels(name, "partition"), held, "{name}");
+        }
+        held
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (a, b) = (owned(&first), owned(&second));
+        let mut all: Vec<&String> = a.iter().chain(&b).collect();
+        all.sort();
+        if !a.is_empty() && !b.is_empty() && all == ["0", "1", "2"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "state series overlap or are missing: first {a:?}, second {b:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
 
     let mut erp = TopicReader::new(&format!("{group}.erp.product")).unwrap();
     let mut wms = TopicReader::new(&format!("{group}.wms.product")).unwrap();

@@ -232,7 +232,12 @@ fn produce_numbered(
             }
         }
     }
-    producer.flush(Duration::from_secs(30)).unwrap();
+    // A flush can outlast one timeout while the mock broker is down or slow: it is the
+    // feeder's job to get the input in, however long that takes.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while let Err(e) = producer.flush(Duration::from_secs(10)) {
+        assert!(Instant::now() < deadline, "input not flushed: {e}");
+    }
 }
 
 fn n_of(record: &Record) -> i64 {

@@ -212,12 +212,18 @@ fn known_traffic_moves_the_counters_by_exactly_its_amounts() {
         ("shop".into(), vec![shop_topic.clone()]),
     ];
     let targets = support::product_targets(&group, &["erp", "shop"], "");
+    // Prices are settled by hand here: the concurrent writes stay pending.
     options.extra_toml = format!(
         "{}{targets}",
         PRODUCT
             .split("\n  [[entities.sources]]\n  system = \"wms\"")
             .next()
             .unwrap()
+            .replacen(
+                "  [[entities.sources]]",
+                "  [entities.fields.price]\n  strategy = \"manual\"\n\n  [[entities.sources]]",
+                1,
+            )
     );
     let mut harmony = Harmony::start(&options).unwrap();
     let address = harmony.http_address().unwrap();
@@ -286,7 +292,7 @@ fn known_traffic_moves_the_counters_by_exactly_its_amounts() {
         &[
             ("entity", "product"),
             ("field", "price"),
-            ("strategy", "lww"),
+            ("strategy", "manual"),
         ],
         C as f64,
     );
@@ -301,6 +307,58 @@ fn known_traffic_moves_the_counters_by_exactly_its_amounts() {
         "harmony_end_to_end_latency_seconds_count",
         &[],
         (N as usize + C) as f64,
+    );
+    // The state gauges come from a scan each second: what they show once it has seen all.
+    wait_until(Duration::from_secs(10), "the state scanned", || {
+        Ok(metric_sum(&scrape(), "harmony_manual_conflicts_pending", &[]) >= C as f64)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", scrape()));
+    let body = scrape();
+    let expect = |name: &str, labels: &[(&str, &str)], amount: f64| {
+        assert_eq!(
+            metric_sum(&body, name, labels),
+            amount,
+            "{name} {labels:?}\n{body}"
+        );
+    };
+    expect("harmony_state_records", &[], N as f64);
+    expect(
+        "harmony_manual_conflicts_pending",
+        &[("entity", "product")],
+        C as f64,
+    );
+    // No connector writes deliveries back here, so no target is ever seen applying one. The
+    // shop was sent each product only the erp wrote; of the C both wrote, the manual conflict
+    // held the price that arrived first, and the other system is sent it: one target out of
+    // sync per record either way.
+    expect("harmony_target_out_of_sync_records", &[], N as f64);
+    assert!(
+        metric_sum(
+            &body,
+            "harmony_target_out_of_sync_records",
+            &[("target", "shop")]
+        ) >= (N as usize - C) as f64,
+        "{body}"
+    );
+    // Ages run from the source commits, which this traffic dates to 2023.
+    let year = 365.0 * 24.0 * 3600.0;
+    for (name, label) in [
+        ("harmony_target_out_of_sync_age_seconds", ("target", "shop")),
+        (
+            "harmony_manual_conflicts_oldest_age_seconds",
+            ("entity", "product"),
+        ),
+    ] {
+        let age = body
+            .lines()
+            .filter(|l| l.starts_with(name) && l.contains(&format!("{}=\"{}\"", label.0, label.1)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .fold(0.0, f64::max);
+        assert!(age > year, "{name}: {age}\n{body}");
+    }
+    assert!(
+        metric_sum(&body, "harmony_state_bytes", &[]) > 0.0,
+        "{body}"
     );
     assert!(harmony
         .terminate(Duration::from_secs(30))

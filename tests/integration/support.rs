@@ -340,7 +340,7 @@ impl Harmony {
         let output_topic = format!("{name}.out");
         let dead_letter_topic = format!("{name}.dlq");
         let mut toml = format!(
-            "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{}\"\n\n[output]\ntopic = \"{output_topic}\"\ndead_letter_topic = \"{dead_letter_topic}\"\n\n[http]\naddress = \"127.0.0.1:0\"\n\n[processing]\ncommit_interval = \"{}\"\nshutdown_timeout = \"20s\"\nguarantee = \"{}\"\n\n[kafka.consumer]\n# A SIGKILLed member blocks the group until its session expires; the broker's minimum.\n\"session.timeout.ms\" = \"6000\"\n",
+            "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{}\"\n\n[output]\ntopic = \"{output_topic}\"\ndead_letter_topic = \"{dead_letter_topic}\"\n\n[http]\naddress = \"127.0.0.1:0\"\n\n[processing]\ncommit_interval = \"{}\"\nshutdown_timeout = \"20s\"\nstate_metrics_interval = \"1s\"\nguarantee = \"{}\"\n\n[kafka.consumer]\n# A SIGKILLed member blocks the group until its session expires; the broker's minimum.\n\"session.timeout.ms\" = \"6000\"\n",
             bootstrap(),
             options.group_id,
             options.commit_interval,
@@ -433,6 +433,27 @@ impl Harmony {
 
     /// A counter or gauge of this worker's `/metrics`, summed over its labelled series; 0 when
     /// absent.
+    /// The values of `label` on the series of `name` it exports now, sorted.
+    pub fn metric_labels(&self, name: &str, label: &str) -> Vec<String> {
+        let body = self
+            .http_address()
+            .and_then(|a| http_get(&a, "/metrics").ok())
+            .map(|(_, body)| body)
+            .unwrap_or_default();
+        let needle = format!("{label}=\"");
+        let mut values: Vec<String> = body
+            .lines()
+            .filter_map(|l| l.strip_prefix(name)?.strip_prefix('{'))
+            .filter_map(|l| {
+                let start = l.find(&needle)? + needle.len();
+                Some(l[start..].split('"').next()?.to_owned())
+            })
+            .collect();
+        values.sort();
+        values.dedup();
+        values
+    }
+
     pub fn metric(&self, name: &str) -> f64 {
         self.http_address()
             .and_then(|a| http_get(&a, "/metrics").ok())
