@@ -6,6 +6,7 @@ mod capture;
 mod chaos;
 mod closed_loop;
 mod decoding;
+mod deploy;
 mod durability;
 mod exactly_once;
 mod faults;
