@@ -426,11 +426,7 @@ impl Resolver {
                 resolved.duplicate_reason = Some(reason.name());
                 return Ok(resolved);
             }
-            Outcome::Echo => {
-                resolved.outcome = "echo";
-                return Ok(resolved);
-            }
-            Outcome::LateEcho { deliver_to } => {
+            Outcome::Echo { deliver_to } | Outcome::LateEcho { deliver_to } => {
                 resolved.outcome = "echo";
                 (deliver_to, Vec::new())
             }

@@ -19,8 +19,16 @@ use crate::config::{DeleteConflict, Strategy};
 use crate::envelope::SourcePosition;
 use crate::mapping::{ChangeKind, FieldId};
 
-/// Deliveries kept per target until seen back; past it the oldest is forgotten (its echo then
-/// counts as a fresh change, which the content comparison still makes harmless).
+/// Deliveries to a target that is also a source, not yet seen back, at most. Past it, new
+/// versions wait, coalesced into the latest, until an echo frees a place: forgetting a delivery
+/// would make its echo look like a fresh write of stale values (under `sum`, a movement counted
+/// again), whose resolution is delivered and echoed in turn — a loop that feeds itself once
+/// harmony lags behind a busy record (a backlog after downtime). The window also spares the
+/// sinks every intermediate version of such a backlog.
+const DELIVERY_WINDOW: usize = 32;
+
+/// Deliveries kept for a target that never echoes (it is no source of the entity), and
+/// superseded deliveries kept per target; past it the oldest is forgotten.
 const MAX_PENDING_DELIVERIES: usize = 32;
 
 /// A system as resolution sees it.
@@ -118,8 +126,11 @@ impl DuplicateReason {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     Duplicate(DuplicateReason),
-    /// The system applied a delivery of harmony's: no new version, no output.
-    Echo,
+    /// The system applied a delivery of harmony's: no new version. Output only when that frees
+    /// a place in a full delivery window: the system is then sent the latest version.
+    Echo {
+        deliver_to: Vec<SystemId>,
+    },
     /// The system applied a delivery older than one it already echoed: no new version; it is
     /// sent the current record again when nothing newer is on its way to it.
     LateEcho {
@@ -240,7 +251,9 @@ pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) 
     };
     if changed.is_empty() && !existence_changes {
         if echoed {
-            return Outcome::Echo;
+            return Outcome::Echo {
+                deliver_to: deliver(state, rules, &[s], change.ts_ms),
+            };
         }
         let system = state.system_mut(s);
         system.position = Some(change.position);
@@ -454,6 +467,14 @@ fn deliver(
             .get(t.0 as usize)
             .is_some_and(|required| required.iter().any(|f| state.field(*f).is_none()));
         if incomplete && !holds_row && state.deleted.is_none() {
+            continue;
+        }
+        let echoes = rules
+            .held_fields
+            .get(t.0 as usize)
+            .is_some_and(|f| !f.is_empty());
+        // Sent when an echo frees a place (see DELIVERY_WINDOW).
+        if echoes && target_state.pending.len() >= DELIVERY_WINDOW {
             continue;
         }
         let fingerprint = record_fingerprint(rules, t, state);

@@ -25,17 +25,11 @@ fn check_deploy(args: &[&str]) -> Option<(bool, String)> {
     let _one = CHECKER
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let out = Command::new(format!("{ROOT}/scripts/check-deploy/run"))
-        .args(args)
-        .output()
-        .unwrap();
-    Some((
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
+    Some(crate::support::run_tool(
+        &format!("{ROOT}/scripts/check-deploy/run"),
+        args,
+        ROOT,
+        None,
     ))
 }
 

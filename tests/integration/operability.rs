@@ -2,12 +2,13 @@
 //! validates the alert rules (and their unit tests) and a live `/metrics` scrape of a worker on
 //! the real stack, which must carry readiness and per-partition consumer lag.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use crate::ingest::PRODUCT;
-use crate::support::{self, http_get, psql, unique, wait_until, Harmony, HarmonyOptions};
+use crate::support::{
+    self, http_get, psql, run_tool as run, unique, wait_until, Harmony, HarmonyOptions,
+};
 
 /// promtool, or `None` (skipped) when absent and not under `HARMONY_E2E=1`, where it must be.
 fn promtool(test: &str) -> Option<&'static str> {
@@ -20,35 +21,6 @@ fn promtool(test: &str) -> Option<&'static str> {
     );
     eprintln!("{test}: SKIPPED, no promtool");
     None
-}
-
-fn run(program: &str, args: &[&str], dir: &str, stdin: Option<&str>) -> (bool, String) {
-    let mut child = Command::new(program)
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(text) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-    }
-    drop(child.stdin.take());
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
 }
 
 #[test]
@@ -78,7 +50,11 @@ fn a_live_scrape_passes_promtool_and_shows_readiness_and_consumer_lag() {
     let group = unique("e2e-ops");
     let mut options = HarmonyOptions::stack(group.clone());
     let targets = support::product_targets(&group, &["erp", "shop", "wms"], "");
-    options.extra_toml = format!("{PRODUCT}{targets}");
+    // A secret among the client settings (unused on this plaintext listener): the log shows the
+    // settings, never it.
+    options.extra_toml = format!(
+        "{PRODUCT}{targets}\n[kafka.properties]\n\"ssl.key.password\" = \"hunter2-in-the-file\"\n"
+    );
     let mut harmony = Harmony::start(&options).unwrap();
     psql(
         "erp",
@@ -126,6 +102,21 @@ fn a_live_scrape_passes_promtool_and_shows_readiness_and_consumer_lag() {
         .terminate(Duration::from_secs(30))
         .unwrap()
         .success());
+    let log = harmony.log();
+    assert!(
+        log.contains("ssl.key.password") && log.contains("<redacted>"),
+        "the settings are logged, the secret redacted\n{log}"
+    );
+    assert!(!log.contains("hunter2"), "a secret in the log\n{log}");
+}
+
+/// Asserts the sum of `name`'s series labelled with `labels` in a scrape.
+fn expect(body: &str, name: &str, labels: &[(&str, &str)], amount: f64) {
+    assert_eq!(
+        metric_sum(body, name, labels),
+        amount,
+        "{name} {labels:?}\n{body}"
+    );
 }
 
 /// The sum of a metric's series whose labels include every `name="value"` of `labels`.
@@ -248,31 +239,27 @@ fn known_traffic_moves_the_counters_by_exactly_its_amounts() {
     // Whatever else would arrive late arrives now.
     std::thread::sleep(Duration::from_secs(2));
     let body = scrape();
-    let expect = |name: &str, labels: &[(&str, &str)], amount: f64| {
-        assert_eq!(
-            metric_sum(&body, name, labels),
-            amount,
-            "{name} {labels:?}\n{body}"
-        );
-    };
     let erp_c = [
         ("system", "erp"),
         ("topic", erp_topic.as_str()),
         ("op", "c"),
     ];
     expect(
+        &body,
         "harmony_events_consumed_total",
         &erp_c,
         (N as usize + D) as f64,
     );
     expect(
+        &body,
         "harmony_decode_failures_total",
         &[("topic", erp_topic.as_str())],
         P as f64,
     );
-    expect("harmony_dead_letter_records_total", &[], P as f64);
-    expect("harmony_record_changes_total", &[], total);
+    expect(&body, "harmony_dead_letter_records_total", &[], P as f64);
+    expect(&body, "harmony_record_changes_total", &[], total);
     expect(
+        &body,
         "harmony_record_changes_total",
         &[
             ("entity", "product"),
@@ -282,12 +269,14 @@ fn known_traffic_moves_the_counters_by_exactly_its_amounts() {
         N as f64,
     );
     expect(
+        &body,
         "harmony_duplicates_total",
         &[("system", "erp"), ("reason", "position")],
         D as f64,
     );
-    expect("harmony_duplicates_total", &[], D as f64);
+    expect(&body, "harmony_duplicates_total", &[], D as f64);
     expect(
+        &body,
         "harmony_conflicts_total",
         &[
             ("entity", "product"),
@@ -296,14 +285,16 @@ fn known_traffic_moves_the_counters_by_exactly_its_amounts() {
         ],
         C as f64,
     );
-    expect("harmony_conflicts_total", &[], C as f64);
+    expect(&body, "harmony_conflicts_total", &[], C as f64);
     expect(
+        &body,
         "harmony_outputs_published_total",
         &[("topic", &format!("harmony.{group}.conflicts"))],
         C as f64,
     );
     // Every applied change published target records, each timed from its source commit.
     expect(
+        &body,
         "harmony_end_to_end_latency_seconds_count",
         &[],
         (N as usize + C) as f64,
@@ -314,15 +305,9 @@ fn known_traffic_moves_the_counters_by_exactly_its_amounts() {
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", scrape()));
     let body = scrape();
-    let expect = |name: &str, labels: &[(&str, &str)], amount: f64| {
-        assert_eq!(
-            metric_sum(&body, name, labels),
-            amount,
-            "{name} {labels:?}\n{body}"
-        );
-    };
-    expect("harmony_state_records", &[], N as f64);
+    expect(&body, "harmony_state_records", &[], N as f64);
     expect(
+        &body,
         "harmony_manual_conflicts_pending",
         &[("entity", "product")],
         C as f64,
@@ -331,7 +316,7 @@ fn known_traffic_moves_the_counters_by_exactly_its_amounts() {
     // shop was sent each product only the erp wrote; of the C both wrote, the manual conflict
     // held the price that arrived first, and the other system is sent it: one target out of
     // sync per record either way.
-    expect("harmony_target_out_of_sync_records", &[], N as f64);
+    expect(&body, "harmony_target_out_of_sync_records", &[], N as f64);
     assert!(
         metric_sum(
             &body,

@@ -798,3 +798,33 @@ pub fn product_targets(group: &str, systems: &[&str], extra: &str) -> String {
         })
         .collect()
 }
+
+/// Runs `program` in `dir` with `stdin`: whether it succeeded, and its stdout and stderr.
+pub fn run_tool(program: &str, args: &[&str], dir: &str, stdin: Option<&str>) -> (bool, String) {
+    let mut child = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
