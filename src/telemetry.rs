@@ -300,6 +300,12 @@ impl Metrics {
         self.decode_failures.with_label_values(&[topic, kind]).inc();
     }
 
+    /// The dead-letter series, at zero before the first dead letter: a counter that appears
+    /// at 1 shows no `increase`, and the first dead letter would raise no alert.
+    pub fn dead_letter_topic(&self, dead_letter_topic: &str) {
+        self.dead_letters.with_label_values(&[dead_letter_topic]);
+    }
+
     pub fn dead_letter_acknowledged(&self, dead_letter_topic: &str) {
         self.dead_letters
             .with_label_values(&[dead_letter_topic])
@@ -482,6 +488,18 @@ mod tests {
         );
         assert!(
             text.contains(r#"harmony_outputs_published_total{topic="harmony.out"} 1"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_dead_letter_series_exists_at_zero_before_the_first_dead_letter() {
+        let registry = Registry::new();
+        let metrics = Metrics::new(&registry).unwrap();
+        metrics.dead_letter_topic("harmony.dlq");
+        let text = render(&registry);
+        assert!(
+            text.contains(r#"harmony_dead_letter_records_total{topic="harmony.dlq"} 0"#),
             "{text}"
         );
     }

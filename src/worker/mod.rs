@@ -139,27 +139,36 @@ pub async fn run(
         .processing
         .shutdown_timeout
         .min(std::time::Duration::from_secs(20));
-    let context =
-        |restore, transaction: &Option<Arc<Transaction>>, group: String| OwnershipContext {
-            lag: metrics.consumer_lag(),
-            producer_queue: metrics
-                .producer_queue(transaction.as_ref().map_or("shared", |t| t.stage)),
-            group,
-            ownership: Arc::new(Ownership::default()),
-            producer: transaction
-                .as_ref()
-                .map_or_else(|| producer.clone(), |t| t.producer().clone()),
-            transaction: transaction.clone(),
-            flush_deadline,
-            restore,
-            health: health.clone(),
-        };
+    // With entities declared, readiness is stage 2's: ready once its partitions' state is
+    // installed. Stage 1's rebalances must not say otherwise.
+    let ingest_health = if config.entities.is_empty() {
+        health.clone()
+    } else {
+        Health::default()
+    };
+    let context = |restore,
+                   transaction: &Option<Arc<Transaction>>,
+                   group: String,
+                   health: &Health| OwnershipContext {
+        lag: metrics.consumer_lag(),
+        producer_queue: metrics.producer_queue(transaction.as_ref().map_or("shared", |t| t.stage)),
+        group,
+        ownership: Arc::new(Ownership::default()),
+        producer: transaction
+            .as_ref()
+            .map_or_else(|| producer.clone(), |t| t.producer().clone()),
+        transaction: transaction.clone(),
+        flush_deadline,
+        restore,
+        health: health.clone(),
+    };
     let ingest_transaction = transaction("ingest")?;
     let consumer: StreamConsumer<OwnershipContext> = consumer_config
         .create_with_context(context(
             None,
             &ingest_transaction,
             config.kafka.group_id.clone(),
+            &ingest_health,
         ))
         .map_err(WorkerError::Setup)?;
 
@@ -196,7 +205,14 @@ pub async fn run(
             &[state_topic.as_str()],
             config.output.partitions,
             config.output.replication_factor,
-            &[("cleanup.policy", "compact")],
+            &[
+                ("cleanup.policy", "compact"),
+                // A restore reads the partition from its beginning, and compaction never touches
+                // the active segment: rolled hourly or at 64 MiB, a record's superseded states
+                // are cleaned within about an hour instead of after a 1 GiB segment fills.
+                ("segment.ms", "3600000"),
+                ("segment.bytes", "67108864"),
+            ],
         )
         .await
         .map_err(WorkerError::Setup)?;
@@ -237,6 +253,7 @@ pub async fn run(
                     Some(restore),
                     &resolve_transaction,
                     format!("{}.resolve", config.kafka.group_id),
+                    health,
                 ))
                 .map_err(WorkerError::Setup)?;
             c.subscribe(&[internal_topic.as_str()])
@@ -250,7 +267,8 @@ pub async fn run(
         .subscribe(&subscription)
         .map_err(WorkerError::Setup)?;
     tracing::info!(group = %config.kafka.group_id, topics = ?subscription, "subscribed");
-    // Stage 2 is ready once its first assignment is restored (the ownership context says so).
+    metrics.dead_letter_topic(&config.output.dead_letter_topic);
+    // Stage 2 is ready once its first assignment's state is installed (its pipeline says so).
     if resolve_consumer.is_none() {
         health.set_ready(true);
     }
@@ -276,6 +294,7 @@ pub async fn run(
         buf: Vec::with_capacity(4096),
         rewinds: Default::default(),
         next_state_scan: std::time::Instant::now(),
+        health: health.clone(),
     };
     let mut ingest = pipeline(
         &consumer,

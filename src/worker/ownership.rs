@@ -75,6 +75,10 @@ impl Ownership {
         self.pending.notified().await;
     }
 
+    fn has_events(&self) -> bool {
+        self.events.lock().map(|e| !e.is_empty()).unwrap_or(false)
+    }
+
     fn push(&self, event: OwnershipEvent) {
         if let Ok(mut events) = self.events.lock() {
             events.push(event);
@@ -208,11 +212,17 @@ impl ConsumerContext for OwnershipContext {
                 restored,
             });
         }
-        self.health.set_ready(true);
+        // With state to restore, ready once the pipeline has installed it (its decoding takes
+        // as long as the reading); the pipeline says so. Nothing assigned and nothing waiting to
+        // be installed: ready now (a worker beyond the partition count has nothing to restore).
+        if self.restore.is_none() || (partitions.count() == 0 && !self.ownership.has_events()) {
+            self.health.set_ready(true);
+        }
     }
 }
 
-/// Every record of the changelog partition, from the beginning to the end it has now.
+/// The latest value of each key of the changelog partition, from its beginning to the end it
+/// has now, in the order the keys first appear.
 pub(super) fn read_to_end(
     restore: &Restore,
     partition: i32,
@@ -226,7 +236,8 @@ pub(super) fn read_to_end(
     let reader: BaseConsumer = settings.create()?;
     let topic = restore.changelog_topic.as_str();
     let (low, high) = reader.fetch_watermarks(topic, partition, restore.timeout)?;
-    let mut log = Vec::new();
+    let mut log: ChangelogLog = Vec::new();
+    let mut latest: HashMap<Vec<u8>, usize> = HashMap::new();
     if high <= low {
         return Ok(log);
     }
@@ -247,8 +258,17 @@ pub(super) fn read_to_end(
             Err(rdkafka::error::KafkaError::PartitionEOF(_)) => return Ok(log),
             other => other?,
         };
+        // Only each key's latest value is kept: until compaction catches up the partition
+        // holds every state a record went through, and the worker's memory must not.
         if let Some(key) = message.key() {
-            log.push((key.to_vec(), message.payload().map(<[u8]>::to_vec)));
+            let value = message.payload().map(<[u8]>::to_vec);
+            match latest.get(key) {
+                Some(&i) => log[i].1 = value,
+                None => {
+                    latest.insert(key.to_vec(), log.len());
+                    log.push((key.to_vec(), value));
+                }
+            }
         }
         if message.offset() + 1 >= high {
             return Ok(log);

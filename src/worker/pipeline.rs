@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
@@ -50,6 +50,8 @@ pub(super) struct Pipeline<'a> {
     pub(super) rewinds: Rewinds,
     /// Stage 2: when its state is next scanned for the metrics.
     pub(super) next_state_scan: Instant,
+    /// Stage 2 reports the worker ready once the state of its assignment is installed.
+    pub(super) health: crate::http::Health,
 }
 
 impl Pipeline<'_> {
@@ -160,6 +162,7 @@ impl Pipeline<'_> {
     /// Follows the rebalances since the last call: a revoked partition's work is forgotten
     /// (its next owner reads it again) and its state dropped; an assigned one's state installed.
     fn apply_ownership(&mut self) -> Result<(), WorkerError> {
+        let mut installed = false;
         for event in self.ownership.take_events() {
             match event {
                 OwnershipEvent::TransactionFailed { reason, fatal } => {
@@ -187,9 +190,13 @@ impl Pipeline<'_> {
                     }
                     if let Some(restored) = restored {
                         self.install(partition, restored)?;
+                        installed = true;
                     }
                 }
             }
+        }
+        if installed {
+            self.health.set_ready(true);
         }
         Ok(())
     }
@@ -241,6 +248,14 @@ impl Pipeline<'_> {
     /// unfinished work (and, in stage 2, its state), and is read again after a back-off from
     /// the earliest offset not yet stored. A ticket of a read already forgotten changes nothing.
     fn rewind(&mut self, ticket: Ticket, phase: Phase, error: &KafkaError) {
+        // Records queued behind the failed one would otherwise still go out, and a later
+        // record of a key land before the failed one's second sending. Purged, they fail too
+        // (PurgeQueue) and their partitions are read again as well. Exactly once needs none of
+        // this: the batch is aborted.
+        if self.transaction.is_none() && !rewind::is_purged(error) {
+            self.producer
+                .purge(rdkafka::producer::PurgeConfig::default().queue());
+        }
         let located = match phase {
             Phase::Stored => self.offsets.tracker().locate(ticket),
             Phase::Outputs => self

@@ -8,7 +8,9 @@
 //! and after a growing back-off it is read again from its earliest unstored offset (stage 2
 //! first rebuilds the partition's state from the changelog, which holds nothing past the failed
 //! event: changelog values are written in offset order after outputs). Outputs of a record are
-//! produced again in their input order, so they never go backwards.
+//! produced again in their input order, so they never go backwards: what was queued behind the
+//! failed record is purged from the producer (and read again too), so no later record of a key
+//! slips out before the failed one is sent again.
 
 use std::time::{Duration, Instant};
 
@@ -34,6 +36,18 @@ pub fn is_retriable(error: &KafkaError) -> bool {
                 | NotEnoughReplicasAfterAppend
                 | KafkaStorageError
                 | PreferredLeaderNotAvailable
+                | PurgeQueue
+                | PurgeInflight
+        )
+    )
+}
+
+/// Whether the record failed because harmony purged the producer's queue after another failure.
+pub fn is_purged(error: &KafkaError) -> bool {
+    matches!(
+        error,
+        KafkaError::MessageProduction(
+            RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight
         )
     )
 }

@@ -93,6 +93,14 @@ fn a_live_scrape_passes_promtool_and_shows_readiness_and_consumer_lag() {
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", scrape()));
     let body = scrape();
+    // Present from the start (at zero before the first dead letter, so that the first one shows
+    // as an increase; the shared tables may hold a poison record another run left).
+    assert!(
+        body.contains(&format!(
+            "harmony_dead_letter_records_total{{topic=\"{group}.dlq\"}} "
+        )),
+        "{body}"
+    );
     let (ok, output) = run(promtool, &["check", "metrics"], ".", Some(&body));
     assert!(
         ok && output.trim().is_empty(),
