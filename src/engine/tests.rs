@@ -907,6 +907,14 @@ fn arb_loop_steps() -> impl Generator<Value = Vec<LoopStep>> {
     proptest::collection::vec(step, 1..40)
 }
 
+/// Quantity under `sum`, price under `strategy` (priority: the warehouse, then the erp).
+fn stock_and_price(strategy: Strategy) -> EntityRules {
+    let mut rules = rules(Strategy::Sum, vec![]);
+    rules.fields[PRICE.0 as usize].strategy = strategy;
+    rules.fields[PRICE.0 as usize].priority = vec![WMS, ERP];
+    rules
+}
+
 /// Long runs in which harmony reads changes far more often than the sinks write: the delivery
 /// windows fill.
 fn arb_lagging_sink_steps() -> impl Generator<Value = Vec<LoopStep>> {
@@ -930,10 +938,7 @@ proptest! {
         strategy in arb_strategy(),
         steps in arb_lagging_sink_steps(),
     ) {
-        let mut rules = rules(Strategy::Sum, vec![]);
-        rules.fields[PRICE.0 as usize].strategy = strategy;
-        rules.fields[PRICE.0 as usize].priority = vec![WMS, ERP];
-        let sim = run_to_quiet(rules, true, &steps)?;
+        let sim = run_to_quiet(stock_and_price(strategy), true, &steps)?;
         prop_assert_eq!(value(&sim.state, QUANTITY), int(100 + sim.moved));
     }
 }
@@ -951,10 +956,7 @@ proptest! {
         strategy in arb_strategy(),
         steps in arb_loop_steps(),
     ) {
-        let mut rules = rules(Strategy::Sum, vec![]);
-        rules.fields[PRICE.0 as usize].strategy = strategy;
-        rules.fields[PRICE.0 as usize].priority = vec![WMS, ERP];
-        let mut sim = run_to_quiet(rules, true, &steps)?;
+        let mut sim = run_to_quiet(stock_and_price(strategy), true, &steps)?;
         prop_assert_eq!(value(&sim.state, QUANTITY), int(100 + sim.moved));
         // Quiet means quiet: another round of captures of unchanged rows publishes nothing.
         let before = sim.outputs;
