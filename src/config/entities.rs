@@ -147,6 +147,17 @@ pub struct TargetConfig {
     pub topic: String,
     #[serde(default)]
     pub format: OutputFormat,
+    /// Deliveries of one record on their way to this system and not yet seen back (its sink's
+    /// write captured again), at most; further versions wait, coalesced into the latest, until
+    /// an echo frees a place. 0: no limit, every version is sent — only for a target whose topic
+    /// is not written back into the tables harmony captures from it (nothing ever echoes), since
+    /// with echoes a forgotten delivery's echo reads as a fresh write of stale values.
+    #[serde(default = "default_window")]
+    pub window: usize,
+}
+
+fn default_window() -> usize {
+    32
 }
 
 impl EntityConfig {

@@ -19,16 +19,9 @@ use crate::config::{DeleteConflict, Strategy};
 use crate::envelope::SourcePosition;
 use crate::mapping::{ChangeKind, FieldId};
 
-/// Deliveries to a target that is also a source, not yet seen back, at most. Past it, new
-/// versions wait, coalesced into the latest, until an echo frees a place: forgetting a delivery
-/// would make its echo look like a fresh write of stale values (under `sum`, a movement counted
-/// again), whose resolution is delivered and echoed in turn — a loop that feeds itself once
-/// harmony lags behind a busy record (a backlog after downtime). The window also spares the
-/// sinks every intermediate version of such a backlog.
-const DELIVERY_WINDOW: usize = 32;
-
-/// Deliveries kept for a target that never echoes (it is no source of the entity), and
-/// superseded deliveries kept per target; past it the oldest is forgotten.
+/// Deliveries kept for a target without a delivery window (it is no source of the entity, or
+/// its window is 0: nothing echoes), and superseded deliveries kept per target; past it the
+/// oldest is forgotten.
 const MAX_PENDING_DELIVERIES: usize = 32;
 
 /// A system as resolution sees it.
@@ -63,6 +56,14 @@ pub struct EntityRules {
     pub required_fields: Vec<Vec<FieldId>>,
     /// Systems that receive this entity.
     pub targets: Vec<SystemId>,
+    /// By system id: its delivery window for this entity (0: none). A target that is also a
+    /// source is sent at most that many versions of a record not yet seen back; further ones
+    /// wait, coalesced into the latest, until an echo frees a place. Forgetting a delivery would
+    /// make its echo look like a fresh write of stale values (under `sum`, a movement counted
+    /// again), whose resolution is delivered and echoed in turn — a loop that feeds itself once
+    /// harmony lags behind a busy record (a backlog after downtime). The window also spares the
+    /// sinks every intermediate version of such a backlog.
+    pub windows: Vec<usize>,
     pub on_delete_conflict: DeleteConflict,
 }
 
@@ -473,8 +474,9 @@ fn deliver(
             .held_fields
             .get(t.0 as usize)
             .is_some_and(|f| !f.is_empty());
-        // Sent when an echo frees a place (see DELIVERY_WINDOW).
-        if echoes && target_state.pending.len() >= DELIVERY_WINDOW {
+        let window = rules.windows.get(t.0 as usize).copied().unwrap_or(0);
+        // Sent when an echo frees a place (see EntityRules::windows).
+        if echoes && window > 0 && target_state.pending.len() >= window {
             continue;
         }
         let fingerprint = record_fingerprint(rules, t, state);

@@ -75,18 +75,26 @@ pub fn entity_rules(config: &Config, catalog: &Catalog) -> Vec<EntityRules> {
             };
             let held_fields = per_system(&|m| m.columns.values().collect());
             let required_fields = per_system(&|m| m.required.iter().collect());
-            let targets = config
-                .targets
-                .iter()
-                .filter(|t| t.entities.contains(&entity.name))
-                .filter_map(|t| system_id(&t.system))
-                .collect();
+            let receiving = || {
+                config
+                    .targets
+                    .iter()
+                    .filter(|t| t.entities.contains(&entity.name))
+            };
+            let targets = receiving().filter_map(|t| system_id(&t.system)).collect();
+            let mut windows = vec![0; systems.len()];
+            for t in receiving() {
+                if let Some(id) = system_id(&t.system) {
+                    windows[id.0 as usize] = t.window;
+                }
+            }
             EntityRules {
                 systems: systems.clone(),
                 fields,
                 held_fields,
                 required_fields,
                 targets,
+                windows,
                 on_delete_conflict: entity.on_delete_conflict,
             }
         })
@@ -127,6 +135,11 @@ mod tests {
         assert!(wms.contains(&field("quantity").0) && wms.contains(&field("reserved").0));
         assert!(!wms.contains(&field("name").0));
         assert_eq!(product.targets, vec![SystemId(0), SystemId(1), SystemId(2)]);
+        assert_eq!(
+            product.windows,
+            vec![32, 32, 32, 0],
+            "the default delivery window; the operator receives nothing"
+        );
         assert_eq!(product.systems[2].name, "wms");
     }
 }

@@ -45,9 +45,13 @@ fn rules(quantity: Strategy, priority: Vec<SystemId>) -> EntityRules {
         held_fields: vec![vec![NAME, PRICE, QUANTITY, UPDATED_AT]; 3],
         required_fields: vec![vec![]; 3],
         targets: vec![ERP, SHOP, WMS],
+        windows: vec![WINDOW; 3],
         on_delete_conflict: DeleteConflict::DeleteWins,
     }
 }
+
+/// The default delivery window of a target.
+const WINDOW: usize = 32;
 
 /// Positions grow per system as a connector's would.
 struct Source {
@@ -1006,10 +1010,27 @@ fn a_backlog_of_one_records_changes_neither_loops_nor_floods_the_sinks() {
             );
         }
         assert!(
-            sent_during_backlog <= 2 * super::DELIVERY_WINDOW,
+            sent_during_backlog <= 2 * WINDOW,
             "exact {exact}: {sent_during_backlog} versions sent for 90 sales"
         );
     }
+}
+
+/// Without a window (a target whose topic nothing writes back), every version is sent.
+#[test]
+fn without_a_window_every_version_is_sent() {
+    let mut rules = rules(Strategy::Sum, vec![]);
+    rules.windows = vec![0; 3];
+    let mut sim = Loop::new(rules, true);
+    for _ in 0..90 {
+        sim.step(&LoopStep::Local(1, Some(-1), None));
+        sim.step(&LoopStep::Capture(1));
+    }
+    assert_eq!(
+        sim.outputs,
+        2 * 90,
+        "each sale to the erp and the warehouse"
+    );
 }
 
 const TAGS: FieldId = FieldId(4);
