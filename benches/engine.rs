@@ -160,7 +160,7 @@ fn bench(c: &mut Criterion) {
         .iter()
         .filter_map(|e| resolver.resolve(0, e).unwrap().changelog)
         .collect();
-    let records = resolver.partition_record_count(0);
+    let records = resolver.state_summary(0).records;
     println!(
         "changelog: {} values for {} records, {} bytes per value on average",
         log.len(),

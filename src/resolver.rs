@@ -63,8 +63,6 @@ pub struct Resolved {
     pub conflicts: Vec<(FieldId, Strategy)>,
     /// The source's commit time of the change, for end-to-end latency.
     pub source_ts_ms: i64,
-    /// The change was the first of its record in this partition's state.
-    pub new_record: bool,
     pub publications: Vec<Publication>,
     /// The record's key and new state for the changelog, when the change altered the state.
     pub changelog: Option<(String, Vec<u8>)>,
@@ -292,13 +290,6 @@ impl Resolver {
         self.catalog.field_name(entity, field)
     }
 
-    /// Records held in one partition's state.
-    pub fn partition_record_count(&self, partition: i32) -> usize {
-        self.partitions
-            .get(&partition)
-            .map_or(0, |records| records.values().map(HashMap::len).sum())
-    }
-
     /// What the metrics report of one partition's state: one pass over its records.
     pub fn state_summary(&self, partition: i32) -> StateSummary<'_> {
         let systems = self.rules.first().map_or(0, |r| r.systems.len());
@@ -385,8 +376,7 @@ impl Resolver {
             .or_default()
             .entry(entity)
             .or_default();
-        let new_record = !records.contains_key(change.key.as_ref());
-        if new_record {
+        if !records.contains_key(change.key.as_ref()) {
             records.insert(change.key.to_string(), RecordState::default());
         }
         let state = records
@@ -409,7 +399,6 @@ impl Resolver {
             entity,
             system,
             source_ts_ms: change.ts_ms,
-            new_record,
             ..Resolved::default()
         };
         // A replay (position dedup) leaves the state as it was: nothing to write.

@@ -394,14 +394,6 @@ impl Metrics {
         }
     }
 
-    /// Called when a partition's record count changed (a record seen for the first time), not
-    /// per event: the label is formatted each time.
-    pub fn state_size(&self, partition: i32, held: usize) {
-        self.state_records
-            .with_label_values(&[&partition.to_string()])
-            .set(held as i64);
-    }
-
     /// A partition paused after a failed delivery, to be read again after `backoff`.
     pub fn partition_rewound(
         &self,

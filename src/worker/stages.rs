@@ -147,12 +147,6 @@ impl Pipeline<'_> {
         };
         let mut resolved =
             resolver.resolve(message.partition(), message.payload().unwrap_or_default());
-        if resolved.as_ref().is_ok_and(|r| r.new_record) {
-            self.metrics.state_size(
-                message.partition(),
-                resolver.partition_record_count(message.partition()),
-            );
-        }
         let changelog = resolved.as_mut().ok().and_then(|r| r.changelog.take());
         let source_ts_ms = resolved
             .as_ref()
