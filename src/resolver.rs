@@ -100,9 +100,11 @@ pub struct Resolver {
     systems: HashMap<String, SystemId>,
     fields: Vec<HashMap<String, FieldId>>,
     conflicts_topic: String,
-    /// By entity: the targets that are also its sources, so apply what they are sent and are
-    /// seen doing so; only they can be out of sync.
+    /// By entity: the targets whose deliveries can be seen arriving ([`EntityRules::echoes`]);
+    /// only they can be out of sync.
     echoing_targets: Vec<Vec<SystemId>>,
+    /// Every entity's echoing targets, in id order: the targets a state summary reports on.
+    reported_targets: Vec<SystemId>,
     /// Record state by internal-topic partition.
     partitions: HashMap<i32, PartitionRecords>,
 }
@@ -139,22 +141,16 @@ impl Resolver {
                     .collect()
             })
             .collect();
-        let echoing_targets = rules
+        let echoing_targets: Vec<Vec<SystemId>> = rules
             .iter()
-            .map(|r| {
-                r.targets
-                    .iter()
-                    .copied()
-                    .filter(|t| {
-                        r.held_fields
-                            .get(t.0 as usize)
-                            .is_some_and(|f| !f.is_empty())
-                    })
-                    .collect()
-            })
+            .map(|r| r.targets.iter().copied().filter(|&t| r.echoes(t)).collect())
             .collect();
+        let mut reported_targets: Vec<SystemId> = echoing_targets.concat();
+        reported_targets.sort_unstable();
+        reported_targets.dedup();
         Self {
             echoing_targets,
+            reported_targets,
             catalog,
             rules,
             plans,
@@ -315,9 +311,12 @@ impl Resolver {
             }
         }
         summary.out_of_sync = self
-            .echoing_target_names()
-            .into_iter()
-            .map(|(id, name)| (name, behind[id.0 as usize].0, behind[id.0 as usize].1))
+            .reported_targets
+            .iter()
+            .map(|&t| {
+                let (count, oldest) = behind[t.0 as usize];
+                (self.system_name(EntityId(0), t), count, oldest)
+            })
             .collect();
         summary.unsettled = unsettled
             .into_iter()
@@ -325,17 +324,6 @@ impl Resolver {
             .map(|(e, (n, since))| (self.catalog.entity_name(EntityId(e as u16)), n, since))
             .collect();
         summary
-    }
-
-    /// The target systems a state summary reports on: those that echo, in id order.
-    fn echoing_target_names(&self) -> Vec<(SystemId, &str)> {
-        let mut targets: Vec<SystemId> = self.echoing_targets.iter().flatten().copied().collect();
-        targets.sort_unstable();
-        targets.dedup();
-        targets
-            .into_iter()
-            .map(|t| (t, self.system_name(EntityId(0), t)))
-            .collect()
     }
 
     pub fn resolve(&mut self, partition: i32, payload: &[u8]) -> Result<Resolved, ResolveError> {

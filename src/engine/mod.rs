@@ -67,6 +67,16 @@ pub struct EntityRules {
     pub on_delete_conflict: DeleteConflict,
 }
 
+impl EntityRules {
+    /// Whether `target` is also a source of the entity: its capture shows it applying what it
+    /// is sent (the echo), so its deliveries can be seen arriving.
+    pub fn echoes(&self, target: SystemId) -> bool {
+        self.held_fields
+            .get(target.0 as usize)
+            .is_some_and(|f| !f.is_empty())
+    }
+}
+
 /// One record change from one system, in entity terms.
 #[derive(Debug, Clone)]
 pub struct Change<'c> {
@@ -470,13 +480,9 @@ fn deliver(
         if incomplete && !holds_row && state.deleted.is_none() {
             continue;
         }
-        let echoes = rules
-            .held_fields
-            .get(t.0 as usize)
-            .is_some_and(|f| !f.is_empty());
         let window = rules.windows.get(t.0 as usize).copied().unwrap_or(0);
         // Sent when an echo frees a place (see EntityRules::windows).
-        if echoes && window > 0 && target_state.pending.len() >= window {
+        if window > 0 && rules.echoes(t) && target_state.pending.len() >= window {
             continue;
         }
         let fingerprint = record_fingerprint(rules, t, state);

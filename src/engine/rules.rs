@@ -75,17 +75,16 @@ pub fn entity_rules(config: &Config, catalog: &Catalog) -> Vec<EntityRules> {
             };
             let held_fields = per_system(&|m| m.columns.values().collect());
             let required_fields = per_system(&|m| m.required.iter().collect());
-            let receiving = || {
-                config
-                    .targets
-                    .iter()
-                    .filter(|t| t.entities.contains(&entity.name))
-            };
-            let targets = receiving().filter_map(|t| system_id(&t.system)).collect();
+            let mut targets = Vec::new();
             let mut windows = vec![0; systems.len()];
-            for t in receiving() {
-                if let Some(id) = system_id(&t.system) {
-                    windows[id.0 as usize] = t.window;
+            for target in config
+                .targets
+                .iter()
+                .filter(|t| t.entities.contains(&entity.name))
+            {
+                if let Some(id) = system_id(&target.system) {
+                    targets.push(id);
+                    windows[id.0 as usize] = target.window;
                 }
             }
             EntityRules {
