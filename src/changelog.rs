@@ -181,7 +181,7 @@ impl Names<'_> {
             fingerprint: d.fingerprint,
             values: self.values_of(d.values),
             deleted: d.deleted,
-            // Set from format 2's appendix once the state is read.
+            // Only pending deliveries keep theirs (format 2's appendix).
             ts_ms: 0,
         }
     }
@@ -321,6 +321,8 @@ pub fn decode(bytes: &[u8], names: &Names<'_>) -> Result<RecordState, String> {
             },
         );
     }
+    // Format 1 kept no delivery times: the record's latest write is the closest known.
+    let latest_write = state.fields.iter().map(|(_, f)| f.ts_ms).max().unwrap_or(0);
     for s in wire.systems {
         let Some(&id) = names.system_ids.get(s.name.as_ref()) else {
             continue;
@@ -333,7 +335,10 @@ pub fn decode(bytes: &[u8], names: &Names<'_>) -> Result<RecordState, String> {
             pending: s
                 .pending
                 .into_iter()
-                .map(|d| names.delivery_of(d))
+                .map(|d| Delivery {
+                    ts_ms: latest_write,
+                    ..names.delivery_of(d)
+                })
                 .collect(),
             superseded: s
                 .superseded
@@ -347,17 +352,12 @@ pub fn decode(bytes: &[u8], names: &Names<'_>) -> Result<RecordState, String> {
             state.unsettle(f, since);
         }
     }
-    // Format 1 kept no delivery times: the record's latest write is the closest known.
-    let latest_write = state.fields.iter().map(|(_, f)| f.ts_ms).max().unwrap_or(0);
-    let mut pending_times: HashMap<SystemId, Vec<i64>> = times
-        .pending
-        .into_iter()
-        .filter_map(|(name, ts)| names.system_ids.get(name.as_ref()).map(|&s| (s, ts)))
-        .collect();
-    for (s, sys) in &mut state.systems {
-        let ts = pending_times.remove(s).unwrap_or_default();
-        for (i, d) in sys.pending.iter_mut().enumerate() {
-            d.ts_ms = ts.get(i).copied().unwrap_or(latest_write);
+    for (name, times) in times.pending {
+        let Some(&id) = names.system_ids.get(name.as_ref()) else {
+            continue;
+        };
+        for (delivery, ts_ms) in state.system_mut(id).pending.iter_mut().zip(times) {
+            delivery.ts_ms = ts_ms;
         }
     }
     Ok(state)

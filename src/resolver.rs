@@ -203,15 +203,9 @@ impl Resolver {
         partition: i32,
         log: impl IntoIterator<Item = (&'v [u8], Option<&'v [u8]>)>,
     ) -> (usize, usize) {
-        // Until compaction catches up the log holds many values per key: only the latest of
-        // each is decoded.
-        let mut latest: HashMap<&[u8], Option<&[u8]>> = HashMap::new();
-        for (key, value) in log {
-            latest.insert(key, value);
-        }
         let mut records = PartitionRecords::new();
         let mut unreadable = 0;
-        for (key, value) in latest {
+        for (key, value) in log {
             let Some((entity, record_key)) = std::str::from_utf8(key)
                 .ok()
                 .and_then(|k| k.split_once(':'))
