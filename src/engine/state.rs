@@ -197,15 +197,11 @@ impl RecordState {
     /// own overhead is not counted).
     pub fn heap_bytes(&self) -> usize {
         use std::mem::size_of;
-        let values = |v: &[(FieldId, FieldValue)]| -> usize {
-            v.iter().map(|(_, value)| value.heap_bytes()).sum()
+        let values = |v: &Vec<(FieldId, FieldValue)>| -> usize {
+            v.capacity() * size_of::<(FieldId, FieldValue)>()
+                + v.iter().map(|(_, value)| value.heap_bytes()).sum::<usize>()
         };
-        let delivery = |d: &Delivery| -> usize {
-            size_of::<Delivery>()
-                + d.clock.heap_bytes()
-                + d.values.capacity() * size_of::<(FieldId, FieldValue)>()
-                + values(&d.values)
-        };
+        let delivery = |d: &Delivery| d.clock.heap_bytes() + values(&d.values);
         let fields: usize = self
             .fields
             .iter()
@@ -223,13 +219,12 @@ impl RecordState {
             .iter()
             .map(|(_, s)| {
                 s.seen.heap_bytes()
-                    + s.held.capacity() * size_of::<(FieldId, FieldValue)>()
                     + values(&s.held)
                     + (s.pending.capacity() + s.superseded.capacity()) * size_of::<Delivery>()
                     + s.pending
                         .iter()
                         .chain(&s.superseded)
-                        .map(|d| delivery(d) - size_of::<Delivery>())
+                        .map(delivery)
                         .sum::<usize>()
             })
             .sum();
