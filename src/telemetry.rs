@@ -26,15 +26,15 @@ pub struct Metrics {
     processing_seconds: Histogram,
     restore_seconds: Histogram,
     restored_records: prometheus::IntCounter,
-    state_records: prometheus::IntGaugeVec,
+    state_records: IntGaugeVec,
     rebalances: prometheus::IntCounter,
     rewinds: IntCounterVec,
     batches: IntCounterVec,
     batch_events: IntCounterVec,
     ready: IntGauge,
     end_to_end_seconds: Histogram,
-    producer_queue: prometheus::IntGaugeVec,
-    consumer_lag: prometheus::IntGaugeVec,
+    producer_queue: IntGaugeVec,
+    consumer_lag: IntGaugeVec,
     state_bytes: IntGaugeVec,
     out_of_sync: IntGaugeVec,
     out_of_sync_age: GaugeVec,
@@ -44,25 +44,16 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
-        let counter =
-            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
-                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-                registry.register(Box::new(c.clone()))?;
-                Ok(c)
-            };
-        let gauge =
-            |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
-                let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
-                registry.register(Box::new(g.clone()))?;
-                Ok(g)
-            };
-        let age =
-            |name: &str, help: &str, labels: &[&str]| -> Result<GaugeVec, prometheus::Error> {
-                let g = GaugeVec::new(Opts::new(name, help), labels)?;
-                registry.register(Box::new(g.clone()))?;
-                Ok(g)
-            };
-        let metrics = Self {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            registered(registry, IntCounterVec::new(Opts::new(name, help), labels))
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            registered(registry, IntGaugeVec::new(Opts::new(name, help), labels))
+        };
+        let age = |name: &str, help: &str, labels: &[&str]| {
+            registered(registry, GaugeVec::new(Opts::new(name, help), labels))
+        };
+        Ok(Self {
             state_bytes: gauge(
                 "harmony_state_bytes",
                 "Memory the record state of an assigned internal-topic partition takes (keys, state, map buckets; allocator overhead not counted).",
@@ -138,41 +129,54 @@ impl Metrics {
                 "Output records acknowledged by the broker, by output topic.",
                 &["topic"],
             )?,
-            in_flight: IntGauge::new(
-                "harmony_events_in_flight",
-                "Events read whose outputs are not yet all acknowledged.",
-            )?,
-            processing_seconds: Histogram::with_opts(
-                HistogramOpts::new(
-                    "harmony_event_processing_seconds",
-                    "Time from reading an event to handing all its outputs to the producer.",
-                )
-                .buckets(vec![
-                    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.0025,
-                    0.005, 0.01, 0.025, 0.1,
-                ]),
-            )?,
-            restore_seconds: Histogram::with_opts(
-                HistogramOpts::new(
-                    "harmony_state_restore_seconds",
-                    "Time to rebuild one assigned partition's record state from its changelog.",
-                )
-                .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
-            )?,
-            restored_records: prometheus::IntCounter::new(
-                "harmony_state_restored_records_total",
-                "Records rebuilt from the changelog on partition assignment.",
-            )?,
-            state_records: prometheus::IntGaugeVec::new(
-                Opts::new(
-                    "harmony_state_records",
-                    "Records whose state this worker holds, per assigned internal-topic partition.",
+            in_flight: registered(
+                registry,
+                IntGauge::new(
+                    "harmony_events_in_flight",
+                    "Events read whose outputs are not yet all acknowledged.",
                 ),
+            )?,
+            processing_seconds: registered(
+                registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "harmony_event_processing_seconds",
+                        "Time from reading an event to handing all its outputs to the producer.",
+                    )
+                    .buckets(vec![
+                        0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.0025,
+                        0.005, 0.01, 0.025, 0.1,
+                    ]),
+                ),
+            )?,
+            restore_seconds: registered(
+                registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "harmony_state_restore_seconds",
+                        "Time to rebuild one assigned partition's record state from its changelog.",
+                    )
+                    .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+                ),
+            )?,
+            restored_records: registered(
+                registry,
+                prometheus::IntCounter::new(
+                    "harmony_state_restored_records_total",
+                    "Records rebuilt from the changelog on partition assignment.",
+                ),
+            )?,
+            state_records: gauge(
+                "harmony_state_records",
+                "Records whose state this worker holds, per assigned internal-topic partition.",
                 &["partition"],
             )?,
-            rebalances: prometheus::IntCounter::new(
-                "harmony_rebalances_total",
-                "Partition assignments this worker received from its consumer groups.",
+            rebalances: registered(
+                registry,
+                prometheus::IntCounter::new(
+                    "harmony_rebalances_total",
+                    "Partition assignments this worker received from its consumer groups.",
+                ),
             )?,
             rewinds: counter(
                 "harmony_partition_rewinds_total",
@@ -189,45 +193,36 @@ impl Metrics {
                 "Events committed in exactly-once batches, by stage.",
                 &["stage"],
             )?,
-            end_to_end_seconds: Histogram::with_opts(
-                HistogramOpts::new(
-                    "harmony_end_to_end_latency_seconds",
-                    "From the source database's commit (source.ts_ms) to the broker's acknowledgement of the change's target records (exactly once: to the batch's commit).",
-                )
-                .buckets(vec![
-                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
-                ]),
-            )?,
-            producer_queue: prometheus::IntGaugeVec::new(
-                Opts::new(
-                    "harmony_producer_queue_messages",
-                    "Records handed to a producer and not yet acknowledged (librdkafka's queue), by producer: shared (at least once) or the stage's transactional one.",
+            end_to_end_seconds: registered(
+                registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "harmony_end_to_end_latency_seconds",
+                        "From the source database's commit (source.ts_ms) to the broker's acknowledgement of the change's target records (exactly once: to the batch's commit).",
+                    )
+                    .buckets(vec![
+                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+                    ]),
                 ),
+            )?,
+            producer_queue: gauge(
+                "harmony_producer_queue_messages",
+                "Records handed to a producer and not yet acknowledged (librdkafka's queue), by producer: shared (at least once) or the stage's transactional one.",
                 &["producer"],
             )?,
-            ready: IntGauge::new(
-                "harmony_ready",
-                "1 when every assigned partition is restored and the worker processes; 0 while starting, restoring or stopping.",
-            )?,
-            consumer_lag: prometheus::IntGaugeVec::new(
-                Opts::new(
-                    "harmony_consumer_lag",
-                    "Records behind the partition's end, per consumer group (stage 1: <group>, stage 2: <group>.resolve), topic and assigned partition, from librdkafka's statistics.",
+            ready: registered(
+                registry,
+                IntGauge::new(
+                    "harmony_ready",
+                    "1 when every assigned partition is restored and the worker processes; 0 while starting, restoring or stopping.",
                 ),
+            )?,
+            consumer_lag: gauge(
+                "harmony_consumer_lag",
+                "Records behind the partition's end, per consumer group (stage 1: <group>, stage 2: <group>.resolve), topic and assigned partition, from librdkafka's statistics.",
                 &["group", "topic", "partition"],
             )?,
-        };
-        registry.register(Box::new(metrics.ready.clone()))?;
-        registry.register(Box::new(metrics.end_to_end_seconds.clone()))?;
-        registry.register(Box::new(metrics.producer_queue.clone()))?;
-        registry.register(Box::new(metrics.consumer_lag.clone()))?;
-        registry.register(Box::new(metrics.in_flight.clone()))?;
-        registry.register(Box::new(metrics.processing_seconds.clone()))?;
-        registry.register(Box::new(metrics.restore_seconds.clone()))?;
-        registry.register(Box::new(metrics.restored_records.clone()))?;
-        registry.register(Box::new(metrics.state_records.clone()))?;
-        registry.register(Box::new(metrics.rebalances.clone()))?;
-        Ok(metrics)
+        })
     }
 
     pub fn change_consumed(&self, system: &str, topic: &str, op: Op) {
@@ -442,13 +437,23 @@ impl Metrics {
     }
 
     /// The per-partition lag series, for the consumers' statistics callbacks.
-    pub fn consumer_lag(&self) -> prometheus::IntGaugeVec {
+    pub fn consumer_lag(&self) -> IntGaugeVec {
         self.consumer_lag.clone()
     }
 
     pub fn rebalanced(&self) {
         self.rebalances.inc();
     }
+}
+
+/// `metric`, as built, registered with `registry`.
+fn registered<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: Result<M, prometheus::Error>,
+) -> Result<M, prometheus::Error> {
+    let metric = metric?;
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
 }
 
 /// The Prometheus text exposition of a registry.
