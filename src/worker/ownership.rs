@@ -222,7 +222,7 @@ impl ConsumerContext for OwnershipContext {
 }
 
 /// The latest value of each key of the changelog partition, from its beginning to the end it
-/// has now, in the order the keys first appear.
+/// has now.
 pub(super) fn read_to_end(
     restore: &Restore,
     partition: i32,
@@ -236,10 +236,11 @@ pub(super) fn read_to_end(
     let reader: BaseConsumer = settings.create()?;
     let topic = restore.changelog_topic.as_str();
     let (low, high) = reader.fetch_watermarks(topic, partition, restore.timeout)?;
-    let mut log: ChangelogLog = Vec::new();
-    let mut latest: HashMap<Vec<u8>, usize> = HashMap::new();
+    // Only each key's latest value is kept: until compaction catches up the partition holds
+    // every state a record went through, and the worker's memory must not.
+    let mut latest: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
     if high <= low {
-        return Ok(log);
+        return Ok(Vec::new());
     }
     let mut assignment = TopicPartitionList::new();
     assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
@@ -255,23 +256,22 @@ pub(super) fn read_to_end(
             continue;
         };
         let message = match message {
-            Err(rdkafka::error::KafkaError::PartitionEOF(_)) => return Ok(log),
+            Err(rdkafka::error::KafkaError::PartitionEOF(_)) => {
+                return Ok(latest.into_iter().collect())
+            }
             other => other?,
         };
-        // Only each key's latest value is kept: until compaction catches up the partition
-        // holds every state a record went through, and the worker's memory must not.
         if let Some(key) = message.key() {
             let value = message.payload().map(<[u8]>::to_vec);
-            match latest.get(key) {
-                Some(&i) => log[i].1 = value,
+            match latest.get_mut(key) {
+                Some(slot) => *slot = value,
                 None => {
-                    latest.insert(key.to_vec(), log.len());
-                    log.push((key.to_vec(), value));
+                    latest.insert(key.to_vec(), value);
                 }
             }
         }
         if message.offset() + 1 >= high {
-            return Ok(log);
+            return Ok(latest.into_iter().collect());
         }
     }
 }
