@@ -314,7 +314,7 @@ func crossCheck(objects []object, found *problems) {
 		switch w := o.typ.(type) {
 		case *appsv1.StatefulSet:
 			workloads = append(workloads, podTemplate{o, w.Spec.Selector, &w.Spec.Template})
-			if _, ok := byID["Service/"+w.Spec.ServiceName]; !ok && !hasObject(objects, "Service", w.Spec.ServiceName) {
+			if !hasObject(objects, "Service", w.Spec.ServiceName) {
 				found.add(o.file, o.id(), "serviceName %q names no Service", w.Spec.ServiceName)
 			}
 		case *appsv1.Deployment:
