@@ -8,55 +8,103 @@
 //! `decimal.format`), documents as Debezium's `io.debezium.data.Json`.
 
 use base64::Engine as _;
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value as Json};
 
 use crate::engine::FieldValue;
+use crate::jsontext::{self, Members};
 use crate::value::Decimal;
 
-/// The schema of one optional struct field holding `value`.
-pub fn field_schema(name: &str, value: &FieldValue) -> Json {
-    let mut schema = match value {
-        // No value, no type: a null string binds to any column type.
-        FieldValue::Null | FieldValue::Text(_) => json!({"type": "string"}),
-        FieldValue::Bool(_) => json!({"type": "boolean"}),
-        FieldValue::Int(_) => json!({"type": "int64"}),
-        FieldValue::Float(_) => json!({"type": "double"}),
-        FieldValue::Decimal(d) => decimal_schema(d),
-        FieldValue::Json(text) => match array_items_type(text) {
-            // A set (`merge`), or any array: a Connect array, which sinks write to an array
-            // column (Postgres `text[]`, `int[]`).
-            Some(items) => json!({"type": "array", "items": {"type": items, "optional": false}}),
-            None => json!({"type": "string", "name": "io.debezium.data.Json", "version": 1}),
-        },
+/// One row column: its schema into `schema`'s field list, its value into `image`, decided
+/// together because a JSON array's shape decides both.
+pub fn field(schema: &mut Members, image: &mut Members, column: &str, value: &FieldValue) {
+    let items = match value {
+        FieldValue::Json(text) => array_items_type(text),
+        _ => None,
     };
-    if let Json::Object(map) = &mut schema {
-        map.insert("optional".into(), Json::Bool(true));
-        map.insert("field".into(), Json::String(name.to_owned()));
+    let mut field = Members::object(schema.item());
+    match (value, items) {
+        // A set (`merge`), or any array: a Connect array, which sinks write to an array
+        // column (Postgres `text[]`, `int[]`).
+        (FieldValue::Json(_), Some(items)) => {
+            jsontext::string(field.key("type"), "array");
+            let mut item = Members::object(field.key("items"));
+            jsontext::string(item.key("type"), items);
+            jsontext::raw(item.key("optional"), "false");
+            item.end();
+        }
+        (FieldValue::Json(_), None) => {
+            jsontext::string(field.key("type"), "string");
+            jsontext::string(field.key("name"), "io.debezium.data.Json");
+            jsontext::raw(field.key("version"), "1");
+        }
+        (FieldValue::Decimal(d), _) => {
+            jsontext::string(field.key("type"), "bytes");
+            jsontext::string(field.key("name"), "org.apache.kafka.connect.data.Decimal");
+            jsontext::raw(field.key("version"), "1");
+            let mut parameters = Members::object(field.key("parameters"));
+            let scale = parameters.key("scale");
+            scale.push(b'"');
+            jsontext::uint(scale, d.scale.into());
+            scale.push(b'"');
+            parameters.end();
+        }
+        // No value, no type: a null string binds to any column type.
+        (FieldValue::Null | FieldValue::Text(_), _) => {
+            jsontext::string(field.key("type"), "string")
+        }
+        (FieldValue::Bool(_), _) => jsontext::string(field.key("type"), "boolean"),
+        (FieldValue::Int(_), _) => jsontext::string(field.key("type"), "int64"),
+        (FieldValue::Float(_), _) => jsontext::string(field.key("type"), "double"),
     }
-    schema
+    jsontext::raw(field.key("optional"), "true");
+    jsontext::string(field.key("field"), column);
+    field.end();
+
+    payload(image.key(column), value, items.is_some());
 }
 
-fn decimal_schema(d: &Decimal) -> Json {
-    json!({
-        "type": "bytes",
-        "name": "org.apache.kafka.connect.data.Decimal",
-        "version": 1,
-        "parameters": {"scale": d.scale.to_string()},
-    })
+/// A string column's schema: harmony's own columns (the exact echo mode's version).
+pub fn string_field(schema: &mut Members, column: &str) {
+    let mut field = Members::object(schema.item());
+    jsontext::string(field.key("type"), "string");
+    jsontext::raw(field.key("optional"), "true");
+    jsontext::string(field.key("field"), column);
+    field.end();
+}
+
+/// `value` as [`field`] declares it: a JSON `array` as itself, any other JSON as its text.
+pub fn payload(out: &mut Vec<u8>, value: &FieldValue, array: bool) {
+    match value {
+        FieldValue::Json(text) if array => jsontext::raw(out, text.trim()),
+        FieldValue::Null => jsontext::raw(out, "null"),
+        FieldValue::Bool(b) => jsontext::raw(out, if *b { "true" } else { "false" }),
+        FieldValue::Int(i) => jsontext::int(out, *i),
+        FieldValue::Float(f) => jsontext::float(out, *f),
+        FieldValue::Decimal(d) => {
+            let mut buffer = [0; DECIMAL_BASE64];
+            out.push(b'"');
+            out.extend_from_slice(decimal_bytes(d, &mut buffer));
+            out.push(b'"');
+        }
+        FieldValue::Text(t) | FieldValue::Json(t) => jsontext::string(out, t),
+    }
 }
 
 /// The Connect type of a JSON array's items when they share one (`string`, `int64`,
 /// `double`, `boolean`); `None` for anything else, which then travels as JSON text.
 fn array_items_type(text: &str) -> Option<&'static str> {
-    let Ok(Json::Array(items)) = serde_json::from_str::<Json>(text) else {
-        return None;
-    };
-    let kind = |item: &Json| match item {
-        Json::String(_) => Some("string"),
-        Json::Number(n) if n.is_i64() => Some("int64"),
-        Json::Number(_) => Some("double"),
-        Json::Bool(_) => Some("boolean"),
-        _ => None,
+    // Items are classified by their first bytes, without building them.
+    let items: Vec<&RawValue> = serde_json::from_str(text).ok()?;
+    let kind = |item: &&RawValue| {
+        let text = item.get();
+        match text.as_bytes().first()? {
+            b'"' => Some("string"),
+            b't' | b'f' => Some("boolean"),
+            b'-' | b'0'..=b'9' if text.contains(['.', 'e', 'E']) => Some("double"),
+            b'-' | b'0'..=b'9' => text.parse::<i64>().ok().map(|_| "int64").or(Some("double")),
+            _ => None,
+        }
     };
     let mut kinds = items.iter().map(kind);
     // An empty array has no item type to go by; strings are the common case of sets.
@@ -64,24 +112,12 @@ fn array_items_type(text: &str) -> Option<&'static str> {
     kinds.all(|k| k == Some(first)).then_some(first)
 }
 
-/// The payload of `value` as the schema of [`field_schema`] declares it.
-pub fn field_payload(value: &FieldValue) -> Json {
-    match value {
-        FieldValue::Json(text) if array_items_type(text).is_some() => {
-            serde_json::from_str(text).unwrap_or(Json::Null)
-        }
-        FieldValue::Null => Json::Null,
-        FieldValue::Bool(b) => Json::Bool(*b),
-        FieldValue::Int(i) => Json::from(*i),
-        FieldValue::Float(f) => serde_json::Number::from_f64(*f).map_or(Json::Null, Json::Number),
-        FieldValue::Decimal(d) => Json::String(decimal_bytes(d)),
-        FieldValue::Text(t) | FieldValue::Json(t) => Json::String(t.clone()),
-    }
-}
+/// Base64 of at most 16 bytes.
+const DECIMAL_BASE64: usize = 24;
 
 /// The unscaled value in the fewest big-endian two's-complement bytes, base64: what
 /// `java.math.BigInteger.toByteArray` gives and Connect's `Decimal.toLogical` reads.
-fn decimal_bytes(d: &Decimal) -> String {
+fn decimal_bytes<'b>(d: &Decimal, buffer: &'b mut [u8; DECIMAL_BASE64]) -> &'b [u8] {
     let bytes = d.unscaled.to_be_bytes();
     let negative = d.unscaled < 0;
     let pad = if negative { 0xff } else { 0x00 };
@@ -93,18 +129,30 @@ fn decimal_bytes(d: &Decimal) -> String {
     {
         start += 1;
     }
-    base64::engine::general_purpose::STANDARD.encode(&bytes[start..])
+    let written = base64::engine::general_purpose::STANDARD
+        .encode_slice(&bytes[start..], buffer)
+        .unwrap_or(0);
+    &buffer[..written]
 }
 
-/// The schema of a key column from its JSON value (canonical keys are strings or integers).
-pub fn key_field_schema(name: &str, value: &Json) -> Json {
-    let kind = match value {
-        Json::Number(n) if n.is_i64() || n.is_u64() => "int64",
-        Json::Number(_) => "double",
-        Json::Bool(_) => "boolean",
+/// One key column (canonical keys are strings or integers), as `value` is JSON text: its
+/// schema into `schema`'s field list.
+pub fn key_field(schema: &mut Members, column: &str, value: &str) {
+    let kind = match value.as_bytes().first() {
+        Some(b'-' | b'0'..=b'9')
+            if value.parse::<i64>().is_ok() || value.parse::<u64>().is_ok() =>
+        {
+            "int64"
+        }
+        Some(b'-' | b'0'..=b'9') => "double",
+        Some(b't' | b'f') => "boolean",
         _ => "string",
     };
-    json!({"type": kind, "optional": false, "field": name})
+    let mut field = Members::object(schema.item());
+    jsontext::string(field.key("type"), kind);
+    jsontext::raw(field.key("optional"), "false");
+    jsontext::string(field.key("field"), column);
+    field.end();
 }
 
 /// A struct schema from its fields' schemas.
@@ -127,11 +175,12 @@ fn named_field(mut schema: Json, field: &str) -> Json {
     schema
 }
 
-/// The schema of harmony's change event on `topic` whose row has `row_fields`: Debezium's
-/// envelope (`before`, `after`, `op`, `source`, `ts_ms`) plus the `harmony` block. The sink
-/// recognises a change event by an `…Envelope` schema name, as Debezium names its own.
-pub fn envelope_schema(topic: &str, row_fields: Vec<Json>) -> Json {
-    let row = struct_schema(Some(&format!("{topic}.Value")), true, row_fields);
+/// The schema of harmony's change event on `topic`: Debezium's envelope (`before`, `after`,
+/// `op`, `source`, `ts_ms`) plus the `harmony` block, with the row's field lists left empty
+/// for [`SchemaText`] to fill. The sink recognises a change event by an `…Envelope` schema
+/// name, as Debezium names its own.
+pub fn envelope_schema(topic: &str) -> Json {
+    let row = struct_schema(Some(&format!("{topic}.Value")), true, Vec::new());
     let required =
         |kind: &str, field: &str| json!({"type": kind, "optional": false, "field": field});
     let source = struct_schema(
@@ -170,9 +219,45 @@ pub fn envelope_schema(topic: &str, row_fields: Vec<Json>) -> Json {
     )
 }
 
-/// The converter's envelope.
-pub fn wrap(schema: Json, payload: Json) -> Json {
-    json!({"schema": schema, "payload": payload})
+/// The schema of a target topic's keys, its field list left empty for [`SchemaText`].
+pub fn key_schema(topic: &str) -> Json {
+    struct_schema(Some(&format!("{topic}.Key")), false, Vec::new())
+}
+
+/// A schema serialized once per target, around the struct field lists that depend on the
+/// record (its columns' types): each empty `"fields":[]` is filled with the same list.
+#[derive(Debug, Clone)]
+pub struct SchemaText {
+    parts: Vec<String>,
+}
+
+const EMPTY_FIELDS: &str = r#""fields":[]"#;
+
+impl SchemaText {
+    pub fn new(schema: &Json) -> Self {
+        let text = schema.to_string();
+        Self {
+            parts: text.split(EMPTY_FIELDS).map(str::to_owned).collect(),
+        }
+    }
+
+    /// The converter's envelope `{"schema": …, "payload": …}` around `payload`, with
+    /// `fields` (a JSON array of field schemas) in each struct left open.
+    pub fn wrap(&self, out: &mut Vec<u8>, fields: &[u8], payload: &[u8]) {
+        out.extend_from_slice(br#"{"schema":"#);
+        let mut parts = self.parts.iter();
+        if let Some(first) = parts.next() {
+            out.extend_from_slice(first.as_bytes());
+        }
+        for part in parts {
+            out.extend_from_slice(br#""fields":"#);
+            out.extend_from_slice(fields);
+            out.extend_from_slice(part.as_bytes());
+        }
+        out.extend_from_slice(br#","payload":"#);
+        out.extend_from_slice(payload);
+        out.push(b'}');
+    }
 }
 
 #[cfg(test)]
@@ -189,6 +274,24 @@ mod tests {
         i128::from_be_bytes(full)
     }
 
+    fn base64_of(d: &Decimal) -> String {
+        let mut buffer = [0; DECIMAL_BASE64];
+        String::from_utf8(decimal_bytes(d, &mut buffer).to_vec()).unwrap()
+    }
+
+    /// The schema and the payload `field` writes for one column.
+    fn written(column: &str, value: &FieldValue) -> (Json, Json) {
+        let (mut schema, mut image) = (Vec::new(), Vec::new());
+        let mut fields = Members::array(&mut schema);
+        let mut row = Members::object(&mut image);
+        field(&mut fields, &mut row, column, value);
+        fields.end();
+        row.end();
+        let schema: Json = serde_json::from_slice(&schema).unwrap();
+        let image: Json = serde_json::from_slice(&image).unwrap();
+        (schema[0].clone(), image[column].clone())
+    }
+
     #[test]
     fn decimals_are_minimal_twos_complement_like_big_integer() {
         // BigInteger.valueOf(n).toByteArray() for these n, as Connect writes them.
@@ -202,7 +305,7 @@ mod tests {
             (-129, "/38="),
             (12_900, "MmQ="),
         ] {
-            let text = decimal_bytes(&Decimal { unscaled, scale: 2 });
+            let text = base64_of(&Decimal { unscaled, scale: 2 });
             assert_eq!(text, expected, "{unscaled}");
             assert_eq!(unscaled_back(&text), unscaled);
         }
@@ -211,7 +314,7 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn decimal_bytes_round_trip(unscaled in proptest::num::i128::ANY) {
-            let text = decimal_bytes(&Decimal { unscaled, scale: 3 });
+            let text = base64_of(&Decimal { unscaled, scale: 3 });
             proptest::prop_assert_eq!(unscaled_back(&text), unscaled);
         }
     }
@@ -223,36 +326,93 @@ mod tests {
             scale: 2,
         });
         assert_eq!(
-            field_schema("price", &price),
-            json!({"type": "bytes", "name": "org.apache.kafka.connect.data.Decimal", "version": 1,
-                   "parameters": {"scale": "2"}, "optional": true, "field": "price"})
+            written("price", &price),
+            (
+                json!({"type": "bytes", "name": "org.apache.kafka.connect.data.Decimal", "version": 1,
+                       "parameters": {"scale": "2"}, "optional": true, "field": "price"}),
+                json!("Aeo=")
+            )
         );
-        assert_eq!(field_payload(&price), json!("Aeo="));
         assert_eq!(
-            field_schema("stock", &FieldValue::Int(93))["type"],
+            written("stock", &FieldValue::Int(93)).0["type"],
             json!("int64")
         );
+        assert_eq!(written("stock", &FieldValue::Int(93)).1, json!(93));
+        assert_eq!(written("f", &FieldValue::Float(f64::NAN)).1, Json::Null);
         assert_eq!(
-            field_schema("doc", &FieldValue::Json("{}".into()))["name"],
-            json!("io.debezium.data.Json")
+            written("doc", &FieldValue::Json("{}".into())),
+            (
+                json!({"type": "string", "name": "io.debezium.data.Json", "version": 1,
+                       "optional": true, "field": "doc"}),
+                json!("{}")
+            )
         );
-        let tags = FieldValue::Json(r#"["new","sale"]"#.into());
+        let tags = FieldValue::Json(r#" ["new","sale"]"#.into());
         assert_eq!(
-            field_schema("tags", &tags),
-            json!({"type": "array", "items": {"type": "string", "optional": false},
-                   "optional": true, "field": "tags"})
+            written("tags", &tags),
+            (
+                json!({"type": "array", "items": {"type": "string", "optional": false},
+                       "optional": true, "field": "tags"}),
+                json!(["new", "sale"])
+            )
         );
-        assert_eq!(field_payload(&tags), json!(["new", "sale"]));
+        for (array, items) in [
+            ("[1,-2]", Some("int64")),
+            ("[1.5,2]", None),
+            ("[1.5,2e3]", Some("double")),
+            ("[18446744073709551615]", Some("double")),
+            ("[true,false]", Some("boolean")),
+            ("[]", Some("string")),
+            ("[null]", None),
+            ("[[1]]", None),
+            ("{}", None),
+            ("[1,", None),
+        ] {
+            assert_eq!(array_items_type(array), items, "{array}");
+        }
         let mixed = FieldValue::Json(r#"[1,"a"]"#.into());
         assert_eq!(
-            field_schema("m", &mixed)["name"],
-            json!("io.debezium.data.Json")
+            written("m", &mixed),
+            (
+                json!({"type": "string", "name": "io.debezium.data.Json", "version": 1,
+                       "optional": true, "field": "m"}),
+                json!(r#"[1,"a"]"#)
+            )
         );
-        assert_eq!(field_payload(&mixed), json!(r#"[1,"a"]"#));
-        assert_eq!(key_field_schema("id", &json!(7))["type"], json!("int64"));
+        let key_type = |value: &str| {
+            let mut schema = Vec::new();
+            let mut fields = Members::array(&mut schema);
+            key_field(&mut fields, "id", value);
+            fields.end();
+            serde_json::from_slice::<Json>(&schema).unwrap()[0]["type"].clone()
+        };
+        assert_eq!(key_type("7"), json!("int64"));
+        assert_eq!(key_type("18446744073709551615"), json!("int64"));
+        assert_eq!(key_type("7.5"), json!("double"));
+        assert_eq!(key_type(r#""A""#), json!("string"));
+    }
+
+    #[test]
+    fn schema_text_fills_each_row_struct() {
+        let text = SchemaText::new(&envelope_schema("t"));
+        let mut out = Vec::new();
+        text.wrap(
+            &mut out,
+            br#"[{"type":"int64","optional":true,"field":"n"}]"#,
+            b"{}",
+        );
+        let wrapped: Json = serde_json::from_slice(&out).unwrap();
+        let fields = &wrapped["schema"]["fields"];
+        for (i, name) in ["before", "after"].into_iter().enumerate() {
+            assert_eq!(fields[i]["field"], name);
+            assert_eq!(fields[i]["name"], "t.Value");
+            assert_eq!(fields[i]["fields"][0]["field"], "n");
+        }
         assert_eq!(
-            key_field_schema("sku", &json!("A"))["type"],
-            json!("string")
+            fields[3]["fields"].as_array().unwrap().len(),
+            5,
+            "source untouched"
         );
+        assert_eq!(wrapped["payload"], json!({}));
     }
 }

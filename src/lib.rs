@@ -20,6 +20,7 @@
 //! | [`guard`] | CEL guards that reject a candidate value before it is written |
 //! | [`target`] | the record a target system receives, in its own columns (pure) |
 //! | [`connect`] | Kafka Connect's JSON-with-schema format of target records, for schema-aware sinks |
+//! | [`jsontext`] | JSON text written straight into a record's bytes, without a value tree |
 //! | [`conflict`] | the conflicts-topic record: deterministic id, candidates, winner (pure) |
 //! | [`changelog`] | a record's state as the changelog topic keeps it: compact, versioned, by name (pure) |
 //! | [`resolution`] | an operator's settling of a held conflict, as a record change from `operator` (pure) |
@@ -51,6 +52,7 @@ pub mod envelope;
 pub mod guard;
 pub mod http;
 pub mod internal;
+pub mod jsontext;
 pub mod kafka;
 pub mod mapping;
 pub mod output;

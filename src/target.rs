@@ -13,12 +13,13 @@
 
 use std::collections::HashMap;
 
-use serde_json::{json, Map, Value as Json};
+use serde_json::value::RawValue;
 
 use crate::clock::SystemId;
 use crate::config::{Config, OutputFormat};
-use crate::connect;
+use crate::connect::{self, SchemaText};
 use crate::engine::{EntityRules, FieldValue, RecordState};
+use crate::jsontext::{self, Members};
 use crate::mapping::{Catalog, EntityId, FieldId};
 use crate::resolver::Publication;
 
@@ -34,6 +35,10 @@ pub struct TargetPlan {
     pub columns: Vec<(String, FieldId, Option<usize>)>,
     /// Exact echo mode: the column the record's version vector is written to.
     pub version_column: Option<String>,
+    /// Schema-wrapped output: the key's and the change event's Connect schemas, serialized
+    /// once, around the columns each record's types decide.
+    pub key_schema: SchemaText,
+    pub value_schema: SchemaText,
 }
 
 /// Every (entity, target system) the configuration delivers to.
@@ -68,6 +73,8 @@ pub fn target_plans(
             plans.insert(
                 (entity_id, SystemId(system as u16)),
                 TargetPlan {
+                    key_schema: SchemaText::new(&connect::key_schema(&target.topic)),
+                    value_schema: SchemaText::new(&connect::envelope_schema(&target.topic)),
                     topic: target.topic.clone(),
                     format: target.format,
                     table: source.table.clone(),
@@ -80,12 +87,19 @@ pub fn target_plans(
     plans
 }
 
-fn json_of(value: &FieldValue) -> Json {
+/// A value in schemaless JSON: exact decimals as text, as Debezium's
+/// `decimal.handling.mode=string` renders them, and JSON documents as themselves.
+fn plain_value(out: &mut Vec<u8>, value: &FieldValue) {
     match value {
-        // Exact, as Debezium's `decimal.handling.mode=string` renders decimals.
-        FieldValue::Decimal(d) => Json::String(d.to_string()),
-        FieldValue::Json(j) => serde_json::from_str(j).unwrap_or_else(|_| Json::String(j.clone())),
-        other => connect::field_payload(other),
+        FieldValue::Decimal(d) => {
+            use std::io::Write as _;
+            let _ = write!(out, "\"{d}\"");
+        }
+        FieldValue::Json(text) => {
+            let document = serde_json::from_str::<&RawValue>(text).is_ok();
+            connect::payload(out, value, document);
+        }
+        other => connect::payload(out, other, false),
     }
 }
 
@@ -108,118 +122,133 @@ pub fn target_records(
     state: &RecordState,
     provenance: &Provenance<'_>,
 ) -> Vec<Publication> {
-    let key_values: Vec<Json> = serde_json::from_str(provenance.key_text).unwrap_or_default();
-    // (column, value) of the key and of the row, in the target's column order.
-    let mut key: Vec<(&str, Json)> = Vec::new();
-    let mut row: Vec<(&str, &FieldValue)> = Vec::new();
-    let mut key_row: Vec<(&str, Json)> = Vec::new();
-    for (column, field, key_pos) in &plan.columns {
-        match key_pos {
-            Some(pos) => {
-                let value = key_values.get(*pos).cloned().unwrap_or(Json::Null);
-                key.push((column, value.clone()));
-                key_row.push((column, value));
-            }
-            None => {
-                // Ignored fields (each system's own `updated_at`) are the target's business.
-                if rules.fields[field.0 as usize].ignored {
-                    continue;
-                }
-                if let Some(f) = state.field(*field) {
-                    row.push((column, &f.value));
-                }
-            }
-        }
-    }
-    let ts_ms = state
-        .fields
-        .iter()
-        .map(|(_, f)| f.ts_ms)
-        .max()
-        .unwrap_or_default();
+    let key_values: Option<Vec<&RawValue>> = serde_json::from_str(provenance.key_text).ok();
+    let key_value = |pos: usize| {
+        key_values
+            .as_ref()
+            .and_then(|values| values.get(pos))
+            .map_or("null", |value| value.get())
+    };
     let name = |s: SystemId| {
         rules
             .systems
             .get(s.0 as usize)
             .map_or("?", |i| i.name.as_str())
     };
-    let version: Map<String, Json> = state
-        .clock
+    let mut version = Vec::with_capacity(64);
+    let mut entries = Members::object(&mut version);
+    for (system, counter) in state.clock.iter() {
+        jsontext::uint(entries.key(name(system)), counter);
+    }
+    entries.end();
+    let version = String::from_utf8(version).unwrap_or_default();
+
+    // The key and the row image in the target's column order; with a Connect schema, the
+    // schemas of their fields beside them.
+    let wrapped = plan.format == OutputFormat::Json;
+    let (mut key, mut image) = (Vec::with_capacity(64), Vec::with_capacity(512));
+    let (mut key_fields, mut row_fields) = (Vec::new(), Vec::new());
+    {
+        let mut key = Members::object(&mut key);
+        let mut image = Members::object(&mut image);
+        let mut key_fields = Members::array(&mut key_fields);
+        let mut row_fields = Members::array(&mut row_fields);
+        for (column, field, key_pos) in &plan.columns {
+            if let Some(pos) = key_pos {
+                let value = key_value(*pos);
+                jsontext::raw(key.key(column), value);
+                jsontext::raw(image.key(column), value);
+                if wrapped {
+                    connect::key_field(&mut key_fields, column, value);
+                    connect::key_field(&mut row_fields, column, value);
+                }
+                continue;
+            }
+            // Ignored fields (each system's own `updated_at`) are the target's business.
+            if rules.fields[field.0 as usize].ignored {
+                continue;
+            }
+            let Some(state) = state.field(*field) else {
+                continue;
+            };
+            if wrapped {
+                connect::field(&mut row_fields, &mut image, column, &state.value);
+            } else {
+                plain_value(image.key(column), &state.value);
+            }
+        }
+        if let Some(column) = &plan.version_column {
+            jsontext::string(image.key(column), &version);
+            if wrapped {
+                connect::string_field(&mut row_fields, column);
+            }
+        }
+        key.end();
+        image.end();
+        key_fields.end();
+        row_fields.end();
+    }
+
+    let ts_ms = state
+        .fields
         .iter()
-        .map(|(s, n)| (name(s).to_owned(), Json::from(n)))
-        .collect();
-    let version_text = Json::Object(version.clone()).to_string();
+        .map(|(_, f)| f.ts_ms)
+        .max()
+        .unwrap_or_default();
     let deleted = state.deleted.is_some();
-    let op = if deleted { "d" } else { "u" };
     let origin = name(provenance.origin);
     let entity = provenance.entity;
+    let mut event = Vec::with_capacity(image.len() + 320);
+    let mut members = Members::object(&mut event);
+    let (before, after) = if deleted {
+        (&image[..], &b"null"[..])
+    } else {
+        (&b"null"[..], &image[..])
+    };
+    members.key("before").extend_from_slice(before);
+    members.key("after").extend_from_slice(after);
+    jsontext::string(members.key("op"), if deleted { "d" } else { "u" });
+    let mut source = Members::object(members.key("source"));
+    jsontext::string(source.key("connector"), "harmony");
+    jsontext::string(source.key("name"), "harmony");
+    jsontext::string(source.key("db"), entity);
+    jsontext::string(source.key("table"), &plan.table);
+    jsontext::int(source.key("ts_ms"), ts_ms);
+    source.end();
+    jsontext::int(members.key("ts_ms"), ts_ms);
+    let mut harmony = Members::object(members.key("harmony"));
+    jsontext::string(harmony.key("entity"), entity);
+    // The canonical key itself where JSON is schemaless, its text where a Connect schema
+    // must name one type for it.
+    match (&key_values, wrapped) {
+        (_, true) => jsontext::string(harmony.key("key"), provenance.key_text),
+        (Some(_), false) => jsontext::raw(harmony.key("key"), provenance.key_text.trim()),
+        (None, false) => jsontext::raw(harmony.key("key"), "[]"),
+    }
+    jsontext::raw(harmony.key("version"), &version);
+    jsontext::string(harmony.key("origin"), origin);
+    let mut conflicts = Members::array(harmony.key("conflicts"));
+    for id in provenance.conflicts {
+        jsontext::string(conflicts.item(), id);
+    }
+    conflicts.end();
+    harmony.end();
+    members.end();
 
-    // The change event around a row image: `harmony.key` is the canonical key itself where
-    // JSON is schemaless, its text where a Connect schema must name one type for it.
-    let change_event = |image: Json, harmony_key: Json| {
-        json!({
-            "before": if deleted { image.clone() } else { Json::Null },
-            "after": if deleted { Json::Null } else { image },
-            "op": op,
-            "source": {"connector": "harmony", "name": "harmony", "db": entity, "table": plan.table, "ts_ms": ts_ms},
-            "ts_ms": ts_ms,
-            "harmony": {"entity": entity, "key": harmony_key, "version": version,
-                        "origin": origin, "conflicts": provenance.conflicts},
-        })
+    let (key, value) = if wrapped {
+        let mut wrapped_key = Vec::with_capacity(key.len() + 128);
+        plan.key_schema.wrap(&mut wrapped_key, &key_fields, &key);
+        let mut wrapped_event = Vec::with_capacity(event.len() + 2 * row_fields.len() + 1024);
+        plan.value_schema
+            .wrap(&mut wrapped_event, &row_fields, &event);
+        (wrapped_key, wrapped_event)
+    } else {
+        (key, event)
     };
-    let version_column = plan
-        .version_column
-        .as_ref()
-        .map(|c| (c, Json::String(version_text.clone())));
-    let (key_bytes, value_bytes) = match plan.format {
-        OutputFormat::JsonSchemaless => {
-            let image: Map<String, Json> = key_row
-                .iter()
-                .map(|(column, value)| ((*column).to_owned(), value.clone()))
-                .chain(row.iter().map(|(c, v)| ((*c).to_owned(), json_of(v))))
-                .chain(version_column.map(|(c, v)| (c.clone(), v)))
-                .collect();
-            let key: Map<String, Json> = key.into_iter().map(|(c, v)| (c.to_owned(), v)).collect();
-            let value = change_event(Json::Object(image), Json::Array(key_values.clone()));
-            (Json::Object(key), value)
-        }
-        OutputFormat::Json => {
-            let mut key_schema = Vec::new();
-            let mut key_payload = Map::new();
-            let mut row_schema = Vec::new();
-            let mut image = Map::new();
-            for (column, value) in key {
-                key_schema.push(connect::key_field_schema(column, &value));
-                row_schema.push(connect::key_field_schema(column, &value));
-                key_payload.insert(column.to_owned(), value.clone());
-                image.insert(column.to_owned(), value);
-            }
-            for (column, value) in &row {
-                row_schema.push(connect::field_schema(column, value));
-                image.insert((*column).to_owned(), connect::field_payload(value));
-            }
-            if let Some((column, version)) = version_column {
-                row_schema.push(connect::field_schema(column, &FieldValue::Null));
-                image.insert(column.clone(), version);
-            }
-            let topic = &plan.topic;
-            let value = change_event(
-                Json::Object(image),
-                Json::String(provenance.key_text.to_owned()),
-            );
-            let key_schema =
-                connect::struct_schema(Some(&format!("{topic}.Key")), false, key_schema);
-            (
-                connect::wrap(key_schema, Json::Object(key_payload)),
-                connect::wrap(connect::envelope_schema(topic, row_schema), value),
-            )
-        }
-    };
-    let key_bytes = serde_json::to_vec(&key_bytes).unwrap_or_default();
     let mut headers = vec![
         ("harmony.entity", entity.as_bytes().to_vec()),
         ("harmony.origin", origin.as_bytes().to_vec()),
-        ("harmony.version", version_text.into_bytes()),
+        ("harmony.version", version.into_bytes()),
     ];
     if !provenance.conflicts.is_empty() {
         headers.push((
@@ -227,21 +256,28 @@ pub fn target_records(
             provenance.conflicts.join(",").into_bytes(),
         ));
     }
-    let mut records = vec![Publication {
-        topic: plan.topic.clone(),
-        key: key_bytes.clone(),
-        value: serde_json::to_vec(&value_bytes).ok(),
-        headers: headers.clone(),
-    }];
-    if deleted {
-        records.push(Publication {
+    if !deleted {
+        return vec![Publication {
             topic: plan.topic.clone(),
-            key: key_bytes,
+            key,
+            value: Some(value),
+            headers,
+        }];
+    }
+    vec![
+        Publication {
+            topic: plan.topic.clone(),
+            key: key.clone(),
+            value: Some(value),
+            headers: headers.clone(),
+        },
+        Publication {
+            topic: plan.topic.clone(),
+            key,
             value: None,
             headers,
-        });
-    }
-    records
+        },
+    ]
 }
 
 #[cfg(test)]
@@ -250,6 +286,7 @@ mod tests {
     use crate::clock::Dot;
     use crate::engine::{entity_rules, FieldState};
     use crate::value::Decimal;
+    use serde_json::Value as Json;
 
     #[test]
     fn each_target_gets_the_record_in_its_own_columns() {
@@ -361,8 +398,22 @@ mod tests {
         assert_eq!(v["schema"]["name"], "harmony.demo.wms.product.Envelope");
         let after_schema = &v["schema"]["fields"][1];
         assert_eq!(after_schema["field"], "after");
-        assert_eq!(after_schema["fields"][1]["field"], "on_hand");
-        assert_eq!(after_schema["fields"][1]["type"], "int64");
+        let types: Vec<_> = after_schema["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| (f["field"].as_str().unwrap(), f["type"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            types,
+            [
+                ("on_hand", "int64"),
+                ("sku", "string"),
+                ("harmony_version", "string")
+            ],
+            "the target's column order, the version column last"
+        );
+        assert_eq!(v["payload"]["before"], Json::Null);
 
         // Schema-wrapped decimals are Connect decimals.
         let erp = &plans[&(product, SystemId(0))];
