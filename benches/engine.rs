@@ -1,7 +1,8 @@
 //! Stage 2's work per event, single-threaded, without Kafka: reading the internal record,
 //! dedup, echo, conflict detection and resolution, the target records and the changelog value
-//! (`resolve`); rebuilding a partition's state from its changelog (`restore`); and the version
-//! vector operations every change makes (`clock`).
+//! (`resolve`); a redelivered change known by its position (`dedup`); rebuilding a partition's
+//! state from its changelog (`restore`); writing the changelog value and the target records
+//! (`encode`); and the version vector operations every change makes (`clock`).
 //!
 //!     cargo bench --bench engine
 //!
@@ -14,11 +15,15 @@ use std::collections::HashMap;
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use harmony::changelog::{self, Names};
 use harmony::clock::{SystemId, VersionVector};
 use harmony::config::Config;
 use harmony::engine::FieldValue;
+use harmony::engine::{entity_rules, RecordState};
 use harmony::internal::{InternalChange, Kind, Origin, Position, Typed, FORMAT_VERSION};
+use harmony::mapping::{Catalog, EntityId, FieldId};
 use harmony::resolver::Resolver;
+use harmony::target::{target_plans, target_records, Provenance};
 
 const PRODUCTS: u64 = 2_000;
 const CHANGES: u64 = 8_000;
@@ -122,6 +127,66 @@ fn workload() -> Vec<Vec<u8>> {
     out
 }
 
+/// What every applied change writes: the changelog value of the record's state, and the record
+/// each target receives (Kafka Connect JSON with its schema), for the workload's final states.
+fn encode(c: &mut Criterion, config: &Config, log: &[(String, Vec<u8>)]) {
+    let catalog = Catalog::new(config);
+    let rules = entity_rules(config, &catalog);
+    let product = EntityId(0);
+    let system_ids: HashMap<String, SystemId> = config
+        .systems
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.clone(), SystemId(i as u16)))
+        .collect();
+    let field_ids: HashMap<String, FieldId> = catalog
+        .field_names(product)
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.clone(), FieldId(i as u16)))
+        .collect();
+    let names = Names {
+        systems: &rules[0].systems,
+        fields: catalog.field_names(product),
+        system_ids: &system_ids,
+        field_ids: &field_ids,
+    };
+    let states: Vec<(String, RecordState)> = log
+        .iter()
+        .map(|(key, value)| {
+            let key = key.split_once(':').map_or("", |(_, k)| k).to_owned();
+            (key, changelog::decode(value, &names).unwrap())
+        })
+        .collect();
+    let plans = target_plans(config, &catalog);
+    let mut group = c.benchmark_group("encode");
+    group.throughput(Throughput::Elements(states.len() as u64));
+    group.bench_function("changelog", |b| {
+        b.iter(|| {
+            for (_, state) in &states {
+                black_box(changelog::encode(state, &names));
+            }
+        })
+    });
+    group.bench_function("target_records_3_targets", |b| {
+        b.iter(|| {
+            for (key, state) in &states {
+                for system in 0..3 {
+                    let provenance = Provenance {
+                        entity: "product",
+                        key_text: key,
+                        origin: SystemId(0),
+                        conflicts: &[],
+                    };
+                    let plan = &plans[&(product, SystemId(system))];
+                    black_box(target_records(plan, &rules[0], state, &provenance));
+                }
+            }
+        })
+    });
+    group.finish();
+}
+
 fn bench(c: &mut Criterion) {
     let config = config();
     let events = workload();
@@ -187,7 +252,24 @@ fn bench(c: &mut Criterion) {
             BatchSize::LargeInput,
         )
     });
+    // Dedup: every change of the workload again, as a redelivery after a rewind brings it;
+    // each is known by its source position and changes nothing.
+    let mut seen = Resolver::new(&config);
+    for e in &events {
+        seen.resolve(0, e).unwrap();
+    }
+    group.bench_function("dedup", |b| {
+        b.iter(|| {
+            for e in &events {
+                let resolved = seen.resolve(0, e).unwrap();
+                assert_eq!(resolved.outcome, "duplicate");
+                black_box(resolved);
+            }
+        })
+    });
     group.finish();
+
+    encode(c, &config, &log);
 
     let mut clock = c.benchmark_group("clock");
     let mut a = VersionVector::new();

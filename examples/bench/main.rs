@@ -742,8 +742,8 @@ impl Bench {
         process: ProcStats,
         at_start: ProcStats,
     ) -> anyhow::Result<Json> {
-        // The state scan runs every second (benches/workload.toml).
-        std::thread::sleep(Duration::from_millis(2_500));
+        // The state metrics come from a pass every 10 s (the default): one after the drain.
+        std::thread::sleep(Duration::from_millis(11_000));
         let metrics = measure::http_get(running.port, "/metrics").unwrap_or_default();
         let records = measure::metric_sum(&metrics, "harmony_state_records");
         let state_bytes = measure::metric_sum(&metrics, "harmony_state_bytes");

@@ -161,7 +161,9 @@ pub enum Outcome {
 /// Applies `change` to `state` under `rules`.
 pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) -> Outcome {
     let s = change.system;
-    let sys = state.system(s).cloned().unwrap_or_default();
+    // Borrowed, never cloned: a system's state holds its pending deliveries with their values.
+    let never_seen = SystemState::default();
+    let sys = state.system(s).unwrap_or(&never_seen);
 
     // 1. Dedup by position; snapshot reads share one position and are deduplicated by content.
     if let (Some(applied), false) = (sys.position, change.position == SourcePosition::Unknown) {
@@ -169,9 +171,9 @@ pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) 
             return Outcome::Duplicate(DuplicateReason::Position);
         }
     }
-    let content = change_fingerprint(rules, &sys, change);
-    let held_fingerprint = held_content_fingerprint(rules, s, &sys);
-    if change.snapshot && content == held_fingerprint {
+    if change.snapshot
+        && change_fingerprint(rules, sys, change) == held_content_fingerprint(rules, s, sys)
+    {
         state.system_mut(s).position = Some(change.position);
         return Outcome::Duplicate(DuplicateReason::SnapshotContent);
     }
@@ -185,56 +187,55 @@ pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) 
             && if d.deleted {
                 change.kind == ChangeKind::Delete
             } else {
-                change.kind == ChangeKind::Upsert && delivered_values_match(change, &sys, d)
+                change.kind == ChangeKind::Upsert && delivered_values_match(change, sys, d)
             }
     };
+    let echoed_at = sys.pending.iter().position(is_echo);
+    let late_at = echoed_at
+        .is_none()
+        .then(|| sys.superseded.iter().position(is_echo))
+        .flatten();
     let mut echoed = false;
-    let sys = match sys.pending.iter().position(is_echo) {
-        Some(i) => {
-            let system = state.system_mut(s);
-            // Versions sent before this one and not seen back: the sink still writes them
-            // (in order, before this one) unless this "echo" was in truth a local write that
-            // happened to equal it. Remembered, so that their late arrival is known for what
-            // it is rather than taken for a fresh change of stale values.
-            let mut skipped: Vec<Delivery> = system.pending.drain(..=i).collect();
-            // The last one drained is the delivery echoed (moved out, not copied).
-            if let Some(delivery) = skipped.pop() {
-                system.seen = delivery.clock;
-                system.held_deleted = delivery.deleted;
-                for (field, value) in delivery.values {
-                    system.set_held(field, value);
-                }
-                echoed = true;
+    if let Some(i) = echoed_at {
+        let system = state.system_mut(s);
+        // Versions sent before this one and not seen back: the sink still writes them
+        // (in order, before this one) unless this "echo" was in truth a local write that
+        // happened to equal it. Remembered, so that their late arrival is known for what
+        // it is rather than taken for a fresh change of stale values.
+        let mut skipped: Vec<Delivery> = system.pending.drain(..=i).collect();
+        // The last one drained is the delivery echoed (moved out, not copied).
+        if let Some(delivery) = skipped.pop() {
+            system.seen = delivery.clock;
+            system.held_deleted = delivery.deleted;
+            for (field, value) in delivery.values {
+                system.set_held(field, value);
             }
-            system.superseded.extend(skipped);
-            while system.superseded.len() > MAX_PENDING_DELIVERIES {
-                system.superseded.pop_front();
-            }
-            system.position = Some(change.position);
-            system.clone()
+            echoed = true;
         }
-        None => match sys.superseded.iter().position(is_echo) {
-            // A version older than one the system already echoed: its sink catching up, or
-            // (content mode) a local write equal to it — the ambiguity exact mode removes.
-            // Either way no new version: the system holds those values now, and is sent the
-            // record again unless a newer delivery is already on its way to it.
-            Some(i) => {
-                let system = state.system_mut(s);
-                let late = system.superseded.drain(..=i).next_back();
-                if let Some(late) = late {
-                    system.held_deleted = late.deleted;
-                    for (field, value) in late.values {
-                        system.set_held(field, value);
-                    }
-                }
-                system.position = Some(change.position);
-                return Outcome::LateEcho {
-                    deliver_to: deliver(state, rules, &[s], change.ts_ms),
-                };
+        system.superseded.extend(skipped);
+        while system.superseded.len() > MAX_PENDING_DELIVERIES {
+            system.superseded.pop_front();
+        }
+        system.position = Some(change.position);
+    } else if let Some(i) = late_at {
+        // A version older than one the system already echoed: its sink catching up, or
+        // (content mode) a local write equal to it — the ambiguity exact mode removes.
+        // Either way no new version: the system holds those values now, and is sent the
+        // record again unless a newer delivery is already on its way to it.
+        let system = state.system_mut(s);
+        let late = system.superseded.drain(..=i).next_back();
+        if let Some(late) = late {
+            system.held_deleted = late.deleted;
+            for (field, value) in late.values {
+                system.set_held(field, value);
             }
-            None => sys,
-        },
-    };
+        }
+        system.position = Some(change.position);
+        return Outcome::LateEcho {
+            deliver_to: deliver(state, rules, &[s], change.ts_ms),
+        };
+    }
+    let sys = state.system(s).unwrap_or(&never_seen);
 
     // 3. Causal context, 4. what changed.
     let context = match change.context {
@@ -256,6 +257,10 @@ pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) 
                     .is_none_or(|held| held.fingerprint() != v.fingerprint())
         })
         .collect();
+    // What the system held of each changed field: `sum`'s base and the evidence of having seen
+    // the current value. Copied, as the state changes below, but only for the changed fields.
+    let bases: Vec<Option<FieldValue>> =
+        changed.iter().map(|(f, _)| sys.held(*f).cloned()).collect();
     let existence_changes = match change.kind {
         ChangeKind::Delete => state.deleted.is_none(),
         ChangeKind::Upsert => state.deleted.is_some(),
@@ -300,9 +305,9 @@ pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) 
 
     // 5–6. Per changed field: a plain update when the system had seen the current value,
     // a conflict resolved by the field's strategy when it had not.
-    for &&(field, ref value) in &changed {
+    for (&&(field, ref value), base) in changed.iter().zip(&bases) {
         let rule = &rules.fields[field.0 as usize];
-        let base = sys.held(field);
+        let base = base.as_ref();
         let incoming = Candidate {
             system: s,
             value: value.clone(),

@@ -68,6 +68,10 @@ impl FieldValue {
     }
 }
 
+// Every value the state holds is one of these: a field's, each system's, each pending
+// delivery's. 32 bytes is a string and its tag (see `Decimal`'s alignment).
+const _: () = assert!(std::mem::size_of::<FieldValue>() == 32);
+
 /// A field's current value and where it came from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FieldState {
