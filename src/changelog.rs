@@ -187,7 +187,7 @@ impl Names<'_> {
     }
 
     fn clock_of(&self, wire: WireClock<'_>) -> VersionVector {
-        let mut clock = VersionVector::new();
+        let mut clock = VersionVector::with_capacity(wire.len());
         for (name, n) in wire {
             if let Some(&s) = self.system_ids.get(name.as_ref()) {
                 clock.set(s, n);
@@ -203,10 +203,11 @@ impl Names<'_> {
     }
 
     fn values_of(&self, wire: Vec<(Cow<'_, str>, WireValue<'_>)>) -> Vec<(FieldId, FieldValue)> {
-        let mut values: Vec<(FieldId, FieldValue)> = wire
-            .into_iter()
-            .filter_map(|(name, v)| self.field_ids.get(name.as_ref()).map(|&f| (f, v.into())))
-            .collect();
+        let mut values = Vec::with_capacity(wire.len());
+        values.extend(
+            wire.into_iter()
+                .filter_map(|(name, v)| self.field_ids.get(name.as_ref()).map(|&f| (f, v.into()))),
+        );
         values.sort_by_key(|(f, _)| *f);
         values
     }
@@ -296,6 +297,9 @@ pub fn decode(bytes: &[u8], names: &Names<'_>) -> Result<RecordState, String> {
         deleted: wire.deleted.and_then(|d| names.dot_of(d)),
         ..RecordState::default()
     };
+    // Sized once: the state is kept as read (see `RecordState::shrink_to_fit`).
+    state.fields.reserve_exact(wire.fields.len());
+    state.systems.reserve_exact(wire.systems.len());
     for f in wire.fields {
         let (Some(&id), Some(dot)) = (names.field_ids.get(f.name.as_ref()), names.dot_of(f.dot))
         else {
@@ -360,6 +364,7 @@ pub fn decode(bytes: &[u8], names: &Names<'_>) -> Result<RecordState, String> {
             delivery.ts_ms = ts_ms;
         }
     }
+    state.shrink_to_fit();
     Ok(state)
 }
 

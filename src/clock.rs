@@ -34,6 +34,10 @@ pub struct VersionVector {
 }
 
 impl VersionVector {
+    pub fn shrink_to_fit(&mut self) {
+        self.entries.shrink_to_fit();
+    }
+
     /// Bytes its entries take on the heap.
     pub fn heap_bytes(&self) -> usize {
         self.entries.capacity() * std::mem::size_of::<(SystemId, u64)>()
@@ -41,6 +45,13 @@ impl VersionVector {
 
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Empty, with room for `systems` entries.
+    pub fn with_capacity(systems: usize) -> Self {
+        Self {
+            entries: Vec::with_capacity(systems),
+        }
     }
 
     /// The count for `system`; 0 when absent.

@@ -377,6 +377,7 @@ impl Resolver {
                 context: context.as_ref(),
             },
         );
+        state.shrink_to_fit();
         let mut resolved = Resolved {
             entity,
             system,

@@ -184,6 +184,23 @@ impl RecordState {
         sorted_entry(&mut self.systems, system, SystemState::default)
     }
 
+    /// Gives back what its vectors grew past their contents. A record's fields and systems stop
+    /// growing after its first few changes, but growth doubles capacity (5 fields held room for
+    /// 8), and a drained delivery queue kept its buffer: over a million records that slack was a
+    /// quarter of the state. Cheap when there is none, as for most changes of a known record.
+    pub fn shrink_to_fit(&mut self) {
+        self.fields.shrink_to_fit();
+        self.systems.shrink_to_fit();
+        self.unsettled.shrink_to_fit();
+        for (_, system) in &mut self.systems {
+            system.held.shrink_to_fit();
+            system.seen.shrink_to_fit();
+            system.pending.shrink_to_fit();
+            system.superseded.shrink_to_fit();
+        }
+        self.clock.shrink_to_fit();
+    }
+
     /// Marks `field` as holding a manual conflict; a field already unsettled keeps the time it
     /// has been so.
     pub fn unsettle(&mut self, field: FieldId, ts_ms: i64) {
