@@ -16,6 +16,7 @@
 //! | [`internal`] | the internal topic's record: one logical record change, exact values, versioned |
 //! | [`resolver`] | stage 2: internal record → engine → target and conflict records (pure) |
 //! | [`engine`] | one record change applied to the record's state — dedup, echo, conflicts, strategies (pure) |
+//! | [`figures`] | a partition's state metrics (records, bytes, targets behind, unsettled conflicts), kept change by change |
 //! | [`clock`] | version vectors and dots: concurrent or causally ordered (pure) |
 //! | [`guard`] | CEL guards that reject a candidate value before it is written |
 //! | [`target`] | the record a target system receives, in its own columns (pure) |
@@ -49,6 +50,7 @@ pub mod conflict;
 pub mod connect;
 pub mod engine;
 pub mod envelope;
+pub mod figures;
 pub mod guard;
 pub mod http;
 pub mod internal;

@@ -19,6 +19,7 @@ use crate::conflict::conflict_record;
 use crate::engine::{
     apply, entity_rules, Change, DuplicateReason, EntityRules, FieldValue, Outcome, RecordState,
 };
+use crate::figures::{Figures, Times};
 use crate::internal::InternalChange;
 use crate::mapping::{Catalog, EntityId, FieldId};
 use crate::target::{target_plans, target_records, Provenance, TargetPlan};
@@ -71,8 +72,15 @@ pub struct Resolved {
 /// Records of one partition: by entity, then canonical key.
 type PartitionRecords = HashMap<EntityId, HashMap<String, RecordState>>;
 
-/// One partition's state as its metrics report it. Made by a scan every few seconds rather than
-/// per event.
+/// One partition's records and the figures its metrics report, kept together so that every
+/// change of a record updates both.
+#[derive(Debug, Default, Clone)]
+struct PartitionState {
+    records: PartitionRecords,
+    figures: Figures,
+}
+
+/// One partition's state as its metrics report it ([`Figures`], kept change by change).
 #[derive(Debug, Default, PartialEq)]
 pub struct StateSummary<'r> {
     pub records: usize,
@@ -84,12 +92,6 @@ pub struct StateSummary<'r> {
     /// Per entity: fields holding a manual conflict no operator has settled, and since when the
     /// oldest has been held.
     pub unsettled: Vec<(&'r str, usize, Option<i64>)>,
-}
-
-/// A count and the earliest of the times counted.
-fn tally(slot: &mut (usize, Option<i64>), ts_ms: i64) {
-    slot.0 += 1;
-    slot.1 = Some(slot.1.map_or(ts_ms, |t| t.min(ts_ms)));
 }
 
 pub struct Resolver {
@@ -106,7 +108,7 @@ pub struct Resolver {
     /// Every entity's echoing targets, in id order: the targets a state summary reports on.
     reported_targets: Vec<SystemId>,
     /// Record state by internal-topic partition.
-    partitions: HashMap<i32, PartitionRecords>,
+    partitions: HashMap<i32, PartitionState>,
 }
 
 impl Resolver {
@@ -228,8 +230,17 @@ impl Resolver {
                 }
             }
         }
-        let count = records.values().map(HashMap::len).sum();
-        self.partitions.insert(partition, records);
+        let mut figures = Figures::default();
+        for (&entity, by_key) in &records {
+            let echoing = &self.echoing_targets[entity.0 as usize];
+            for (key, state) in by_key {
+                figures.add_record(key.capacity());
+                figures.put_in(echoing, entity, state);
+            }
+        }
+        let count = figures.records;
+        self.partitions
+            .insert(partition, PartitionState { records, figures });
         (count, unreadable)
     }
 
@@ -250,7 +261,7 @@ impl Resolver {
         let state = self
             .partitions
             .values()
-            .find_map(|records| records.get(&entity)?.get(key))?;
+            .find_map(|p| p.records.get(&entity)?.get(key))?;
         Some(
             state
                 .clock
@@ -280,44 +291,50 @@ impl Resolver {
         self.catalog.field_name(entity, field)
     }
 
-    /// What the metrics report of one partition's state: one pass over its records.
+    /// What the metrics report of one partition's state: its running figures.
     pub fn state_summary(&self, partition: i32) -> StateSummary<'_> {
-        let systems = self.rules.first().map_or(0, |r| r.systems.len());
-        let mut behind = vec![(0, None); systems];
-        let mut unsettled = vec![(0, None); self.rules.len()];
-        let mut summary = StateSummary::default();
-        for (&entity, records) in self.partitions.get(&partition).into_iter().flatten() {
-            let echoing = &self.echoing_targets[entity.0 as usize];
-            summary.records += records.len();
-            // A bucket per slot of capacity, plus its control byte.
-            summary.bytes +=
-                records.capacity() * (std::mem::size_of::<(String, RecordState)>() + 1);
-            for (key, state) in records {
-                summary.bytes += key.capacity() + state.heap_bytes();
-                for &target in echoing {
-                    if let Some(delivery) = state.system(target).and_then(|s| s.pending.front()) {
-                        tally(&mut behind[target.0 as usize], delivery.ts_ms);
-                    }
-                }
-                for &(_, since) in &state.unsettled {
-                    tally(&mut unsettled[entity.0 as usize], since);
-                }
-            }
+        let Some(state) = self.partitions.get(&partition) else {
+            return StateSummary {
+                out_of_sync: self
+                    .reported_targets
+                    .iter()
+                    .map(|&t| (self.system_name(EntityId(0), t), 0, None))
+                    .collect(),
+                unsettled: (0..self.rules.len())
+                    .map(|e| (self.catalog.entity_name(EntityId(e as u16)), 0, None))
+                    .collect(),
+                ..StateSummary::default()
+            };
+        };
+        let figures = &state.figures;
+        // A bucket per slot of capacity, plus its control byte.
+        let buckets: usize = state
+            .records
+            .values()
+            .map(|r| r.capacity() * (std::mem::size_of::<(String, RecordState)>() + 1))
+            .sum();
+        let times = |all: &[Times], i: usize| {
+            all.get(i)
+                .map_or((0, None), |t: &Times| (t.count(), t.oldest()))
+        };
+        StateSummary {
+            records: figures.records,
+            bytes: figures.bytes + buckets,
+            out_of_sync: self
+                .reported_targets
+                .iter()
+                .map(|&t| {
+                    let (count, oldest) = times(&figures.behind, t.0 as usize);
+                    (self.system_name(EntityId(0), t), count, oldest)
+                })
+                .collect(),
+            unsettled: (0..self.rules.len())
+                .map(|e| {
+                    let (count, since) = times(&figures.unsettled, e);
+                    (self.catalog.entity_name(EntityId(e as u16)), count, since)
+                })
+                .collect(),
         }
-        summary.out_of_sync = self
-            .reported_targets
-            .iter()
-            .map(|&t| {
-                let (count, oldest) = behind[t.0 as usize];
-                (self.system_name(EntityId(0), t), count, oldest)
-            })
-            .collect();
-        summary.unsettled = unsettled
-            .into_iter()
-            .enumerate()
-            .map(|(e, (n, since))| (self.catalog.entity_name(EntityId(e as u16)), n, since))
-            .collect();
-        summary
     }
 
     pub fn resolve(&mut self, partition: i32, payload: &[u8]) -> Result<Resolved, ResolveError> {
@@ -352,18 +369,19 @@ impl Resolver {
             .and_then(|text| self.version_of(text));
         let rules = &self.rules[entity.0 as usize];
         // Looked up by the borrowed key; only a record seen for the first time copies it.
-        let records = self
-            .partitions
-            .entry(partition)
-            .or_default()
-            .entry(entity)
-            .or_default();
+        let partition_state = self.partitions.entry(partition).or_default();
+        let figures = &mut partition_state.figures;
+        let records = partition_state.records.entry(entity).or_default();
         if !records.contains_key(change.key.as_ref()) {
-            records.insert(change.key.to_string(), RecordState::default());
+            let key = change.key.to_string();
+            figures.add_record(key.capacity());
+            records.insert(key, RecordState::default());
         }
         let state = records
             .get_mut(change.key.as_ref())
             .ok_or_else(|| ResolveError::Invalid("record state missing after insert".into()))?;
+        let echoing = &self.echoing_targets[entity.0 as usize];
+        figures.take_out(echoing, entity, state);
         let outcome = apply(
             state,
             rules,
@@ -378,6 +396,7 @@ impl Resolver {
             },
         );
         state.shrink_to_fit();
+        figures.put_in(echoing, entity, state);
         let mut resolved = Resolved {
             entity,
             system,
@@ -648,8 +667,10 @@ mod tests {
             [("product".to_owned(), 1, Some(1_002))],
             "held since the shop's change"
         );
+        assert_figures_add_up(&resolver);
         let out = resolver.resolve(0, &settle.encode()).unwrap();
         assert_eq!(unsettled(&resolver), [("product".to_owned(), 0, None)]);
+        assert_figures_add_up(&resolver);
         assert_eq!(out.outcome, "applied");
         assert!(
             out.conflicts.is_empty(),
@@ -708,14 +729,58 @@ mod tests {
                 log.iter().map(|(k, v)| (k.as_bytes(), Some(v.as_slice()))),
             );
             assert_eq!((count, unreadable), (usize::from(crash_after > 0), 0));
-            let held = |r: &Resolver| r.partitions.get(&0).cloned().unwrap_or_default();
+            let held = |r: &Resolver| {
+                r.partitions
+                    .get(&0)
+                    .map(|p| p.records.clone())
+                    .unwrap_or_default()
+            };
             assert_eq!(held(&after), held(&before), "restored after {crash_after}");
             for step in &steps[crash_after..] {
                 assert_eq!(
                     outputs(after.resolve(0, step).unwrap()),
                     outputs(before.resolve(0, step).unwrap())
                 );
+                assert_figures_add_up(&after);
+                assert_figures_add_up(&before);
             }
+        }
+    }
+
+    /// The figures kept change by change are what a pass over every record finds.
+    fn assert_figures_add_up(r: &Resolver) {
+        for (partition, state) in &r.partitions {
+            let mut recounted = Figures::default();
+            for (&entity, by_key) in &state.records {
+                for (key, record) in by_key {
+                    recounted.add_record(key.capacity());
+                    recounted.put_in(&r.echoing_targets[entity.0 as usize], entity, record);
+                }
+            }
+            // Kept figures may hold empty tallies a recount never creates.
+            let trimmed = |times: &[Times]| -> Vec<(usize, Option<i64>)> {
+                let mut all: Vec<_> = times.iter().map(|t| (t.count(), t.oldest())).collect();
+                while all.last() == Some(&(0, None)) {
+                    all.pop();
+                }
+                all
+            };
+            let kept = &state.figures;
+            assert_eq!(
+                (
+                    kept.records,
+                    kept.bytes,
+                    trimmed(&kept.behind),
+                    trimmed(&kept.unsettled)
+                ),
+                (
+                    recounted.records,
+                    recounted.bytes,
+                    trimmed(&recounted.behind),
+                    trimmed(&recounted.unsettled)
+                ),
+                "partition {partition}"
+            );
         }
     }
 

@@ -250,9 +250,9 @@ pub struct ProcessingConfig {
     /// `HARMONY_INSTANCE_ID` overrides it; the default is the host name.
     #[serde(default)]
     pub instance_id: Option<String>,
-    /// How often stage 2 scans its record state for the gauges that need a pass over every
-    /// record (state bytes, targets out of sync, unsettled manual conflicts). A scan of a
-    /// million records takes tens of milliseconds, during which the stage waits.
+    /// How often stage 2 publishes the state gauges (records, state bytes, targets out of sync,
+    /// unsettled manual conflicts). Their figures are kept change by change (`figures`), so
+    /// publishing costs the same at any number of records.
     #[serde(default = "default_state_metrics_interval", with = "humantime_serde")]
     pub state_metrics_interval: Duration,
 }

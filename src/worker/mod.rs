@@ -293,7 +293,7 @@ pub async fn run(
         deliveries: FuturesUnordered::new(),
         buf: Vec::with_capacity(4096),
         rewinds: Default::default(),
-        next_state_scan: std::time::Instant::now(),
+        next_state_metrics: std::time::Instant::now(),
         health: health.clone(),
     };
     let mut ingest = pipeline(

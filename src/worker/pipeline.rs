@@ -48,8 +48,8 @@ pub(super) struct Pipeline<'a> {
     pub(super) buf: Vec<u8>,
     /// Partitions paused after a failed delivery, waiting to be read again.
     pub(super) rewinds: Rewinds,
-    /// Stage 2: when its state is next scanned for the metrics.
-    pub(super) next_state_scan: Instant,
+    /// Stage 2: when its state gauges are next published.
+    pub(super) next_state_metrics: Instant,
     /// Stage 2 reports the worker ready once the state of its assignment is installed.
     pub(super) health: crate::http::Health,
 }
@@ -79,9 +79,9 @@ impl Pipeline<'_> {
             {
                 self.read_again(consumer)?;
             }
-            let state_scan_due = self.resolver.is_some().then_some(self.next_state_scan);
-            if state_scan_due.is_some_and(|due| Instant::now() >= due) {
-                self.scan_state();
+            let state_metrics_due = self.resolver.is_some().then_some(self.next_state_metrics);
+            if state_metrics_due.is_some_and(|due| Instant::now() >= due) {
+                self.publish_state_metrics();
             }
             tokio::select! {
                 biased;
@@ -102,8 +102,8 @@ impl Pipeline<'_> {
                 () = sleep_until(commit_due), if commit_due.is_some() => {
                     self.commit_batch()?;
                 }
-                () = sleep_until(state_scan_due), if state_scan_due.is_some() => {
-                    self.scan_state();
+                () = sleep_until(state_metrics_due), if state_metrics_due.is_some() => {
+                    self.publish_state_metrics();
                 }
                 received = consumer.recv(), if can_read => match received {
                     // Fetched before the partition was paused: it is read again from its
@@ -136,8 +136,8 @@ impl Pipeline<'_> {
     }
 
     /// Stage 2: the state gauges of every partition it holds.
-    fn scan_state(&mut self) {
-        self.next_state_scan = Instant::now() + self.config.processing.state_metrics_interval;
+    fn publish_state_metrics(&mut self) {
+        self.next_state_metrics = Instant::now() + self.config.processing.state_metrics_interval;
         let Some(resolver) = self.resolver.as_ref() else {
             return;
         };
@@ -150,7 +150,7 @@ impl Pipeline<'_> {
         tracing::debug!(
             partitions = partitions.len(),
             seconds = started.elapsed().as_secs_f64(),
-            "state scanned for its metrics"
+            "state metrics published"
         );
     }
 
