@@ -69,5 +69,19 @@ pub async fn ensure_topics(
             }
         }
     }
+    // The controller answers before every broker's metadata has the new partitions: a busy
+    // broker was seen reporting a just-created topic with none, which the partition check
+    // that follows took for a misconfigured topic.
+    let deadline = tokio::time::Instant::now() + METADATA_TIMEOUT;
+    for topic in missing {
+        while partition_count(client_config, topic)? == 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(KafkaError::AdminOp(
+                    RDKafkaErrorCode::UnknownTopicOrPartition,
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     Ok(())
 }
