@@ -823,13 +823,15 @@ impl Bench {
     fn run(&mut self, size: Size, plan: &Plan) -> anyhow::Result<Json> {
         let mut drains = Vec::new();
         let mut latency = Vec::new();
-        for &converter in &plan.converters {
+        for (turn, &converter) in plan.converters.iter().enumerate() {
             let input = input_prefix(converter, plan.records);
             preload(&self.bootstrap, &input, converter, plan.records)?;
             let input_ends = self.offsets.ends(&input_topics(&input))?;
             for round in 0..plan.rounds {
+                // Each round in the other order than the one before, across converters too:
+                // whatever drifts during a run (page cache, broker compaction) favours no one.
                 let mut order = [Contender::Plain, Contender::Io, Contender::Harmony];
-                if round % 2 == 1 {
+                if (turn as u32 * plan.rounds + round) % 2 == 1 {
                     order.reverse();
                 }
                 for which in order {
