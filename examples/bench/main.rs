@@ -329,7 +329,9 @@ fn preload(
     records: u64,
 ) -> anyhow::Result<u64> {
     let topics = input_topics(prefix);
-    let marker = PathBuf::from("target/bench/preloaded").join(prefix);
+    // Beside the broker's data, so it lives and goes with what it vouches for (a fresh clone
+    // on the same machine reuses the input; `scripts/stack purge` removes both).
+    let marker = measure::stack_dir().join("bench-preloaded").join(prefix);
     let offsets = Offsets::new(bootstrap)?;
     let present = measure::total(&offsets.ends(&topics)?);
     if let Some(count) = std::fs::read_to_string(&marker)
