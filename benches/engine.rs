@@ -15,13 +15,13 @@ use std::collections::HashMap;
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use harmony::changelog::{self, Names};
+use harmony::changelog;
 use harmony::clock::{SystemId, VersionVector};
 use harmony::config::Config;
 use harmony::engine::FieldValue;
 use harmony::engine::{entity_rules, RecordState};
 use harmony::internal::{InternalChange, Kind, Origin, Position, Typed, FORMAT_VERSION};
-use harmony::mapping::{Catalog, EntityId, FieldId};
+use harmony::mapping::{Catalog, EntityId};
 use harmony::resolver::Resolver;
 use harmony::target::{target_plans, target_records, Provenance};
 
@@ -133,24 +133,8 @@ fn encode(c: &mut Criterion, config: &Config, log: &[(String, Vec<u8>)]) {
     let catalog = Catalog::new(config);
     let rules = entity_rules(config, &catalog);
     let product = EntityId(0);
-    let system_ids: HashMap<String, SystemId> = config
-        .systems
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.name.clone(), SystemId(i as u16)))
-        .collect();
-    let field_ids: HashMap<String, FieldId> = catalog
-        .field_names(product)
-        .iter()
-        .enumerate()
-        .map(|(i, f)| (f.clone(), FieldId(i as u16)))
-        .collect();
-    let names = Names {
-        systems: &rules[0].systems,
-        fields: catalog.field_names(product),
-        system_ids: &system_ids,
-        field_ids: &field_ids,
-    };
+    let resolver = Resolver::new(config);
+    let names = resolver.names(product);
     let states: Vec<(String, RecordState)> = log
         .iter()
         .map(|(key, value)| {
@@ -170,17 +154,20 @@ fn encode(c: &mut Criterion, config: &Config, log: &[(String, Vec<u8>)]) {
     });
     group.bench_function("target_records_3_targets", |b| {
         b.iter(|| {
+            let targets: Vec<_> = (0..3).map(|s| &plans[&(product, SystemId(s))]).collect();
             for (key, state) in &states {
-                for system in 0..3 {
-                    let provenance = Provenance {
-                        entity: "product",
-                        key_text: key,
-                        origin: SystemId(0),
-                        conflicts: &[],
-                    };
-                    let plan = &plans[&(product, SystemId(system))];
-                    black_box(target_records(plan, &rules[0], state, &provenance));
-                }
+                let provenance = Provenance {
+                    entity: "product",
+                    key_text: key,
+                    origin: SystemId(0),
+                    conflicts: &[],
+                };
+                black_box(target_records(
+                    targets.iter().copied(),
+                    &rules[0],
+                    state,
+                    &provenance,
+                ));
             }
         })
     });

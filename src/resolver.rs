@@ -187,7 +187,8 @@ impl Resolver {
         Some(version)
     }
 
-    fn names(&self, entity: EntityId) -> crate::changelog::Names<'_> {
+    /// How `entity`'s changelog values name systems and fields under this configuration.
+    pub fn names(&self, entity: EntityId) -> crate::changelog::Names<'_> {
         crate::changelog::Names {
             systems: &self.rules[entity.0 as usize].systems,
             fields: self.catalog.field_names(entity),
@@ -481,13 +482,10 @@ fn deliveries(
     provenance: &Provenance<'_>,
     resolved: &mut Resolved,
 ) {
-    for target in targets {
-        if let Some(plan) = plans.get(&(entity, *target)) {
-            resolved
-                .publications
-                .extend(target_records(plan, rules, state, provenance));
-        }
-    }
+    let plans = targets.iter().filter_map(|t| plans.get(&(entity, *t)));
+    resolved
+        .publications
+        .extend(target_records(plans, rules, state, provenance));
 }
 
 #[cfg(test)]

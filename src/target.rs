@@ -114,21 +114,33 @@ pub struct Provenance<'a> {
     pub conflicts: &'a [String],
 }
 
-/// The records sent to a target for the record's current state: the change event, and after
-/// a delete a tombstone, as Debezium writes one, so that compacted target topics drop the key.
-pub fn target_records(
-    plan: &TargetPlan,
+/// What every target's record of one change shares, made once per change.
+struct Shared<'a> {
+    /// The canonical key's values; `None` when its text is not a JSON array.
+    key_values: Option<Vec<&'a RawValue>>,
+    /// The record's version as JSON text (`{"erp":2,"shop":1}`).
+    version: String,
+    /// The latest source commit time of the record's fields.
+    ts_ms: i64,
+    deleted: bool,
+    origin: &'a str,
+    headers: Vec<(&'static str, Vec<u8>)>,
+}
+
+/// The records `plans`' targets receive for the record's current state: per target the change
+/// event, and after a delete a tombstone, as Debezium writes one, so that compacted target
+/// topics drop the key.
+pub fn target_records<'p>(
+    plans: impl IntoIterator<Item = &'p TargetPlan>,
     rules: &EntityRules,
     state: &RecordState,
     provenance: &Provenance<'_>,
 ) -> Vec<Publication> {
-    let key_values: Option<Vec<&RawValue>> = serde_json::from_str(provenance.key_text).ok();
-    let key_value = |pos: usize| {
-        key_values
-            .as_ref()
-            .and_then(|values| values.get(pos))
-            .map_or("null", |value| value.get())
-    };
+    let mut plans = plans.into_iter().peekable();
+    let mut records = Vec::new();
+    if plans.peek().is_none() {
+        return records;
+    }
     let name = |s: SystemId| {
         rules
             .systems
@@ -142,6 +154,54 @@ pub fn target_records(
     }
     entries.end();
     let version = String::from_utf8(version).unwrap_or_default();
+    let origin = name(provenance.origin);
+    let mut headers = vec![
+        ("harmony.entity", provenance.entity.as_bytes().to_vec()),
+        ("harmony.origin", origin.as_bytes().to_vec()),
+        ("harmony.version", version.as_bytes().to_vec()),
+    ];
+    if !provenance.conflicts.is_empty() {
+        headers.push((
+            "harmony.conflicts",
+            provenance.conflicts.join(",").into_bytes(),
+        ));
+    }
+    let shared = Shared {
+        key_values: serde_json::from_str(provenance.key_text).ok(),
+        version,
+        ts_ms: state
+            .fields
+            .iter()
+            .map(|(_, f)| f.ts_ms)
+            .max()
+            .unwrap_or_default(),
+        deleted: state.deleted.is_some(),
+        origin,
+        headers,
+    };
+    for plan in plans {
+        target_records_of(plan, rules, state, provenance, &shared, &mut records);
+    }
+    records
+}
+
+/// One target's records, appended to `records`.
+fn target_records_of(
+    plan: &TargetPlan,
+    rules: &EntityRules,
+    state: &RecordState,
+    provenance: &Provenance<'_>,
+    shared: &Shared<'_>,
+    records: &mut Vec<Publication>,
+) {
+    let key_value = |pos: usize| {
+        shared
+            .key_values
+            .as_ref()
+            .and_then(|values| values.get(pos))
+            .map_or("null", |value| value.get())
+    };
+    let version = &shared.version;
 
     // The key and the row image in the target's column order; with a Connect schema, the
     // schemas of their fields beside them.
@@ -178,7 +238,7 @@ pub fn target_records(
             }
         }
         if let Some(column) = &plan.version_column {
-            jsontext::string(image.key(column), &version);
+            jsontext::string(image.key(column), version);
             if wrapped {
                 connect::string_field(&mut row_fields, column);
             }
@@ -189,15 +249,7 @@ pub fn target_records(
         row_fields.end();
     }
 
-    let ts_ms = state
-        .fields
-        .iter()
-        .map(|(_, f)| f.ts_ms)
-        .max()
-        .unwrap_or_default();
-    let deleted = state.deleted.is_some();
-    let origin = name(provenance.origin);
-    let entity = provenance.entity;
+    let (ts_ms, deleted, entity) = (shared.ts_ms, shared.deleted, provenance.entity);
     let mut event = Vec::with_capacity(image.len() + 320);
     let mut members = Members::object(&mut event);
     let (before, after) = if deleted {
@@ -220,13 +272,13 @@ pub fn target_records(
     jsontext::string(harmony.key("entity"), entity);
     // The canonical key itself where JSON is schemaless, its text where a Connect schema
     // must name one type for it.
-    match (&key_values, wrapped) {
+    match (&shared.key_values, wrapped) {
         (_, true) => jsontext::string(harmony.key("key"), provenance.key_text),
         (Some(_), false) => jsontext::raw(harmony.key("key"), provenance.key_text.trim()),
         (None, false) => jsontext::raw(harmony.key("key"), "[]"),
     }
-    jsontext::raw(harmony.key("version"), &version);
-    jsontext::string(harmony.key("origin"), origin);
+    jsontext::raw(harmony.key("version"), version);
+    jsontext::string(harmony.key("origin"), shared.origin);
     let mut conflicts = Members::array(harmony.key("conflicts"));
     for id in provenance.conflicts {
         jsontext::string(conflicts.item(), id);
@@ -245,39 +297,20 @@ pub fn target_records(
     } else {
         (key, event)
     };
-    let mut headers = vec![
-        ("harmony.entity", entity.as_bytes().to_vec()),
-        ("harmony.origin", origin.as_bytes().to_vec()),
-        ("harmony.version", version.into_bytes()),
-    ];
-    if !provenance.conflicts.is_empty() {
-        headers.push((
-            "harmony.conflicts",
-            provenance.conflicts.join(",").into_bytes(),
-        ));
-    }
-    if !deleted {
-        return vec![Publication {
-            topic: plan.topic.clone(),
-            key,
-            value: Some(value),
-            headers,
-        }];
-    }
-    vec![
-        Publication {
-            topic: plan.topic.clone(),
-            key: key.clone(),
-            value: Some(value),
-            headers: headers.clone(),
-        },
-        Publication {
+    records.push(Publication {
+        topic: plan.topic.clone(),
+        key: key.clone(),
+        value: Some(value),
+        headers: shared.headers.clone(),
+    });
+    if deleted {
+        records.push(Publication {
             topic: plan.topic.clone(),
             key,
             value: None,
-            headers,
-        },
-    ]
+            headers: shared.headers.clone(),
+        });
+    }
 }
 
 #[cfg(test)]
@@ -344,7 +377,7 @@ mod tests {
                 origin: SystemId(origin),
                 conflicts: &[],
             };
-            target_records(plan, rules, state, &provenance)
+            target_records([plan], rules, state, &provenance)
         };
         let json = |bytes: &[u8]| serde_json::from_slice::<Json>(bytes).unwrap();
 
