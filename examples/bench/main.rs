@@ -481,27 +481,36 @@ struct Drain {
     harmony: Option<Json>,
 }
 
-struct Running {
-    child: Child,
+/// One run's configuration, written where its logs go: started once to drain, and for harmony
+/// once more to restore.
+struct Prepared {
+    which: Contender,
     run: String,
+    path: PathBuf,
     config: Config,
     port: u16,
 }
 
+struct Running {
+    child: Child,
+    prepared: Prepared,
+}
+
 impl Running {
-    fn stop(mut self) -> anyhow::Result<()> {
+    /// Stops the process (SIGTERM, then SIGKILL after 30 s); the run can be started again.
+    fn stop(mut self) -> anyhow::Result<Prepared> {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if self.child.try_wait()?.is_some() {
-                return Ok(());
+                return Ok(self.prepared);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         self.child.kill()?;
         self.child.wait()?;
-        Ok(())
+        Ok(self.prepared)
     }
 }
 
@@ -534,7 +543,8 @@ impl Bench {
         })
     }
 
-    fn spawn(&mut self, which: Contender, input: &str, tag: &str) -> anyhow::Result<Running> {
+    /// A fresh run of `which` on `input`: its own group, outputs and metrics port.
+    fn prepare(&mut self, which: Contender, input: &str, tag: &str) -> anyhow::Result<Prepared> {
         self.runs += 1;
         let run = format!("{}-{tag}-{}-{}", which.name(), self.started, self.runs);
         let port = 19_100 + (self.runs % 800) as u16;
@@ -543,17 +553,31 @@ impl Bench {
         let path = dir.join(format!("{run}.toml"));
         std::fs::write(&path, render(input, &run, port))?;
         let config = Config::load(&path)?;
-        let hops = hops(&config);
-        let log = std::fs::File::create(dir.join(format!("{run}.log")))?;
+        Ok(Prepared {
+            which,
+            run,
+            path,
+            config,
+            port,
+        })
+    }
+
+    /// Starts a prepared run; its output goes to `target/bench/runs/<run><log_suffix>.log`.
+    fn start(&self, prepared: Prepared, log_suffix: &str) -> anyhow::Result<Running> {
+        let which = prepared.which;
+        let log = std::fs::File::create(
+            PathBuf::from("target/bench/runs").join(format!("{}{log_suffix}.log", prepared.run)),
+        )?;
         let mut command = match which {
             Contender::Harmony => {
                 let mut c = Command::new(&self.harmony);
                 c.args(["--log-format", "json", "run", "--config"])
-                    .arg(&path);
+                    .arg(&prepared.path);
                 c
             }
             _ => {
                 // The ceilings create the topics harmony would create for itself.
+                let hops = hops(&prepared.config);
                 create_topics(
                     &self.bootstrap,
                     &[hops.internal.clone(), hops.plain_output.clone()],
@@ -567,7 +591,7 @@ impl Bench {
                 )?;
                 let mut c = Command::new(std::env::current_exe()?);
                 c.args(["--bootstrap", &self.bootstrap, which.name(), "--config"])
-                    .arg(&path);
+                    .arg(&prepared.path);
                 c
             }
         };
@@ -577,12 +601,7 @@ impl Bench {
             .stdin(Stdio::null())
             .spawn()
             .with_context(|| format!("starting {}", which.name()))?;
-        Ok(Running {
-            child,
-            run,
-            config,
-            port,
-        })
+        Ok(Running { child, prepared })
     }
 
     /// The run's topics, deleted once measured: the inputs stay for the next contender.
@@ -608,8 +627,8 @@ impl Bench {
         running: &mut Running,
         input_ends: &Positions,
     ) -> anyhow::Result<(f64, ProcStats, ProcStats, f64)> {
-        let hops = hops(&running.config);
-        let group = running.config.kafka.group_id.clone();
+        let hops = hops(&running.prepared.config);
+        let group = running.prepared.config.kafka.group_id.clone();
         let first_output = match which {
             Contender::Plain => hops.plain_output.clone(),
             _ => hops.internal.clone(),
@@ -624,7 +643,7 @@ impl Bench {
                 bail!(
                     "{} exited ({status}) before draining: see target/bench/runs/{}.log",
                     which.name(),
-                    running.run
+                    running.prepared.run
                 );
             }
             if Instant::now() > deadline {
@@ -681,34 +700,31 @@ impl Bench {
         input_ends: &Positions,
         state: bool,
     ) -> anyhow::Result<Drain> {
-        let mut running = self.spawn(which, input, converter.name())?;
+        let prepared = self.prepare(which, input, converter.name())?;
+        let mut running = self.start(prepared, "")?;
         eprintln!(
             "[bench] {} ({}) draining {input}.*",
             which.name(),
-            running.run
+            running.prepared.run
         );
         let result = self.drain(which, &mut running, input_ends);
         let (seconds, process, process_at_start, broker_cpu) = match result {
             Ok(figures) => figures,
             Err(e) => {
-                let config = running.config.clone();
-                running.stop()?;
-                self.cleanup(&config);
+                self.cleanup(&running.stop()?.config);
                 return Err(e);
             }
         };
         let events = measure::total(input_ends);
         let million = events as f64 / 1e6;
-        let written: u64 = written_topics(which, &running.config)
+        let written: u64 = written_topics(which, &running.prepared.config)
             .iter()
             .map(|t| measure::topic_bytes(t))
             .sum();
         let harmony_figures = if which == Contender::Harmony && state {
             Some(self.state_figures(running, process, process_at_start)?)
         } else {
-            let config = running.config.clone();
-            running.stop()?;
-            self.cleanup(&config);
+            self.cleanup(&running.stop()?.config);
             None
         };
         let drain = Drain {
@@ -746,7 +762,7 @@ impl Bench {
     ) -> anyhow::Result<Json> {
         // The state metrics come from a pass every 10 s (the default): one after the drain.
         std::thread::sleep(Duration::from_millis(11_000));
-        let metrics = measure::http_get(running.port, "/metrics").unwrap_or_default();
+        let metrics = measure::http_get(running.prepared.port, "/metrics").unwrap_or_default();
         let records = measure::metric_sum(&metrics, "harmony_state_records");
         let state_bytes = measure::metric_sum(&metrics, "harmony_state_bytes");
         let outcome = |o: &str| {
@@ -756,34 +772,15 @@ impl Bench {
                 &format!("outcome=\"{o}\""),
             )
         };
-        let config = running.config.clone();
-        let hops = hops(&config);
-        let changelog_bytes = measure::topic_bytes(&hops.changelog);
-        let input = config.systems[0].topics[0]
-            .rsplit_once(".erp.")
-            .map_or(String::new(), |(p, _)| p.to_owned());
-        let (run, port) = (running.run.clone(), running.port);
-        running.stop()?;
-
-        // Restore: the same configuration, so the same group and changelog.
-        let path = PathBuf::from("target/bench/runs").join(format!("{run}.toml"));
-        let log = std::fs::File::create(format!("target/bench/runs/{run}-restore.log"))?;
-        let child = Command::new(&self.harmony)
-            .args(["--log-format", "json", "run", "--config"])
-            .arg(&path)
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
-        let restarted = Running {
-            child,
-            run,
-            config: config.clone(),
-            port,
-        };
+        let changelog_bytes = measure::topic_bytes(&hops(&running.prepared.config).changelog);
+        // Restore: the same run again, so the same group and changelog.
+        let prepared = running.stop()?;
+        let port = prepared.port;
+        let restarted = self.start(prepared, "-restore")?;
         let started = Instant::now();
         let mut restore = None;
         while started.elapsed() < Duration::from_secs(600) {
-            if let Some(text) = measure::http_get(restarted.port, "/metrics") {
+            if let Some(text) = measure::http_get(port, "/metrics") {
                 if measure::metric_sum(&text, "harmony_ready") >= 1.0 {
                     restore = Some((
                         started.elapsed().as_secs_f64(),
@@ -796,9 +793,7 @@ impl Bench {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        restarted.stop()?;
-        self.cleanup(&config);
-        let _ = input;
+        self.cleanup(&restarted.stop()?.config);
         let (ready_after, restore_seconds, partitions, restored) =
             restore.context("the restarted worker never became ready")?;
         let per_record = |bytes: f64| bytes / records.max(1.0);
@@ -878,15 +873,10 @@ impl Bench {
         let input = format!("bench.live.{}.{}", self.started, self.runs);
         let topics = input_topics(&input);
         create_topics(&self.bootstrap, &topics, &[])?;
-        // The output topics exist before the contender starts, stamped by the broker.
-        let run_preview = format!("{}-live-{}-{}", which.name(), self.started, self.runs + 1);
-        let preview = Config::from_toml(
-            &render(&input, &run_preview, 0),
-            "workload.toml",
-            std::iter::empty(),
-        )?;
-        // The erp's price changes reach the shop (the warehouse has no price).
-        let probed: Vec<String> = hops(&preview)
+        let prepared = self.prepare(which, &input, "live")?;
+        // The erp's price changes reach the shop (the warehouse has no price). Its topic exists
+        // before the contender starts, stamped by the broker.
+        let probed: Vec<String> = hops(&prepared.config)
             .targets
             .into_iter()
             .filter(|t| t.ends_with(".shop"))
@@ -896,14 +886,9 @@ impl Bench {
             &probed,
             &[("message.timestamp.type", "LogAppendTime")],
         )?;
-        let mut running = self.spawn(which, &input, "live")?;
-        if running.run != run_preview {
-            bail!("run names drifted: {} / {run_preview}", running.run);
-        }
+        let mut running = self.start(prepared, "")?;
         let result = self.offer(which, &mut running, &topics, &probed, converter, plan);
-        let config = running.config.clone();
-        running.stop()?;
-        self.cleanup(&config);
+        self.cleanup(&running.stop()?.config);
         delete_topics(&self.bootstrap, &topics);
         result
     }
@@ -943,7 +928,7 @@ impl Bench {
         let probe = {
             let consumer: BaseConsumer = ClientConfig::new()
                 .set("bootstrap.servers", &self.bootstrap)
-                .set("group.id", format!("{}.probe", running.run))
+                .set("group.id", format!("{}.probe", running.prepared.run))
                 .set("enable.auto.commit", "false")
                 .create()?;
             let mut list = TopicPartitionList::new();
