@@ -2,12 +2,18 @@
 //! changelog topic after the record's outputs are acknowledged, and reads back to rebuild a
 //! partition's state when the partition is assigned to it.
 //!
-//! Compact binary (postcard) after a format byte, so the encoding can evolve: format 2 appends
-//! what format 1 lacked (the times metrics measure from) after the format-1 body, so a format-1
-//! value still reads, with those times taken from the record. Systems and fields
-//! are written by name, not by the positions the running configuration gives them: the
-//! changelog outlives a configuration that adds a system or a field. Names the configuration no
-//! longer has are dropped on reading.
+//! Compact binary (postcard) after a format byte, so the encoding can evolve: each format appends
+//! what the one before lacked after its body, so older values still read.
+//! - format 2: the times metrics measure from (format 1: taken from the record);
+//! - format 3: each system's last applied commit time, which tells a replay from a source whose
+//!   positions went back ([`crate::engine::position`]; before: any position behind is a replay,
+//!   as those formats' writers took it), and fingerprints fixed across Rust releases and
+//!   configuration order ([`crate::engine::fingerprint`]; before: recomputed on reading from the
+//!   values each delivery sent).
+//!
+//! Systems and fields are written by name, not by the positions the running configuration gives
+//! them: the changelog outlives a configuration that adds a system or a field. Names the
+//! configuration no longer has are dropped on reading.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -15,13 +21,16 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::{Dot, SystemId, VersionVector};
-use crate::engine::{Delivery, FieldState, FieldValue, RecordState, SystemInfo, SystemState};
+use crate::engine::position::Applied;
+use crate::engine::{
+    delivery_fingerprint, Delivery, FieldState, FieldValue, RecordState, SystemInfo, SystemState,
+};
 use crate::internal::Position;
 use crate::mapping::FieldId;
 use crate::value::Decimal;
 
 /// Version of the encoding; a reader refuses versions it does not know.
-pub const FORMAT: u8 = 2;
+pub const FORMAT: u8 = 3;
 
 /// How names map to the running configuration's ids, for one entity.
 pub struct Names<'a> {
@@ -83,6 +92,14 @@ struct WireDelivery<'a> {
     #[serde(borrow)]
     values: Vec<(Cow<'a, str>, WireValue<'a>)>,
     deleted: bool,
+}
+
+/// Format 3's appendix, after format 2's.
+#[derive(Serialize, Deserialize, Default)]
+struct WireApplied<'a> {
+    /// Per system with a position, the commit time of the change at that position.
+    #[serde(borrow)]
+    applied_ts_ms: Vec<(Cow<'a, str>, i64)>,
 }
 
 /// Format 2's appendix to the format-1 body.
@@ -246,7 +263,7 @@ pub fn encode(state: &RecordState, names: &Names<'_>) -> Vec<u8> {
                 seen: names.clock(&sys.seen),
                 held: names.values(&sys.held),
                 held_deleted: sys.held_deleted,
-                position: sys.position.map(Position::from),
+                position: sys.applied.map(|a| Position::from(a.position)),
                 pending: sys.pending.iter().map(|d| names.delivery(d)).collect(),
                 superseded: sys.superseded.iter().map(|d| names.delivery(d)).collect(),
             })
@@ -270,9 +287,17 @@ pub fn encode(state: &RecordState, names: &Names<'_>) -> Vec<u8> {
             })
             .collect(),
     };
+    let applied = WireApplied {
+        applied_ts_ms: state
+            .systems
+            .iter()
+            .filter_map(|(s, sys)| sys.applied.map(|a| (names.system(*s), a.ts_ms)))
+            .collect(),
+    };
     // Serialising plain in-memory data into a vector cannot fail.
     let mut out = postcard::to_extend(&wire, vec![FORMAT]).unwrap_or_default();
     out = postcard::to_extend(&times, out).unwrap_or_default();
+    out = postcard::to_extend(&applied, out).unwrap_or_default();
     out
 }
 
@@ -280,15 +305,20 @@ pub fn encode(state: &RecordState, names: &Names<'_>) -> Vec<u8> {
 pub fn decode(bytes: &[u8], names: &Names<'_>) -> Result<RecordState, String> {
     let (&format, body) = bytes.split_first().ok_or("empty changelog record")?;
     let (wire, rest): (WireState<'_>, &[u8]) = match format {
-        1 | 2 => postcard::take_from_bytes(body).map_err(|e| e.to_string())?,
+        1..=FORMAT => postcard::take_from_bytes(body).map_err(|e| e.to_string())?,
         _ => {
             return Err(format!(
                 "changelog format {format} is not one of 1, {FORMAT}"
             ))
         }
     };
-    let times: WireTimes<'_> = if format == 1 {
-        WireTimes::default()
+    let (times, rest): (WireTimes<'_>, &[u8]) = if format == 1 {
+        (WireTimes::default(), rest)
+    } else {
+        postcard::take_from_bytes(rest).map_err(|e| e.to_string())?
+    };
+    let applied: WireApplied<'_> = if format < 3 {
+        WireApplied::default()
     } else {
         postcard::from_bytes(rest).map_err(|e| e.to_string())?
     };
@@ -335,7 +365,12 @@ pub fn decode(bytes: &[u8], names: &Names<'_>) -> Result<RecordState, String> {
             seen: names.clock_of(s.seen),
             held: names.values_of(s.held),
             held_deleted: s.held_deleted,
-            position: s.position.map(Into::into),
+            // Without its commit time (formats 1 and 2) a position behind is a replay, as it
+            // was when it was written; the system's next change brings the time.
+            applied: s.position.map(|p| Applied {
+                position: p.into(),
+                ts_ms: i64::MAX,
+            }),
             pending: s
                 .pending
                 .into_iter()
@@ -350,6 +385,18 @@ pub fn decode(bytes: &[u8], names: &Names<'_>) -> Result<RecordState, String> {
                 .map(|d| names.delivery_of(d))
                 .collect(),
         };
+    }
+    for (name, ts_ms) in applied.applied_ts_ms {
+        if let Some(a) = names
+            .system_ids
+            .get(name.as_ref())
+            .and_then(|&id| state.system_mut(id).applied.as_mut())
+        {
+            a.ts_ms = ts_ms;
+        }
+    }
+    if format < 3 {
+        refingerprint(&mut state, names);
     }
     for (name, since) in times.unsettled {
         if let Some(&f) = names.field_ids.get(name.as_ref()) {
@@ -368,9 +415,44 @@ pub fn decode(bytes: &[u8], names: &Names<'_>) -> Result<RecordState, String> {
     Ok(state)
 }
 
+/// Fingerprints of deliveries written before they were fixed: made again from the values each
+/// delivery sent, so that their echoes are still recognised.
+fn refingerprint(state: &mut RecordState, names: &Names<'_>) {
+    let name_hash = |f: FieldId| {
+        names
+            .fields
+            .get(f.0 as usize)
+            .map_or(0, |n| crate::engine::fingerprint::name(n))
+    };
+    for (_, sys) in &mut state.systems {
+        for d in sys.pending.iter_mut().chain(sys.superseded.iter_mut()) {
+            d.fingerprint = delivery_fingerprint(&d.values, d.deleted, name_hash);
+        }
+    }
+}
+
 /// A format-2 value as format 1 wrote it: without the appendix.
 #[cfg(test)]
 pub fn as_format_1(bytes: &[u8]) -> Vec<u8> {
     let (wire, _): (WireState<'_>, _) = postcard::take_from_bytes(&bytes[1..]).unwrap();
     postcard::to_extend(&wire, vec![1]).unwrap()
+}
+
+/// A value as a format-2 writer left it: without format 3's appendix, every delivery
+/// fingerprint set to `fingerprint` (that writer's hash, which reading must not trust).
+#[cfg(test)]
+pub fn as_format_2_with_fingerprints(bytes: &[u8], fingerprint: u64) -> Vec<u8> {
+    let (mut wire, rest): (WireState<'_>, _) = postcard::take_from_bytes(&bytes[1..]).unwrap();
+    let (times, _): (WireTimes<'_>, _) = postcard::take_from_bytes(rest).unwrap();
+    for system in &mut wire.systems {
+        for d in system
+            .pending
+            .iter_mut()
+            .chain(system.superseded.iter_mut())
+        {
+            d.fingerprint = fingerprint;
+        }
+    }
+    let out = postcard::to_extend(&wire, vec![2]).unwrap();
+    postcard::to_extend(&times, out).unwrap()
 }

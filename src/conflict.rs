@@ -10,10 +10,9 @@
 //!  "winner":null,"resolved":{"int":93},"pending":false,"ts_ms":…}
 //! ```
 
-use std::hash::{DefaultHasher, Hash, Hasher};
-
 use serde::Serialize;
 use serde_json::value::RawValue;
+use xxhash_rust::xxh3::Xxh3Default;
 
 use crate::config::Strategy;
 use crate::engine::{Conflict, SystemInfo};
@@ -45,14 +44,32 @@ pub struct CandidateRecord<'a> {
     pub ts_ms: i64,
 }
 
-/// The id of a conflict: its record, field and the dots of its candidates.
-pub fn conflict_id(entity: &str, key: &str, field: &str, conflict: &Conflict) -> String {
-    let mut h = DefaultHasher::new();
-    (entity, key, field).hash(&mut h);
-    for c in &conflict.candidates {
-        (c.dot.system.0, c.dot.counter).hash(&mut h);
+/// The id of a conflict: its record, field and the dots of its candidates, by system *name*
+/// and through a fixed hash (XXH3), so that the id a consumer or `harmony resolve` holds stays
+/// the same across Rust releases and configurations that list systems in another order.
+pub fn conflict_id(
+    systems: &[SystemInfo],
+    entity: &str,
+    key: &str,
+    field: &str,
+    conflict: &Conflict,
+) -> String {
+    let mut h = Xxh3Default::new();
+    // Each part is followed by a byte no name or key text contains, so parts cannot run
+    // into each other ("ab"+"c" and "a"+"bc" differ).
+    for part in [entity, key, field] {
+        h.update(part.as_bytes());
+        h.update(&[0xff]);
     }
-    format!("c-{:016x}", h.finish())
+    for c in &conflict.candidates {
+        let system = systems
+            .get(c.dot.system.0 as usize)
+            .map_or("?", |s| s.name.as_str());
+        h.update(system.as_bytes());
+        h.update(&[0xff]);
+        h.update(&c.dot.counter.to_le_bytes());
+    }
+    format!("c-{:016x}", h.digest())
 }
 
 /// The conflicts-topic record of `conflict`. `key` is the canonical key text (a JSON array).
@@ -66,7 +83,7 @@ pub fn conflict_record<'a>(
     let name =
         |s: crate::clock::SystemId| systems.get(s.0 as usize).map_or("?", |i| i.name.as_str());
     ConflictRecord {
-        id: conflict_id(entity, key.get(), field, conflict),
+        id: conflict_id(systems, entity, key.get(), field, conflict),
         entity,
         key,
         field,
@@ -153,11 +170,31 @@ mod tests {
     #[test]
     fn ids_are_deterministic_and_distinguish_conflicts() {
         let c = conflict(Strategy::Lww, Some(1));
-        let a = conflict_id("product", r#"["SKU-1"]"#, "quantity", &c);
-        assert_eq!(a, conflict_id("product", r#"["SKU-1"]"#, "quantity", &c));
-        assert_ne!(a, conflict_id("product", r#"["SKU-2"]"#, "quantity", &c));
-        assert_ne!(a, conflict_id("product", r#"["SKU-1"]"#, "price", &c));
         let systems = systems();
+        let id =
+            |key, field, systems: &[SystemInfo], c| conflict_id(systems, "product", key, field, c);
+        let a = id(r#"["SKU-1"]"#, "quantity", &systems, &c);
+        assert_eq!(a, id(r#"["SKU-1"]"#, "quantity", &systems, &c));
+        assert_eq!(
+            a, "c-6424f87430241bba",
+            "pinned: ids are published and looked up by operators"
+        );
+        assert_ne!(a, id(r#"["SKU-2"]"#, "quantity", &systems, &c));
+        assert_ne!(a, id(r#"["SKU-1"]"#, "price", &systems, &c));
+        // Another configuration order gives the systems other ids: the same conflict, by name.
+        let reordered: Vec<SystemInfo> = ["wms", "shop", "erp"]
+            .iter()
+            .map(|n| SystemInfo {
+                name: (*n).into(),
+                rank: 0,
+            })
+            .collect();
+        let mut same = c.clone();
+        for candidate in &mut same.candidates {
+            candidate.dot.system = SystemId(2 - candidate.dot.system.0);
+            candidate.system = candidate.dot.system;
+        }
+        assert_eq!(a, id(r#"["SKU-1"]"#, "quantity", &reordered, &same));
         let key = RawValue::from_string(r#"["SKU-1"]"#.into()).unwrap();
         let record = conflict_record(&systems, "product", &key, "quantity", &c);
         assert_eq!(record.winner, Some("wms"));

@@ -80,15 +80,29 @@ impl From<Kind> for ChangeKind {
 #[serde(rename_all = "snake_case")]
 pub enum Position {
     Postgres([u64; 2]),
+    /// File, position, row, from a server that did not say who it is (older writers).
     Mysql([u64; 3]),
     Unknown,
+    /// Server id, file, position, row.
+    MysqlServer([u64; 4]),
 }
 
 impl From<SourcePosition> for Position {
     fn from(p: SourcePosition) -> Self {
         match p {
             SourcePosition::Postgres { commit_lsn, lsn } => Position::Postgres([commit_lsn, lsn]),
-            SourcePosition::MySql { file, pos, row } => Position::Mysql([file, pos, row]),
+            SourcePosition::MySql {
+                server_id: 0,
+                file,
+                pos,
+                row,
+            } => Position::Mysql([file, pos, row]),
+            SourcePosition::MySql {
+                server_id,
+                file,
+                pos,
+                row,
+            } => Position::MysqlServer([server_id, file, pos, row]),
             SourcePosition::Unknown => Position::Unknown,
         }
     }
@@ -98,7 +112,18 @@ impl From<Position> for SourcePosition {
     fn from(p: Position) -> Self {
         match p {
             Position::Postgres([commit_lsn, lsn]) => SourcePosition::Postgres { commit_lsn, lsn },
-            Position::Mysql([file, pos, row]) => SourcePosition::MySql { file, pos, row },
+            Position::Mysql([file, pos, row]) => SourcePosition::MySql {
+                server_id: 0,
+                file,
+                pos,
+                row,
+            },
+            Position::MysqlServer([server_id, file, pos, row]) => SourcePosition::MySql {
+                server_id,
+                file,
+                pos,
+                row,
+            },
             Position::Unknown => SourcePosition::Unknown,
         }
     }

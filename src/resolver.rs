@@ -880,6 +880,98 @@ mod tests {
         );
     }
 
+    /// The example with the warehouse's system declared first and a new erp field (`barcode`,
+    /// which sorts before every other): every system and field gets another id.
+    fn reordered_resolver() -> Resolver {
+        let text = include_str!("../examples/inventory.toml")
+            .replace(r#"version_column = "harmony_version""#, "")
+            .replace(
+                "[[systems]]\nname = \"erp\"",
+                "[[systems]]\nname = \"wms\"\ntopics = [\"wms.public.skus\"]\nrank = 2\n\n[[systems]]\nname = \"erp\"",
+            )
+            .replacen(
+                "[[systems]]\nname = \"wms\"\ntopics = [\"wms.public.skus\"]\nrank = 2\n\n[output]",
+                "[output]",
+                1,
+            )
+            .replace(
+                "columns = { sku = \"sku\", name = \"name\"",
+                "columns = { barcode = \"barcode\", sku = \"sku\", name = \"name\"",
+            );
+        let config = Config::from_toml(&text, "reordered.toml", std::iter::empty()).unwrap();
+        assert_eq!(config.systems[0].name, "wms");
+        assert_eq!(config.systems.len(), 3);
+        Resolver::new(&config)
+    }
+
+    #[test]
+    fn a_restart_under_a_reordered_configuration_still_knows_what_each_target_was_sent() {
+        let created = [
+            ("name", FieldValue::Text("Cup".into())),
+            ("price", FieldValue::Int(5)),
+            ("quantity", FieldValue::Int(100)),
+        ];
+        let mut live = resolver(false);
+        let out = live.resolve(0, &record("erp", 1, &created, None)).unwrap();
+        assert!(out
+            .publications
+            .iter()
+            .any(|p| p.topic == "harmony.demo.shop.product"));
+        let (key, value) = out.changelog.unwrap();
+
+        let mut restored = reordered_resolver();
+        assert_eq!(
+            restored.install(0, [(key.as_bytes(), Some(value.as_slice()))]),
+            (1, 0)
+        );
+        // The warehouse reserves two: nothing the shop holds changes, so the shop, whose
+        // delivery is still on its way, is sent nothing. Fingerprints over field ids made the
+        // pending delivery look different from the same content and sent it again.
+        let reserved = [("reserved", FieldValue::Int(2))];
+        let out = restored
+            .resolve(0, &record("wms", 2, &reserved, None))
+            .unwrap();
+        assert_eq!(out.outcome, "applied");
+        let topics: Vec<&str> = out.publications.iter().map(|p| p.topic.as_str()).collect();
+        assert!(!topics.contains(&"harmony.demo.shop.product"), "{topics:?}");
+        // The shop's sink writes the delivery: its echo.
+        let out = restored
+            .resolve(0, &record("shop", 3, &created, None))
+            .unwrap();
+        assert_eq!(out.outcome, "echo");
+        assert!(out.publications.is_empty());
+    }
+
+    #[test]
+    fn a_format_2_changelog_value_is_refingerprinted_on_reading() {
+        // A delivery fingerprint as a format-2 writer (std's hasher over field ids) left it:
+        // any value but the fixed one; reading makes it again from the delivery's values.
+        let created = [
+            ("name", FieldValue::Text("Cup".into())),
+            ("price", FieldValue::Int(5)),
+            ("quantity", FieldValue::Int(100)),
+        ];
+        let mut live = resolver(false);
+        let (key, value) = live
+            .resolve(0, &record("erp", 1, &created, None))
+            .unwrap()
+            .changelog
+            .unwrap();
+        let v2 = crate::changelog::as_format_2_with_fingerprints(&value, 0xdead_beef);
+        let mut restored = resolver(false);
+        restored.install(0, [(key.as_bytes(), Some(v2.as_slice()))]);
+        let reserved = [("reserved", FieldValue::Int(2))];
+        let out = restored
+            .resolve(0, &record("wms", 2, &reserved, None))
+            .unwrap();
+        assert!(
+            !out.publications
+                .iter()
+                .any(|p| p.topic == "harmony.demo.shop.product"),
+            "the shop's pending delivery is known for what it sent"
+        );
+    }
+
     #[test]
     fn unreadable_changelog_records_are_skipped_and_counted() {
         let mut resolver = resolver(true);

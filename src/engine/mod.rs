@@ -4,7 +4,9 @@
 //! same changes in the same order give the same state, and for every strategy but `manual`
 //! concurrent changes give the same state in any order.
 
+pub mod fingerprint;
 mod orset;
+pub mod position;
 mod rules;
 mod state;
 mod strategy;
@@ -12,12 +14,11 @@ mod strategy;
 pub use rules::entity_rules;
 pub use state::{Delivery, FieldState, FieldValue, RecordState, SystemState};
 
-use std::hash::{DefaultHasher, Hash, Hasher};
-
 use crate::clock::{Dot, SystemId, VersionVector};
 use crate::config::{DeleteConflict, Strategy};
 use crate::envelope::SourcePosition;
 use crate::mapping::{ChangeKind, FieldId};
+use position::{Applied, PositionVerdict};
 
 /// Deliveries kept for a target without a delivery window (it is no source of the entity, or
 /// its window is 0: nothing echoes), and superseded deliveries kept per target; past it the
@@ -41,6 +42,9 @@ pub struct FieldRule {
     pub ignored: bool,
     /// Rejects a value before it is written.
     pub guard: Option<crate::guard::Guard>,
+    /// The field name's [`fingerprint::name`]: content fingerprints go by name, so they survive
+    /// a configuration that declares fields in another order.
+    pub name_hash: u64,
 }
 
 /// Everything resolution needs to know about one entity.
@@ -115,7 +119,7 @@ pub struct Conflict {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DuplicateReason {
-    /// At or behind the system's applied position: a replay.
+    /// At or behind the system's applied position, committed no later: a replay.
     Position,
     /// A snapshot read of content the system is already known to hold.
     SnapshotContent,
@@ -165,16 +169,28 @@ pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) 
     let never_seen = SystemState::default();
     let sys = state.system(s).unwrap_or(&never_seen);
 
-    // 1. Dedup by position; snapshot reads share one position and are deduplicated by content.
-    if let (Some(applied), false) = (sys.position, change.position == SourcePosition::Unknown) {
-        if change.position < applied || (change.position == applied && !change.snapshot) {
-            return Outcome::Duplicate(DuplicateReason::Position);
-        }
+    // 1. Dedup by position (a position behind but committed later is no replay: the source
+    // went back, and the resolver applies the system's policy before this is called); snapshot
+    // reads share one position and are deduplicated by content.
+    let applied = Applied {
+        position: change.position,
+        ts_ms: change.ts_ms,
+    };
+    if position::verdict(
+        sys.applied,
+        change.position,
+        change.ts_ms,
+        change.snapshot,
+        change.kind,
+        sys.held_deleted,
+    ) == PositionVerdict::Replay
+    {
+        return Outcome::Duplicate(DuplicateReason::Position);
     }
     if change.snapshot
         && change_fingerprint(rules, sys, change) == held_content_fingerprint(rules, s, sys)
     {
-        state.system_mut(s).position = Some(change.position);
+        state.system_mut(s).applied = Some(applied);
         return Outcome::Duplicate(DuplicateReason::SnapshotContent);
     }
 
@@ -216,7 +232,7 @@ pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) 
         while system.superseded.len() > MAX_PENDING_DELIVERIES {
             system.superseded.pop_front();
         }
-        system.position = Some(change.position);
+        system.applied = Some(applied);
     } else if let Some(i) = late_at {
         // A version older than one the system already echoed: its sink catching up, or
         // (content mode) a local write equal to it — the ambiguity exact mode removes.
@@ -230,7 +246,7 @@ pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) 
                 system.set_held(field, value);
             }
         }
-        system.position = Some(change.position);
+        system.applied = Some(applied);
         return Outcome::LateEcho {
             deliver_to: deliver(state, rules, &[s], change.ts_ms),
         };
@@ -272,7 +288,7 @@ pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) 
             };
         }
         let system = state.system_mut(s);
-        system.position = Some(change.position);
+        system.applied = Some(applied);
         for (field, value) in change.fields {
             system.set_held(*field, value.clone());
         }
@@ -448,7 +464,7 @@ pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) 
         seen.merge(&VersionVector::from_dot(dot));
         system.seen = seen;
         system.held_deleted = change.kind == ChangeKind::Delete;
-        system.position = Some(change.position);
+        system.applied = Some(applied);
         for (field, value) in change.fields {
             system.set_held(*field, value.clone());
         }
@@ -521,16 +537,35 @@ fn deliver(
 }
 
 fn hash_content<'v>(
+    rules: &EntityRules,
     fields: impl Iterator<Item = (FieldId, Option<&'v FieldValue>)>,
     deleted: bool,
 ) -> u64 {
-    let mut h = DefaultHasher::new();
-    deleted.hash(&mut h);
+    let mut content = fingerprint::Content::new(deleted);
     for (field, value) in fields {
-        field.0.hash(&mut h);
-        value.map(FieldValue::fingerprint).hash(&mut h);
+        if let Some(value) = value {
+            content.add(
+                rules.fields[field.0 as usize].name_hash,
+                value.fingerprint(),
+            );
+        }
     }
-    h.finish()
+    content.finish()
+}
+
+/// The fingerprint of a delivery that sent `values` (every field it sent, with a value) and
+/// `deleted`: what [`Delivery::fingerprint`] holds. For state read from a changelog written
+/// before fingerprints were fixed ([`fingerprint`]).
+pub fn delivery_fingerprint(
+    values: &[(FieldId, FieldValue)],
+    deleted: bool,
+    name_hash: impl Fn(FieldId) -> u64,
+) -> u64 {
+    let mut content = fingerprint::Content::new(deleted);
+    for (field, value) in values {
+        content.add(name_hash(*field), value.fingerprint());
+    }
+    content.finish()
 }
 
 fn compared_fields<'r>(
@@ -557,6 +592,7 @@ fn change_fingerprint(rules: &EntityRules, sys: &SystemState, change: &Change<'_
             .map(|i| &change.fields[i].1)
     };
     hash_content(
+        rules,
         compared_fields(rules, change.system).map(|f| (f, sent(f).or_else(|| sys.held(f)))),
         change.kind == ChangeKind::Delete,
     )
@@ -577,6 +613,7 @@ fn delivered_values_match(change: &Change<'_>, sys: &SystemState, delivery: &Del
 
 fn held_content_fingerprint(rules: &EntityRules, system: SystemId, sys: &SystemState) -> u64 {
     hash_content(
+        rules,
         compared_fields(rules, system).map(|f| (f, sys.held(f))),
         sys.held_deleted,
     )
@@ -585,6 +622,7 @@ fn held_content_fingerprint(rules: &EntityRules, system: SystemId, sys: &SystemS
 /// The record's content as target `t` would hold it, and the values of that content.
 fn record_fingerprint(rules: &EntityRules, t: SystemId, state: &RecordState) -> u64 {
     hash_content(
+        rules,
         compared_fields(rules, t).map(|f| (f, state.field(f).map(|s| &s.value))),
         state.deleted.is_some(),
     )

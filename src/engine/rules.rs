@@ -52,6 +52,7 @@ pub fn entity_rules(config: &Config, catalog: &Catalog) -> Vec<EntityRules> {
                         guard: settings
                             .and_then(|f| f.guard.as_deref())
                             .and_then(|g| Guard::compile(g).ok()),
+                        name_hash: super::fingerprint::name(name),
                     }
                 })
                 .collect();

@@ -3,10 +3,9 @@
 //! seen, hold and be sent.
 
 use std::collections::VecDeque;
-use std::hash::{DefaultHasher, Hash, Hasher};
 
+use super::position::Applied;
 use crate::clock::{Dot, SystemId, VersionVector};
-use crate::envelope::SourcePosition;
 use crate::mapping::FieldId;
 use crate::value::Decimal;
 
@@ -45,26 +44,10 @@ impl FieldValue {
         }
     }
 
-    /// Stable across processes (SipHash with fixed keys), so fingerprints survive a restart.
+    /// Fixed across processes and Rust releases ([`super::fingerprint`]): fingerprints are
+    /// persisted in the changelog.
     pub fn fingerprint(&self) -> u64 {
-        let mut h = DefaultHasher::new();
-        self.hash_into(&mut h);
-        h.finish()
-    }
-
-    fn hash_into(&self, h: &mut DefaultHasher) {
-        match self {
-            FieldValue::Null => 0u8.hash(h),
-            FieldValue::Bool(b) => (1u8, b).hash(h),
-            // Numbers hash by value, so 42 and 42.00 from two systems are the same content.
-            FieldValue::Int(_) | FieldValue::Decimal(_) => {
-                let d = self.as_decimal().map(Decimal::normalized);
-                (2u8, d.map(|d| (d.unscaled, d.scale))).hash(h)
-            }
-            FieldValue::Float(f) => (3u8, f.to_bits()).hash(h),
-            FieldValue::Text(t) => (4u8, t).hash(h),
-            FieldValue::Json(j) => (5u8, j).hash(h),
-        }
+        super::fingerprint::value(self)
     }
 }
 
@@ -107,8 +90,8 @@ pub struct SystemState {
     pub held: Vec<(FieldId, FieldValue)>,
     /// Whether it last held the record as deleted.
     pub held_deleted: bool,
-    /// Highest source position applied from it.
-    pub position: Option<SourcePosition>,
+    /// The last change applied from it: its source position and commit time (dedup).
+    pub applied: Option<Applied>,
     /// Deliveries not yet seen back, oldest first.
     pub pending: VecDeque<Delivery>,
     /// Deliveries overtaken by a later one's echo before they were seen back, oldest first.

@@ -15,11 +15,12 @@ const QUANTITY: FieldId = FieldId(2);
 const UPDATED_AT: FieldId = FieldId(3);
 
 fn rules(quantity: Strategy, priority: Vec<SystemId>) -> EntityRules {
-    let field = |strategy, priority, ignored| FieldRule {
+    let field = |name, strategy, priority, ignored| FieldRule {
         strategy,
         priority,
         ignored,
         guard: None,
+        name_hash: fingerprint::name(name),
     };
     EntityRules {
         systems: vec![
@@ -37,10 +38,10 @@ fn rules(quantity: Strategy, priority: Vec<SystemId>) -> EntityRules {
             },
         ],
         fields: vec![
-            field(Strategy::Lww, vec![], false),
-            field(Strategy::Lww, vec![], false),
-            field(quantity, priority, false),
-            field(Strategy::Lww, vec![], true),
+            field("name", Strategy::Lww, vec![], false),
+            field("price", Strategy::Lww, vec![], false),
+            field("quantity", quantity, priority, false),
+            field("updated_at", Strategy::Lww, vec![], true),
         ],
         held_fields: vec![vec![NAME, PRICE, QUANTITY, UPDATED_AT]; 3],
         required_fields: vec![vec![]; 3],
@@ -596,6 +597,7 @@ fn rules_with_shop_only_field() -> (EntityRules, FieldId) {
         priority: vec![],
         ignored: false,
         guard: None,
+        name_hash: fingerprint::name("active"),
     });
     rules.held_fields[SHOP.0 as usize].push(active);
     (rules, active)
@@ -1044,6 +1046,7 @@ fn merge_start() -> (EntityRules, Source, RecordState) {
         priority: vec![],
         ignored: false,
         guard: None,
+        name_hash: fingerprint::name("tags"),
     });
     for held in &mut rules.held_fields {
         held.push(TAGS);
@@ -1138,7 +1141,7 @@ proptest! {
         let mut results = Vec::new();
         for order in permutations(changes.len()) {
             let mut rules = rules(Strategy::Lww, vec![]);
-            rules.fields.push(FieldRule { strategy: Strategy::Merge, priority: vec![], ignored: false, guard: None });
+            rules.fields.push(FieldRule { strategy: Strategy::Merge, priority: vec![], ignored: false, guard: None, name_hash: fingerprint::name("tags") });
             for held in &mut rules.held_fields {
                 held.push(TAGS);
             }

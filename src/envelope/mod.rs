@@ -69,17 +69,62 @@ impl Op {
     }
 }
 
-/// Where a change sits in its source database's own total order. Comparable only between
-/// changes of the same source; never a bare LSN or transaction id, which several rows share.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// Where a change sits in its source database's own order. Compared only between two changes
+/// of one record from one system ([`SourcePosition::order_to`]): that is all dedup needs, and
+/// there the order is simple — a row's successive changes are serialised by its lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SourcePosition {
-    /// Postgres: `sequence` = `[last commit LSN, LSN]`. The commit LSN orders transactions,
-    /// the LSN orders the rows within one.
+    /// Postgres: `sequence` = `[last commit LSN, LSN]`; a null element reads as 0.
+    ///
+    /// The commit LSN is the *previous* transaction's commit as the connector saw it: null
+    /// after a snapshot or a connector restart, so it cannot order anything on its own. The
+    /// LSN of the row's change can: a second change of the same row waits for the first's
+    /// commit, so it is written to the WAL after it, and a snapshot read carries the LSN the
+    /// snapshot was consistent at.
     Postgres { commit_lsn: u64, lsn: u64 },
-    /// MySQL/MariaDB: binlog file number, position of the event, row within the event.
-    MySql { file: u64, pos: u64, row: u64 },
+    /// MySQL/MariaDB: the server that wrote the binlog (0: unknown, as in snapshot reads), the
+    /// binlog file number, the position of the event, the row within the event.
+    MySql {
+        server_id: u64,
+        file: u64,
+        pos: u64,
+        row: u64,
+    },
     /// The record carries no position harmony understands.
     Unknown,
+}
+
+impl SourcePosition {
+    /// How this position stands to `applied`, the last one applied from the same system for the
+    /// same record: `None` when the two cannot be compared (no position, another connector
+    /// kind, binlogs of two different servers).
+    ///
+    /// ```text
+    /// Postgres [null,"120"] vs [90,"100"]  → Greater   (a null commit LSN after a re-snapshot)
+    /// MySQL server 1, file 3 vs server 2, file 9 → None (another server's binlog coordinates)
+    /// ```
+    pub fn order_to(&self, applied: &SourcePosition) -> Option<std::cmp::Ordering> {
+        match (self, applied) {
+            (SourcePosition::Postgres { lsn: a, .. }, SourcePosition::Postgres { lsn: b, .. }) => {
+                Some(a.cmp(b))
+            }
+            (
+                SourcePosition::MySql {
+                    server_id: sa,
+                    file: fa,
+                    pos: pa,
+                    row: ra,
+                },
+                SourcePosition::MySql {
+                    server_id: sb,
+                    file: fb,
+                    pos: pb,
+                    row: rb,
+                },
+            ) if *sa == 0 || *sb == 0 || sa == sb => Some((fa, pa, ra).cmp(&(fb, pb, rb))),
+            _ => None,
+        }
+    }
 }
 
 /// Whether a record comes from a snapshot (`op = r`, or any snapshot marker) or the stream.

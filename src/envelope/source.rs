@@ -38,6 +38,8 @@ struct RawSource<'a> {
     pos: Option<u64>,
     #[serde(default)]
     row: Option<u64>,
+    #[serde(default)]
+    server_id: Option<u64>,
 }
 
 pub(super) fn decode_source(raw: &RawValue) -> Result<Source<'_>, DecodeError> {
@@ -47,6 +49,7 @@ pub(super) fn decode_source(raw: &RawValue) -> Result<Source<'_>, DecodeError> {
         (Some(sequence), _, _) => postgres_position(sequence)?,
         (None, Some(lsn), _) => SourcePosition::Postgres { commit_lsn: 0, lsn },
         (None, None, Some(file)) if !file.is_empty() => SourcePosition::MySql {
+            server_id: src.server_id.unwrap_or(0),
             file: binlog_file_number(file)?,
             pos: src.pos.unwrap_or(0),
             row: src.row.unwrap_or(0),

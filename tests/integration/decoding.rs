@@ -226,7 +226,7 @@ fn assert_kinds_envelope(connector: &str) {
         &format!("{connector} multi b"),
     );
     assert_eq!(a.source.tx_id, b.source.tx_id);
-    assert!(a.source.position < b.source.position);
+    assert!(before(&a.source.position, &b.source.position));
 
     let update = change(&mut d, kinds(3));
     assert_eq!(update.op, Op::Update);
@@ -238,7 +238,7 @@ fn assert_kinds_envelope(connector: &str) {
     let after = update.after.as_ref().unwrap();
     assert_eq!(col(after, "price").as_decimal(), Some(dec("11.25")));
     assert_eq!(col(after, "quantity").as_i64(), Some(8));
-    assert!(b.source.position < update.source.position);
+    assert!(before(&b.source.position, &update.source.position));
     assert!(
         matches!(update.source.position, SourcePosition::Postgres { commit_lsn, lsn } if commit_lsn > 0 && lsn >= commit_lsn)
     );
@@ -557,36 +557,19 @@ fn mysql_source_blocks_order_by_binlog_file_position_and_row() {
     let Decoded::Change(e) = harmony::envelope::decode(None, Some(value)).unwrap() else {
         panic!()
     };
-    assert_eq!(
-        e.source.position,
-        SourcePosition::MySql {
-            file: 3,
-            pos: 154,
-            row: 2
-        }
-    );
-    assert!(
-        SourcePosition::MySql {
-            file: 3,
-            pos: 154,
-            row: 2
-        } < SourcePosition::MySql {
-            file: 3,
-            pos: 154,
-            row: 3
-        }
-    );
-    assert!(
-        SourcePosition::MySql {
-            file: 3,
-            pos: 900,
-            row: 0
-        } < SourcePosition::MySql {
-            file: 4,
-            pos: 4,
-            row: 0
-        }
-    );
+    let at = |server_id, file, pos, row| SourcePosition::MySql {
+        server_id,
+        file,
+        pos,
+        row,
+    };
+    assert_eq!(e.source.position, at(1, 3, 154, 2));
+    assert!(before(&at(1, 3, 154, 2), &at(1, 3, 154, 3)));
+    assert!(before(&at(1, 3, 900, 0), &at(1, 4, 4, 0)));
+    // Snapshot reads say server 0: comparable with any server's binlog.
+    assert!(before(&at(0, 3, 100, 0), &at(1, 3, 154, 2)));
+    // Two servers' binlog coordinates say nothing about each other.
+    assert_eq!(at(1, 3, 154, 2).order_to(&at(2, 9, 4, 0)), None);
     let schema_change = br#"{"source":{"connector":"mysql","ts_ms":1,"file":"mysql-bin.000003","pos":10},"databaseName":"shop","ddl":"ALTER TABLE orders ADD note varchar(20)","tableChanges":[]}"#;
     assert!(matches!(
         harmony::envelope::decode(None, Some(schema_change)),
@@ -739,18 +722,24 @@ fn assert_mariadb(connector: &str, with_schema: bool) {
     assert_mariadb_row(a.after.as_ref().unwrap(), &MARIA_A, with_schema, connector);
     assert_mariadb_row(b.after.as_ref().unwrap(), &MARIA_B, with_schema, connector);
     let (
-        SourcePosition::MySql { file, pos, row: 0 },
+        SourcePosition::MySql {
+            file, pos, row: 0, ..
+        },
         SourcePosition::MySql {
             file: file_b,
             pos: pos_b,
             row: 1,
+            ..
         },
     ) = (a.source.position, b.source.position)
     else {
         panic!("{:?} {:?}", a.source.position, b.source.position)
     };
     assert_eq!((file, pos), (file_b, pos_b), "one binlog event, two rows");
-    assert!(snapshot.source.position < a.source.position && a.source.position < b.source.position);
+    assert!(
+        before(&snapshot.source.position, &a.source.position)
+            && before(&a.source.position, &b.source.position)
+    );
 
     let update = change(&mut d, kinds(3));
     assert_eq!(update.op, Op::Update);
@@ -762,7 +751,7 @@ fn assert_mariadb(connector: &str, with_schema: bool) {
         col(update.after.as_ref().unwrap(), "price").as_decimal(),
         Some(dec("11.25"))
     );
-    assert!(b.source.position < update.source.position);
+    assert!(before(&b.source.position, &update.source.position));
 
     let moved_out = change(&mut d, kinds(4));
     assert_eq!(
@@ -845,4 +834,9 @@ fn mariadb_transaction_markers_carry_gtids() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// Whether `a` comes before `b` in their source's order.
+fn before(a: &SourcePosition, b: &SourcePosition) -> bool {
+    a.order_to(b) == Some(std::cmp::Ordering::Less)
 }
