@@ -127,6 +127,7 @@ mod tests {
             .map(|(i, n)| SystemInfo {
                 name: (*n).into(),
                 rank: i as i32,
+                on_position_regression: crate::config::RegressionPolicy::Accept,
             })
             .collect()
     }
@@ -187,6 +188,7 @@ mod tests {
             .map(|n| SystemInfo {
                 name: (*n).into(),
                 rank: 0,
+                on_position_regression: crate::config::RegressionPolicy::Accept,
             })
             .collect();
         let mut same = c.clone();

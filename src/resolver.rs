@@ -14,11 +14,13 @@ use serde_json::value::RawValue;
 use thiserror::Error;
 
 use crate::clock::{SystemId, VersionVector};
-use crate::config::{Config, Strategy};
+use crate::config::{Config, RegressionPolicy, Strategy};
 use crate::conflict::conflict_record;
+use crate::engine::position::{self, PositionVerdict};
 use crate::engine::{
     apply, entity_rules, Change, DuplicateReason, EntityRules, FieldValue, Outcome, RecordState,
 };
+use crate::envelope::SourcePosition;
 use crate::figures::{Figures, Times};
 use crate::internal::InternalChange;
 use crate::mapping::{Catalog, EntityId, FieldId};
@@ -30,6 +32,15 @@ pub enum ResolveError {
     Invalid(String),
     #[error("internal record names unknown {what} `{name}`")]
     Unknown { what: &'static str, name: String },
+    /// Not the record's fault: its system's policy says to stop rather than apply it.
+    #[error("{system}'s source position went backwards at {entity} {key} (applied {applied:?}, now {incoming:?}, committed later) and systems.on_position_regression is `stop`")]
+    Halted {
+        system: String,
+        entity: String,
+        key: String,
+        applied: SourcePosition,
+        incoming: SourcePosition,
+    },
 }
 
 impl ResolveError {
@@ -37,6 +48,7 @@ impl ResolveError {
         match self {
             ResolveError::Invalid(_) => "invalid_internal",
             ResolveError::Unknown { .. } => "unknown_name",
+            ResolveError::Halted { .. } => "position_regression",
         }
     }
 }
@@ -57,6 +69,9 @@ pub struct Resolved {
     pub outcome: &'static str,
     /// Why a duplicate was dropped: `position`, `snapshot_content` or `no_change`.
     pub duplicate_reason: Option<&'static str>,
+    /// The change's source position was behind what its system had applied, yet it was
+    /// committed later (accepted under the system's policy): where it was, where it is now.
+    pub position_regression: Option<(SourcePosition, SourcePosition)>,
     /// Entity and system of the change, to be named by [`Resolver::label_names`].
     pub entity: EntityId,
     pub system: SystemId,
@@ -381,27 +396,37 @@ impl Resolver {
         let state = records
             .get_mut(change.key.as_ref())
             .ok_or_else(|| ResolveError::Invalid("record state missing after insert".into()))?;
+        let engine_change = Change {
+            system,
+            position: change.position.into(),
+            ts_ms: change.ts_ms,
+            snapshot: change.snapshot,
+            kind: change.kind.into(),
+            fields: &fields,
+            context: context.as_ref(),
+        };
+        let regression = regressed_from(state, &engine_change);
+        if let Some(applied) = regression {
+            if rules.systems[system.0 as usize].on_position_regression == RegressionPolicy::Stop {
+                return Err(ResolveError::Halted {
+                    system: change.system.into_owned(),
+                    entity: change.entity.into_owned(),
+                    key: change.key.into_owned(),
+                    applied,
+                    incoming: engine_change.position,
+                });
+            }
+        }
         let echoing = &self.echoing_targets[entity.0 as usize];
         figures.take_out(echoing, entity, state);
-        let outcome = apply(
-            state,
-            rules,
-            &Change {
-                system,
-                position: change.position.into(),
-                ts_ms: change.ts_ms,
-                snapshot: change.snapshot,
-                kind: change.kind.into(),
-                fields: &fields,
-                context: context.as_ref(),
-            },
-        );
+        let outcome = apply(state, rules, &engine_change);
         state.shrink_to_fit();
         figures.put_in(echoing, entity, state);
         let mut resolved = Resolved {
             entity,
             system,
             source_ts_ms: change.ts_ms,
+            position_regression: regression.map(|applied| (applied, engine_change.position)),
             ..Resolved::default()
         };
         // A replay (position dedup) leaves the state as it was: nothing to write.
@@ -471,6 +496,20 @@ impl Resolver {
         );
         Ok(resolved)
     }
+}
+
+/// Where the change's system had got to, when the change is behind it yet committed later.
+fn regressed_from(state: &RecordState, change: &Change<'_>) -> Option<SourcePosition> {
+    let sys = state.system(change.system)?;
+    let verdict = position::verdict(
+        sys.applied,
+        change.position,
+        change.ts_ms,
+        change.snapshot,
+        change.kind,
+        sys.held_deleted,
+    );
+    (verdict == PositionVerdict::Regressed).then(|| sys.applied.map(|a| a.position))?
 }
 
 /// The target records of `state` for each of `targets` that receives the entity.
@@ -970,6 +1009,75 @@ mod tests {
                 .any(|p| p.topic == "harmony.demo.shop.product"),
             "the shop's pending delivery is known for what it sent"
         );
+    }
+
+    /// An internal record of `system` at Postgres LSN `lsn`, committed at `ts_ms`.
+    fn record_at(system: &str, lsn: u64, ts_ms: i64, fields: &[(&str, FieldValue)]) -> Vec<u8> {
+        let bytes = record(system, lsn, fields, None);
+        let mut change = InternalChange::decode(&bytes).unwrap();
+        change.ts_ms = ts_ms;
+        change.encode()
+    }
+
+    #[test]
+    fn a_source_whose_positions_went_back_is_applied_or_stops_the_partition_by_policy() {
+        let created = [
+            ("name", FieldValue::Text("Cup".into())),
+            ("price", FieldValue::Int(5)),
+            ("quantity", FieldValue::Int(100)),
+        ];
+        let repriced = [
+            ("name", FieldValue::Text("Cup".into())),
+            ("price", FieldValue::Int(7)),
+            ("quantity", FieldValue::Int(100)),
+        ];
+        for policy in ["accept", "stop"] {
+            let text = include_str!("../examples/inventory.toml").replace(
+                "rank = 3",
+                &format!("rank = 3\non_position_regression = \"{policy}\""),
+            );
+            let config = Config::from_toml(&text, "t.toml", std::iter::empty()).unwrap();
+            let mut resolver = Resolver::new(&config);
+            resolver
+                .resolve(0, &record_at("erp", 500, 1_000, &created))
+                .unwrap();
+            // A replay: behind, committed no later.
+            let replay = resolver
+                .resolve(0, &record_at("erp", 400, 900, &created))
+                .unwrap();
+            assert_eq!(replay.duplicate_reason, Some("position"));
+            assert!(replay.position_regression.is_none());
+            // Restored from a backup: behind, committed later.
+            let restored = resolver.resolve(0, &record_at("erp", 300, 9_000, &repriced));
+            match policy {
+                "accept" => {
+                    let out = restored.unwrap();
+                    assert_eq!(out.outcome, "applied");
+                    assert!(out.position_regression.is_some());
+                    assert!(out
+                        .publications
+                        .iter()
+                        .any(|p| p.topic == "harmony.demo.shop.product"));
+                    // Its later changes compare with the new history.
+                    let next = resolver
+                        .resolve(0, &record_at("erp", 310, 9_100, &created))
+                        .unwrap();
+                    assert_eq!(next.outcome, "applied");
+                    assert!(next.position_regression.is_none());
+                }
+                _ => {
+                    let error = restored.unwrap_err();
+                    assert_eq!(error.kind(), "position_regression");
+                    assert!(
+                        error.to_string().contains("on_position_regression"),
+                        "{error}"
+                    );
+                    // Nothing was applied: the same change stops it again, and is not a replay.
+                    let again = resolver.resolve(0, &record_at("erp", 300, 9_000, &repriced));
+                    assert!(matches!(again, Err(ResolveError::Halted { .. })));
+                }
+            }
+        }
     }
 
     #[test]

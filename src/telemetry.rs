@@ -40,6 +40,7 @@ pub struct Metrics {
     out_of_sync_age: GaugeVec,
     unsettled: IntGaugeVec,
     unsettled_age: GaugeVec,
+    position_regressions: IntCounterVec,
 }
 
 impl Metrics {
@@ -78,6 +79,11 @@ impl Metrics {
                 "harmony_manual_conflicts_oldest_age_seconds",
                 "Age of the oldest unsettled manual conflict, from the source commit of the change that raised it; 0 when none.",
                 &["entity", "partition"],
+            )?,
+            position_regressions: counter(
+                "harmony_position_regressions_total",
+                "Changes whose source position was behind what harmony had applied from their system, yet committed later (a restored database, a promoted replica, a binlog reset), by system and the policy that met them (accept: applied; stop: the partition waits at the change).",
+                &["system", "policy"],
             )?,
             events_consumed: counter(
                 "harmony_events_consumed_total",
@@ -295,6 +301,38 @@ impl Metrics {
         self.decode_failures.with_label_values(&[topic, kind]).inc();
     }
 
+    /// The regression series of every system, at zero from the start, so that the first
+    /// regression shows as an increase and raises the alert.
+    pub fn position_regression_series(&self, systems: &[(&str, &str)]) {
+        for (system, policy) in systems {
+            self.position_regressions
+                .with_label_values(&[system, policy]);
+        }
+    }
+
+    /// A change behind its system's applied position yet committed later, met by its system's
+    /// policy (under `stop` its partition waits at it).
+    pub fn position_regression(
+        &self,
+        system: &str,
+        entity: &str,
+        applied: &dyn std::fmt::Debug,
+        incoming: &dyn std::fmt::Debug,
+        policy: crate::config::RegressionPolicy,
+    ) {
+        let stopped = policy == crate::config::RegressionPolicy::Stop;
+        if stopped {
+            tracing::error!(system, entity, ?applied, ?incoming,
+                "source position went backwards; systems.on_position_regression = \"stop\": the partition waits at this change until the policy or the source changes");
+        } else {
+            tracing::warn!(system, entity, ?applied, ?incoming,
+                "source position went backwards (restored database, promoted replica, binlog reset?); applied as the system's new history");
+        }
+        self.position_regressions
+            .with_label_values(&[system, policy.name()])
+            .inc();
+    }
+
     /// The dead-letter series, at zero before the first dead letter: a counter that appears
     /// at 1 shows no `increase`, and the first dead letter would raise no alert.
     pub fn dead_letter_topic(&self, dead_letter_topic: &str) {
@@ -399,7 +437,7 @@ impl Metrics {
         error: &str,
     ) {
         tracing::warn!(topic, partition, offset, backoff = ?backoff, error,
-            "delivery failed after the producer's retries; the partition is paused and will be read again from its last stored offset");
+            "partition paused; it is read again from its earliest unstored offset after the back-off");
         self.rewinds.with_label_values(&[topic]).inc();
     }
 

@@ -153,6 +153,34 @@ pub struct SystemConfig {
     /// Tie-breaker between systems; higher wins.
     #[serde(default)]
     pub rank: i32,
+    /// What a change whose source position went backwards means (the database restored from a
+    /// backup, a promoted replica with another history, a binlog reset): it is behind what
+    /// harmony applied from this system, yet committed later. Counted and logged either way
+    /// (`harmony_position_regressions_total`); never dropped as a replay.
+    #[serde(default)]
+    pub on_position_regression: RegressionPolicy,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegressionPolicy {
+    /// The source's new history is its truth: the change is applied, and its position becomes
+    /// the one later changes are compared with.
+    #[default]
+    Accept,
+    /// The partition stops at the change (read again every back-off, never skipped) until an
+    /// operator decides: set `accept` and restart, or repair the source.
+    Stop,
+}
+
+impl RegressionPolicy {
+    /// As the configuration and the metrics name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            RegressionPolicy::Accept => "accept",
+            RegressionPolicy::Stop => "stop",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

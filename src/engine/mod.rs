@@ -15,7 +15,7 @@ pub use rules::entity_rules;
 pub use state::{Delivery, FieldState, FieldValue, RecordState, SystemState};
 
 use crate::clock::{Dot, SystemId, VersionVector};
-use crate::config::{DeleteConflict, Strategy};
+use crate::config::{DeleteConflict, RegressionPolicy, Strategy};
 use crate::envelope::SourcePosition;
 use crate::mapping::{ChangeKind, FieldId};
 use position::{Applied, PositionVerdict};
@@ -30,6 +30,8 @@ const MAX_PENDING_DELIVERIES: usize = 32;
 pub struct SystemInfo {
     pub name: String,
     pub rank: i32,
+    /// What a change from it whose position went backwards means.
+    pub on_position_regression: RegressionPolicy,
 }
 
 /// How one field of an entity is resolved.

@@ -3,7 +3,7 @@
 
 use super::{EntityRules, FieldRule, SystemInfo};
 use crate::clock::SystemId;
-use crate::config::{Config, SourceMapping};
+use crate::config::{Config, RegressionPolicy, SourceMapping};
 use crate::guard::Guard;
 use crate::mapping::{Catalog, EntityId, FieldId};
 
@@ -18,10 +18,12 @@ pub fn entity_rules(config: &Config, catalog: &Catalog) -> Vec<EntityRules> {
         .map(|s| SystemInfo {
             name: s.name.clone(),
             rank: s.rank,
+            on_position_regression: s.on_position_regression,
         })
         .chain(std::iter::once(SystemInfo {
             name: crate::resolution::OPERATOR.to_owned(),
             rank: i32::MIN,
+            on_position_regression: RegressionPolicy::Accept,
         }))
         .collect();
     let system_id = |name: &str| {

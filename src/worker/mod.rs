@@ -268,6 +268,14 @@ pub async fn run(
         .map_err(WorkerError::Setup)?;
     tracing::info!(group = %config.kafka.group_id, topics = ?subscription, "subscribed");
     metrics.dead_letter_topic(&config.output.dead_letter_topic);
+    if !config.entities.is_empty() {
+        let systems: Vec<(&str, &str)> = config
+            .systems
+            .iter()
+            .map(|s| (s.name.as_str(), s.on_position_regression.name()))
+            .collect();
+        metrics.position_regression_series(&systems);
+    }
     // Stage 2 is ready once its first assignment's state is installed (its pipeline says so).
     if resolve_consumer.is_none() {
         health.set_ready(true);

@@ -289,6 +289,39 @@ impl Pipeline<'_> {
             .partition_rewound(&topic, partition, offset, backoff, &error.to_string());
     }
 
+    /// Stage 2: a change its system's policy says not to apply (a position regression under
+    /// `stop`). The partition stops at it as after a failed delivery — its unfinished work and
+    /// state forgotten, paused, read again from its earliest unstored offset after a back-off —
+    /// so nothing after the change is applied before it and nothing is skipped; it moves on by
+    /// itself once the policy or the source changes.
+    pub(super) fn halt(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        reason: &str,
+    ) -> Result<(), WorkerError> {
+        // What the open batch holds of the partition came before the change: committed whole,
+        // so reading again from the change repeats nothing.
+        self.commit_batch()?;
+        let durability = self.durability.as_ref();
+        let from = [
+            Some(offset),
+            self.offsets.tracker().earliest_pending(topic, partition),
+            durability.and_then(|d| d.tracker().earliest_pending(topic, partition)),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(offset);
+        self.forget_partition(topic, partition);
+        self.pause(topic, partition);
+        let backoff = self.rewinds.hold(topic, partition, from, Instant::now());
+        self.metrics
+            .partition_rewound(topic, partition, from, backoff, reason);
+        Ok(())
+    }
+
     /// Partitions whose back-off is over: (stage 2) their state rebuilt from the changelog,
     /// then read again from where they were rewound to.
     fn read_again(

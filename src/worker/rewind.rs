@@ -106,6 +106,21 @@ impl Rewinds {
         backoff
     }
 
+    /// Holds a partition at `offset` for the longest back-off: it stopped at a change it must not
+    /// apply yet (a policy, not a failure that may pass in a second), and each reading again
+    /// costs a restore of its state.
+    pub fn hold(&mut self, topic: &str, partition: i32, offset: i64, now: Instant) -> Duration {
+        self.waiting
+            .retain(|r| !(r.topic == topic && r.partition == partition));
+        self.waiting.push(Rewind {
+            topic: topic.to_owned(),
+            partition,
+            offset,
+            due: now + MAX_BACKOFF,
+        });
+        MAX_BACKOFF
+    }
+
     /// Whether the partition's records are to be ignored: it is waiting to be read again.
     pub fn is_waiting(&self, topic: &str, partition: i32) -> bool {
         !self.waiting.is_empty()

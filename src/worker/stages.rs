@@ -11,9 +11,11 @@ use rdkafka::Message;
 
 use super::pipeline::{send, Pipeline};
 use super::{Destination, Phase, Sent, WorkerError};
+use crate::config::RegressionPolicy;
 use crate::envelope::{Decoded, RecordHeaders};
 use crate::internal::{self, InternalChange};
 use crate::output::{encode_change, output_key, Origin};
+use crate::resolver::ResolveError;
 
 impl Pipeline<'_> {
     pub(super) async fn process(
@@ -153,9 +155,19 @@ impl Pipeline<'_> {
             .ok()
             .filter(|r| !r.publications.is_empty())
             .map(|r| r.source_ts_ms);
+        let mut halted = None;
         match resolved {
             Ok(resolved) => {
                 let (entity, system) = resolver.label_names(resolved.entity, resolved.system);
+                if let Some((applied, incoming)) = &resolved.position_regression {
+                    self.metrics.position_regression(
+                        system,
+                        entity,
+                        applied,
+                        incoming,
+                        RegressionPolicy::Accept,
+                    );
+                }
                 self.metrics.record_change(
                     entity,
                     system,
@@ -193,6 +205,24 @@ impl Pipeline<'_> {
                     sends.push((Destination::Topic(publication.topic), sent));
                 }
             }
+            Err(ResolveError::Halted {
+                system,
+                entity,
+                applied,
+                incoming,
+                ..
+            }) => {
+                self.metrics.position_regression(
+                    &system,
+                    &entity,
+                    &applied,
+                    &incoming,
+                    RegressionPolicy::Stop,
+                );
+                halted = Some(format!(
+                    "{system}'s source position went backwards and its on_position_regression is `stop`"
+                ));
+            }
             Err(error) => {
                 let reason = error.to_string();
                 self.metrics.dead_lettered(
@@ -207,6 +237,14 @@ impl Pipeline<'_> {
                     self.dead_letter(message, error.kind(), &reason).await,
                 ));
             }
+        }
+        if let Some(reason) = halted {
+            return self.halt(
+                message.topic(),
+                message.partition(),
+                message.offset(),
+                &reason,
+            );
         }
         self.finish(
             message,
