@@ -33,14 +33,18 @@ pub enum ResolveError {
     #[error("internal record names unknown {what} `{name}`")]
     Unknown { what: &'static str, name: String },
     /// Not the record's fault: its system's policy says to stop rather than apply it.
-    #[error("{system}'s source position went backwards at {entity} {key} (applied {applied:?}, now {incoming:?}, committed later) and systems.on_position_regression is `stop`")]
-    Halted {
-        system: String,
-        entity: String,
-        key: String,
-        applied: SourcePosition,
-        incoming: SourcePosition,
-    },
+    #[error("{}'s source position went backwards at {} {} (applied {:?}, now {:?}, committed later) and systems.on_position_regression is `stop`", .0.system, .0.entity, .0.key, .0.applied, .0.incoming)]
+    Halted(Box<Halt>),
+}
+
+/// A change stopped by its system's `on_position_regression = "stop"`.
+#[derive(Debug)]
+pub struct Halt {
+    pub system: String,
+    pub entity: String,
+    pub key: String,
+    pub applied: SourcePosition,
+    pub incoming: SourcePosition,
 }
 
 impl ResolveError {
@@ -48,7 +52,7 @@ impl ResolveError {
         match self {
             ResolveError::Invalid(_) => "invalid_internal",
             ResolveError::Unknown { .. } => "unknown_name",
-            ResolveError::Halted { .. } => "position_regression",
+            ResolveError::Halted(_) => "position_regression",
         }
     }
 }
@@ -408,13 +412,13 @@ impl Resolver {
         let regression = regressed_from(state, &engine_change);
         if let Some(applied) = regression {
             if rules.systems[system.0 as usize].on_position_regression == RegressionPolicy::Stop {
-                return Err(ResolveError::Halted {
+                return Err(ResolveError::Halted(Box::new(Halt {
                     system: change.system.into_owned(),
                     entity: change.entity.into_owned(),
                     key: change.key.into_owned(),
                     applied,
                     incoming: engine_change.position,
-                });
+                })));
             }
         }
         let echoing = &self.echoing_targets[entity.0 as usize];
@@ -1074,7 +1078,7 @@ mod tests {
                     );
                     // Nothing was applied: the same change stops it again, and is not a replay.
                     let again = resolver.resolve(0, &record_at("erp", 300, 9_000, &repriced));
-                    assert!(matches!(again, Err(ResolveError::Halted { .. })));
+                    assert!(matches!(again, Err(ResolveError::Halted(_))));
                 }
             }
         }

@@ -205,22 +205,17 @@ impl Pipeline<'_> {
                     sends.push((Destination::Topic(publication.topic), sent));
                 }
             }
-            Err(ResolveError::Halted {
-                system,
-                entity,
-                applied,
-                incoming,
-                ..
-            }) => {
+            Err(ResolveError::Halted(halt)) => {
                 self.metrics.position_regression(
-                    &system,
-                    &entity,
-                    &applied,
-                    &incoming,
+                    &halt.system,
+                    &halt.entity,
+                    &halt.applied,
+                    &halt.incoming,
                     RegressionPolicy::Stop,
                 );
                 halted = Some(format!(
-                    "{system}'s source position went backwards and its on_position_regression is `stop`"
+                    "{}'s source position went backwards and its on_position_regression is `stop`",
+                    halt.system
                 ));
             }
             Err(error) => {
