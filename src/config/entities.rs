@@ -160,6 +160,10 @@ fn default_window() -> usize {
     32
 }
 
+/// The largest window: every pending delivery travels in its record's changelog value, which
+/// must stay well under the producer's message size.
+pub const MAX_WINDOW: usize = 1024;
+
 impl EntityConfig {
     /// Every field some source maps a column onto, in name order.
     pub fn field_names(&self) -> BTreeSet<&str> {
@@ -328,6 +332,15 @@ pub(super) fn validate(
             return Err(key_error(
                 at("topic"),
                 "is not a valid Kafka topic name (1–249 of [a-zA-Z0-9._-])",
+            ));
+        }
+        if target.window > MAX_WINDOW {
+            return Err(key_error(
+                at("window"),
+                format!(
+                    "is {}, above {MAX_WINDOW}: every pending delivery is kept in its record's changelog value",
+                    target.window
+                ),
             ));
         }
     }

@@ -794,6 +794,11 @@ mod tests {
                 r#"version_column = "on_hand""#,
                 "entities[0].sources[2].version_column",
             ),
+            (
+                r#"topic = "harmony.demo.shop.product""#,
+                "topic = \"harmony.demo.shop.product\"\nwindow = 5000",
+                "targets[1].window",
+            ),
         ];
         for (from, to, key) in cases {
             let err = with_inventory_edit(from, to);

@@ -20,9 +20,10 @@ use crate::envelope::SourcePosition;
 use crate::mapping::{ChangeKind, FieldId};
 use position::{Applied, PositionVerdict};
 
-/// Deliveries kept for a target without a delivery window (it is no source of the entity, or
-/// its window is 0: nothing echoes), and superseded deliveries kept per target; past it the
-/// oldest is forgotten.
+/// Deliveries kept for a target that sends none back (it is no source of the entity, or its
+/// window is 0: nothing echoes), whose deliveries can therefore be forgotten; and the least
+/// number of superseded deliveries kept per target. A target that echoes keeps every pending
+/// delivery: its window bounds them.
 const MAX_PENDING_DELIVERIES: usize = 32;
 
 /// A system as resolution sees it.
@@ -231,7 +232,12 @@ pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) 
             echoed = true;
         }
         system.superseded.extend(skipped);
-        while system.superseded.len() > MAX_PENDING_DELIVERIES {
+        // As many as a window can hold: those are the versions its sink may still write.
+        let kept = rules
+            .windows
+            .get(s.0 as usize)
+            .map_or(MAX_PENDING_DELIVERIES, |&w| w.max(MAX_PENDING_DELIVERIES));
+        while system.superseded.len() > kept {
             system.superseded.pop_front();
         }
         system.applied = Some(applied);
@@ -529,7 +535,10 @@ fn deliver(
                 deleted,
                 ts_ms,
             });
-            if target.pending.len() > MAX_PENDING_DELIVERIES {
+            // Never forgotten when they come back: the window (at most that many) bounds them.
+            // Forgetting one would make its echo a fresh write of stale values.
+            let echoed_back = window > 0 && rules.echoes(t);
+            if !echoed_back && target.pending.len() > MAX_PENDING_DELIVERIES {
                 target.pending.pop_front();
             }
             deliver_to.push(t);

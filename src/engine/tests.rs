@@ -1115,6 +1115,39 @@ fn a_backlog_of_one_records_changes_neither_loops_nor_floods_the_sinks() {
 
 /// Without a window (a target whose topic nothing writes back), every version is sent.
 #[test]
+fn a_window_above_32_keeps_every_pending_delivery_and_knows_its_echo() {
+    let mut rules = rules(Strategy::Sum, vec![]);
+    rules.windows = vec![64; 3];
+    let mut src = Source { next: [0; 3] };
+    let mut state = synced(&rules, &mut src);
+    // The erp reprices 40 times before the shop's sink writes anything back.
+    for price in 1..=40 {
+        let fields = [(PRICE, int(500 + price))];
+        let out = apply(
+            &mut state,
+            &rules,
+            &change(&mut src, ERP, 2_000 + price, &fields),
+        );
+        assert!(matches!(out, Outcome::Applied { .. }), "{price}: {out:?}");
+    }
+    assert_eq!(state.system(SHOP).unwrap().pending.len(), 40);
+    // The sink writes the first version: its echo, not the shop repricing to a stale price.
+    // With the pending deliveries cut at 32, the first eight were forgotten and this was taken
+    // for a fresh write (and sent to everyone).
+    let first = [
+        (NAME, text("Cup")),
+        (PRICE, int(501)),
+        (QUANTITY, int(100)),
+        (UPDATED_AT, text("t-sink")),
+    ];
+    assert_eq!(
+        apply(&mut state, &rules, &change(&mut src, SHOP, 3_000, &first)),
+        Outcome::Echo { deliver_to: vec![] }
+    );
+    assert_eq!(value(&state, PRICE), int(540));
+}
+
+#[test]
 fn without_a_window_every_version_is_sent() {
     let mut rules = rules(Strategy::Sum, vec![]);
     rules.windows = vec![0; 3];
