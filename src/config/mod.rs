@@ -10,7 +10,21 @@
 //! HARMONY__KAFKA__PROPERTIES__SASL.PASSWORD=…       →  [kafka.properties] "sasl.password" = "…"
 //! ```
 //!
-//! A value is read as TOML when it parses as such (`3`, `true`, `["a", "b"]`), else as a string.
+//! A value is read as TOML when it parses as such (`3`, `true`, `["a", "b"]`), else as a string —
+//! except under `kafka.properties`, `kafka.consumer` and `kafka.producer`, whose values are
+//! librdkafka's strings, taken verbatim (`12345678` and `"quoted"` stay as written). There, since
+//! a shell cannot export a name with a dot, a `_` in the last segment stands for `.`
+//! (`…__PROPERTIES__SASL_PASSWORD` → `sasl.password`), except in the names librdkafka itself
+//! spells with one (`log_level`, `enabled_events`).
+//!
+//! A variable ending in `_FILE` takes its value from the file it names (a mounted Secret), with
+//! one trailing line break removed:
+//!
+//! ```text
+//! HARMONY__KAFKA__PROPERTIES__SASL_PASSWORD_FILE=/run/secrets/kafka  →  "sasl.password" = <file>
+//! ```
+//!
+//! No error ever shows a value set under `kafka.*`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -98,14 +112,47 @@ pub struct KafkaConfig {
     pub group_id: String,
     /// Passed to librdkafka unchanged (TLS, SASL, tuning). harmony's own delivery settings
     /// (`enable.auto.offset.store`, `enable.idempotence`, `acks`) cannot be overridden here.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "librdkafka_properties")]
     pub properties: BTreeMap<String, String>,
     /// librdkafka properties for the consumer only (e.g. `fetch.min.bytes`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "librdkafka_properties")]
     pub consumer: BTreeMap<String, String>,
     /// librdkafka properties for the producer only (e.g. `linger.ms`, `compression.type`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "librdkafka_properties")]
     pub producer: BTreeMap<String, String>,
+}
+
+/// librdkafka takes every property as a string; a number or boolean written bare in the file
+/// (`"batch.size" = 100000`) means the same. Anything else is refused without showing the
+/// value, which may be a secret.
+fn librdkafka_properties<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Int(i64),
+        Float(f64),
+        Bool(bool),
+    }
+    let map: BTreeMap<String, Scalar> = BTreeMap::deserialize(d).map_err(|_| {
+        serde::de::Error::custom(
+            "librdkafka properties are a table of names to strings (numbers and booleans are taken as written)",
+        )
+    })?;
+    Ok(map
+        .into_iter()
+        .map(|(name, value)| {
+            let text = match value {
+                Scalar::Text(t) => t,
+                Scalar::Int(i) => i.to_string(),
+                Scalar::Float(f) => f.to_string(),
+                Scalar::Bool(b) => b.to_string(),
+            };
+            (name, text)
+        })
+        .collect())
 }
 
 /// librdkafka properties whose values are secrets: never logged, never exported.
@@ -570,6 +617,10 @@ pub fn is_valid_topic_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
+/// The librdkafka property names that have `_` in them: every other `_` in an overriding
+/// variable's property name stands for a `.`.
+const LIBRDKAFKA_UNDERSCORE_NAMES: [&str; 2] = ["log_level", "enabled_events"];
+
 fn apply_env_overrides(
     doc: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
@@ -581,7 +632,7 @@ fn apply_env_overrides(
     // Deterministic, whatever order the process environment comes in.
     overrides.sort();
     for (var, raw) in overrides {
-        let path: Vec<String> = var[ENV_PREFIX.len()..]
+        let mut path: Vec<String> = var[ENV_PREFIX.len()..]
             .split("__")
             .map(|s| s.to_ascii_lowercase())
             .collect();
@@ -591,9 +642,30 @@ fn apply_env_overrides(
                 message: "has an empty path segment".into(),
             });
         }
-        let value = parse_override_value(&raw);
+        let last = path.len() - 1;
+        let from_file = path[last].len() > "_file".len() && path[last].ends_with("_file");
+        if from_file {
+            let name_len = path[last].len() - "_file".len();
+            path[last].truncate(name_len);
+        }
+        let librdkafka = path.len() == 3
+            && path[0] == "kafka"
+            && matches!(path[1].as_str(), "properties" | "consumer" | "producer");
+        if librdkafka && !LIBRDKAFKA_UNDERSCORE_NAMES.contains(&path[last].as_str()) {
+            path[last] = path[last].replace('_', ".");
+        }
+        let raw = if from_file {
+            read_secret_file(&var, &raw)?
+        } else {
+            raw
+        };
+        let value = if librdkafka {
+            toml::Value::String(raw)
+        } else {
+            parse_override_value(&raw)
+        };
         let mut table = &mut *doc;
-        for segment in &path[..path.len() - 1] {
+        for segment in &path[..last] {
             let entry = table
                 .entry(segment.clone())
                 .or_insert_with(|| toml::Value::Table(toml::Table::new()));
@@ -602,9 +674,25 @@ fn apply_env_overrides(
                 message: format!("`{segment}` is not a table in the file"),
             })?;
         }
-        table.insert(path[path.len() - 1].clone(), value);
+        table.insert(path[last].clone(), value);
     }
     Ok(())
+}
+
+/// The value of a `…_FILE` variable: the named file's text, less one trailing line break (as an
+/// editor or `echo` leaves it). Errors name the variable and the path, never the contents.
+fn read_secret_file(var: &str, path: &str) -> Result<String, ConfigError> {
+    let mut text = std::fs::read_to_string(path).map_err(|e| ConfigError::Key {
+        key: var.to_owned(),
+        message: format!("cannot read the file it names, {path}: {e}"),
+    })?;
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    Ok(text)
 }
 
 fn parse_override_value(raw: &str) -> toml::Value {
@@ -670,6 +758,65 @@ mod tests {
             Duration::from_millis(250)
         );
         assert_eq!(config.output.partitions, 12);
+    }
+
+    #[test]
+    fn librdkafka_values_from_the_environment_are_taken_verbatim_and_never_shown() {
+        let secret_file =
+            std::env::temp_dir().join(format!("harmony-secret-{}", std::process::id()));
+        std::fs::write(&secret_file, "s3cr3t pass\n").unwrap();
+        let config = parse(
+            MINIMAL,
+            &[
+                // Before: read as the TOML integer 12345678 and refused, the value printed.
+                ("HARMONY__KAFKA__PROPERTIES__SASL.PASSWORD", "12345678"),
+                // Before: read as a TOML string, its quotes lost.
+                ("HARMONY__KAFKA__PROPERTIES__SASL.USERNAME", "\"quoted\""),
+                // Settable from a shell: `_` for `.`.
+                ("HARMONY__KAFKA__CONSUMER__FETCH_MIN_BYTES", "1"),
+                ("HARMONY__KAFKA__PRODUCER__LOG_LEVEL", "7"),
+                (
+                    "HARMONY__KAFKA__PROPERTIES__SSL_KEY_PASSWORD_FILE",
+                    secret_file.to_str().unwrap(),
+                ),
+            ],
+        )
+        .unwrap();
+        std::fs::remove_file(&secret_file).unwrap();
+        assert_eq!(config.kafka.properties["sasl.password"], "12345678");
+        assert_eq!(config.kafka.properties["sasl.username"], "\"quoted\"");
+        assert_eq!(config.kafka.consumer["fetch.min.bytes"], "1");
+        assert_eq!(config.kafka.producer["log_level"], "7");
+        assert_eq!(config.kafka.properties["ssl.key.password"], "s3cr3t pass");
+
+        let missing = parse(
+            MINIMAL,
+            &[(
+                "HARMONY__KAFKA__PROPERTIES__SASL_PASSWORD_FILE",
+                "/nonexistent/pw",
+            )],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            missing.starts_with("HARMONY__KAFKA__PROPERTIES__SASL_PASSWORD_FILE")
+                && missing.contains("/nonexistent/pw"),
+            "{missing}"
+        );
+    }
+
+    #[test]
+    fn librdkafka_values_in_the_file_may_be_bare_numbers_and_a_bad_one_is_not_shown() {
+        let text = format!(
+            "{MINIMAL}\n[kafka.properties]\n\"sasl.password\" = 12345678\n\"socket.keepalive.enable\" = true\n"
+        );
+        let config = parse(&text, &[]).unwrap();
+        assert_eq!(config.kafka.properties["sasl.password"], "12345678");
+        assert_eq!(config.kafka.properties["socket.keepalive.enable"], "true");
+        let bad = format!("{MINIMAL}\n[kafka.properties]\n\"sasl.password\" = [\"hunter2\"]\n");
+        let err = parse(&bad, &[]).unwrap_err().to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(err.contains("properties"), "{err}");
     }
 
     #[test]
