@@ -188,10 +188,25 @@ async fn run(config: Config) -> anyhow::Result<()> {
     .await
     .with_context(|| format!("binding http.address {}", config.http.address))?;
 
+    // Past this after the first signal the drain has failed to finish (a broker that does not
+    // answer, a start-up stuck in a metadata request): exiting loses nothing that is not read
+    // again, since offsets are stored only for acknowledged outputs.
+    let exit_deadline = config.processing.shutdown_timeout + FORCED_EXIT_MARGIN;
     tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("termination signal received");
+        let mut signals = Signals::install();
+        signals.next().await;
+        tracing::info!("termination signal received; draining (a second signal exits at once)");
         let _ = shutdown_tx.send(true);
+        tokio::select! {
+            () = signals.next() => {
+                tracing::warn!("second termination signal; exiting without draining");
+            }
+            () = tokio::time::sleep(exit_deadline) => {
+                tracing::error!(seconds = exit_deadline.as_secs(),
+                    "shutdown did not finish within processing.shutdown_timeout; exiting without draining");
+            }
+        }
+        std::process::exit(FORCED_EXIT_CODE);
     });
 
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "harmony starting");
@@ -204,17 +219,37 @@ async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop harmony with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// Added to `processing.shutdown_timeout` before a shutdown that has not finished is cut short:
+/// the drain itself is bounded by the timeout; this covers the commit and the clients' close.
+const FORCED_EXIT_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
+/// The exit status of a shutdown cut short (128 + SIGTERM, as if the signal had killed it).
+const FORCED_EXIT_CODE: i32 = 143;
+
+/// SIGTERM and SIGINT, as one stream.
+struct Signals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+
+impl Signals {
+    fn install() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => Signals(Some((term, int))),
+            _ => {
+                tracing::error!("cannot install signal handlers; stop harmony with SIGKILL");
+                Signals(None)
+            }
+        }
+    }
+
+    async fn next(&mut self) {
+        let Some((term, int)) = self.0.as_mut() else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
 }

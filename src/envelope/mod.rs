@@ -258,10 +258,12 @@ pub enum DecodeError {
     TooDeep,
     #[error("value is not UTF-8")]
     NotUtf8,
+    // The cause is part of the message (dead-letter headers carry `Display` alone), so it is
+    // not also a `#[source]` that a chain printer would repeat.
     #[error("value is not valid JSON: {0}")]
-    Json(#[source] serde_json::Error),
+    Json(serde_json::Error),
     #[error("key is not valid JSON: {0}")]
-    KeyJson(#[source] serde_json::Error),
+    KeyJson(serde_json::Error),
     #[error("value is not a JSON object")]
     NotAnObject,
     #[error("envelope has no `{0}` field")]
@@ -276,7 +278,7 @@ pub enum DecodeError {
     #[error("source block: {0}")]
     Source(String),
     #[error("schema: {0}")]
-    Schema(#[source] serde_json::Error),
+    Schema(serde_json::Error),
     #[error("column `{column}`: {message}")]
     Column { column: String, message: String },
 }
@@ -300,7 +302,7 @@ impl DecodeError {
         }
     }
 
-    fn json(e: serde_json::Error) -> Self {
+    pub(crate) fn json(e: serde_json::Error) -> Self {
         // serde_json stops at its recursion limit instead of overflowing the stack.
         if e.to_string().starts_with("recursion limit exceeded") {
             DecodeError::TooDeep

@@ -35,17 +35,19 @@ use crate::telemetry::Metrics;
 
 #[derive(Debug, Error)]
 pub enum WorkerError {
-    #[error("cannot set up the Kafka clients: {0}")]
+    // Causes are `#[source]`s, printed by whoever prints the chain (`{:#}`), not by `Display`
+    // as well: "cannot set up the Kafka clients: no brokers: no brokers" said it twice.
+    #[error("cannot set up the Kafka clients")]
     Setup(#[source] KafkaError),
     /// The producer gave up on a record after its own retries (`message.timeout.ms`). Its
     /// input offset was not stored, so the record is read again after a restart.
     #[error("delivery to {topic} failed: {error}")]
     Delivery { topic: String, error: KafkaError },
-    #[error("cannot start a stage's thread or runtime: {0}")]
+    #[error("cannot start a stage's thread or runtime")]
     Runtime(#[source] std::io::Error),
     #[error("the {0} stage panicked")]
     Panicked(&'static str),
-    #[error("commit failed: {0}")]
+    #[error("commit failed")]
     Commit(#[source] KafkaError),
     /// Internal partition `p` is restored from state partition `p`: the state topic needs at
     /// least as many partitions.
@@ -406,3 +408,27 @@ use transaction::Transaction;
 
 /// How long a transaction call (init, offsets, commit, abort) may take.
 const TRANSACTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_error_says_its_cause_once() {
+        let error = anyhow::Error::new(WorkerError::Setup(KafkaError::ClientCreation(
+            "no brokers".into(),
+        )))
+        .context("worker");
+        let shown = format!("{error:#}");
+        assert_eq!(shown.matches("no brokers").count(), 1, "{shown}");
+        assert!(
+            shown.starts_with("worker: cannot set up the Kafka clients: "),
+            "{shown}"
+        );
+        let decode = anyhow::Error::new(crate::envelope::DecodeError::json(
+            serde_json::from_str::<u8>("x").unwrap_err(),
+        ));
+        let shown = format!("{decode:#}");
+        assert_eq!(shown.matches("expected value").count(), 1, "{shown}");
+    }
+}

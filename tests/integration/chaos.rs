@@ -655,7 +655,7 @@ fn chaos() {
     } else {
         "at_least_once"
     });
-    report["partition_rewinds_logged"] = json!(logged("will be read again"));
+    report["partition_rewinds_logged"] = json!(logged("partition paused; it is read again"));
     report["aborted_batches_logged"] = json!(logged("batch aborted"));
     report["churned_products"] = json!(expected.changes.len() - expected.stock.len());
     println!("CHAOS REPORT {report}");

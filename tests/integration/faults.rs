@@ -289,7 +289,7 @@ fn outputs_failing_past_the_retry_budget_are_read_again_without_stopping_the_wor
     );
     let mut worker = Harmony::on_config(config, "worker").unwrap();
     wait_until(Duration::from_secs(60), "a rewind", || {
-        Ok(worker.log().contains("will be read again"))
+        Ok(worker.log().contains("partition paused; it is read again"))
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", worker.log()));
     assert!(
@@ -482,4 +482,49 @@ fn a_second_worker_joining_and_the_first_leaving_hand_over_cleanly() {
     }
     assert!(second.exited().is_none(), "{}", second.log());
     assert!(second.terminate(Duration::from_secs(30)).unwrap().success());
+}
+
+/// SIGTERM while start-up waits for a broker that never answers: the first signal asks for a
+/// drain, a second one exits at once. Before, both waited for the metadata request's timeout
+/// (~27 s).
+#[test]
+fn a_second_signal_exits_at_once_while_start_up_waits_for_the_broker() {
+    let dir = std::env::temp_dir().join("harmony-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    // Nothing listens on port 1 of loopback.
+    let path = config_reading("127.0.0.1:1", &unique("no-broker"), &dir, "in");
+    let log = path.with_extension("log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_harmony"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("HARMONY_LOG_FORMAT", "json")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until(Duration::from_secs(20), "start-up", || {
+        Ok(read_log().contains("harmony starting"))
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = child.id().to_string();
+    let signal = || Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    signal();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(child.try_wait().unwrap().is_none() || read_log().contains("stopped"));
+    signal();
+    let second = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if second.elapsed() > Duration::from_secs(5) {
+            child.kill().unwrap();
+            panic!("no exit within 5 s of the second signal\n{}", read_log());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = read_log();
+    assert_eq!(status.code(), Some(143), "{log}");
+    assert!(log.contains("second termination signal"), "{log}");
 }
