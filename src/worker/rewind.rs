@@ -55,6 +55,16 @@ pub fn is_purged(error: &KafkaError) -> bool {
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// Between half and all of `backoff` ("equal jitter"): partitions of many workers that failed
+/// together (a broker restart) then come back spread out rather than all at once. The draw is
+/// std's randomly keyed hasher over `seed`: random per process and per call.
+fn jittered(backoff: Duration, seed: impl std::hash::Hash) -> Duration {
+    use std::hash::BuildHasher;
+    let draw = std::collections::hash_map::RandomState::new().hash_one(seed);
+    let fraction = 0.5 + (draw % 1_000) as f64 / 2_000.0;
+    backoff.mul_f64(fraction)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rewind {
     pub topic: String,
@@ -92,9 +102,12 @@ impl Rewinds {
                 1
             }
         };
-        let backoff = FIRST_BACKOFF
-            .saturating_mul(1 << (failures - 1).min(5))
-            .min(MAX_BACKOFF);
+        let backoff = jittered(
+            FIRST_BACKOFF
+                .saturating_mul(1 << (failures - 1).min(5))
+                .min(MAX_BACKOFF),
+            (topic, partition, failures),
+        );
         self.waiting
             .retain(|r| !(r.topic == topic && r.partition == partition));
         self.waiting.push(Rewind {
@@ -169,15 +182,22 @@ impl Rewinds {
 mod tests {
     use super::*;
 
+    /// Whether `backoff` is `nominal` less at most half of it (the jitter).
+    fn about(backoff: Duration, nominal: Duration) -> bool {
+        backoff <= nominal && backoff >= nominal / 2
+    }
+
     #[test]
     fn back_off_grows_per_partition_until_it_gets_past_the_failure() {
         let mut r = Rewinds::default();
         let now = Instant::now();
-        assert_eq!(r.schedule("t", 0, 10, now), Duration::from_secs(1));
-        assert_eq!(r.schedule("t", 0, 10, now), Duration::from_secs(2));
-        assert_eq!(r.schedule("t", 1, 4, now), Duration::from_secs(1));
+        assert!(about(r.schedule("t", 0, 10, now), Duration::from_secs(1)));
+        assert!(about(r.schedule("t", 0, 10, now), Duration::from_secs(2)));
+        assert!(about(r.schedule("t", 1, 4, now), Duration::from_secs(1)));
         assert!(r.is_waiting("t", 0) && r.is_waiting("t", 1) && !r.is_waiting("u", 0));
-        assert_eq!(r.next_due(), Some(now + Duration::from_secs(1)));
+        assert!(r
+            .next_due()
+            .is_some_and(|d| d <= now + Duration::from_secs(1)));
         let due = r.take_due(now + Duration::from_secs(1));
         assert_eq!(
             due.len(),
@@ -188,13 +208,27 @@ mod tests {
         for _ in 0..10 {
             r.schedule("t", 0, 10, now);
         }
-        assert_eq!(r.schedule("t", 0, 10, now), MAX_BACKOFF);
+        assert!(about(r.schedule("t", 0, 10, now), MAX_BACKOFF));
         r.stored("t", 0, 10);
-        assert_eq!(r.schedule("t", 0, 10, now), MAX_BACKOFF, "not past 10 yet");
+        assert!(
+            about(r.schedule("t", 0, 10, now), MAX_BACKOFF),
+            "not past 10 yet"
+        );
         r.stored("t", 0, 11);
-        assert_eq!(r.schedule("t", 0, 12, now), FIRST_BACKOFF);
+        assert!(about(r.schedule("t", 0, 12, now), FIRST_BACKOFF));
         r.forget("t", 0);
         assert!(!r.is_waiting("t", 0));
+    }
+
+    #[test]
+    fn back_offs_are_spread_not_in_lockstep() {
+        // Before: every partition that failed once waited exactly 1 s.
+        let now = Instant::now();
+        let mut r = Rewinds::default();
+        let backoffs: std::collections::BTreeSet<Duration> =
+            (0..50).map(|p| r.schedule("t", p, 0, now)).collect();
+        assert!(backoffs.len() > 10, "{backoffs:?}");
+        assert!(backoffs.iter().all(|b| about(*b, FIRST_BACKOFF)));
     }
 
     #[test]
