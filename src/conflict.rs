@@ -1,13 +1,18 @@
-//! Conflict records (DESIGN §4): what harmony publishes on the conflicts topic for every
-//! detected conflict, resolved or held. Deterministic: the same conflict always gets the same
-//! id and the same content, so a replay after a crash republishes an identical record that
-//! consumers can deduplicate by id.
+//! What harmony publishes on the conflicts topic: a record for every detected conflict,
+//! resolved or held (`"kind":"conflict"`), and for every value a guard kept out
+//! (`"kind":"rejected"`). Deterministic: the same event always gets the same id and the same
+//! content, so a replay after a crash republishes an identical record that consumers can
+//! deduplicate by id.
 //!
 //! ```text
-//! {"id":"c-5f1e…","entity":"product","key":["SKU-1"],"field":"quantity","strategy":"sum",
+//! {"id":"c-5f1e…","kind":"conflict","entity":"product","key":["SKU-1"],"field":"quantity",
+//!  "strategy":"sum",
 //!  "candidates":[{"system":"shop","value":{"int":95},"dot":["shop",2],"ts_ms":…},
 //!                {"system":"wms","value":{"int":98},"dot":["wms",2],"ts_ms":…}],
 //!  "winner":null,"resolved":{"int":93},"pending":false,"ts_ms":…}
+//! {"id":"r-09a2…","kind":"rejected","entity":"product","key":["SKU-1"],"field":"quantity",
+//!  "guard":"value >= 0","system":"shop","dot":["shop",4],"value":{"int":-2},
+//!  "sent":{"int":1},"kept":{"int":1},"ts_ms":…}
 //! ```
 
 use serde::Serialize;
@@ -21,6 +26,8 @@ use crate::internal::Typed;
 #[derive(Debug, Serialize)]
 pub struct ConflictRecord<'a> {
     pub id: String,
+    /// `"conflict"`.
+    pub kind: &'static str,
     pub entity: &'a str,
     /// The canonical key, as the JSON array it is.
     pub key: &'a RawValue,
@@ -84,6 +91,7 @@ pub fn conflict_record<'a>(
         |s: crate::clock::SystemId| systems.get(s.0 as usize).map_or("?", |i| i.name.as_str());
     ConflictRecord {
         id: conflict_id(systems, entity, key.get(), field, conflict),
+        kind: "conflict",
         entity,
         key,
         field,
@@ -110,6 +118,70 @@ pub fn conflict_record<'a>(
             .map(|c| c.ts_ms)
             .max()
             .unwrap_or_default(),
+    }
+}
+
+/// A value a field's guard kept out: the field kept its value, and the system that sent the
+/// change is sent the record back.
+#[derive(Debug, Serialize)]
+pub struct RejectionRecord<'a> {
+    pub id: String,
+    /// `"rejected"`.
+    pub kind: &'static str,
+    pub entity: &'a str,
+    pub key: &'a RawValue,
+    pub field: &'a str,
+    /// The guard's expression.
+    pub guard: &'a str,
+    /// The system whose change was refused, and the change's dot.
+    pub system: &'a str,
+    pub dot: (&'a str, u64),
+    /// The value refused: what the field's strategy made of the change (under `sum`, the
+    /// new total).
+    pub value: Typed<'a>,
+    /// What the system itself wrote into the field, when its change carried it.
+    pub sent: Option<Typed<'a>>,
+    /// The value the field kept; `null` if it had none.
+    pub kept: Option<Typed<'a>>,
+    /// Source commit time of the refused change.
+    pub ts_ms: i64,
+}
+
+/// The rejection of `value` for `field` of record `key` (canonical key text, a JSON array).
+#[allow(clippy::too_many_arguments)]
+pub fn rejection_record<'a>(
+    systems: &'a [SystemInfo],
+    entity: &'a str,
+    key: &'a RawValue,
+    (field, guard): (&'a str, &'a str),
+    dot: crate::clock::Dot,
+    value: &'a crate::engine::FieldValue,
+    sent: Option<&'a crate::engine::FieldValue>,
+    kept: Option<&'a crate::engine::FieldValue>,
+    ts_ms: i64,
+) -> RejectionRecord<'a> {
+    let system = systems
+        .get(dot.system.0 as usize)
+        .map_or("?", |s| s.name.as_str());
+    let mut h = Xxh3Default::new();
+    for part in [entity, key.get(), field, system] {
+        h.update(part.as_bytes());
+        h.update(&[0xff]);
+    }
+    h.update(&dot.counter.to_le_bytes());
+    RejectionRecord {
+        id: format!("r-{:016x}", h.digest()),
+        kind: "rejected",
+        entity,
+        key,
+        field,
+        guard,
+        system,
+        dot: (system, dot.counter),
+        value: Typed::from(value),
+        sent: sent.map(Typed::from),
+        kept: kept.map(Typed::from),
+        ts_ms,
     }
 }
 

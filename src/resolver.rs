@@ -81,6 +81,8 @@ pub struct Resolved {
     pub system: SystemId,
     /// Per conflict: its field and strategy.
     pub conflicts: Vec<(FieldId, Strategy)>,
+    /// Fields whose new value a guard kept out.
+    pub rejected: Vec<FieldId>,
     /// The source's commit time of the change, for end-to-end latency.
     pub source_ts_ms: i64,
     pub publications: Vec<Publication>,
@@ -460,12 +462,44 @@ impl Resolver {
             Outcome::Applied {
                 conflicts,
                 deliver_to,
-                ..
+                rejected,
+                dot,
             } => {
                 resolved.outcome = "applied";
                 resolved.conflicts = conflicts.iter().map(|c| (c.field, c.strategy)).collect();
                 let mut conflict_ids = Vec::with_capacity(conflicts.len());
                 let key = serde_json::from_str::<&RawValue>(&change.key).ok();
+                if let (Some(key), false) = (key, rejected.is_empty()) {
+                    let record_key = format!("{entity_name}:{}", change.key);
+                    for (field, value) in &rejected {
+                        let rule = &rules.fields[field.0 as usize];
+                        let sent = fields
+                            .binary_search_by_key(field, |(f, _)| *f)
+                            .ok()
+                            .map(|i| &fields[i].1);
+                        let record = crate::conflict::rejection_record(
+                            &rules.systems,
+                            entity_name,
+                            key,
+                            (
+                                self.catalog.field_name(entity, *field),
+                                rule.guard.as_ref().map_or("", |g| g.source()),
+                            ),
+                            dot,
+                            value,
+                            sent,
+                            state.field(*field).map(|f| &f.value),
+                            change.ts_ms,
+                        );
+                        resolved.publications.push(Publication {
+                            topic: self.conflicts_topic.clone(),
+                            key: record_key.clone().into_bytes(),
+                            value: serde_json::to_vec(&record).ok(),
+                            headers: Vec::new(),
+                        });
+                        resolved.rejected.push(*field);
+                    }
+                }
                 if let (Some(key), false) = (key, conflicts.is_empty()) {
                     let record_key = format!("{entity_name}:{}", change.key);
                     for conflict in &conflicts {
@@ -1082,6 +1116,52 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_value_a_guard_keeps_out_is_published_as_rejected_and_sent_back() {
+        let mut resolver = resolver(false);
+        let created = [
+            ("name", FieldValue::Text("Cup".into())),
+            ("price", FieldValue::Int(5)),
+            ("quantity", FieldValue::Int(1)),
+        ];
+        resolver
+            .resolve(0, &record("erp", 1, &created, None))
+            .unwrap();
+        let echo = resolver
+            .resolve(0, &record("shop", 2, &created, None))
+            .unwrap();
+        assert_eq!(echo.outcome, "echo");
+        // The shop sells three of the one in stock: a negative stock, which the guard refuses.
+        let oversold = [("quantity", FieldValue::Int(-2))];
+        let out = resolver
+            .resolve(0, &record("shop", 3, &oversold, None))
+            .unwrap();
+        assert_eq!(out.outcome, "applied");
+        assert_eq!(out.rejected.len(), 1);
+        let rejected = out
+            .publications
+            .iter()
+            .find(|p| p.topic == "harmony.harmony-inventory.conflicts")
+            .expect("a rejected record on the conflicts topic");
+        assert_eq!(rejected.key, br#"product:["SKU-1"]"#);
+        let doc: serde_json::Value =
+            serde_json::from_slice(rejected.value.as_deref().unwrap()).unwrap();
+        assert_eq!(doc["kind"], "rejected");
+        assert_eq!(doc["field"], "quantity");
+        assert_eq!(doc["guard"], "value >= 0");
+        assert_eq!(doc["system"], "shop");
+        assert_eq!(doc["value"], serde_json::json!({"int": -2}));
+        assert_eq!(doc["sent"], serde_json::json!({"int": -2}));
+        assert_eq!(doc["kept"], serde_json::json!({"int": 1}));
+        assert!(doc["id"].as_str().unwrap().starts_with("r-"));
+        let to_shop = out
+            .publications
+            .iter()
+            .find(|p| p.topic == "harmony.demo.shop.product")
+            .expect("the shop is sent the stock back");
+        assert_eq!(after(to_shop)["stock"], 1);
     }
 
     #[test]

@@ -41,6 +41,7 @@ pub struct Metrics {
     unsettled: IntGaugeVec,
     unsettled_age: GaugeVec,
     position_regressions: IntCounterVec,
+    guard_rejections: IntCounterVec,
 }
 
 impl Metrics {
@@ -79,6 +80,11 @@ impl Metrics {
                 "harmony_manual_conflicts_oldest_age_seconds",
                 "Age of the oldest unsettled manual conflict, from the source commit of the change that raised it; 0 when none.",
                 &["entity", "partition"],
+            )?,
+            guard_rejections: counter(
+                "harmony_guard_rejections_total",
+                "Values a field's guard kept out, by entity, field and the system whose change was refused: the field kept its value, the system is sent the record back, and a `rejected` record is on the conflicts topic.",
+                &["entity", "field", "system"],
             )?,
             position_regressions: counter(
                 "harmony_position_regressions_total",
@@ -264,6 +270,18 @@ impl Metrics {
         if let Some(reason) = duplicate_reason {
             self.duplicates.with_label_values(&[system, reason]).inc();
         }
+    }
+
+    pub fn guard_rejection(&self, entity: &str, field: &str, system: &str) {
+        tracing::info!(
+            entity,
+            field,
+            system,
+            "a guard kept a value out; the conflicts topic has the rejected record"
+        );
+        self.guard_rejections
+            .with_label_values(&[entity, field, system])
+            .inc();
     }
 
     pub fn conflict(&self, entity: &str, field: &str, strategy: &str) {

@@ -174,6 +174,13 @@ impl Pipeline<'_> {
                     resolved.outcome,
                     resolved.duplicate_reason,
                 );
+                for &field in &resolved.rejected {
+                    self.metrics.guard_rejection(
+                        entity,
+                        resolver.field_name(resolved.entity, field),
+                        system,
+                    );
+                }
                 for &(field, strategy) in &resolved.conflicts {
                     self.metrics.conflict(
                         entity,
