@@ -32,6 +32,16 @@ pub enum ResolveError {
     Invalid(String),
     #[error("internal record names unknown {what} `{name}`")]
     Unknown { what: &'static str, name: String },
+    /// A record the change would publish (or its changelog value) is larger than the producer
+    /// takes: the change is not applied, and its input is dead-lettered.
+    #[error(
+        "{what} would be {bytes} bytes, more than the producer's message.max.bytes of {limit}"
+    )]
+    OutputTooLarge {
+        what: String,
+        bytes: usize,
+        limit: usize,
+    },
     /// Not the record's fault: its system's policy says to stop rather than apply it.
     #[error("{}'s source position went backwards at {} {} (applied {:?}, now {:?}, committed later) and systems.on_position_regression is `stop`", .0.system, .0.entity, .0.key, .0.applied, .0.incoming)]
     Halted(Box<Halt>),
@@ -52,6 +62,7 @@ impl ResolveError {
         match self {
             ResolveError::Invalid(_) => "invalid_internal",
             ResolveError::Unknown { .. } => "unknown_name",
+            ResolveError::OutputTooLarge { .. } => "output_too_large",
             ResolveError::Halted(_) => "position_regression",
         }
     }
@@ -130,7 +141,18 @@ pub struct Resolver {
     reported_targets: Vec<SystemId>,
     /// Record state by internal-topic partition.
     partitions: HashMap<i32, PartitionState>,
+    /// The producer's `message.max.bytes`: no publication or changelog value may be larger.
+    max_output_bytes: usize,
 }
+
+/// How much larger than the record's values (stored and incoming) its publications can be: a
+/// value appears in a target record and in a conflict record's two candidates, and JSON
+/// escaping can make one byte six (`\u0000`). Past this, a change keeps a copy of the record's
+/// state to put back should an output turn out too large.
+const OUTPUT_EXPANSION: usize = 2 * 6;
+/// Per record, what its publications add beyond its values: Connect schemas, the `harmony`
+/// block, keys, headers, and the changelog value's own bookkeeping.
+const OUTPUT_OVERHEAD: usize = 64 * 1024;
 
 impl Resolver {
     pub fn new(config: &Config) -> Self {
@@ -182,6 +204,7 @@ impl Resolver {
             fields,
             conflicts_topic: config.output.conflicts_topic(&config.kafka.group_id),
             partitions: HashMap::new(),
+            max_output_bytes: config.kafka.max_message_bytes(),
         }
     }
 
@@ -423,6 +446,12 @@ impl Resolver {
                 })));
             }
         }
+        // Too large an output must leave the state as it was, so that the dead-lettered change
+        // can be applied when it is sent again; the copy is made only for a record large
+        // enough to risk it.
+        let at_risk = (payload.len() + state.heap_bytes()) * OUTPUT_EXPANSION + OUTPUT_OVERHEAD
+            > self.max_output_bytes;
+        let before = at_risk.then(|| state.clone());
         let echoing = &self.echoing_targets[entity.0 as usize];
         figures.take_out(echoing, entity, state);
         let outcome = apply(state, rules, &engine_change);
@@ -532,8 +561,44 @@ impl Resolver {
             &provenance,
             &mut resolved,
         );
+        if let Some((what, bytes)) = oversized(&resolved, self.max_output_bytes) {
+            let limit = self.max_output_bytes;
+            if let Some(before) = before {
+                figures.take_out(echoing, entity, state);
+                *state = before;
+                figures.put_in(echoing, entity, state);
+            } else {
+                tracing::error!(entity = entity_name, %what, bytes, limit,
+                    "an output too large for the producer from a record thought too small to risk it: the change stays applied without its outputs");
+            }
+            return Err(ResolveError::OutputTooLarge { what, bytes, limit });
+        }
         Ok(resolved)
     }
+}
+
+/// The first publication, or the changelog value, larger than `limit` bytes as the producer
+/// counts them (key, value and headers), and its size.
+fn oversized(resolved: &Resolved, limit: usize) -> Option<(String, usize)> {
+    let mut publications = resolved.publications.iter().map(|p| {
+        let headers: usize = p.headers.iter().map(|(k, v)| k.len() + v.len() + 10).sum();
+        (
+            &p.topic,
+            p.key.len() + p.value.as_ref().map_or(0, Vec::len) + headers,
+        )
+    });
+    let changelog = resolved
+        .changelog
+        .as_ref()
+        .map(|(key, value)| (key, key.len() + value.len()));
+    publications
+        .find(|(_, bytes)| *bytes > limit)
+        .map(|(topic, bytes)| (format!("a record for {topic}"), bytes))
+        .or_else(|| {
+            changelog
+                .filter(|(_, bytes)| *bytes > limit)
+                .map(|(key, bytes)| (format!("the changelog value of {key}"), bytes))
+        })
 }
 
 /// Where the change's system had got to, when the change is behind it yet committed later.

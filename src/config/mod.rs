@@ -155,6 +155,18 @@ fn librdkafka_properties<'de, D: serde::Deserializer<'de>>(
         .collect())
 }
 
+impl KafkaConfig {
+    /// The producer's `message.max.bytes` (librdkafka's default: 1 000 000): the largest record
+    /// it takes, key, value and headers together.
+    pub fn max_message_bytes(&self) -> usize {
+        self.producer
+            .get("message.max.bytes")
+            .or_else(|| self.properties.get("message.max.bytes"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(1_000_000)
+    }
+}
+
 /// librdkafka properties whose values are secrets: never logged, never exported.
 const SECRET_PROPERTY_MARKERS: [&str; 4] = ["password", "secret", "sasl.jaas", ".pem"];
 

@@ -274,20 +274,48 @@ impl Pipeline<'_> {
         match catalog.map(system_index, event) {
             Ok(changes) if changes.is_empty() => self.metrics.unmapped_change(system, origin.topic),
             Ok(changes) => {
-                for mapped in changes {
-                    let internal = InternalChange::from_mapped(
-                        catalog,
-                        &mapped,
-                        system,
-                        event,
-                        internal::Origin {
-                            topic: origin.topic.into(),
-                            partition: origin.partition,
-                            offset: origin.offset,
-                        },
+                let records: Vec<(String, Vec<u8>)> = changes
+                    .iter()
+                    .map(|mapped| {
+                        let internal = InternalChange::from_mapped(
+                            catalog,
+                            mapped,
+                            system,
+                            event,
+                            internal::Origin {
+                                topic: origin.topic.into(),
+                                partition: origin.partition,
+                                offset: origin.offset,
+                            },
+                        );
+                        (internal.record_key(), internal.encode())
+                    })
+                    .collect();
+                // All or none: a change whose record for one entity the producer would refuse
+                // is dead-lettered whole, rather than half published and the worker stopped.
+                let limit = self.config.kafka.max_message_bytes();
+                if let Some(bytes) = records
+                    .iter()
+                    .map(|(key, payload)| key.len() + payload.len())
+                    .find(|&bytes| bytes > limit)
+                {
+                    let reason = format!(
+                        "the internal record of {bytes} bytes exceeds the producer's message.max.bytes of {limit}"
                     );
-                    let key = internal.record_key();
-                    let payload = internal.encode();
+                    self.metrics.dead_lettered(
+                        origin.topic,
+                        origin.partition,
+                        origin.offset,
+                        "output_too_large",
+                        &reason,
+                    );
+                    sends.push((
+                        Destination::DeadLetter,
+                        self.dead_letter(message, "output_too_large", &reason).await,
+                    ));
+                    return;
+                }
+                for (key, payload) in &records {
                     let record = FutureRecord {
                         topic: self.internal_topic,
                         partition: None,

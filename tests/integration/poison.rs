@@ -265,3 +265,132 @@ fn an_output_too_large_to_publish_is_dead_lettered_and_the_partition_moves_on() 
         .unwrap()
         .success());
 }
+
+/// A Debezium change of `public.poison` row `n` from the connector of `system`, setting `column`.
+fn column_change(system: &str, n: usize, column: &str, value: &str, lsn: u64) -> Vec<u8> {
+    format!(
+        r#"{{"before":null,"after":{{"n":{n},"{column}":"{value}"}},"source":{{"connector":"postgresql","name":"{system}","db":"{system}","schema":"public","table":"poison","ts_ms":{},"sequence":"[null,\"{lsn}\"]"}},"op":"u","ts_ms":1700000000001}}"#,
+        1_700_000_000_000 + lsn
+    )
+    .into_bytes()
+}
+
+/// With entities declared, a change whose record state or target record would be larger than
+/// the producer takes is dead-lettered (kind `output_too_large`), the record's state stays as it
+/// was, and the partition moves on. Before, the worker exited on the refused record and, started
+/// again, stopped on it again: the partition never moved.
+#[test]
+fn a_record_grown_too_large_for_the_producer_is_dead_lettered_in_stage_2_and_the_partition_moves_on(
+) {
+    if !support::stack_available("oversize-entities") {
+        return;
+    }
+    let (erp, shop, wms) = (
+        unique("e2e-big-erp"),
+        unique("e2e-big-shop"),
+        unique("e2e-big-wms"),
+    );
+    let target = unique("e2e-big-target");
+    for topic in [&erp, &shop, &wms, &target] {
+        create_topic(topic, 1).unwrap();
+    }
+    let mut options = HarmonyOptions::stack(unique("e2e-big"));
+    options.systems = vec![
+        ("erp".into(), vec![erp.clone()]),
+        ("shop".into(), vec![shop.clone()]),
+        ("wms".into(), vec![wms.clone()]),
+    ];
+    options.extra_toml = format!(
+        r#"
+[kafka.producer]
+"message.max.bytes" = "200000"
+
+[[entities]]
+name = "item"
+key = ["n"]
+
+  [[entities.sources]]
+  system = "erp"
+  table = "public.poison"
+  columns = {{ n = "n", name = "name" }}
+
+  [[entities.sources]]
+  system = "shop"
+  table = "public.poison"
+  columns = {{ n = "n", description = "description" }}
+
+  # A target receives the record in its own table's columns.
+  [[entities.sources]]
+  system = "wms"
+  table = "public.poison"
+  columns = {{ n = "n", name = "name", description = "description" }}
+
+[[targets]]
+system = "wms"
+entities = ["item"]
+topic = "{target}"
+"#
+    );
+    let mut harmony = Harmony::start(&options).unwrap();
+    let name = "n".repeat(40_000);
+    let key = br#"{"n":1}"#.as_slice();
+    let named = column_change("erp", 1, "name", &name, 100);
+    produce_raw(&erp, &[(Some(key), Some(named.as_slice()))]).unwrap();
+    let mut outputs = TopicReader::new(&target).unwrap();
+    assert!(
+        outputs
+            .read_until(Duration::from_secs(60), |r| !r.is_empty())
+            .unwrap(),
+        "{}",
+        harmony.log()
+    );
+    // Each 40 kB alone fits; the record holding both (with what each system holds and what is
+    // on its way to the warehouse) does not.
+    let described = column_change("shop", 1, "description", &"d".repeat(40_000), 200);
+    let short = column_change("shop", 1, "description", "short", 300);
+    produce_raw(
+        &shop,
+        &[
+            (Some(key), Some(described.as_slice())),
+            (Some(key), Some(short.as_slice())),
+        ],
+    )
+    .unwrap();
+    assert!(
+        outputs
+            .read_until(Duration::from_secs(60), |r| r.len() >= 2)
+            .unwrap(),
+        "{}",
+        harmony.log()
+    );
+    let latest = outputs.records[1].json();
+    let after = &latest["payload"]["after"];
+    assert_eq!(after["description"], "short", "{}", harmony.log());
+    assert_eq!(after["name"].as_str().map(str::len), Some(40_000));
+    let mut dlq = TopicReader::new(&harmony.dead_letter_topic).unwrap();
+    assert!(
+        dlq.read_until(Duration::from_secs(30), |r| !r.is_empty())
+            .unwrap(),
+        "{}",
+        harmony.log()
+    );
+    let dead = &dlq.records[0];
+    assert_eq!(dead.headers["harmony.error.kind"], "output_too_large");
+    assert!(
+        dead.headers["harmony.error.message"].contains("message.max.bytes of 200000"),
+        "{:?}",
+        dead.headers
+    );
+    assert!(dead.value.is_some(), "the internal record, whole");
+    assert!(harmony.exited().is_none(), "{}", harmony.log());
+    // Only the two changes that fit reached the warehouse.
+    std::thread::sleep(Duration::from_secs(2));
+    outputs
+        .read_until(Duration::from_secs(1), |r| r.len() > 2)
+        .unwrap();
+    assert_eq!(outputs.records.len(), 2);
+    assert!(harmony
+        .terminate(Duration::from_secs(30))
+        .unwrap()
+        .success());
+}
