@@ -37,6 +37,11 @@ enum Command {
     Run {
         #[arg(long, short, env = "HARMONY_CONFIG")]
         config: PathBuf,
+        /// The state topic was lost (deleted, recreated) while stage 2's offsets remained:
+        /// rebuild the record state by reading the internal topic again from its start. Stop
+        /// every other worker of the group first.
+        #[arg(long)]
+        rebuild_state: bool,
     },
     /// Validate a configuration file without connecting to anything.
     CheckConfig { file: PathBuf },
@@ -147,7 +152,10 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { config } => {
+        Command::Run {
+            config,
+            rebuild_state,
+        } => {
             init_logging(cli.log_format);
             let config = match Config::load(&config) {
                 Ok(c) => c,
@@ -163,7 +171,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(run(config)) {
+            match runtime.block_on(run(config, rebuild_state)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = format!("{e:#}"), "harmony stopped");
@@ -174,7 +182,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(config: Config, rebuild_state: bool) -> anyhow::Result<()> {
     use anyhow::Context;
     let registry = prometheus::Registry::new();
     let metrics = Metrics::new(&registry).context("registering metrics")?;
@@ -210,7 +218,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
     });
 
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "harmony starting");
-    let result = worker::run(&config, &metrics, &health, shutdown_rx.clone()).await;
+    let result = worker::run(
+        &config,
+        &metrics,
+        &health,
+        shutdown_rx.clone(),
+        rebuild_state,
+    )
+    .await;
     // The worker can also stop on its own (fatal delivery error); take the server down too.
     drop(shutdown_rx);
     server.abort();

@@ -1,7 +1,9 @@
 //! Kafka clients as harmony needs them: the settings that carry its delivery guarantee, the
-//! topics it creates, and the one owner of input offsets ([`offsets`]).
+//! topics it creates, the checks of their settings before start ([`preflight`]), and the one
+//! owner of input offsets ([`offsets`]).
 
 pub mod offsets;
+pub mod preflight;
 pub mod topics;
 
 use rdkafka::ClientConfig;

@@ -28,7 +28,7 @@ use crate::config::{Config, Guarantee};
 use crate::envelope::{Decoder, Limits};
 use crate::http::Health;
 use crate::kafka::offsets::{OffsetStore, Ticket};
-use crate::kafka::{self, topics};
+use crate::kafka::{self, preflight, topics};
 use crate::mapping::Catalog;
 use crate::resolver::Resolver;
 use crate::telemetry::Metrics;
@@ -62,6 +62,17 @@ pub enum WorkerError {
     /// same instance id) or failed fatally.
     #[error("transactional producer failed: {0} (each live worker needs its own processing.instance_id / HARMONY_INSTANCE_ID)")]
     Transaction(String),
+    /// A setting of harmony's own topics under which the broker would lose its data.
+    #[error("{0}")]
+    TopicSettings(String),
+    /// Stage 2 committed offsets on the internal topic, but the state topic never held a
+    /// record: the record state is gone.
+    #[error("output.state_topic `{state_topic}` has no records, yet stage 2 (group {group}) has committed offsets on `{internal_topic}`: the record state is gone (the topic deleted or recreated?). Every record would start afresh and be re-delivered as new. Restore the topic, or stop every worker and start one with `harmony run --rebuild-state` to rebuild the state from the internal topic's retained changes")]
+    StateLost {
+        state_topic: String,
+        group: String,
+        internal_topic: String,
+    },
     /// An assigned partition's changelog could not be read: going on without its state would
     /// re-deliver every record as new.
     #[error("cannot restore partition {partition} from the changelog: {error}")]
@@ -105,11 +116,14 @@ type Sent = Result<DeliveryFuture, KafkaError>;
 
 /// Runs until `shutdown` flips to true, then drains and commits. Returns an error only for
 /// what an operator must look at; input that cannot be decoded is never an error here.
+/// `rebuild_state`: stage 2's state topic is known to be lost (see
+/// [`WorkerError::StateLost`]); rebuild it by reading the internal topic again from its start.
 pub async fn run(
     config: &Config,
     metrics: &Metrics,
     health: &Health,
     mut shutdown: watch::Receiver<bool>,
+    rebuild_state: bool,
 ) -> Result<(), WorkerError> {
     let commit_interval_ms = config.processing.commit_interval.as_millis() as u64;
     let mut consumer_config = kafka::consumer_config(&config.kafka, commit_interval_ms);
@@ -229,6 +243,47 @@ pub async fn run(
                 internal_topic,
                 internal,
             });
+        }
+        let retention = preflight::retention(
+            &producer_config,
+            &[state_topic.as_str(), internal_topic.as_str()],
+        )
+        .await
+        .map_err(WorkerError::Setup)?;
+        if let Some(problem) = preflight::state_topic_problem(&state_topic, &retention[0])
+            .or_else(|| preflight::internal_topic_problem(&internal_topic, &retention[1]))
+        {
+            return Err(WorkerError::TopicSettings(problem));
+        }
+        let group = format!("{}.resolve", config.kafka.group_id);
+        let internal_offsets =
+            preflight::offsets(&consumer_config, &group, &internal_topic, internal)
+                .map_err(WorkerError::Setup)?;
+        let state_ends: Vec<i64> =
+            preflight::offsets(&consumer_config, &group, &state_topic, state)
+                .map_err(WorkerError::Setup)?
+                .into_iter()
+                .map(|(_, _, high)| high)
+                .collect();
+        let committed: Vec<i64> = internal_offsets.iter().map(|(o, _, _)| *o).collect();
+        if preflight::state_lost(&committed, &state_ends) {
+            if !rebuild_state {
+                return Err(WorkerError::StateLost {
+                    state_topic,
+                    group,
+                    internal_topic,
+                });
+            }
+            let lows: Vec<i64> = internal_offsets.iter().map(|(_, low, _)| *low).collect();
+            preflight::rewind_group(&consumer_config, &group, &internal_topic, &lows)
+                .map_err(WorkerError::Setup)?;
+            tracing::warn!(group, topic = internal_topic, from = ?lows, committed = ?committed,
+                "rebuilding the record state: stage 2 reads the internal topic again from its earliest retained changes (changes already expired from it are not replayed: re-snapshot their sources for a complete rebuild)");
+        } else if rebuild_state {
+            tracing::info!(
+                state_topic,
+                "--rebuild-state: the record state is not lost; nothing to rebuild"
+            );
         }
     }
 

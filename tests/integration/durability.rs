@@ -308,3 +308,111 @@ fn a_state_topic_with_too_few_partitions_is_refused_at_start() {
         "{log}"
     );
 }
+
+/// Settings of harmony's own topics under which the broker would drop its data: refused at
+/// start with the setting named. Before, harmony ran on them.
+#[test]
+fn topics_whose_settings_would_lose_data_are_refused_at_start() {
+    if !support::stack_available("topic-settings") {
+        return;
+    }
+    let cases = [
+        (
+            "state",
+            ("cleanup.policy", "delete"),
+            "cleanup.policy=delete",
+        ),
+        (
+            "changes",
+            ("retention.ms", "3600000"),
+            "retention.ms=3600000",
+        ),
+        (
+            "changes",
+            ("cleanup.policy", "compact"),
+            "cleanup.policy=compact",
+        ),
+    ];
+    for (topic, setting, named) in cases {
+        let group = unique("e2e-settings");
+        let mut settings = vec![setting];
+        if topic == "state" {
+            settings.push(("segment.ms", "3600000"));
+        }
+        support::create_topic_with(&format!("harmony.{group}.{topic}"), 3, &settings).unwrap();
+        let mut options = HarmonyOptions::stack(group);
+        options.extra_toml = PRODUCT.into();
+        let refused = Harmony::start(&options)
+            .err()
+            .unwrap_or_else(|| panic!("harmony started on {topic} with {setting:?}"))
+            .to_string();
+        assert!(refused.contains(named), "{named}: {refused}");
+        assert!(
+            refused.contains(&format!(
+                "output.{}_topic",
+                if topic == "state" {
+                    "state"
+                } else {
+                    "internal"
+                }
+            )),
+            "{refused}"
+        );
+    }
+}
+
+/// The state topic deleted while stage 2's offsets remain: harmony refuses to start (every
+/// record would begin afresh and be re-delivered as new) until asked to rebuild it, and then
+/// rebuilds it from the internal topic. Before, it started on an empty state.
+#[test]
+fn a_lost_state_topic_is_refused_and_rebuilt_on_request() {
+    if !support::stack_available("state-lost") {
+        return;
+    }
+    let group = unique("e2e-lost");
+    let mut options = HarmonyOptions::stack(group.clone());
+    let targets = support::product_targets(&group, &["shop"], "");
+    options.extra_toml = format!("{PRODUCT}{targets}");
+    let mut harmony = Harmony::start(&options).unwrap();
+    let sku = unique("LOST");
+    psql(
+        "erp",
+        &format!(
+            "INSERT INTO products (sku, name, price, quantity) VALUES ('{sku}', 'Lamp', 12.50, 3)"
+        ),
+    )
+    .unwrap();
+    let state_topic = format!("harmony.{group}.state");
+    let key = format!(r#"product:["{sku}"]"#);
+    let has_state = |timeout| {
+        let mut state = TopicReader::new(&state_topic).unwrap();
+        state
+            .read_until(timeout, |rs| {
+                rs.iter().any(|r| r.key.as_deref() == Some(key.as_str()))
+            })
+            .unwrap()
+    };
+    assert!(has_state(Duration::from_secs(60)), "{}", harmony.log());
+    // Past a commit interval: stage 2's offsets are committed.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(harmony
+        .terminate(Duration::from_secs(30))
+        .unwrap()
+        .success());
+
+    support::delete_topic(&state_topic).unwrap();
+    let refused = harmony.spawn().unwrap_err().to_string();
+    assert!(
+        refused.contains("has no records") && refused.contains("--rebuild-state"),
+        "{refused}"
+    );
+
+    harmony.args = vec!["--rebuild-state".into()];
+    harmony.spawn().unwrap();
+    assert!(has_state(Duration::from_secs(60)), "{}", harmony.log());
+    assert!(harmony.log().contains("rebuilding the record state"));
+    assert!(harmony
+        .terminate(Duration::from_secs(30))
+        .unwrap()
+        .success());
+}

@@ -104,6 +104,29 @@ pub fn create_topic(name: &str, partitions: i32) -> Result<()> {
     create_topic_with(name, partitions, &[])
 }
 
+/// Deletes `name` and waits until the broker's metadata no longer has it.
+pub fn delete_topic(name: &str) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    for result in runtime.block_on(admin.delete_topics(&[name], &options))? {
+        result.map_err(|(topic, code)| anyhow::anyhow!("deleting {topic}: {code}"))?;
+    }
+    wait_until(Duration::from_secs(30), "the topic gone", || {
+        let metadata = admin
+            .inner()
+            .fetch_metadata(Some(name), Duration::from_secs(5))?;
+        Ok(metadata
+            .topics()
+            .first()
+            .is_none_or(|t| t.error().is_some() || t.partitions().is_empty()))
+    })
+}
+
 /// Creates a topic with topic-level settings (e.g. `max.message.bytes`).
 pub fn create_topic_with(name: &str, partitions: i32, settings: &[(&str, &str)]) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
@@ -294,6 +317,8 @@ impl TopicReader {
 /// A harmony worker process with its own config, group and topics.
 pub struct Harmony {
     child: Option<Child>,
+    /// Given to `harmony run` after `--config` (e.g. `--rebuild-state`).
+    pub args: Vec<String>,
     /// `HARMONY_INSTANCE_ID`: the worker's name, kept across its restarts (exactly-once mode
     /// names its transactional ids with it).
     pub instance: String,
@@ -360,6 +385,7 @@ impl Harmony {
         std::fs::write(&config_path, toml)?;
         let mut harmony = Self {
             child: None,
+            args: Vec::new(),
             instance: "w0".into(),
             config_path,
             log_path,
@@ -374,6 +400,7 @@ impl Harmony {
     pub fn on_config(config_path: PathBuf, name: &str) -> Result<Self> {
         let mut worker = Self {
             child: None,
+            args: Vec::new(),
             instance: name.to_owned(),
             log_path: config_path.with_extension(format!("{name}.log")),
             config_path,
@@ -401,6 +428,7 @@ impl Harmony {
         let child = Command::new(env!("CARGO_BIN_EXE_harmony"))
             .args(["run", "--config"])
             .arg(&self.config_path)
+            .args(&self.args)
             .env("HARMONY_LOG_FORMAT", "json")
             .env("HARMONY_LOG", "info,harmony=debug")
             .env("HARMONY_INSTANCE_ID", &self.instance)
@@ -421,6 +449,7 @@ impl Harmony {
     pub fn another_worker(&self, name: &str) -> Result<Self> {
         let mut worker = Self {
             child: None,
+            args: Vec::new(),
             instance: name.to_owned(),
             config_path: self.config_path.clone(),
             log_path: self.log_path.with_extension(format!("{name}.log")),
