@@ -8,8 +8,9 @@
 //!
 //! (The stored offset is the *next* one to read, hence +1.) The background committer of
 //! librdkafka commits what is stored every `commit_interval`; [`OffsetStore::commit_now`]
-//! commits synchronously on shutdown. Nothing else in the crate may call `store_offset` or
-//! `commit` (see `clippy.toml`).
+//! commits synchronously on shutdown; [`rewind_group`] sets a stopped group's offsets back to
+//! rebuild lost state. Nothing else in the crate may call `store_offset` or `commit` (see
+//! `clippy.toml`).
 
 use std::collections::{HashMap, VecDeque};
 
@@ -194,6 +195,24 @@ impl<'c, X: ConsumerContext, C: Consumer<X>> OffsetStore<'c, C, X> {
         #[allow(clippy::disallowed_methods)]
         self.consumer.commit_consumer_state(CommitMode::Sync)
     }
+}
+
+/// Sets `group`'s committed offsets on `topic` to `lows` (each partition's earliest retained
+/// offset), so that the group reads it all again: `harmony run --rebuild-state`. Fails while
+/// the group has active members.
+pub fn rewind_group(
+    client_config: &rdkafka::ClientConfig,
+    group: &str,
+    topic: &str,
+    lows: &[i64],
+) -> KafkaResult<()> {
+    let consumer = super::preflight::group_reader(client_config, group)?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for (p, &low) in lows.iter().enumerate() {
+        tpl.add_partition_offset(topic, p as i32, rdkafka::Offset::Offset(low))?;
+    }
+    #[allow(clippy::disallowed_methods)]
+    consumer.commit(&tpl, CommitMode::Sync)
 }
 
 #[cfg(test)]

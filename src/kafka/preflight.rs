@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, TopicPartitionList};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -105,9 +105,12 @@ pub async fn retention(
         .collect()
 }
 
-/// A consumer of `group` that never joins it: it reads the group's committed offsets and
-/// commits new ones (only while no member is active).
-fn group_reader(client_config: &ClientConfig, group: &str) -> Result<BaseConsumer, KafkaError> {
+/// A consumer of `group` that never joins it: it reads the group's committed offsets (and,
+/// through [`super::offsets::rewind_group`], commits new ones while no member is active).
+pub(super) fn group_reader(
+    client_config: &ClientConfig,
+    group: &str,
+) -> Result<BaseConsumer, KafkaError> {
     let mut settings = client_config.clone();
     settings
         .set("group.id", group)
@@ -140,22 +143,6 @@ pub fn offsets(
             Ok((offset, low, high))
         })
         .collect()
-}
-
-/// Sets `group`'s committed offsets on `topic` to each partition's earliest retained offset,
-/// so that the group reads it all again. Fails while the group has active members.
-pub fn rewind_group(
-    client_config: &ClientConfig,
-    group: &str,
-    topic: &str,
-    lows: &[i64],
-) -> Result<(), KafkaError> {
-    let consumer = group_reader(client_config, group)?;
-    let mut tpl = TopicPartitionList::new();
-    for (p, &low) in lows.iter().enumerate() {
-        tpl.add_partition_offset(topic, p as i32, Offset::Offset(low))?;
-    }
-    consumer.commit(&tpl, CommitMode::Sync)
 }
 
 #[cfg(test)]

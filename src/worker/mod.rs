@@ -275,7 +275,7 @@ pub async fn run(
                 });
             }
             let lows: Vec<i64> = internal_offsets.iter().map(|(_, low, _)| *low).collect();
-            preflight::rewind_group(&consumer_config, &group, &internal_topic, &lows)
+            kafka::offsets::rewind_group(&consumer_config, &group, &internal_topic, &lows)
                 .map_err(WorkerError::Setup)?;
             tracing::warn!(group, topic = internal_topic, from = ?lows, committed = ?committed,
                 "rebuilding the record state: stage 2 reads the internal topic again from its earliest retained changes (changes already expired from it are not replayed: re-snapshot their sources for a complete rebuild)");
