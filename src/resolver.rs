@@ -18,7 +18,8 @@ use crate::config::{Config, RegressionPolicy, Strategy};
 use crate::conflict::conflict_record;
 use crate::engine::position::{self, PositionVerdict};
 use crate::engine::{
-    apply, entity_rules, Change, DuplicateReason, EntityRules, FieldValue, Outcome, RecordState,
+    apply, entity_rules, erase_if_gone, Change, DuplicateReason, EntityRules, FieldValue, Outcome,
+    RecordState,
 };
 use crate::envelope::SourcePosition;
 use crate::figures::{Figures, Times};
@@ -455,6 +456,7 @@ impl Resolver {
         let echoing = &self.echoing_targets[entity.0 as usize];
         figures.take_out(echoing, entity, state);
         let outcome = apply(state, rules, &engine_change);
+        erase_if_gone(state, rules);
         state.shrink_to_fit();
         figures.put_in(echoing, entity, state);
         let mut resolved = Resolved {

@@ -487,6 +487,41 @@ pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) 
     }
 }
 
+/// Erases a deleted record's values once its delete is final everywhere: every system whose
+/// table the entity maps is seen holding it deleted (or never held it), and nothing is on its
+/// way to any. What stays is what tells a replay of the record's past from a new record with
+/// its key — the clock, the deleting dot, each system's applied position and context — so an
+/// old creation re-sent by a connector restart is still a duplicate, not a resurrection.
+/// Returns whether it erased anything.
+///
+/// ```text
+/// erp deletes SKU-1 → shop and wms delete it (their echoes seen) → fields, held copies: gone
+/// ```
+pub fn erase_if_gone(state: &mut RecordState, rules: &EntityRules) -> bool {
+    if state.deleted.is_none() {
+        return false;
+    }
+    let final_everywhere = state.systems.iter().all(|(s, sys)| {
+        !rules.echoes(*s) || (sys.pending.is_empty() && (sys.held_deleted || sys.held.is_empty()))
+    });
+    let holds_values = !state.fields.is_empty()
+        || state.systems.iter().any(|(_, sys)| {
+            !sys.held.is_empty() || !sys.pending.is_empty() || !sys.superseded.is_empty()
+        });
+    if !final_everywhere || !holds_values {
+        return false;
+    }
+    state.fields.clear();
+    state.unsettled.clear();
+    for (_, sys) in &mut state.systems {
+        sys.held.clear();
+        // Deliveries to targets that send nothing back (they were never to be seen again).
+        sys.pending.clear();
+        sys.superseded.clear();
+    }
+    true
+}
+
 /// Step 8: queues a delivery to each of `targets` whose content differs from what it holds or was
 /// last sent; returns those targets. `ts_ms`: the source commit time of the change that caused it.
 fn deliver(

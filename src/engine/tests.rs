@@ -593,6 +593,56 @@ fn delete_against_update(on_delete_conflict: DeleteConflict, delete_first: bool)
 }
 
 #[test]
+fn a_delete_final_everywhere_erases_the_values_and_a_replayed_creation_stays_a_duplicate() {
+    let rules = rules(Strategy::Sum, vec![]);
+    let mut src = Source { next: [0; 3] };
+    // The erp's creation, kept to be re-sent later as a connector restart would.
+    let initial = [
+        (NAME, text("Cup")),
+        (PRICE, int(490)),
+        (QUANTITY, int(100)),
+        (UPDATED_AT, text("t0")),
+    ];
+    let creation = change(&mut Source { next: [0; 3] }, ERP, 1_000, &initial);
+    let mut state = synced(&rules, &mut src);
+    let deleted = apply(&mut state, &rules, &delete(&mut src, ERP, 2_000));
+    assert!(
+        matches!(deleted, Outcome::Applied { ref deliver_to, .. } if deliver_to == &vec![SHOP, WMS])
+    );
+    assert!(
+        !erase_if_gone(&mut state, &rules),
+        "the shop and the warehouse still hold it"
+    );
+    apply(&mut state, &rules, &delete(&mut src, SHOP, 2_001));
+    assert!(
+        !erase_if_gone(&mut state, &rules),
+        "the warehouse still holds it"
+    );
+    apply(&mut state, &rules, &delete(&mut src, WMS, 2_002));
+    assert!(erase_if_gone(&mut state, &rules));
+    assert!(state.fields.is_empty());
+    assert!(state
+        .systems
+        .iter()
+        .all(|(_, s)| s.held.is_empty() && s.pending.is_empty()));
+    assert!(!erase_if_gone(&mut state, &rules), "nothing left to erase");
+    // Before: the values stayed in the state and its changelog value for ever.
+    assert_eq!(
+        apply(&mut state, &rules, &creation),
+        Outcome::Duplicate(DuplicateReason::Position)
+    );
+    assert!(state.deleted.is_some());
+    // A new product under the same key is created afresh.
+    let again = [(NAME, text("Mug")), (PRICE, int(300)), (QUANTITY, int(5))];
+    assert!(matches!(
+        apply(&mut state, &rules, &change(&mut src, ERP, 3_000, &again)),
+        Outcome::Applied { .. }
+    ));
+    assert!(state.deleted.is_none());
+    assert_eq!(value(&state, NAME), text("Mug"));
+}
+
+#[test]
 fn delete_wins_over_a_concurrent_update_in_either_order() {
     for delete_first in [true, false] {
         let state = delete_against_update(DeleteConflict::DeleteWins, delete_first);
