@@ -14,5 +14,6 @@ mod ingest;
 mod operability;
 mod pipeline;
 mod poison;
+mod resnapshot;
 mod stack;
 mod support;

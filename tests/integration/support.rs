@@ -785,6 +785,27 @@ impl Connectors {
         )
     }
 
+    /// Deletes connector `name` (its offsets stay in Connect, under its name) and waits until
+    /// its replication slot is released.
+    pub fn remove(&mut self, name: &str) -> Result<()> {
+        let (code, body) = connect_rest("DELETE", &format!("/connectors/{name}"), None)?;
+        if code >= 300 {
+            bail!("deleting {name}: {code} {body}");
+        }
+        self.connectors.retain(|c| c != name);
+        for (db, slot) in &self.slots {
+            if slot == name {
+                wait_until(Duration::from_secs(30), "slot released", || {
+                    Ok(psql(
+                        db,
+                        &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}' AND active"),
+                    )? == "0")
+                })?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn set_paused(&self, names: &[String], paused: bool) -> Result<()> {
         let verb = if paused { "pause" } else { "resume" };
         for name in names {
