@@ -1,4 +1,4 @@
-//! The durable form of one record's state (DESIGN §1, §5): what stage 2 writes to the compacted
+//! The durable form of one record's state (ARCHITECTURE.md §1, §5): what stage 2 writes to the compacted
 //! changelog topic after the record's outputs are acknowledged, and reads back to rebuild a
 //! partition's state when the partition is assigned to it.
 //!

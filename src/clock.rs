@@ -1,5 +1,5 @@
 //! Version vectors and dots: how harmony tells a change that *saw* another from one that
-//! happened *concurrently* with it (DESIGN §4).
+//! happened *concurrently* with it (ARCHITECTURE.md §4).
 //!
 //! A version vector maps each system to the number of its changes harmony has accepted; an
 //! absent system counts 0. A dot names one change: `(system, counter)`.

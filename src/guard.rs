@@ -1,5 +1,5 @@
 //! Guards: CEL expressions over a candidate `value` that reject it before it is written
-//! (DESIGN §4), e.g. `value >= 0` for a stock level. Compiled once, when the configuration
+//! (ARCHITECTURE.md §4), e.g. `value >= 0` for a stock level. Compiled once, when the configuration
 //! is loaded, so a malformed guard is a configuration error naming its key.
 //!
 //! Numbers reach CEL as `int` when they are integers and as `double` otherwise (CEL has no

@@ -1,4 +1,4 @@
-//! The record stage 1 writes to the internal topic and stage 2 reads back (DESIGN §1): one
+//! The record stage 1 writes to the internal topic and stage 2 reads back (ARCHITECTURE.md §1): one
 //! change of one logical record, keyed `entity:canonical-key` so that every system's changes
 //! to the record reach the same partition.
 //!

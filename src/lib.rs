@@ -1,6 +1,6 @@
 //! harmony keeps one business record consistent across systems, from their Debezium change
-//! streams. See `DESIGN.md` in the shared folder for the full engine; this crate is built up
-//! towards it issue by issue.
+//! streams. `ARCHITECTURE.md` at the repository's root says what the engine does and guarantees
+//! (data flow, record state, order of durability, invariants); comments cite it by section.
 //!
 //! # Map, in the order an event meets the modules
 //!
@@ -26,7 +26,7 @@
 //! | [`changelog`] | a record's state as the changelog topic keeps it: compact, versioned, by name (pure) |
 //! | [`resolution`] | an operator's settling of a held conflict, as a record change from `operator` (pure) |
 //! | [`settle`] | `harmony resolve`: finds the conflict record, publishes the operator's change |
-//! | [`kafka`] | client settings that carry the delivery guarantee, topic creation, and [`kafka::offsets`], the one owner of input offsets |
+//! | [`kafka`] | client settings that carry the delivery guarantee, topic creation, [`kafka::preflight`] (settings of its own topics that would lose data, refused at start), and [`kafka::offsets`], the one owner of input offsets |
 //! | [`telemetry`] | named events: each logs and counts together; the Prometheus registry |
 //! | [`http`] | `/metrics`, `/health`, `/ready` |
 //!

@@ -1,4 +1,4 @@
-//! Stage 1 of the data flow (DESIGN §1): a decoded change of one system's table becomes a
+//! Stage 1 of the data flow (ARCHITECTURE.md §1): a decoded change of one system's table becomes a
 //! change of a logical record — entity, canonical key, entity fields — whatever the system
 //! calls its table and columns.
 //!

@@ -1,4 +1,4 @@
-//! Settling a held (`manual`) conflict (DESIGN §4): the operator's choice becomes one more
+//! Settling a held (`manual`) conflict (ARCHITECTURE.md §4): the operator's choice becomes one more
 //! change of the record, from the system `operator`, whose causal context is exactly the
 //! conflict's candidates. Stage 2 then applies it like any change: it supersedes the candidates
 //! (a plain update, delivered to every target), while a write that arrived after the conflict

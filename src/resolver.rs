@@ -6,7 +6,7 @@
 //! that alters a record's state also yields the record's changelog value ([`crate::changelog`]),
 //! which the worker writes once the change's outputs are acknowledged. A partition assigned to
 //! this worker is [`Resolver::install`]ed from its changelog before any of its changes is
-//! applied, and dropped when it is revoked (DESIGN §1 "Partition ownership").
+//! applied, and dropped when it is revoked (ARCHITECTURE.md §1 "Partition ownership").
 
 use std::collections::HashMap;
 

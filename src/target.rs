@@ -1,4 +1,4 @@
-//! What a target system receives (DESIGN §4 step 8): the resolved record in the target's own
+//! What a target system receives (ARCHITECTURE.md §4 step 8): the resolved record in the target's own
 //! table and column names, as a Debezium-shaped envelope that Debezium's consumers and sinks
 //! read unchanged, plus harmony's version of it.
 //!

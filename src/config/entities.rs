@@ -1,6 +1,6 @@
 //! The business model of the configuration: entities (logical record types), how each source
 //! system's table maps onto one, how conflicting writes of each field are resolved, and which
-//! systems receive which entities (DESIGN §3).
+//! systems receive which entities (ARCHITECTURE.md §3).
 //!
 //! ```toml
 //! [[entities]]
@@ -31,7 +31,7 @@ use serde::Deserialize;
 
 use super::{is_valid_topic_name, ConfigError};
 
-/// How a conflict on a field is resolved (DESIGN §4, "Strategies").
+/// How a conflict on a field is resolved (ARCHITECTURE.md §4, "Strategies").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {
@@ -132,7 +132,7 @@ pub struct SourceMapping {
     /// as a target, this system is sent a record only once the record has a value for each.
     #[serde(default)]
     pub required: Vec<String>,
-    /// Exact echo mode (DESIGN §4 step 3): a column of this table that holds the version
+    /// Exact echo mode (ARCHITECTURE.md §4 step 3): a column of this table that holds the version
     /// harmony last wrote (the sink writes it with the row; the application leaves it alone),
     /// so every captured change names the version it was based on. Not a field.
     #[serde(default)]

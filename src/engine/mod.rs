@@ -1,4 +1,4 @@
-//! Stage 2 (DESIGN §4): one record change from one system, applied to the record's state —
+//! Stage 2 (ARCHITECTURE.md §4): one record change from one system, applied to the record's state —
 //! dedup, echo suppression, causal context, per-field conflict detection, resolution by the
 //! field's strategy, and which targets must be sent the result. Pure and deterministic: the
 //! same changes in the same order give the same state, and for every strategy but `manual`

@@ -1,4 +1,4 @@
-//! `merge` for set-valued fields (DESIGN §4): a JSON array is a set of elements, and
+//! `merge` for set-valued fields (ARCHITECTURE.md §4): a JSON array is a set of elements, and
 //! concurrent changes merge as an observed-remove set. Each element keeps the dots of the
 //! changes that added it; a system's removal drops only the dots it had seen (its causal
 //! context), so an element another system added concurrently survives (add wins), and the

@@ -1,4 +1,4 @@
-//! What stage 2 keeps per logical record (DESIGN §4): its version vector, each field's value
+//! What stage 2 keeps per logical record (ARCHITECTURE.md §4): its version vector, each field's value
 //! with the dot of the change that wrote it, and per system what that system is known to have
 //! seen, hold and be sent.
 

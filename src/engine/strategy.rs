@@ -1,4 +1,4 @@
-//! The per-field strategies of DESIGN §4. Each decision depends only on the two candidates
+//! The per-field strategies of ARCHITECTURE.md §4. Each decision depends only on the two candidates
 //! (value, source timestamp, system rank and name), never on which arrived first: that is what
 //! makes resolution converge whatever the order of concurrent changes.
 

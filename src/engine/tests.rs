@@ -511,7 +511,7 @@ proptest! {
 
     /// Content mode converges too as long as no two systems concurrently write the very
     /// content harmony is sending the other (then that write is read as an echo: the one
-    /// ambiguity of content matching, DESIGN §4 step 3).
+    /// ambiguity of content matching, ARCHITECTURE.md §4 step 3).
     #[test]
     fn content_mode_converges_when_writes_are_distinguishable(strategy in arb_strategy(), changes in arb_changes()) {
         let rules = {
@@ -795,7 +795,7 @@ fn concurrent_writes_of_the_same_value_are_no_conflict() {
     let mut src = Source { next: [0; 3] };
     let mut state = synced(&rules, &mut src);
     // Exact mode: in content mode the second write would equal the first's pending delivery
-    // and pass for its echo (the ambiguity DESIGN §4 step 3 names).
+    // and pass for its echo (the ambiguity ARCHITECTURE.md §4 step 3 names).
     let base = state.clock.clone();
     let renamed = [(NAME, text("Mug"))];
     let a = apply(

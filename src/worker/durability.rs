@@ -1,4 +1,4 @@
-//! Stage 2's order of durability (DESIGN §5): an event's outputs acknowledged → its record's
+//! Stage 2's order of durability (ARCHITECTURE.md §5): an event's outputs acknowledged → its record's
 //! changelog value written and acknowledged → its input offset stored. A crash anywhere then
 //! replays into a state that either lacks the event (redone) or holds it with its outputs
 //! already delivered (deduplicated); the reverse order would let a replay be deduplicated away

@@ -1,5 +1,5 @@
 //! Which partitions this worker owns, as the group's rebalances decide, and stage 2's state
-//! following that ownership (DESIGN §1 "Partition ownership").
+//! following that ownership (ARCHITECTURE.md §1 "Partition ownership").
 //!
 //! The callbacks run inside the consumer's poll, before any record of a newly assigned
 //! partition is handed to the pipeline: an assigned internal-topic partition is restored there

@@ -1,4 +1,4 @@
-//! Re-reading a partition after the producer gave up on one of its outputs (DESIGN §5 "Retry
+//! Re-reading a partition after the producer gave up on one of its outputs (ARCHITECTURE.md §5 "Retry
 //! without reordering").
 //!
 //! librdkafka retries a failed produce by itself until `message.timeout.ms`; what fails after

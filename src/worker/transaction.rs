@@ -1,4 +1,4 @@
-//! Exactly-once mode (`processing.guarantee = "exactly_once"`, DESIGN §5): a stage's outputs,
+//! Exactly-once mode (`processing.guarantee = "exactly_once"`, ARCHITECTURE.md §5): a stage's outputs,
 //! conflict records, dead-letter copies, changelog values and the input offsets they consume
 //! go to the broker in one Kafka transaction per commit interval. Readers with
 //! `isolation.level = read_committed` see a batch whole or not at all; a worker killed mid-batch

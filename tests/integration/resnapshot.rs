@@ -63,7 +63,9 @@ topic = "{group}.shop.product"
     let sku = unique("RS");
     psql(
         "erp",
-        &format!("INSERT INTO {table} (sku, name, price, quantity) VALUES ('{sku}', 'Kettle', 30.00, 5)"),
+        &format!(
+            "INSERT INTO {table} (sku, name, price, quantity) VALUES ('{sku}', 'Kettle', 30.00, 5)"
+        ),
     )
     .unwrap();
     psql(
@@ -85,7 +87,12 @@ topic = "{group}.shop.product"
         })
         .unwrap()
     };
-    assert!(sent(&mut shop, "31.00"), "{:?}\n{}", prices(&shop), harmony.log());
+    assert!(
+        sent(&mut shop, "31.00"),
+        "{:?}\n{}",
+        prices(&shop),
+        harmony.log()
+    );
 
     // The connector goes away; the price changes meanwhile. A connector without offsets on the
     // same slot snapshots the table again: the change arrives as a snapshot read.
@@ -127,6 +134,9 @@ topic = "{group}.shop.product"
         prices(&shop),
         harmony.log()
     );
-    assert!(harmony.terminate(Duration::from_secs(30)).unwrap().success());
+    assert!(harmony
+        .terminate(Duration::from_secs(30))
+        .unwrap()
+        .success());
     psql("erp", &format!("DROP TABLE {table}")).unwrap();
 }
