@@ -115,7 +115,9 @@ topic = "{group}.shop.product"
     }
     let again = format!("{source}_again");
     connectors.register(&again, config).unwrap();
-    connectors.wait_state(&[again.clone()], "RUNNING").unwrap();
+    connectors
+        .wait_state(std::slice::from_ref(&again), "RUNNING")
+        .unwrap();
     assert!(
         sent(&mut shop, "32.00"),
         "the snapshot read of the change made while the connector was away: {:?}\n{}",
