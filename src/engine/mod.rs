@@ -22,7 +22,7 @@ use position::{Applied, PositionVerdict};
 
 /// Deliveries kept for a target that sends none back (it is no source of the entity, or its
 /// window is 0: nothing echoes), whose deliveries can therefore be forgotten; and the least
-/// number of superseded deliveries kept per target. A target that echoes keeps every pending
+/// number of deliveries already seen back or overtaken (`superseded`) kept per target. A target that echoes keeps every pending
 /// delivery: its window bounds them.
 const MAX_PENDING_DELIVERIES: usize = 32;
 
@@ -210,9 +210,17 @@ pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) 
             }
     };
     let echoed_at = sys.pending.iter().position(is_echo);
+    // Exact mode also remembers the deliveries it saw echoed (below), so a late one must be
+    // older than what the system was last seen holding: a row can carry the version it was
+    // last sent and still be written by its application (back to those very values, say), but
+    // its version column never goes back unless its sink wrote an older delivery again.
     let late_at = echoed_at
         .is_none()
-        .then(|| sys.superseded.iter().position(is_echo))
+        .then(|| {
+            sys.superseded.iter().position(|d| {
+                is_echo(d) && (change.context.is_none() || behind_except(&d.clock, &sys.seen, s))
+            })
+        })
         .flatten();
     let mut echoed = false;
     if let Some(i) = echoed_at {
@@ -221,9 +229,24 @@ pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) 
         // (in order, before this one) unless this "echo" was in truth a local write that
         // happened to equal it. Remembered, so that their late arrival is known for what
         // it is rather than taken for a fresh change of stale values.
-        let mut skipped: Vec<Delivery> = system.pending.drain(..=i).collect();
-        // The last one drained is the delivery echoed (moved out, not copied).
-        if let Some(delivery) = skipped.pop() {
+        // Exact mode: the echoed delivery itself is remembered too. A sink that reads its
+        // topic again (a restart before it committed, or harmony's at-least-once replay after a
+        // crash publishing a version twice) writes it again after newer ones; its version
+        // column names it, so the write is known as the late echo it is — taken for a fresh
+        // change it would move the record back (under `sum`, count the difference as a
+        // movement). Content mode cannot tell such a write from a local one that returns to
+        // an earlier state (a sale and its return), so there only overtaken deliveries are
+        // remembered; run a closed loop in content mode exactly once.
+        let drained = system.pending.drain(..=i);
+        system
+            .superseded
+            .extend(drained.map(|d| Delivery { ts_ms: 0, ..d }));
+        let echoed_delivery = if change.context.is_some() {
+            system.superseded.back().cloned()
+        } else {
+            system.superseded.pop_back()
+        };
+        if let Some(delivery) = echoed_delivery {
             system.seen = delivery.clock;
             system.held_deleted = delivery.deleted;
             for (field, value) in delivery.values {
@@ -231,7 +254,6 @@ pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) 
             }
             echoed = true;
         }
-        system.superseded.extend(skipped);
         // As many as a window can hold: those are the versions its sink may still write.
         let kept = rules
             .windows
@@ -642,6 +664,13 @@ fn change_fingerprint(rules: &EntityRules, sys: &SystemState, change: &Change<'_
         compared_fields(rules, change.system).map(|f| (f, sent(f).or_else(|| sys.held(f)))),
         change.kind == ChangeKind::Delete,
     )
+}
+
+/// Whether `a` is behind `b` in some system's count other than `own`, and ahead in none: a
+/// system's own changes move its version on without a delivery.
+fn behind_except(a: &VersionVector, b: &VersionVector, own: SystemId) -> bool {
+    a.iter().all(|(s, n)| s == own || n <= b.get(s))
+        && b.iter().any(|(s, n)| s != own && a.get(s) < n)
 }
 
 /// Whether the change leaves its system holding every value the delivery sent.

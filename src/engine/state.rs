@@ -94,7 +94,9 @@ pub struct SystemState {
     pub applied: Option<Applied>,
     /// Deliveries not yet seen back, oldest first.
     pub pending: VecDeque<Delivery>,
-    /// Deliveries overtaken by a later one's echo before they were seen back, oldest first.
+    /// Deliveries seen back, or overtaken by a later one's echo before they were, oldest first:
+    /// a change equal to one of them is its system's sink writing it late (a late echo), not a
+    /// fresh write of stale values.
     pub superseded: VecDeque<Delivery>,
 }
 

@@ -643,6 +643,70 @@ fn a_delete_final_everywhere_erases_the_values_and_a_replayed_creation_stays_a_d
 }
 
 #[test]
+fn exact_mode_knows_a_sink_writing_an_older_delivery_again_for_a_late_echo() {
+    let rules = rules(Strategy::Sum, vec![]);
+    let mut src = Source { next: [0; 3] };
+    let mut state = synced(&rules, &mut src);
+    let delivered =
+        |state: &RecordState| state.system(SHOP).unwrap().pending.back().cloned().unwrap();
+    // The erp receives twice: two deliveries to the shop.
+    let mut sent = Vec::new();
+    for (n, q) in [(1, 105), (2, 108)] {
+        let fields = [(QUANTITY, int(q))];
+        apply(
+            &mut state,
+            &rules,
+            &change(&mut src, ERP, 2_000 + n, &fields),
+        );
+        sent.push(delivery_row(&delivered(&state)));
+    }
+    // The shop's sink writes both; then, restarted before it committed, writes both again.
+    for (round, expected) in [(0, [true, true]), (1, [false, true])] {
+        for (i, (row, version)) in sent.iter().enumerate() {
+            let out = apply(
+                &mut state,
+                &rules,
+                &exact(&mut src, SHOP, 3_000 + round, row, version),
+            );
+            let echo = matches!(out, Outcome::Echo { .. });
+            let late = matches!(out, Outcome::LateEcho { .. });
+            assert!(echo || late, "round {round}, delivery {i}: {out:?}");
+            assert_eq!(echo, expected[i], "round {round}, delivery {i}: {out:?}");
+        }
+    }
+    // Before: the older delivery written again was a fresh write of 105 — under `sum`, the shop
+    // "selling" 3 — and the stock fell to 105.
+    assert_eq!(value(&state, QUANTITY), int(108));
+    assert_eq!(
+        state.clock.get(SHOP),
+        0,
+        "no change of the shop's was accepted"
+    );
+    // The shop then sells one, on top of the version its row carries.
+    let (row, version) = &sent[1];
+    let mut sold = row.clone();
+    for (field, value) in &mut sold {
+        if *field == QUANTITY {
+            *value = int(107);
+        }
+    }
+    assert!(matches!(
+        apply(
+            &mut state,
+            &rules,
+            &exact(&mut src, SHOP, 4_000, &sold, version)
+        ),
+        Outcome::Applied { .. }
+    ));
+    assert_eq!(value(&state, QUANTITY), int(107));
+}
+
+/// What a sink writes for `delivery`: its values, and its version in the version column.
+fn delivery_row(delivery: &Delivery) -> (Vec<(FieldId, FieldValue)>, VersionVector) {
+    (delivery.values.clone(), delivery.clock.clone())
+}
+
+#[test]
 fn delete_wins_over_a_concurrent_update_in_either_order() {
     for delete_first in [true, false] {
         let state = delete_against_update(DeleteConflict::DeleteWins, delete_first);

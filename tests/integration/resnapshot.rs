@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::{
-    self, deployed_connector, psql, unique, Connectors, Harmony, HarmonyOptions, TopicReader,
-};
+use crate::support::{self, psql, unique, Connectors, Harmony, HarmonyOptions, TopicReader};
 
 #[test]
 fn changes_after_a_connector_resnapshot_reach_the_targets() {
@@ -102,22 +100,7 @@ topic = "{group}.shop.product"
         &format!("UPDATE {table} SET price = 32.00 WHERE sku = '{sku}'"),
     )
     .unwrap();
-    let mut config = deployed_connector("erp-postgres").unwrap();
-    for (key, value) in [
-        ("topic.prefix", source.as_str()),
-        ("table.include.list", &format!("public.{table}")),
-        ("slot.name", &source),
-        ("publication.name", &source),
-        ("snapshot.mode", "initial"),
-        ("heartbeat.interval.ms", "1000"),
-    ] {
-        config.insert(key.into(), json!(value));
-    }
-    let again = format!("{source}_again");
-    connectors.register(&again, config).unwrap();
-    connectors
-        .wait_state(std::slice::from_ref(&again), "RUNNING")
-        .unwrap();
+    connectors.resnapshot_removed(&run, "erp", &table).unwrap();
     assert!(
         sent(&mut shop, "32.00"),
         "the snapshot read of the change made while the connector was away: {:?}\n{}",

@@ -806,6 +806,40 @@ impl Connectors {
         Ok(())
     }
 
+    /// The source connector `<run>_<system>` of [`Connectors::stream_tables`] replaced by one
+    /// of another name (so without offsets) on the same slot, publication and topics, which
+    /// snapshots `table` again (`snapshot.mode=initial`) before it streams: what a reset of the
+    /// connector's offsets does. Returns once the new one runs.
+    pub fn resnapshot(&mut self, run: &str, system: &'static str, table: &str) -> Result<()> {
+        self.remove(&format!("{run}_{system}"))?;
+        self.resnapshot_removed(run, system, table)
+    }
+
+    /// [`Connectors::resnapshot`] after the old connector was removed (changes made meanwhile
+    /// reach Kafka only through the new snapshot).
+    pub fn resnapshot_removed(
+        &mut self,
+        run: &str,
+        system: &'static str,
+        table: &str,
+    ) -> Result<()> {
+        let source = format!("{run}_{system}");
+        let mut config = deployed_connector(&format!("{system}-postgres"))?;
+        for (key, value) in [
+            ("topic.prefix", source.as_str()),
+            ("table.include.list", &format!("public.{table}")),
+            ("slot.name", &source),
+            ("publication.name", &source),
+            ("snapshot.mode", "initial"),
+            ("heartbeat.interval.ms", "1000"),
+        ] {
+            config.insert(key.into(), serde_json::json!(value));
+        }
+        let again = format!("{source}_again");
+        self.register(&again, config)?;
+        self.wait_state(std::slice::from_ref(&again), "RUNNING")
+    }
+
     pub fn set_paused(&self, names: &[String], paused: bool) -> Result<()> {
         let verb = if paused { "pause" } else { "resume" };
         for name in names {
