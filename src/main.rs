@@ -147,7 +147,10 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("resolve {conflict}: {e:#}");
+                    eprintln!(
+                        "resolve {conflict}: {}",
+                        harmony::telemetry::error_text(e.as_ref())
+                    );
                     ExitCode::FAILURE
                 }
             }
@@ -174,7 +177,10 @@ fn main() -> ExitCode {
             match runtime.block_on(run(config, rebuild_state)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!(error = format!("{e:#}"), "harmony stopped");
+                    tracing::error!(
+                        error = harmony::telemetry::error_text(e.as_ref()),
+                        "harmony stopped"
+                    );
                     ExitCode::FAILURE
                 }
             }

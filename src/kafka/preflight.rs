@@ -80,7 +80,8 @@ pub fn state_lost(committed: &[i64], state_ends: &[i64]) -> bool {
     committed.iter().any(|&o| o > 0) && state_ends.iter().all(|&end| end == 0)
 }
 
-/// The retention settings of each of `topics`, in order.
+/// The retention settings of each of `topics`, in order; asked again for up to 30 s while the
+/// broker is not ready to answer.
 pub async fn retention(
     client_config: &ClientConfig,
     topics: &[&str],
@@ -89,20 +90,36 @@ pub async fn retention(
     let specifiers: Vec<ResourceSpecifier<'_>> =
         topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
     let options = AdminOptions::new().request_timeout(Some(TIMEOUT));
-    let described = admin.describe_configs(&specifiers, &options).await?;
-    described
-        .into_iter()
-        .map(|resource| {
-            let resource = resource.map_err(KafkaError::AdminOp)?;
-            let value = |name: &str| resource.get(name).and_then(|e| e.value.clone());
-            let number = |name: &str| value(name).and_then(|v| v.parse().ok()).unwrap_or(-1);
-            Ok(Retention {
-                cleanup_policy: value("cleanup.policy").unwrap_or_else(|| "delete".into()),
-                retention_ms: number("retention.ms"),
-                retention_bytes: number("retention.bytes"),
-            })
-        })
-        .collect()
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let described = admin
+            .describe_configs(&specifiers, &options)
+            .await
+            .and_then(|resources| {
+                resources
+                    .into_iter()
+                    .map(|resource| {
+                        let resource = resource.map_err(KafkaError::AdminOp)?;
+                        let value = |name: &str| resource.get(name).and_then(|e| e.value.clone());
+                        let number =
+                            |name: &str| value(name).and_then(|v| v.parse().ok()).unwrap_or(-1);
+                        Ok(Retention {
+                            cleanup_policy: value("cleanup.policy")
+                                .unwrap_or_else(|| "delete".into()),
+                            retention_ms: number("retention.ms"),
+                            retention_bytes: number("retention.bytes"),
+                        })
+                    })
+                    .collect()
+            });
+        match described {
+            Err(e) if is_transient(&e) && tokio::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "topic settings not readable yet; asking again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            result => return result,
+        }
+    }
 }
 
 /// A consumer of `group` that never joins it: it reads the group's committed offsets (and,
@@ -120,7 +137,8 @@ pub(super) fn group_reader(
 }
 
 /// `group`'s committed offset on each partition of `topic` (-1: none), and each partition's
-/// low and high watermarks.
+/// low and high watermarks. Asked again while the broker answers that it is not ready (a
+/// coordinator moving or loading after a broker restart), for up to 30 s.
 pub fn offsets(
     client_config: &ClientConfig,
     group: &str,
@@ -128,6 +146,23 @@ pub fn offsets(
     partitions: usize,
 ) -> Result<Vec<(i64, i64, i64)>, KafkaError> {
     let consumer = group_reader(client_config, group)?;
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        match read_offsets(&consumer, topic, partitions) {
+            Err(e) if is_transient(&e) && std::time::Instant::now() < deadline => {
+                tracing::debug!(group, topic, error = %e, "offsets not readable yet; asking again");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            result => return result,
+        }
+    }
+}
+
+fn read_offsets(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: usize,
+) -> Result<Vec<(i64, i64, i64)>, KafkaError> {
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions as i32 {
         tpl.add_partition(topic, p);
@@ -143,6 +178,26 @@ pub fn offsets(
             Ok((offset, low, high))
         })
         .collect()
+}
+
+/// Errors a broker gives while it is (re)starting or moving a group's coordinator.
+fn is_transient(error: &KafkaError) -> bool {
+    use rdkafka::error::RDKafkaErrorCode::*;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            NotCoordinator
+                | CoordinatorNotAvailable
+                | CoordinatorLoadInProgress
+                | LeaderNotAvailable
+                | NotLeaderForPartition
+                | RequestTimedOut
+                | OperationTimedOut
+                | BrokerTransportFailure
+                | AllBrokersDown
+                | UnknownTopicOrPartition
+        )
+    )
 }
 
 #[cfg(test)]

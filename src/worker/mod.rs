@@ -470,20 +470,25 @@ mod tests {
 
     #[test]
     fn a_worker_error_says_its_cause_once() {
-        let error = anyhow::Error::new(WorkerError::Setup(KafkaError::ClientCreation(
-            "no brokers".into(),
+        use crate::telemetry::error_text;
+        use rdkafka::error::RDKafkaErrorCode;
+        // librdkafka's own errors print their code and give it as their source as well.
+        let error = anyhow::Error::new(WorkerError::Setup(KafkaError::MetadataFetch(
+            RDKafkaErrorCode::NotCoordinator,
         )))
         .context("worker");
-        let shown = format!("{error:#}");
-        assert_eq!(shown.matches("no brokers").count(), 1, "{shown}");
+        let shown = error_text(error.as_ref());
+        assert_eq!(shown.matches("Not coordinator").count(), 1, "{shown}");
         assert!(
             shown.starts_with("worker: cannot set up the Kafka clients: "),
             "{shown}"
         );
+        // Before: `{:#}` said it twice.
+        assert_eq!(format!("{error:#}").matches("Not coordinator").count(), 2);
         let decode = anyhow::Error::new(crate::envelope::DecodeError::json(
             serde_json::from_str::<u8>("x").unwrap_err(),
         ));
-        let shown = format!("{decode:#}");
+        let shown = error_text(decode.as_ref());
         assert_eq!(shown.matches("expected value").count(), 1, "{shown}");
     }
 }

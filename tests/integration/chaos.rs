@@ -17,18 +17,20 @@
 //! | `CHAOS_LINGER_MS` | the producers' `linger.ms` (widens every in-flight window) | librdkafka's |
 //! | `CHAOS_MESSAGE_TIMEOUT_MS` | the producers' retry budget; shorter than a broker restart, so outputs in flight then fail and their partitions are read again | 2000 |
 //! | `CHAOS_GUARANTEE` | `at_least_once` or `exactly_once` | at_least_once |
-//! | `CHAOS_MODE` | `exact`: no sinks, version columns; `content`: the closed loop (below) | exact |
+//! | `CHAOS_MODE` | `exact`: no sinks; `loop`: the closed loop (below), version columns; `content`: the closed loop, told by content alone | exact |
 //!
-//! **Content mode** closes the loop: Debezium's JDBC sink writes each target topic back into its
-//! system's table, whose capture brings every delivery back as an echo, told from a local write
-//! by content alone (no version column); and halfway through, the erp's source connector is
-//! replaced by one without offsets on the same slot, which snapshots the table again. Only the
-//! erp inserts (the sinks create the other rows), nothing is deleted, and every local write is
-//! one no delivery can equal — content matching's one ambiguity, which exact mode removes, is
-//! not what this run is for: stock moves up only, each system in its own band (the erp by
-//! 10¹², the shop by 10⁶, the warehouse by 1), and every price written is new. The databases
-//! must converge on every product's expected stock, and the loop go quiet. There is no
-//! fault-free reference run (the sinks' writes are input to whichever run reads them).
+//! **The closed loop** (`loop`, `content`): Debezium's JDBC sink writes each target topic back
+//! into its system's table, whose capture brings every delivery back as an echo; and halfway
+//! through, the erp's source connector is replaced by one without offsets on the same slot,
+//! which snapshots the table again. Only the erp inserts (the sinks create the other rows),
+//! nothing is deleted, and every local write is one no delivery can equal — content matching's
+//! one ambiguity, which exact mode removes, is not what these runs are for: stock moves up only,
+//! each system in its own band (the erp by 10¹², the shop by 10⁶, the warehouse by 1), and
+//! every price written is new. The databases must converge on every product's expected stock,
+//! and the loop go quiet. There is no fault-free reference run (the sinks' writes are input to
+//! whichever run reads them). `content` drops the version columns: a sink that reads its topic
+//! again after a restart (broker restarts make Connect's sinks do so) writes deliveries already
+//! seen back, which content alone cannot tell from local writes — see the README.
 //!
 //! The input: stock movements and price changes from all three systems, half of them on a
 //! tenth of the products (hot keys), and on a twentieth of the products (churned, cold ones)
@@ -106,6 +108,12 @@ ignore = ["updated_at"]
   columns = { sku = "sku", on_hand = "quantity", updated_at = "updated_at" }
 "#;
 
+/// Sinks write the target topics back into the source tables.
+fn closed_loop() -> bool {
+    std::env::var("CHAOS_MODE").is_ok_and(|m| m == "loop" || m == "content")
+}
+
+/// The closed loop without version columns: echoes told by content alone.
 fn content_mode() -> bool {
     std::env::var("CHAOS_MODE").is_ok_and(|m| m == "content")
 }
@@ -151,7 +159,7 @@ struct Expected {
 /// The seeded input: per system, the SQL creating its rows and its changes after, in order;
 /// and what they imply.
 fn generate(sizes: &Sizes, prefix: &str) -> ([String; 3], [String; 3], Expected) {
-    let content = content_mode();
+    let content = closed_loop();
     let mut seed = [0u8; 32];
     seed[..8].copy_from_slice(&sizes.seed.to_le_bytes());
     let mut rng = TestRng::from_seed(RngAlgorithm::ChaCha, &seed);
@@ -408,16 +416,14 @@ fn options(group: &str, run: &str) -> HarmonyOptions {
             )
         })
         .collect();
-    // Exact mode: no sink writes the target topics back, nothing echoes, so every version is
-    // sent. Content mode: the sinks echo every delivery, within the default window.
-    let (entity, window) = if content_mode() {
-        (
-            ENTITY.replace("  version_column = \"harmony_version\"\n", ""),
-            "",
-        )
+    // Without sinks nothing echoes, so every version is sent; in the closed loop the sinks
+    // echo every delivery, within the default window.
+    let entity = if content_mode() {
+        ENTITY.replace("  version_column = \"harmony_version\"\n", "")
     } else {
-        (ENTITY.to_owned(), "window = 0\n")
+        ENTITY.to_owned()
     };
+    let window = if closed_loop() { "" } else { "window = 0\n" };
     let targets = support::product_targets(group, &SYSTEMS, window);
     // A long linger keeps records in the producer for that long: the window in which a build
     // that stored offsets before acknowledgements would lose them when killed.
@@ -508,6 +514,11 @@ fn register_sinks(connectors: &mut Connectors, run: &str, group: &str) {
         let mut config = support::deployed_connector(&format!("{system}-sink")).unwrap();
         config.insert("topics".into(), json!(format!("{group}.{system}.product")));
         config.insert("table.name.format".into(), json!(table));
+        // Exactly once, what an aborted batch published is never written back.
+        config.insert(
+            "consumer.override.isolation.level".into(),
+            json!("read_committed"),
+        );
         connectors.register(&name, config).unwrap();
         sinks.push(name);
     }
@@ -529,7 +540,7 @@ fn chaos() {
         broker_restarts: env_usize("CHAOS_BROKER_RESTARTS", 1),
         seed: env_usize("CHAOS_SEED", 42) as u64,
     };
-    let content = content_mode();
+    let content = closed_loop();
     let prefix = unique("CH").replace('-', "");
     let (inserts, updates, expected) = generate(&sizes, &prefix);
     for (system, (demo, table)) in SYSTEMS.iter().zip(TABLES) {
@@ -853,7 +864,7 @@ fn chaos() {
     report["partition_rewinds_logged"] = json!(logged("partition paused; it is read again"));
     report["aborted_batches_logged"] = json!(logged("batch aborted"));
     report["churned_products"] = json!(expected.changes.len() - expected.stock.len());
-    report["mode"] = json!(if content { "content" } else { "exact" });
+    report["mode"] = json!(std::env::var("CHAOS_MODE").unwrap_or_else(|_| "exact".into()));
     report["resnapshotted"] = json!(resnapshotted);
     report["loop_quiet"] = json!(quiet);
     println!("CHAOS REPORT {report}");
