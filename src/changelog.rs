@@ -100,6 +100,9 @@ struct WireApplied<'a> {
     /// Per system with a position, the commit time of the change at that position.
     #[serde(borrow)]
     applied_ts_ms: Vec<(Cow<'a, str>, i64)>,
+    /// Exact mode: per system, its row's version column as last captured.
+    #[serde(borrow)]
+    row_versions: Vec<(Cow<'a, str>, WireClock<'a>)>,
 }
 
 /// Format 2's appendix to the format-1 body.
@@ -293,6 +296,15 @@ pub fn encode(state: &RecordState, names: &Names<'_>) -> Vec<u8> {
             .iter()
             .filter_map(|(s, sys)| sys.applied.map(|a| (names.system(*s), a.ts_ms)))
             .collect(),
+        row_versions: state
+            .systems
+            .iter()
+            .filter_map(|(s, sys)| {
+                sys.row_version
+                    .as_ref()
+                    .map(|v| (names.system(*s), names.clock(v)))
+            })
+            .collect(),
     };
     // Serialising plain in-memory data into a vector cannot fail.
     let mut out = postcard::to_extend(&wire, vec![FORMAT]).unwrap_or_default();
@@ -371,6 +383,7 @@ pub fn decode(bytes: &[u8], names: &Names<'_>) -> Result<RecordState, String> {
                 position: p.into(),
                 ts_ms: i64::MAX,
             }),
+            row_version: None,
             pending: s
                 .pending
                 .into_iter()
@@ -393,6 +406,11 @@ pub fn decode(bytes: &[u8], names: &Names<'_>) -> Result<RecordState, String> {
             .and_then(|&id| state.system_mut(id).applied.as_mut())
         {
             a.ts_ms = ts_ms;
+        }
+    }
+    for (name, version) in applied.row_versions {
+        if let Some(&id) = names.system_ids.get(name.as_ref()) {
+            state.system_mut(id).row_version = Some(names.clock_of(version));
         }
     }
     if format < 3 {

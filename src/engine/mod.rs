@@ -72,6 +72,9 @@ pub struct EntityRules {
     /// sinks every intermediate version of such a backlog.
     pub windows: Vec<usize>,
     pub on_delete_conflict: DeleteConflict,
+    /// harmony's own name in version vectors ([`crate::resolution::OPERATOR`]): the author of
+    /// manual resolutions, and of re-sends (see [`apply`]'s late echo).
+    pub operator: SystemId,
 }
 
 impl EntityRules {
@@ -167,6 +170,21 @@ pub enum Outcome {
 
 /// Applies `change` to `state` under `rules`.
 pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) -> Outcome {
+    let outcome = apply_change(state, rules, change);
+    // The row's version column as now captured (not for a replay of an older capture).
+    if let (Some(version), false) = (
+        change.context,
+        outcome == Outcome::Duplicate(DuplicateReason::Position),
+    ) {
+        let system = state.system_mut(change.system);
+        if system.row_version.as_ref() != Some(version) {
+            system.row_version = Some(version.clone());
+        }
+    }
+    outcome
+}
+
+fn apply_change(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) -> Outcome {
     let s = change.system;
     // Borrowed, never cloned: a system's state holds its pending deliveries with their values.
     let never_seen = SystemState::default();
@@ -209,19 +227,22 @@ pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) 
                 change.kind == ChangeKind::Upsert && delivered_values_match(change, sys, d)
             }
     };
-    let echoed_at = sys.pending.iter().position(is_echo);
-    // Exact mode also remembers the deliveries it saw echoed (below), so a late one must be
-    // older than what the system was last seen holding: a row can carry the version it was
-    // last sent and still be written by its application (back to those very values, say), but
-    // its version column never goes back unless its sink wrote an older delivery again.
-    let late_at = echoed_at
-        .is_none()
-        .then(|| {
-            sys.superseded.iter().position(|d| {
-                is_echo(d) && (change.context.is_none() || behind_except(&d.clock, &sys.seen, s))
-            })
-        })
+    let pending_at = sys.pending.iter().position(is_echo);
+    // Exact mode also remembers the deliveries it saw echoed (below). Only a sink changes a
+    // row's version column, so a change whose version differs from the one the row was last
+    // captured with was written by the sink: an older delivery written again (its restart
+    // before it committed, or an at-least-once duplicate) is a late echo, the latest one
+    // included. With the version unchanged, the application wrote the row (perhaps back to a
+    // delivery's very values): no late echo. (A sink writing again only the version the row
+    // already carries cannot be told from that.)
+    let sink_wrote = change
+        .context
+        .is_some_and(|ctx| sys.row_version.as_ref() != Some(ctx));
+    let history_at = (change.context.is_none() || sink_wrote)
+        .then(|| sys.superseded.iter().position(is_echo))
         .flatten();
+    let echoed_at = pending_at;
+    let late_at = history_at.filter(|_| echoed_at.is_none());
     let mut echoed = false;
     if let Some(i) = echoed_at {
         let system = state.system_mut(s);
@@ -269,7 +290,12 @@ pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) 
         // Either way no new version: the system holds those values now, and is sent the
         // record again unless a newer delivery is already on its way to it.
         let system = state.system_mut(s);
-        let late = system.superseded.drain(..=i).next_back();
+        // Exact mode keeps what it saw echoed: a sink restarted twice writes it all again twice.
+        let late = if change.context.is_some() {
+            system.superseded.get(i).cloned()
+        } else {
+            system.superseded.drain(..=i).next_back()
+        };
         if let Some(late) = late {
             system.held_deleted = late.deleted;
             for (field, value) in late.values {
@@ -277,9 +303,19 @@ pub fn apply(state: &mut RecordState, rules: &EntityRules, change: &Change<'_>) 
             }
         }
         system.applied = Some(applied);
-        return Outcome::LateEcho {
-            deliver_to: deliver(state, rules, &[s], change.ts_ms),
-        };
+        // Exact mode: the re-send is a new version, under harmony's own name, so that its sink
+        // writing it changes the row's version column and is known for its echo — with the
+        // version of the delivery just written again, a write of the application's could pass
+        // for it, and the re-send's own write then for the application's.
+        let resend = change
+            .context
+            .is_some()
+            .then(|| state.clock.increment(rules.operator));
+        let deliver_to = deliver(state, rules, &[s], change.ts_ms);
+        if let (Some(dot), true) = (resend, deliver_to.is_empty()) {
+            state.clock.set(rules.operator, dot.counter - 1);
+        }
+        return Outcome::LateEcho { deliver_to };
     }
     let sys = state.system(s).unwrap_or(&never_seen);
 
@@ -664,13 +700,6 @@ fn change_fingerprint(rules: &EntityRules, sys: &SystemState, change: &Change<'_
         compared_fields(rules, change.system).map(|f| (f, sent(f).or_else(|| sys.held(f)))),
         change.kind == ChangeKind::Delete,
     )
-}
-
-/// Whether `a` is behind `b` in some system's count other than `own`, and ahead in none: a
-/// system's own changes move its version on without a delivery.
-fn behind_except(a: &VersionVector, b: &VersionVector, own: SystemId) -> bool {
-    a.iter().all(|(s, n)| s == own || n <= b.get(s))
-        && b.iter().any(|(s, n)| s != own && a.get(s) < n)
 }
 
 /// Whether the change leaves its system holding every value the delivery sent.

@@ -98,6 +98,7 @@ pub fn entity_rules(config: &Config, catalog: &Catalog) -> Vec<EntityRules> {
                 targets,
                 windows,
                 on_delete_conflict: entity.on_delete_conflict,
+                operator: SystemId((systems.len() - 1) as u16),
             }
         })
         .collect()

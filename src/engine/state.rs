@@ -92,6 +92,9 @@ pub struct SystemState {
     pub held_deleted: bool,
     /// The last change applied from it: its source position and commit time (dedup).
     pub applied: Option<Applied>,
+    /// Exact mode: the version column of its row as last captured. Only its sink writes that
+    /// column, so a change that carries another version was written by the sink.
+    pub row_version: Option<VersionVector>,
     /// Deliveries not yet seen back, oldest first.
     pub pending: VecDeque<Delivery>,
     /// Deliveries seen back, or overtaken by a later one's echo before they were, oldest first:
@@ -180,6 +183,9 @@ impl RecordState {
         for (_, system) in &mut self.systems {
             system.held.shrink_to_fit();
             system.seen.shrink_to_fit();
+            if let Some(v) = system.row_version.as_mut() {
+                v.shrink_to_fit();
+            }
             system.pending.shrink_to_fit();
             system.superseded.shrink_to_fit();
         }
@@ -225,6 +231,7 @@ impl RecordState {
             .iter()
             .map(|(_, s)| {
                 s.seen.heap_bytes()
+                    + s.row_version.as_ref().map_or(0, VersionVector::heap_bytes)
                     + values(&s.held)
                     + (s.pending.capacity() + s.superseded.capacity()) * size_of::<Delivery>()
                     + s.pending
