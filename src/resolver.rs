@@ -606,15 +606,8 @@ fn oversized(resolved: &Resolved, limit: usize) -> Option<(String, usize)> {
 /// Where the change's system had got to, when the change is behind it yet committed later.
 fn regressed_from(state: &RecordState, change: &Change<'_>) -> Option<SourcePosition> {
     let sys = state.system(change.system)?;
-    let verdict = position::verdict(
-        sys.applied,
-        change.position,
-        change.ts_ms,
-        change.snapshot,
-        change.kind,
-        sys.held_deleted,
-    );
-    (verdict == PositionVerdict::Regressed).then(|| sys.applied.map(|a| a.position))?
+    (position::verdict_of(sys, change) == PositionVerdict::Regressed)
+        .then(|| sys.applied.map(|a| a.position))?
 }
 
 /// The target records of `state` for each of `targets` that receives the entity.

@@ -197,15 +197,7 @@ fn apply_change(state: &mut RecordState, rules: &EntityRules, change: &Change<'_
         position: change.position,
         ts_ms: change.ts_ms,
     };
-    if position::verdict(
-        sys.applied,
-        change.position,
-        change.ts_ms,
-        change.snapshot,
-        change.kind,
-        sys.held_deleted,
-    ) == PositionVerdict::Replay
-    {
+    if position::verdict_of(sys, change) == PositionVerdict::Replay {
         return Outcome::Duplicate(DuplicateReason::Position);
     }
     if change.snapshot

@@ -69,6 +69,18 @@ pub fn verdict(
     }
 }
 
+/// [`verdict`] of `change` against what its system last applied to the record.
+pub fn verdict_of(sys: &super::SystemState, change: &super::Change<'_>) -> PositionVerdict {
+    verdict(
+        sys.applied,
+        change.position,
+        change.ts_ms,
+        change.snapshot,
+        change.kind,
+        sys.held_deleted,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -108,14 +108,7 @@ impl Rewinds {
                 .min(MAX_BACKOFF),
             (topic, partition, failures),
         );
-        self.waiting
-            .retain(|r| !(r.topic == topic && r.partition == partition));
-        self.waiting.push(Rewind {
-            topic: topic.to_owned(),
-            partition,
-            offset,
-            due: now + backoff,
-        });
+        self.wait(topic, partition, offset, now + backoff);
         backoff
     }
 
@@ -123,15 +116,21 @@ impl Rewinds {
     /// apply yet (a policy, not a failure that may pass in a second), and each reading again
     /// costs a restore of its state.
     pub fn hold(&mut self, topic: &str, partition: i32, offset: i64, now: Instant) -> Duration {
+        self.wait(topic, partition, offset, now + MAX_BACKOFF);
+        MAX_BACKOFF
+    }
+
+    /// The partition waits until `due`, to be read again from `offset` (any earlier wait of it
+    /// replaced).
+    fn wait(&mut self, topic: &str, partition: i32, offset: i64, due: Instant) {
         self.waiting
             .retain(|r| !(r.topic == topic && r.partition == partition));
         self.waiting.push(Rewind {
             topic: topic.to_owned(),
             partition,
             offset,
-            due: now + MAX_BACKOFF,
+            due,
         });
-        MAX_BACKOFF
     }
 
     /// Whether the partition's records are to be ignored: it is waiting to be read again.

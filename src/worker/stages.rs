@@ -93,17 +93,7 @@ impl Pipeline<'_> {
                             "the output record of {} bytes exceeds the producer's message.max.bytes",
                             self.buf.len()
                         );
-                        self.metrics.dead_lettered(
-                            topic,
-                            origin.partition,
-                            origin.offset,
-                            "output_too_large",
-                            &reason,
-                        );
-                        sends.push((
-                            Destination::DeadLetter,
-                            self.dead_letter(message, "output_too_large", &reason).await,
-                        ));
+                        sends.push(self.reject(message, "output_too_large", &reason).await);
                     }
                     sent => sends.push((Destination::Output, sent)),
                 }
@@ -117,18 +107,8 @@ impl Pipeline<'_> {
                 self.metrics.control_record(system, topic, control.kind());
             }
             Err(error) => {
-                self.metrics.dead_lettered(
-                    topic,
-                    origin.partition,
-                    origin.offset,
-                    error.kind(),
-                    &error.to_string(),
-                );
-                let message_text = error.to_string();
-                sends.push((
-                    Destination::DeadLetter,
-                    self.dead_letter(message, error.kind(), &message_text).await,
-                ));
+                let reason = error.to_string();
+                sends.push(self.reject(message, error.kind(), &reason).await);
             }
         }
         self.finish(message, None, Phase::Stored, sends, source_ts_ms, started)
@@ -227,17 +207,7 @@ impl Pipeline<'_> {
             }
             Err(error) => {
                 let reason = error.to_string();
-                self.metrics.dead_lettered(
-                    message.topic(),
-                    message.partition(),
-                    message.offset(),
-                    error.kind(),
-                    &reason,
-                );
-                sends.push((
-                    Destination::DeadLetter,
-                    self.dead_letter(message, error.kind(), &reason).await,
-                ));
+                sends.push(self.reject(message, error.kind(), &reason).await);
             }
         }
         if let Some(reason) = halted {
@@ -302,17 +272,7 @@ impl Pipeline<'_> {
                     let reason = format!(
                         "the internal record of {bytes} bytes exceeds the producer's message.max.bytes of {limit}"
                     );
-                    self.metrics.dead_lettered(
-                        origin.topic,
-                        origin.partition,
-                        origin.offset,
-                        "output_too_large",
-                        &reason,
-                    );
-                    sends.push((
-                        Destination::DeadLetter,
-                        self.dead_letter(message, "output_too_large", &reason).await,
-                    ));
+                    sends.push(self.reject(message, "output_too_large", &reason).await);
                     return;
                 }
                 for (key, payload) in &records {
@@ -329,19 +289,30 @@ impl Pipeline<'_> {
             }
             Err(error) => {
                 let reason = error.to_string();
-                self.metrics.dead_lettered(
-                    origin.topic,
-                    origin.partition,
-                    origin.offset,
-                    error.kind(),
-                    &reason,
-                );
-                sends.push((
-                    Destination::DeadLetter,
-                    self.dead_letter(message, error.kind(), &reason).await,
-                ));
+                sends.push(self.reject(message, error.kind(), &reason).await);
             }
         }
+    }
+
+    /// A record that cannot be handled: counted, logged, and its copy sent to the dead-letter
+    /// topic (its offset is stored once that copy is acknowledged).
+    async fn reject(
+        &self,
+        message: &BorrowedMessage<'_>,
+        kind: &str,
+        reason: &str,
+    ) -> (Destination, Sent) {
+        self.metrics.dead_lettered(
+            message.topic(),
+            message.partition(),
+            message.offset(),
+            kind,
+            reason,
+        );
+        (
+            Destination::DeadLetter,
+            self.dead_letter(message, kind, reason).await,
+        )
     }
 
     async fn dead_letter(&self, message: &BorrowedMessage<'_>, kind: &str, reason: &str) -> Sent {
