@@ -125,3 +125,123 @@ topic = "{group}.shop.product"
         .success());
     psql("erp", &format!("DROP TABLE {table}")).unwrap();
 }
+
+/// A Debezium change of `public.items` row `sku` at LSN `lsn`, committed at `ts_ms`.
+fn item_change(sku: &str, price: &str, lsn: u64, ts_ms: i64) -> Vec<u8> {
+    format!(
+        r#"{{"before":null,"after":{{"sku":"{sku}","price":"{price}"}},"source":{{"connector":"postgresql","name":"erp","db":"erp","schema":"public","table":"items","ts_ms":{ts_ms},"sequence":"[\"{lsn}\",\"{lsn}\"]"}},"op":"u","ts_ms":{ts_ms}}}"#
+    )
+    .into_bytes()
+}
+
+/// A source whose positions went backwards (restored from a backup), on the real broker, under
+/// each policy: `accept` applies the change and counts it; `stop` holds the partition at it —
+/// neither it nor anything after it reaches the target — and counts it. Before, both were
+/// dropped as replays without a trace.
+#[test]
+fn a_source_whose_positions_go_back_is_applied_or_stops_its_partition_by_policy() {
+    if !support::stack_available("position regression") {
+        return;
+    }
+    for policy in ["accept", "stop"] {
+        let source = unique("e2e-regress-erp");
+        let target = unique("e2e-regress-shop");
+        support::create_topic(&source, 1).unwrap();
+        support::create_topic(&target, 1).unwrap();
+        let mut options = HarmonyOptions::stack(unique("e2e-regress"));
+        // The erp's own [[systems]] entry, with its policy; the shop only receives.
+        options.systems.clear();
+        let unused = format!("{source}-shop-unused");
+        support::create_topic(&unused, 1).unwrap();
+        options.extra_toml = format!(
+            r#"
+[[systems]]
+name = "erp"
+topics = ["{source}"]
+on_position_regression = "{policy}"
+
+[[systems]]
+name = "shop"
+topics = ["{unused}"]
+
+[[entities]]
+name = "item"
+key = ["sku"]
+
+  [[entities.sources]]
+  system = "erp"
+  table = "public.items"
+  columns = {{ sku = "sku", price = "price" }}
+
+  [[entities.sources]]
+  system = "shop"
+  table = "public.items"
+  columns = {{ sku = "sku", price = "price" }}
+
+[[targets]]
+system = "shop"
+entities = ["item"]
+topic = "{target}"
+"#
+        );
+        let mut harmony = Harmony::start(&options).unwrap();
+        let sku = unique("REG");
+        let key = format!(r#"{{"sku":"{sku}"}}"#);
+        let changes = [
+            item_change(&sku, "10.00", 5_000, 1_700_000_100_000),
+            // The database restored from last night's backup: behind, committed later.
+            item_change(&sku, "11.00", 3_000, 1_700_000_900_000),
+            item_change(&sku, "12.00", 3_100, 1_700_000_901_000),
+        ];
+        let records: Vec<_> = changes
+            .iter()
+            .map(|v| (Some(key.as_bytes()), Some(v.as_slice())))
+            .collect();
+        support::produce_raw(&source, &records).unwrap();
+        let mut shop = TopicReader::new(&target).unwrap();
+        let prices = |shop: &TopicReader| -> Vec<String> {
+            shop.records
+                .iter()
+                .filter_map(|r| {
+                    r.json()["payload"]["after"]["price"]
+                        .as_str()
+                        .map(str::to_owned)
+                })
+                .collect()
+        };
+        match policy {
+            "accept" => {
+                assert!(
+                    shop.read_until(Duration::from_secs(60), |rs| rs.len() >= 3)
+                        .unwrap(),
+                    "{:?}\n{}",
+                    prices(&shop),
+                    harmony.log()
+                );
+                assert_eq!(prices(&shop), ["10.00", "11.00", "12.00"]);
+            }
+            _ => {
+                shop.read_until(Duration::from_secs(20), |rs| rs.len() >= 3)
+                    .unwrap();
+                assert_eq!(prices(&shop), ["10.00"], "{}", harmony.log());
+                assert!(harmony.log().contains("on_position_regression"));
+            }
+        }
+        // Only the erp's changes went back (its series is labelled with its policy).
+        let counted = harmony.metric("harmony_position_regressions_total");
+        assert!(counted >= 1.0, "{policy}: {counted}\n{}", harmony.log());
+        // Every system's series, at zero from the start, labelled with its policy.
+        assert_eq!(
+            harmony.metric_labels("harmony_position_regressions_total", "policy"),
+            if policy == "stop" {
+                vec!["accept", "stop"]
+            } else {
+                vec!["accept"]
+            }
+        );
+        assert!(harmony
+            .terminate(Duration::from_secs(30))
+            .unwrap()
+            .success());
+    }
+}
