@@ -26,6 +26,11 @@ use position::{Applied, PositionVerdict};
 /// delivery: its window bounds them.
 const MAX_PENDING_DELIVERIES: usize = 32;
 
+/// Exact mode: deliveries seen back (or overtaken) kept per target, to know a sink writing them
+/// again for late echoes. A restarted Kafka Connect sink writes again what it wrote since its
+/// last commit; of a record changing faster than that, the oldest of those writes fall outside.
+const SEEN_BACK_KEPT: usize = 8;
+
 /// A system as resolution sees it.
 #[derive(Debug, Clone)]
 pub struct SystemInfo {
@@ -267,11 +272,17 @@ fn apply_change(state: &mut RecordState, rules: &EntityRules, change: &Change<'_
             }
             echoed = true;
         }
-        // As many as a window can hold: those are the versions its sink may still write.
-        let kept = rules
-            .windows
-            .get(s.0 as usize)
-            .map_or(MAX_PENDING_DELIVERIES, |&w| w.max(MAX_PENDING_DELIVERIES));
+        // Content mode: as many as a window can hold, the versions its sink may still write.
+        // Exact mode: the last few seen back, for a sink writing them again — each is held
+        // with its values, and a record's state and changelog value carry them.
+        let kept = if change.context.is_some() {
+            SEEN_BACK_KEPT
+        } else {
+            rules
+                .windows
+                .get(s.0 as usize)
+                .map_or(MAX_PENDING_DELIVERIES, |&w| w.max(MAX_PENDING_DELIVERIES))
+        };
         while system.superseded.len() > kept {
             system.superseded.pop_front();
         }
