@@ -66,7 +66,18 @@ impl Figures {
 
     /// Takes `state`'s share out, before a change; `echoing`: the entity's targets that echo.
     pub fn take_out(&mut self, echoing: &[SystemId], entity: EntityId, state: &RecordState) {
-        self.bytes = self.bytes.saturating_sub(state.heap_bytes());
+        self.take_out_sized(echoing, entity, state, state.heap_bytes());
+    }
+
+    /// [`Figures::take_out`] with the state's [`RecordState::heap_bytes`] already counted.
+    pub fn take_out_sized(
+        &mut self,
+        echoing: &[SystemId],
+        entity: EntityId,
+        state: &RecordState,
+        heap_bytes: usize,
+    ) {
+        self.bytes = self.bytes.saturating_sub(heap_bytes);
         for &target in echoing {
             if let Some(ts_ms) = oldest_pending(state, target) {
                 self.behind_of(target).remove(ts_ms);

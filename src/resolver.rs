@@ -450,11 +450,12 @@ impl Resolver {
         // Too large an output must leave the state as it was, so that the dead-lettered change
         // can be applied when it is sent again; the copy is made only for a record large
         // enough to risk it.
-        let at_risk = (payload.len() + state.heap_bytes()) * OUTPUT_EXPANSION + OUTPUT_OVERHEAD
+        let heap_bytes = state.heap_bytes();
+        let at_risk = (payload.len() + heap_bytes) * OUTPUT_EXPANSION + OUTPUT_OVERHEAD
             > self.max_output_bytes;
         let before = at_risk.then(|| state.clone());
         let echoing = &self.echoing_targets[entity.0 as usize];
-        figures.take_out(echoing, entity, state);
+        figures.take_out_sized(echoing, entity, state, heap_bytes);
         let outcome = apply(state, rules, &engine_change);
         erase_if_gone(state, rules);
         state.shrink_to_fit();
