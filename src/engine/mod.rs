@@ -21,9 +21,9 @@ use crate::mapping::{ChangeKind, FieldId};
 use position::{Applied, PositionVerdict};
 
 /// Deliveries kept for a target that sends none back (it is no source of the entity, or its
-/// window is 0: nothing echoes), whose deliveries can therefore be forgotten; and the least
-/// number of deliveries already seen back or overtaken (`superseded`) kept per target. A target that echoes keeps every pending
-/// delivery: its window bounds them.
+/// window is 0: nothing echoes), whose deliveries can therefore be forgotten; and, in content
+/// mode, the least number of overtaken deliveries (`superseded`) kept per target. A target that
+/// echoes keeps every pending delivery: its window bounds them.
 const MAX_PENDING_DELIVERIES: usize = 32;
 
 /// Exact mode: deliveries seen back (or overtaken) kept per target, to know a sink writing them
@@ -259,12 +259,25 @@ fn apply_change(state: &mut RecordState, rules: &EntityRules, change: &Change<'_
         system
             .superseded
             .extend(drained.map(|d| Delivery { ts_ms: 0, ..d }));
-        let echoed_delivery = if change.context.is_some() {
-            system.superseded.back().cloned()
-        } else {
-            system.superseded.pop_back()
-        };
-        if let Some(delivery) = echoed_delivery {
+        if change.context.is_some() {
+            // Kept, so copied value by value into what the system holds; the clock reuses
+            // the room `seen` has.
+            let SystemState {
+                superseded,
+                seen,
+                held,
+                held_deleted,
+                ..
+            } = system;
+            if let Some(delivery) = superseded.back() {
+                seen.clone_from(&delivery.clock);
+                *held_deleted = delivery.deleted;
+                for (field, value) in &delivery.values {
+                    state::hold(held, *field, value.clone());
+                }
+                echoed = true;
+            }
+        } else if let Some(delivery) = system.superseded.pop_back() {
             system.seen = delivery.clock;
             system.held_deleted = delivery.deleted;
             for (field, value) in delivery.values {
@@ -648,16 +661,11 @@ fn hash_content<'v>(
     fields: impl Iterator<Item = (FieldId, Option<&'v FieldValue>)>,
     deleted: bool,
 ) -> u64 {
-    let mut content = fingerprint::Content::new(deleted);
-    for (field, value) in fields {
-        if let Some(value) = value {
-            content.add(
-                rules.fields[field.0 as usize].name_hash,
-                value.fingerprint(),
-            );
-        }
-    }
-    content.finish()
+    content_fingerprint(
+        fields
+            .filter_map(|(field, value)| Some((rules.fields[field.0 as usize].name_hash, value?))),
+        deleted,
+    )
 }
 
 /// The fingerprint of a delivery that sent `values` (every field it sent, with a value) and
@@ -668,9 +676,17 @@ pub fn delivery_fingerprint(
     deleted: bool,
     name_hash: impl Fn(FieldId) -> u64,
 ) -> u64 {
+    content_fingerprint(values.iter().map(|(f, v)| (name_hash(*f), v)), deleted)
+}
+
+/// Content by field-name hash and value; a field without a value adds nothing.
+fn content_fingerprint<'v>(
+    fields: impl Iterator<Item = (u64, &'v FieldValue)>,
+    deleted: bool,
+) -> u64 {
     let mut content = fingerprint::Content::new(deleted);
-    for (field, value) in values {
-        content.add(name_hash(*field), value.fingerprint());
+    for (name_hash, value) in fields {
+        content.add(name_hash, value.fingerprint());
     }
     content.finish()
 }

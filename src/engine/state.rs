@@ -109,8 +109,14 @@ impl SystemState {
     }
 
     pub fn set_held(&mut self, field: FieldId, value: FieldValue) {
-        *sorted_entry(&mut self.held, field, || FieldValue::Null) = value;
+        hold(&mut self.held, field, value);
     }
+}
+
+/// Sets what a system holds of `field` in its `held` values (for a caller that borrows the
+/// system's other parts at the same time).
+pub(super) fn hold(held: &mut Vec<(FieldId, FieldValue)>, field: FieldId, value: FieldValue) {
+    *sorted_entry(held, field, || FieldValue::Null) = value;
 }
 
 /// Small maps kept as vectors sorted by key: a record has a handful of fields and systems,
