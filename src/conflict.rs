@@ -61,22 +61,42 @@ pub fn conflict_id(
     field: &str,
     conflict: &Conflict,
 ) -> String {
+    stable_id(
+        'c',
+        [entity, key, field],
+        conflict
+            .candidates
+            .iter()
+            .map(|c| (system_name(systems, c.dot.system), c.dot.counter)),
+    )
+}
+
+/// `<prefix>-` and XXH3 of `parts` and `dots` (system name, counter). Each text is followed by a
+/// byte no name or key text contains, so parts cannot run into each other ("ab"+"c" and
+/// "a"+"bc" differ).
+fn stable_id<'a>(
+    prefix: char,
+    parts: [&str; 3],
+    dots: impl IntoIterator<Item = (&'a str, u64)>,
+) -> String {
     let mut h = Xxh3Default::new();
-    // Each part is followed by a byte no name or key text contains, so parts cannot run
-    // into each other ("ab"+"c" and "a"+"bc" differ).
-    for part in [entity, key, field] {
+    for part in parts {
         h.update(part.as_bytes());
         h.update(&[0xff]);
     }
-    for c in &conflict.candidates {
-        let system = systems
-            .get(c.dot.system.0 as usize)
-            .map_or("?", |s| s.name.as_str());
+    for (system, counter) in dots {
         h.update(system.as_bytes());
         h.update(&[0xff]);
-        h.update(&c.dot.counter.to_le_bytes());
+        h.update(&counter.to_le_bytes());
     }
-    format!("c-{:016x}", h.digest())
+    format!("{prefix}-{:016x}", h.digest())
+}
+
+/// A system's name in published records; `?` for an id the configuration does not have.
+fn system_name(systems: &[SystemInfo], system: crate::clock::SystemId) -> &str {
+    systems
+        .get(system.0 as usize)
+        .map_or("?", |s| s.name.as_str())
 }
 
 /// The conflicts-topic record of `conflict`. `key` is the canonical key text (a JSON array).
@@ -87,8 +107,7 @@ pub fn conflict_record<'a>(
     field: &'a str,
     conflict: &'a Conflict,
 ) -> ConflictRecord<'a> {
-    let name =
-        |s: crate::clock::SystemId| systems.get(s.0 as usize).map_or("?", |i| i.name.as_str());
+    let name = |s| system_name(systems, s);
     ConflictRecord {
         id: conflict_id(systems, entity, key.get(), field, conflict),
         kind: "conflict",
@@ -160,17 +179,9 @@ pub fn rejection_record<'a>(
     kept: Option<&'a crate::engine::FieldValue>,
     ts_ms: i64,
 ) -> RejectionRecord<'a> {
-    let system = systems
-        .get(dot.system.0 as usize)
-        .map_or("?", |s| s.name.as_str());
-    let mut h = Xxh3Default::new();
-    for part in [entity, key.get(), field, system] {
-        h.update(part.as_bytes());
-        h.update(&[0xff]);
-    }
-    h.update(&dot.counter.to_le_bytes());
+    let system = system_name(systems, dot.system);
     RejectionRecord {
-        id: format!("r-{:016x}", h.digest()),
+        id: stable_id('r', [entity, key.get(), field], [(system, dot.counter)]),
         kind: "rejected",
         entity,
         key,
