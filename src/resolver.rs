@@ -500,9 +500,21 @@ impl Resolver {
                 resolved.outcome = "applied";
                 resolved.conflicts = conflicts.iter().map(|c| (c.field, c.strategy)).collect();
                 let mut conflict_ids = Vec::with_capacity(conflicts.len());
-                let key = serde_json::from_str::<&RawValue>(&change.key).ok();
-                if let (Some(key), false) = (key, rejected.is_empty()) {
+                resolved.rejected = rejected.iter().map(|(field, _)| *field).collect();
+                // Rejections and conflicts go to the conflicts topic, keyed like the record.
+                let key = (!rejected.is_empty() || !conflicts.is_empty())
+                    .then(|| serde_json::from_str::<&RawValue>(&change.key).ok())
+                    .flatten();
+                if let Some(key) = key {
                     let record_key = format!("{entity_name}:{}", change.key);
+                    let mut publish = |value: Option<Vec<u8>>| {
+                        resolved.publications.push(Publication {
+                            topic: self.conflicts_topic.clone(),
+                            key: record_key.clone().into_bytes(),
+                            value,
+                            headers: Vec::new(),
+                        });
+                    };
                     for (field, value) in &rejected {
                         let rule = &rules.fields[field.0 as usize];
                         let sent = fields
@@ -523,28 +535,14 @@ impl Resolver {
                             state.field(*field).map(|f| &f.value),
                             change.ts_ms,
                         );
-                        resolved.publications.push(Publication {
-                            topic: self.conflicts_topic.clone(),
-                            key: record_key.clone().into_bytes(),
-                            value: serde_json::to_vec(&record).ok(),
-                            headers: Vec::new(),
-                        });
-                        resolved.rejected.push(*field);
+                        publish(serde_json::to_vec(&record).ok());
                     }
-                }
-                if let (Some(key), false) = (key, conflicts.is_empty()) {
-                    let record_key = format!("{entity_name}:{}", change.key);
                     for conflict in &conflicts {
                         let field = self.catalog.field_name(entity, conflict.field);
                         let record =
                             conflict_record(&rules.systems, entity_name, key, field, conflict);
                         conflict_ids.push(record.id.clone());
-                        resolved.publications.push(Publication {
-                            topic: self.conflicts_topic.clone(),
-                            key: record_key.clone().into_bytes(),
-                            value: serde_json::to_vec(&record).ok(),
-                            headers: Vec::new(),
-                        });
+                        publish(serde_json::to_vec(&record).ok());
                     }
                 }
                 (deliver_to, conflict_ids)
