@@ -270,23 +270,41 @@ impl Pipeline<'_> {
             // Revoked meanwhile: its next owner reads it again from the committed offset.
             return;
         }
-        let durability = self.durability.as_ref();
-        let Some(offset) = [
-            self.offsets.tracker().earliest_pending(&topic, partition),
-            durability.and_then(|d| d.tracker().earliest_pending(&topic, partition)),
-        ]
-        .into_iter()
-        .flatten()
-        .min() else {
+        let Some(offset) = self.earliest_unstored(&topic, partition) else {
             return;
         };
-        self.forget_partition(&topic, partition);
-        self.pause(&topic, partition);
         let backoff = self
             .rewinds
             .schedule(&topic, partition, offset, Instant::now());
+        self.stop_partition(&topic, partition, offset, backoff, &error.to_string());
+    }
+
+    /// The earliest offset of the partition read and not yet stored, in either phase.
+    fn earliest_unstored(&self, topic: &str, partition: i32) -> Option<i64> {
+        let durability = self.durability.as_ref();
+        [
+            self.offsets.tracker().earliest_pending(topic, partition),
+            durability.and_then(|d| d.tracker().earliest_pending(topic, partition)),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Forgets the partition's unfinished work (and state) and pauses it: the rewind just
+    /// scheduled reads it again from `offset` after `backoff`.
+    fn stop_partition(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        backoff: Duration,
+        reason: &str,
+    ) {
+        self.forget_partition(topic, partition);
+        self.pause(topic, partition);
         self.metrics
-            .partition_rewound(&topic, partition, offset, backoff, &error.to_string());
+            .partition_rewound(topic, partition, offset, backoff, reason);
     }
 
     /// Stage 2: a change its system's policy says not to apply (a position regression under
@@ -304,21 +322,11 @@ impl Pipeline<'_> {
         // What the open batch holds of the partition came before the change: committed whole,
         // so reading again from the change repeats nothing.
         self.commit_batch()?;
-        let durability = self.durability.as_ref();
-        let from = [
-            Some(offset),
-            self.offsets.tracker().earliest_pending(topic, partition),
-            durability.and_then(|d| d.tracker().earliest_pending(topic, partition)),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(offset);
-        self.forget_partition(topic, partition);
-        self.pause(topic, partition);
+        let from = self
+            .earliest_unstored(topic, partition)
+            .map_or(offset, |earliest| earliest.min(offset));
         let backoff = self.rewinds.hold(topic, partition, from, Instant::now());
-        self.metrics
-            .partition_rewound(topic, partition, from, backoff, reason);
+        self.stop_partition(topic, partition, from, backoff, reason);
         Ok(())
     }
 

@@ -200,10 +200,7 @@ impl Pipeline<'_> {
                     &halt.incoming,
                     RegressionPolicy::Stop,
                 );
-                halted = Some(format!(
-                    "{}'s source position went backwards and its on_position_regression is `stop`",
-                    halt.system
-                ));
+                halted = Some(ResolveError::Halted(halt).to_string());
             }
             Err(error) => {
                 let reason = error.to_string();
