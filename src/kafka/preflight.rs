@@ -136,48 +136,61 @@ pub(super) fn group_reader(
     settings.create()
 }
 
-/// `group`'s committed offset on each partition of `topic` (-1: none), and each partition's
-/// low and high watermarks. Asked again while the broker answers that it is not ready (a
-/// coordinator moving or loading after a broker restart), for up to 30 s.
-pub fn offsets(
+/// What stage 2's group has of its topics: on each partition of `internal`, its committed
+/// offset (-1: none) and the low watermark; on each of `state`, the high watermark. One reader
+/// for both; asked again while the broker answers that it is not ready (a coordinator moving
+/// or loading after a broker restart), for up to 30 s.
+pub struct GroupOffsets {
+    pub committed: Vec<i64>,
+    pub lows: Vec<i64>,
+    pub state_ends: Vec<i64>,
+}
+
+pub fn group_offsets(
     client_config: &ClientConfig,
     group: &str,
-    topic: &str,
-    partitions: usize,
-) -> Result<Vec<(i64, i64, i64)>, KafkaError> {
+    (internal, internal_partitions): (&str, usize),
+    (state, state_partitions): (&str, usize),
+) -> Result<GroupOffsets, KafkaError> {
     let consumer = group_reader(client_config, group)?;
     let deadline = std::time::Instant::now() + TIMEOUT;
     loop {
-        match read_offsets(&consumer, topic, partitions) {
+        let read = || -> Result<GroupOffsets, KafkaError> {
+            let mut tpl = TopicPartitionList::new();
+            for p in 0..internal_partitions as i32 {
+                tpl.add_partition(internal, p);
+            }
+            let committed = consumer.committed_offsets(tpl, TIMEOUT)?;
+            let mut offsets = GroupOffsets {
+                committed: Vec::with_capacity(internal_partitions),
+                lows: Vec::with_capacity(internal_partitions),
+                state_ends: Vec::with_capacity(state_partitions),
+            };
+            for p in 0..internal_partitions as i32 {
+                let (low, _) = consumer.fetch_watermarks(internal, p, TIMEOUT)?;
+                offsets.lows.push(low);
+                offsets.committed.push(
+                    committed
+                        .find_partition(internal, p)
+                        .and_then(|e| e.offset().to_raw())
+                        .unwrap_or(-1),
+                );
+            }
+            for p in 0..state_partitions as i32 {
+                offsets
+                    .state_ends
+                    .push(consumer.fetch_watermarks(state, p, TIMEOUT)?.1);
+            }
+            Ok(offsets)
+        };
+        match read() {
             Err(e) if is_transient(&e) && std::time::Instant::now() < deadline => {
-                tracing::debug!(group, topic, error = %e, "offsets not readable yet; asking again");
+                tracing::debug!(group, error = %e, "offsets not readable yet; asking again");
                 std::thread::sleep(Duration::from_millis(500));
             }
             result => return result,
         }
     }
-}
-
-fn read_offsets(
-    consumer: &BaseConsumer,
-    topic: &str,
-    partitions: usize,
-) -> Result<Vec<(i64, i64, i64)>, KafkaError> {
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions as i32 {
-        tpl.add_partition(topic, p);
-    }
-    let committed = consumer.committed_offsets(tpl, TIMEOUT)?;
-    (0..partitions as i32)
-        .map(|p| {
-            let (low, high) = consumer.fetch_watermarks(topic, p, TIMEOUT)?;
-            let offset = committed
-                .find_partition(topic, p)
-                .and_then(|e| e.offset().to_raw())
-                .unwrap_or(-1);
-            Ok((offset, low, high))
-        })
-        .collect()
 }
 
 /// Errors a broker gives while it is (re)starting or moving a group's coordinator.

@@ -256,17 +256,15 @@ pub async fn run(
             return Err(WorkerError::TopicSettings(problem));
         }
         let group = format!("{}.resolve", config.kafka.group_id);
-        let internal_offsets =
-            preflight::offsets(&consumer_config, &group, &internal_topic, internal)
-                .map_err(WorkerError::Setup)?;
-        let state_ends: Vec<i64> =
-            preflight::offsets(&consumer_config, &group, &state_topic, state)
-                .map_err(WorkerError::Setup)?
-                .into_iter()
-                .map(|(_, _, high)| high)
-                .collect();
-        let committed: Vec<i64> = internal_offsets.iter().map(|(o, _, _)| *o).collect();
-        if preflight::state_lost(&committed, &state_ends) {
+        let offsets = preflight::group_offsets(
+            &consumer_config,
+            &group,
+            (&internal_topic, internal),
+            (&state_topic, state),
+        )
+        .map_err(WorkerError::Setup)?;
+        let (committed, state_ends) = (&offsets.committed, &offsets.state_ends);
+        if preflight::state_lost(committed, state_ends) {
             if !rebuild_state {
                 return Err(WorkerError::StateLost {
                     state_topic,
@@ -274,8 +272,8 @@ pub async fn run(
                     internal_topic,
                 });
             }
-            let lows: Vec<i64> = internal_offsets.iter().map(|(_, low, _)| *low).collect();
-            kafka::offsets::rewind_group(&consumer_config, &group, &internal_topic, &lows)
+            let lows = &offsets.lows;
+            kafka::offsets::rewind_group(&consumer_config, &group, &internal_topic, lows)
                 .map_err(WorkerError::Setup)?;
             tracing::warn!(group, topic = internal_topic, from = ?lows, committed = ?committed,
                 "rebuilding the record state: stage 2 reads the internal topic again from its earliest retained changes (changes already expired from it are not replayed: re-snapshot their sources for a complete rebuild)");
