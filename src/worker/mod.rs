@@ -349,6 +349,7 @@ pub async fn run(
         resolver,
         internal_topic: &internal_topic,
         state_topic: &state_topic,
+        max_message_bytes: config.kafka.max_message_bytes(),
         decoder: Decoder::new(Limits {
             max_record_bytes: config.input.max_record_bytes,
             max_nesting_depth: config.input.max_nesting_depth,

@@ -42,6 +42,8 @@ pub(super) struct Pipeline<'a> {
     pub(super) resolver: Option<Resolver>,
     pub(super) internal_topic: &'a str,
     pub(super) state_topic: &'a str,
+    /// The producer's `message.max.bytes`, read from the settings once.
+    pub(super) max_message_bytes: usize,
     pub(super) decoder: Decoder,
     pub(super) deliveries: FuturesUnordered<PendingCompletion>,
     /// Reused for every output value.

@@ -260,7 +260,7 @@ impl Pipeline<'_> {
                     .collect();
                 // All or none: a change whose record for one entity the producer would refuse
                 // is dead-lettered whole, rather than half published and the worker stopped.
-                let limit = self.config.kafka.max_message_bytes();
+                let limit = self.max_message_bytes;
                 if let Some(bytes) = records
                     .iter()
                     .map(|(key, payload)| key.len() + payload.len())
