@@ -64,6 +64,12 @@ impl Figures {
         self.bytes += key_bytes;
     }
 
+    /// A record taken off (its share already taken out), whose key took `key_bytes`.
+    pub fn remove_record(&mut self, key_bytes: usize) {
+        self.records = self.records.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(key_bytes);
+    }
+
     /// Takes `state`'s share out, before a change; `echoing`: the entity's targets that echo.
     pub fn take_out(&mut self, echoing: &[SystemId], entity: EntityId, state: &RecordState) {
         self.take_out_sized(echoing, entity, state, state.heap_bytes());

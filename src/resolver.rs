@@ -8,7 +8,7 @@
 //! this worker is [`Resolver::install`]ed from its changelog before any of its changes is
 //! applied, and dropped when it is revoked (ARCHITECTURE.md §1 "Partition ownership").
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use serde_json::value::RawValue;
 use thiserror::Error;
@@ -18,8 +18,8 @@ use crate::config::{Config, RegressionPolicy, Strategy};
 use crate::conflict::conflict_record;
 use crate::engine::position::{self, PositionVerdict};
 use crate::engine::{
-    apply, entity_rules, erase_if_gone, Change, DuplicateReason, EntityRules, FieldValue, Outcome,
-    RecordState,
+    apply, entity_rules, erase_if_gone, erased_at, Change, DuplicateReason, EntityRules,
+    FieldValue, Outcome, RecordState,
 };
 use crate::envelope::SourcePosition;
 use crate::figures::{Figures, Times};
@@ -111,6 +111,59 @@ type PartitionRecords = HashMap<EntityId, HashMap<String, RecordState>>;
 struct PartitionState {
     records: PartitionRecords,
     figures: Figures,
+    /// The newest source commit time among the partition's changes: its clock for
+    /// `processing.deleted_retention`, so that the same input takes off the same records
+    /// whenever it is read. Restored as the newest a record holds, which is never later than
+    /// it was: a restore can only delay a tombstone.
+    stream_ts_ms: i64,
+    /// Records whose values were erased, by when ([`erased_at`]), oldest first. An entry may
+    /// name a record changed since; it is checked again when due.
+    erased: BTreeSet<(i64, EntityId, String)>,
+    /// Changelog keys of the records taken off since the stage last took them: their
+    /// tombstones go to the changelog with the change being resolved.
+    tombstones: Vec<String>,
+}
+
+impl PartitionState {
+    /// Moves the partition's clock to `ts_ms` and takes off every erased record due by it.
+    fn advance(
+        &mut self,
+        ts_ms: i64,
+        retention: Option<i64>,
+        echoing: &[Vec<SystemId>],
+        catalog: &Catalog,
+    ) {
+        self.stream_ts_ms = self.stream_ts_ms.max(ts_ms);
+        let Some(retention) = retention else { return };
+        let now = self.stream_ts_ms;
+        while let Some(due) = self
+            .erased
+            .first()
+            .filter(|(at, ..)| at.saturating_add(retention) <= now)
+        {
+            let (_, entity, key) = due.clone();
+            self.erased.pop_first();
+            let Some(records) = self.records.get_mut(&entity) else {
+                continue;
+            };
+            match records.get(&key).and_then(erased_at) {
+                Some(at) if at.saturating_add(retention) <= now => {}
+                // Changed since, and erased again later: due then.
+                Some(at) => {
+                    self.erased.insert((at, entity, key));
+                    continue;
+                }
+                None => continue,
+            }
+            if let Some((key, state)) = records.remove_entry(&key) {
+                self.figures
+                    .take_out(&echoing[entity.0 as usize], entity, &state);
+                self.figures.remove_record(key.capacity());
+                self.tombstones
+                    .push(format!("{}:{key}", catalog.entity_name(entity)));
+            }
+        }
+    }
 }
 
 /// One partition's state as its metrics report it ([`Figures`], kept change by change).
@@ -144,6 +197,8 @@ pub struct Resolver {
     partitions: HashMap<i32, PartitionState>,
     /// The producer's `message.max.bytes`: no publication or changelog value may be larger.
     max_output_bytes: usize,
+    /// `processing.deleted_retention` in milliseconds; `None`: deleted records are kept.
+    deleted_retention_ms: Option<i64>,
 }
 
 /// How much larger than the record's values (stored and incoming) its publications can be: a
@@ -206,6 +261,9 @@ impl Resolver {
             conflicts_topic: config.output.conflicts_topic(&config.kafka.group_id),
             partitions: HashMap::new(),
             max_output_bytes: config.kafka.max_message_bytes(),
+            deleted_retention_ms: Some(config.processing.deleted_retention.as_millis())
+                .filter(|&ms| ms > 0)
+                .map(|ms| i64::try_from(ms).unwrap_or(i64::MAX)),
         }
     }
 
@@ -276,18 +334,35 @@ impl Resolver {
                 }
             }
         }
-        let mut figures = Figures::default();
+        let mut restored = PartitionState::default();
         for (&entity, by_key) in &records {
             let echoing = &self.echoing_targets[entity.0 as usize];
             for (key, state) in by_key {
-                figures.add_record(key.capacity());
-                figures.put_in(echoing, entity, state);
+                restored.figures.add_record(key.capacity());
+                restored.figures.put_in(echoing, entity, state);
+                let newest = state.systems.iter().filter_map(|(_, s)| s.applied.as_ref());
+                if let Some(ts_ms) = newest.map(|a| a.ts_ms).max() {
+                    restored.stream_ts_ms = restored.stream_ts_ms.max(ts_ms);
+                }
+                if let Some(at) = erased_at(state) {
+                    restored.erased.insert((at, entity, key.clone()));
+                }
             }
         }
-        let count = figures.records;
-        self.partitions
-            .insert(partition, PartitionState { records, figures });
+        restored.records = records;
+        let count = restored.figures.records;
+        self.partitions.insert(partition, restored);
         (count, unreadable)
+    }
+
+    /// Changelog keys of the records `partition` took off since the last call (see
+    /// `processing.deleted_retention`): each is to be written a tombstone with the change
+    /// just resolved, before its own changelog value.
+    pub fn take_tombstones(&mut self, partition: i32) -> Vec<String> {
+        self.partitions
+            .get_mut(&partition)
+            .map(|p| std::mem::take(&mut p.tombstones))
+            .unwrap_or_default()
     }
 
     /// The partitions whose state it holds.
@@ -416,6 +491,12 @@ impl Resolver {
         let rules = &self.rules[entity.0 as usize];
         // Looked up by the borrowed key; only a record seen for the first time copies it.
         let partition_state = self.partitions.entry(partition).or_default();
+        partition_state.advance(
+            change.ts_ms,
+            self.deleted_retention_ms,
+            &self.echoing_targets,
+            &self.catalog,
+        );
         let figures = &mut partition_state.figures;
         let records = partition_state.records.entry(entity).or_default();
         if !records.contains_key(change.key.as_ref()) {
@@ -456,8 +537,14 @@ impl Resolver {
         let before = at_risk.then(|| state.clone());
         let echoing = &self.echoing_targets[entity.0 as usize];
         figures.take_out_sized(echoing, entity, state, heap_bytes);
+        let was_erased = erased_at(state).is_some();
         let outcome = apply(state, rules, &engine_change);
         erase_if_gone(state, rules);
+        if let Some(at) = erased_at(state).filter(|_| !was_erased) {
+            partition_state
+                .erased
+                .insert((at, entity, change.key.to_string()));
+        }
         state.shrink_to_fit();
         figures.put_in(echoing, entity, state);
         let mut resolved = Resolved {
@@ -1221,6 +1308,189 @@ mod tests {
             .find(|p| p.topic == "harmony.demo.shop.product")
             .expect("the shop is sent the stock back");
         assert_eq!(after(to_shop)["stock"], 1);
+    }
+
+    /// `record_at` of another record, or a delete.
+    fn change_of(
+        system: &str,
+        sku: &str,
+        lsn: u64,
+        ts_ms: i64,
+        delete: bool,
+        fields: &[(&str, FieldValue)],
+    ) -> Vec<u8> {
+        let bytes = record_at(system, lsn, ts_ms, fields);
+        let mut change = InternalChange::decode(&bytes).unwrap();
+        change.key = format!(r#"["{sku}"]"#).into();
+        if delete {
+            change.kind = Kind::Delete;
+        }
+        change.encode()
+    }
+
+    #[test]
+    fn a_record_deleted_everywhere_leaves_the_changelog_once_its_retention_is_over() {
+        const DAY_MS: i64 = 86_400_000;
+        let created = [
+            ("name", FieldValue::Text("Cup".into())),
+            ("price", FieldValue::Int(5)),
+            ("quantity", FieldValue::Int(100)),
+        ];
+        let mut r = resolver(false);
+        let mut changelog: Vec<(String, Option<Vec<u8>>)> = Vec::new();
+        // As stage 2 writes them: tombstones, then the change's own value.
+        fn resolve(
+            r: &mut Resolver,
+            changelog: &mut Vec<(String, Option<Vec<u8>>)>,
+            payload: Vec<u8>,
+        ) -> &'static str {
+            let out = r.resolve(0, &payload).unwrap();
+            changelog.extend(r.take_tombstones(0).into_iter().map(|k| (k, None)));
+            changelog.extend(out.changelog.map(|(k, v)| (k, Some(v))));
+            out.outcome
+        }
+        resolve(
+            &mut r,
+            &mut changelog,
+            change_of("erp", "SKU-1", 1, 1_000, false, &created),
+        );
+        resolve(
+            &mut r,
+            &mut changelog,
+            change_of("shop", "SKU-1", 2, 1_001, false, &created),
+        );
+        resolve(
+            &mut r,
+            &mut changelog,
+            change_of("wms", "SKU-1", 3, 1_002, false, &created[2..]),
+        );
+        resolve(
+            &mut r,
+            &mut changelog,
+            change_of("erp", "SKU-1", 4, 2_000, true, &[]),
+        );
+        resolve(
+            &mut r,
+            &mut changelog,
+            change_of("shop", "SKU-1", 5, 2_001, true, &[]),
+        );
+        assert_eq!(
+            r.state_summary(0).records,
+            1,
+            "kept while the warehouse may still hold it"
+        );
+        let echo = resolve(
+            &mut r,
+            &mut changelog,
+            change_of("wms", "SKU-1", 6, 2_002, true, &[]),
+        );
+        assert_eq!(echo, "echo");
+        // Another record's changes move the partition's clock: a day after the last change of
+        // SKU-1, not before, its bookkeeping goes.
+        resolve(
+            &mut r,
+            &mut changelog,
+            change_of("erp", "SKU-2", 7, 2_002 + DAY_MS - 1, false, &created),
+        );
+        assert!(r.version_of_record("product", r#"["SKU-1"]"#).is_some());
+        assert!(!changelog.iter().any(|(_, v)| v.is_none()));
+        resolve(
+            &mut r,
+            &mut changelog,
+            change_of("erp", "SKU-2", 8, 2_002 + DAY_MS, false, &created[..2]),
+        );
+        assert_eq!(r.version_of_record("product", r#"["SKU-1"]"#), None);
+        let tombstones: Vec<&str> = changelog
+            .iter()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| k.as_str())
+            .collect();
+        assert_eq!(tombstones, [r#"product:["SKU-1"]"#]);
+        assert_eq!(r.state_summary(0).records, 1);
+
+        // Read back, the tombstone takes the record off; a change of its key is a new record.
+        let mut restored = resolver(false);
+        let log = changelog.iter().map(|(k, v)| (k.as_bytes(), v.as_deref()));
+        assert_eq!(restored.install(0, log), (1, 0));
+        let again = restored
+            .resolve(
+                0,
+                &change_of("shop", "SKU-1", 1, 3 * DAY_MS, false, &created),
+            )
+            .unwrap();
+        assert_eq!(again.outcome, "applied");
+        assert_eq!(
+            restored.version_of_record("product", r#"["SKU-1"]"#),
+            Some(vec![("shop".to_owned(), 1)])
+        );
+    }
+
+    #[test]
+    fn a_record_erased_but_recreated_in_its_retention_is_kept_and_a_zero_retention_keeps_all() {
+        const DAY_MS: i64 = 86_400_000;
+        let created = [
+            ("name", FieldValue::Text("Cup".into())),
+            ("price", FieldValue::Int(5)),
+            ("quantity", FieldValue::Int(100)),
+        ];
+        let erase = |r: &mut Resolver, from: u64, ts_ms: i64| {
+            for (i, (system, delete, fields)) in [
+                ("erp", false, &created[..]),
+                ("shop", false, &created[..]),
+                ("wms", false, &created[2..]),
+                ("erp", true, &[][..]),
+                ("shop", true, &[][..]),
+                ("wms", true, &[][..]),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let lsn = from + i as u64;
+                r.resolve(
+                    0,
+                    &change_of(system, "SKU-1", lsn, ts_ms + lsn as i64, delete, fields),
+                )
+                .unwrap();
+            }
+        };
+        let mut r = resolver(false);
+        erase(&mut r, 1, 0);
+        // Created and deleted again half a day later: its retention starts over.
+        erase(&mut r, 10, DAY_MS / 2);
+        r.resolve(
+            0,
+            &change_of("erp", "SKU-2", 20, DAY_MS + 100, false, &created),
+        )
+        .unwrap();
+        assert!(r.take_tombstones(0).is_empty());
+        assert!(r.version_of_record("product", r#"["SKU-1"]"#).is_some());
+        r.resolve(
+            0,
+            &change_of(
+                "erp",
+                "SKU-2",
+                21,
+                DAY_MS * 3 / 2 + 100,
+                false,
+                &created[..2],
+            ),
+        )
+        .unwrap();
+        assert_eq!(r.take_tombstones(0), [r#"product:["SKU-1"]"#]);
+
+        let text = include_str!("../examples/inventory.toml")
+            .replace(r#"version_column = "harmony_version""#, "")
+            + "\n[processing]\ndeleted_retention = \"0s\"\n";
+        let mut keep =
+            Resolver::new(&Config::from_toml(&text, "x.toml", std::iter::empty()).unwrap());
+        erase(&mut keep, 1, 0);
+        keep.resolve(
+            0,
+            &change_of("erp", "SKU-2", 20, DAY_MS * 365, false, &created),
+        )
+        .unwrap();
+        assert!(keep.take_tombstones(0).is_empty());
+        assert!(keep.version_of_record("product", r#"["SKU-1"]"#).is_some());
     }
 
     #[test]

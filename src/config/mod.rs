@@ -342,6 +342,13 @@ pub struct ProcessingConfig {
     /// publishing costs the same at any number of records.
     #[serde(default = "default_state_metrics_interval", with = "humantime_serde")]
     pub state_metrics_interval: Duration,
+    /// How long a deleted record's bookkeeping (its version vector and each system's applied
+    /// position, which tell a replay of its past from a new record with its key) outlives its
+    /// values once the delete is final everywhere; then a tombstone takes it off the state
+    /// topic. Measured in source commit time, by the partition's newest change: the same input
+    /// tombstones the same records, whenever it is read. `0s` keeps it forever.
+    #[serde(default = "default_deleted_retention", with = "humantime_serde")]
+    pub deleted_retention: Duration,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -379,6 +386,7 @@ impl Default for ProcessingConfig {
             guarantee: Guarantee::default(),
             instance_id: None,
             state_metrics_interval: default_state_metrics_interval(),
+            deleted_retention: default_deleted_retention(),
         }
     }
 }
@@ -389,6 +397,12 @@ fn default_commit_interval() -> Duration {
 
 fn default_state_metrics_interval() -> Duration {
     Duration::from_secs(10)
+}
+
+/// Kafka's own `delete.retention.ms` default: a connector that restarts from older offsets
+/// does so within hours, not days.
+fn default_deleted_retention() -> Duration {
+    Duration::from_secs(24 * 3600)
 }
 
 fn default_shutdown_timeout() -> Duration {

@@ -578,11 +578,7 @@ pub fn erase_if_gone(state: &mut RecordState, rules: &EntityRules) -> bool {
     let final_everywhere = state.systems.iter().all(|(s, sys)| {
         !rules.echoes(*s) || (sys.pending.is_empty() && (sys.held_deleted || sys.held.is_empty()))
     });
-    let holds_values = !state.fields.is_empty()
-        || state.systems.iter().any(|(_, sys)| {
-            !sys.held.is_empty() || !sys.pending.is_empty() || !sys.superseded.is_empty()
-        });
-    if !final_everywhere || !holds_values {
+    if !final_everywhere || !holds_values(state) {
         return false;
     }
     state.fields.clear();
@@ -594,6 +590,30 @@ pub fn erase_if_gone(state: &mut RecordState, rules: &EntityRules) -> bool {
         sys.superseded.clear();
     }
     true
+}
+
+/// When a record's values were erased ([`erase_if_gone`]): the source commit time of the last
+/// change applied to it, or `None` while it exists or still holds anything. A record erased
+/// long enough ago in source time is taken off the state topic by a tombstone; after that, a
+/// change of its key starts a new record.
+pub fn erased_at(state: &RecordState) -> Option<i64> {
+    if state.deleted.is_none() || holds_values(state) {
+        return None;
+    }
+    state
+        .systems
+        .iter()
+        .filter_map(|(_, sys)| sys.applied.as_ref().map(|a| a.ts_ms))
+        .max()
+}
+
+/// Whether a record holds values: its own, a system's copies, deliveries on their way.
+fn holds_values(state: &RecordState) -> bool {
+    !state.fields.is_empty()
+        || !state.unsettled.is_empty()
+        || state.systems.iter().any(|(_, sys)| {
+            !sys.held.is_empty() || !sys.pending.is_empty() || !sys.superseded.is_empty()
+        })
 }
 
 /// Step 8: queues a delivery to each of `targets` whose content differs from what it holds or was

@@ -12,15 +12,16 @@ use std::collections::{HashMap, VecDeque};
 
 use crate::kafka::offsets::{OffsetTracker, Ticket};
 
-/// A record's key and state for the changelog.
-pub type ChangelogValue = (String, Vec<u8>);
+/// What an event writes to the changelog, in order: per record, its key and its state, or no
+/// state for a tombstone (a deleted record taken off, `processing.deleted_retention`).
+pub type ChangelogWrites = Vec<(String, Option<Vec<u8>>)>;
 
 #[derive(Default)]
 pub struct Durability {
     /// First phase: the events' outputs.
     outputs: OffsetTracker,
     /// Per input partition, in offset order: begun events and the value each will write.
-    queued: HashMap<i32, VecDeque<(i64, Option<ChangelogValue>)>>,
+    queued: HashMap<i32, VecDeque<(i64, ChangelogWrites)>>,
 }
 
 impl Durability {
@@ -31,7 +32,7 @@ impl Durability {
         topic: &str,
         partition: i32,
         offset: i64,
-        changelog: Option<ChangelogValue>,
+        changelog: ChangelogWrites,
     ) -> Ticket {
         let queue = self.queued.entry(partition).or_default();
         if queue.back().is_some_and(|&(last, _)| offset <= last) {
@@ -44,10 +45,7 @@ impl Durability {
 
     /// Records that `ticket`'s outputs are acknowledged; returns, in offset order, the events
     /// of its partition that are now ready for their changelog write.
-    pub fn outputs_acknowledged(
-        &mut self,
-        ticket: Ticket,
-    ) -> Vec<(i32, i64, Option<ChangelogValue>)> {
+    pub fn outputs_acknowledged(&mut self, ticket: Ticket) -> Vec<(i32, i64, ChangelogWrites)> {
         let Some((_, partition, next)) = self.outputs.acknowledge(ticket) else {
             return Vec::new();
         };
@@ -82,15 +80,15 @@ impl Durability {
 mod tests {
     use super::*;
 
-    fn value(n: u8) -> Option<ChangelogValue> {
-        Some((format!("k{n}"), vec![n]))
+    fn value(n: u8) -> ChangelogWrites {
+        vec![(format!("k{n}"), Some(vec![n]))]
     }
 
     #[test]
     fn changelog_values_are_released_in_offset_order_once_outputs_are_acknowledged() {
         let mut d = Durability::default();
         let a = d.begin("in", 0, 10, value(1));
-        let b = d.begin("in", 0, 11, None);
+        let b = d.begin("in", 0, 11, Vec::new());
         let c = d.begin("in", 0, 12, value(3));
         assert!(
             d.outputs_acknowledged(c).is_empty(),
@@ -100,7 +98,7 @@ mod tests {
         let ready = d.outputs_acknowledged(a);
         assert_eq!(
             ready,
-            vec![(0, 10, value(1)), (0, 11, None), (0, 12, value(3))]
+            vec![(0, 10, value(1)), (0, 11, Vec::new()), (0, 12, value(3))]
         );
         assert_eq!(d.in_flight(), 0);
     }

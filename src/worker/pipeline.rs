@@ -11,7 +11,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
-use super::durability::ChangelogValue;
+use super::durability::ChangelogWrites;
 use super::durability::Durability;
 use super::ownership::{self, ChangelogLog, Ownership, OwnershipContext, OwnershipEvent};
 use super::rewind::{self, Rewinds};
@@ -389,7 +389,7 @@ impl Pipeline<'_> {
     pub(super) async fn finish(
         &mut self,
         message: &rdkafka::message::BorrowedMessage<'_>,
-        changelog: Option<ChangelogValue>,
+        changelog: ChangelogWrites,
         phase: Phase,
         sends: Vec<(Destination, Sent)>,
         source_ts_ms: Option<i64>,
@@ -405,8 +405,14 @@ impl Pipeline<'_> {
             return Ok(());
         }
         let mut refused = sends.into_iter().find_map(|(_, sent)| sent.err());
-        if let Some((key, state)) = changelog.filter(|_| refused.is_none()) {
-            refused = self.write_changelog(partition, &key, &state).await.err();
+        for (key, state) in changelog {
+            if refused.is_some() {
+                break;
+            }
+            refused = self
+                .write_changelog(partition, &key, state.as_deref())
+                .await
+                .err();
         }
         if let Some(error) = refused {
             // A record the producer would not even take: the batch cannot be whole.
@@ -419,13 +425,13 @@ impl Pipeline<'_> {
         Ok(())
     }
 
-    /// A record's state to the changelog, partition for partition: the internal partition's
-    /// next owner restores from exactly this changelog partition.
-    async fn write_changelog(&self, partition: i32, key: &str, state: &[u8]) -> Sent {
+    /// A record's state (`None`: its tombstone) to the changelog, partition for partition: the
+    /// internal partition's next owner restores from exactly this changelog partition.
+    async fn write_changelog(&self, partition: i32, key: &str, state: Option<&[u8]>) -> Sent {
         let record = FutureRecord {
             topic: self.state_topic,
             partition: Some(partition),
-            payload: Some(state),
+            payload: state,
             key: Some(key.as_bytes()),
             timestamp: None,
             headers: None,
@@ -609,26 +615,20 @@ impl Pipeline<'_> {
                         continue;
                     }
                     let ticket = self.offsets.begin(self.internal_topic, partition, offset);
-                    match value {
-                        None => {
-                            if let Some((topic, partition, next)) =
-                                self.offsets.acknowledged(ticket)
-                            {
-                                self.rewinds.stored(topic, partition, next);
-                            }
+                    if value.is_empty() {
+                        if let Some((topic, partition, next)) = self.offsets.acknowledged(ticket) {
+                            self.rewinds.stored(topic, partition, next);
                         }
-                        Some((key, state)) => {
-                            let sent = self.write_changelog(partition, &key, &state).await;
-                            let destination = Destination::Changelog;
-                            self.track(
-                                ticket,
-                                Phase::Stored,
-                                vec![(destination, sent)],
-                                None,
-                                Instant::now(),
-                            );
-                        }
+                        continue;
                     }
+                    let mut sends = Vec::with_capacity(value.len());
+                    for (key, state) in value {
+                        let sent = self
+                            .write_changelog(partition, &key, state.as_deref())
+                            .await;
+                        sends.push((Destination::Changelog, sent));
+                    }
+                    self.track(ticket, Phase::Stored, sends, None, Instant::now());
                 }
             }
         }

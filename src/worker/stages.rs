@@ -46,7 +46,7 @@ impl Pipeline<'_> {
                 self.dead_letter(message, "unroutable", reason).await,
             ));
             return self
-                .finish(message, None, Phase::Stored, sends, None, started)
+                .finish(message, Vec::new(), Phase::Stored, sends, None, started)
                 .await;
         };
         let system = self.config.systems[system_index].name.as_str();
@@ -111,8 +111,15 @@ impl Pipeline<'_> {
                 sends.push(self.reject(message, error.kind(), &reason).await);
             }
         }
-        self.finish(message, None, Phase::Stored, sends, source_ts_ms, started)
-            .await
+        self.finish(
+            message,
+            Vec::new(),
+            Phase::Stored,
+            sends,
+            source_ts_ms,
+            started,
+        )
+        .await
     }
 
     /// Stage 2: one internal record through the engine; its target and conflict records are
@@ -129,7 +136,15 @@ impl Pipeline<'_> {
         };
         let mut resolved =
             resolver.resolve(message.partition(), message.payload().unwrap_or_default());
-        let changelog = resolved.as_mut().ok().and_then(|r| r.changelog.take());
+        // Records taken off go first: a change of one of their keys starts it afresh after.
+        let mut changelog: Vec<(String, Option<Vec<u8>>)> = resolver
+            .take_tombstones(message.partition())
+            .into_iter()
+            .map(|key| (key, None))
+            .collect();
+        if let Some((key, state)) = resolved.as_mut().ok().and_then(|r| r.changelog.take()) {
+            changelog.push((key, Some(state)));
+        }
         let source_ts_ms = resolved
             .as_ref()
             .ok()

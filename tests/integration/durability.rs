@@ -416,3 +416,121 @@ fn a_lost_state_topic_is_refused_and_rebuilt_on_request() {
         .unwrap()
         .success());
 }
+
+/// A record deleted everywhere leaves the state topic once `processing.deleted_retention` has
+/// passed in source time: a tombstone follows its erased state, a restarted worker does not
+/// restore it, and the key inserted again starts a new record (its version counts one change,
+/// not three). Before, the erased state stayed on the changelog for good.
+#[test]
+fn a_deleted_record_is_tombstoned_on_the_state_topic_after_its_retention() {
+    if !support::stack_available("tombstone") {
+        return;
+    }
+    let group = unique("e2e-tomb");
+    let mut options = HarmonyOptions::stack(group.clone());
+    let targets = support::product_targets(&group, &["shop"], "");
+    options.extra_toml = format!("{PRODUCT}{targets}");
+    options.extra_processing = "deleted_retention = \"2s\"\n".into();
+    let mut harmony = Harmony::start(&options).unwrap();
+    let sku = unique("TOMB");
+    let key = format!(r#"product:["{sku}"]"#);
+    let mut shop = TopicReader::new(&format!("{group}.shop.product")).unwrap();
+    let mut sent_to_shop = |deleted: bool| {
+        let sent = |r: &Record| r.keyed_by(&sku) && (r.json()["payload"]["op"] == "d") == deleted;
+        assert!(
+            shop.read_until(Duration::from_secs(60), |rs| rs.iter().any(sent))
+                .unwrap(),
+            "{}",
+            harmony.log()
+        );
+    };
+    // The shop's sink is played by hand: the erp's insert and delete applied, so the delete
+    // is final everywhere.
+    psql(
+        "erp",
+        &format!(
+            "INSERT INTO products (sku, name, price, quantity) VALUES ('{sku}', 'Vase', 30.00, 2)"
+        ),
+    )
+    .unwrap();
+    sent_to_shop(false);
+    psql(
+        "shop",
+        &format!(
+            "INSERT INTO items (item_sku, title, price, stock) VALUES ('{sku}', 'Vase', 30.00, 2)"
+        ),
+    )
+    .unwrap();
+    psql("erp", &format!("DELETE FROM products WHERE sku = '{sku}'")).unwrap();
+    sent_to_shop(true);
+    psql(
+        "shop",
+        &format!("DELETE FROM items WHERE item_sku = '{sku}'"),
+    )
+    .unwrap();
+    let state_topic = format!("harmony.{group}.state");
+    let mut state = TopicReader::new(&state_topic).unwrap();
+    let values_of = |records: &[Record]| -> Vec<bool> {
+        records
+            .iter()
+            .filter(|r| r.key.as_deref() == Some(key.as_str()))
+            .map(|r| r.value.is_some())
+            .collect()
+    };
+    assert!(
+        state
+            .read_until(Duration::from_secs(60), |rs| values_of(rs).len() >= 4)
+            .unwrap(),
+        "the insert, the delete and the shop's echo on the changelog\n{}",
+        harmony.log()
+    );
+    // Within the retention, changes of other records leave it be.
+    psql("erp", &format!("INSERT INTO products (sku, name, price, quantity) VALUES ('{sku}-early', 'Vase', 30.00, 2)")).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    state.read_for(Duration::from_secs(1)).unwrap();
+    assert_eq!(values_of(&state.records), [true; 4], "{}", harmony.log());
+    // Past it: the next change of a record on the same partition takes it off. Thirty
+    // records, so that one of them shares its partition (of three) all but surely.
+    let inserts: String = (0..30)
+        .map(|i| format!("INSERT INTO products (sku, name, price, quantity) VALUES ('{sku}-{i}', 'Vase', 30.00, 2);"))
+        .collect();
+    psql("erp", &inserts).unwrap();
+    assert!(
+        state
+            .read_until(Duration::from_secs(60), |rs| values_of(rs).last()
+                == Some(&false))
+            .unwrap(),
+        "no tombstone for {key}: {:?}\n{}",
+        values_of(&state.records),
+        harmony.log()
+    );
+    // Past a commit interval, so the restart resumes after the inserts.
+    std::thread::sleep(Duration::from_secs(3));
+    harmony.kill_hard().unwrap();
+    harmony.spawn().unwrap();
+    psql(
+        "erp",
+        &format!(
+            "INSERT INTO products (sku, name, price, quantity) VALUES ('{sku}', 'Vase', 31.00, 7)"
+        ),
+    )
+    .unwrap();
+    let mut shop = TopicReader::new(&format!("{group}.shop.product")).unwrap();
+    let again = |r: &Record| r.keyed_by(&sku) && r.json()["payload"]["after"]["stock"] == 7;
+    assert!(
+        shop.read_until(Duration::from_secs(60), |rs| rs.iter().any(again))
+            .unwrap(),
+        "{}",
+        harmony.log()
+    );
+    let record = shop.records.iter().rev().find(|r| again(r)).unwrap().json();
+    assert_eq!(
+        record["payload"]["harmony"]["version"],
+        serde_json::json!({"erp": 1}),
+        "a new record, not the deleted one's bookkeeping"
+    );
+    assert!(harmony
+        .terminate(Duration::from_secs(30))
+        .unwrap()
+        .success());
+}

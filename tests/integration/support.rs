@@ -336,6 +336,8 @@ pub struct HarmonyOptions {
     pub exactly_once: bool,
     /// Appended to the generated config file (whole TOML tables).
     pub extra_toml: String,
+    /// Lines added to the generated `[processing]` table.
+    pub extra_processing: String,
 }
 
 impl HarmonyOptions {
@@ -351,6 +353,7 @@ impl HarmonyOptions {
             commit_interval: "1s",
             exactly_once: false,
             extra_toml: String::new(),
+            extra_processing: String::new(),
         }
     }
 }
@@ -365,7 +368,7 @@ impl Harmony {
         let output_topic = format!("{name}.out");
         let dead_letter_topic = format!("{name}.dlq");
         let mut toml = format!(
-            "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{}\"\n\n[output]\ntopic = \"{output_topic}\"\ndead_letter_topic = \"{dead_letter_topic}\"\n\n[http]\naddress = \"127.0.0.1:0\"\n\n[processing]\ncommit_interval = \"{}\"\nshutdown_timeout = \"20s\"\nstate_metrics_interval = \"1s\"\nguarantee = \"{}\"\n\n[kafka.consumer]\n# A SIGKILLed member blocks the group until its session expires; the broker's minimum.\n\"session.timeout.ms\" = \"6000\"\n",
+            "[kafka]\nbootstrap_servers = \"{}\"\ngroup_id = \"{}\"\n\n[output]\ntopic = \"{output_topic}\"\ndead_letter_topic = \"{dead_letter_topic}\"\n\n[http]\naddress = \"127.0.0.1:0\"\n\n[processing]\ncommit_interval = \"{}\"\nshutdown_timeout = \"20s\"\nstate_metrics_interval = \"1s\"\nguarantee = \"{}\"\n{}\n[kafka.consumer]\n# A SIGKILLed member blocks the group until its session expires; the broker's minimum.\n\"session.timeout.ms\" = \"6000\"\n",
             bootstrap(),
             options.group_id,
             options.commit_interval,
@@ -374,6 +377,7 @@ impl Harmony {
             } else {
                 "at_least_once"
             },
+            options.extra_processing,
         );
         for (system, topics) in &options.systems {
             toml.push_str(&format!(
