@@ -240,6 +240,20 @@ fn apply_change(state: &mut RecordState, rules: &EntityRules, change: &Change<'_
         .flatten();
     let echoed_at = pending_at;
     let late_at = history_at.filter(|_| echoed_at.is_none());
+    // Exact mode, streaming: capture sees each of the sink's writes whole, under the version it
+    // wrote. A version the row did not carry that names no delivery still remembered is the
+    // sink writing one older than those (a restart that reads back further than
+    // `SEEN_BACK_KEPT` deliveries of a busy record): a late echo all the same, whose values are
+    // the row's. Taken for the application's, it would count as a change and, under `sum`,
+    // move the record back. Not for a snapshot read, which may fold the application's writes
+    // in after the sink's; nor when the row's last version is unknown (restored from a
+    // changelog format before 3).
+    let forgotten_echo = echoed_at.is_none()
+        && late_at.is_none()
+        && !change.snapshot
+        && change
+            .context
+            .is_some_and(|ctx| sys.row_version.as_ref().is_some_and(|row| row != ctx));
     let mut echoed = false;
     if let Some(i) = echoed_at {
         let system = state.system_mut(s);
@@ -300,22 +314,29 @@ fn apply_change(state: &mut RecordState, rules: &EntityRules, change: &Change<'_
             system.superseded.pop_front();
         }
         system.applied = Some(applied);
-    } else if let Some(i) = late_at {
+    } else if late_at.is_some() || forgotten_echo {
         // A version older than one the system already echoed: its sink catching up, or
         // (content mode) a local write equal to it — the ambiguity exact mode removes.
         // Either way no new version: the system holds those values now, and is sent the
         // record again unless a newer delivery is already on its way to it.
         let system = state.system_mut(s);
         // Exact mode keeps what it saw echoed: a sink restarted twice writes it all again twice.
-        let late = if change.context.is_some() {
-            system.superseded.get(i).cloned()
-        } else {
-            system.superseded.drain(..=i).next_back()
+        let late = match late_at {
+            Some(i) if change.context.is_some() => system.superseded.get(i).cloned(),
+            Some(i) => system.superseded.drain(..=i).next_back(),
+            None => None,
         };
         if let Some(late) = late {
             system.held_deleted = late.deleted;
             for (field, value) in late.values {
                 system.set_held(field, value);
+            }
+        } else {
+            system.held_deleted = change.kind == ChangeKind::Delete;
+            for (field, value) in change.fields {
+                if !rules.fields[field.0 as usize].ignored {
+                    system.set_held(*field, value.clone());
+                }
             }
         }
         system.applied = Some(applied);

@@ -20,17 +20,21 @@
 //! | `CHAOS_MODE` | `exact`: no sinks; `loop`: the closed loop (below), version columns; `content`: the closed loop, told by content alone | exact |
 //!
 //! **The closed loop** (`loop`, `content`): Debezium's JDBC sink writes each target topic back
-//! into its system's table, whose capture brings every delivery back as an echo; and halfway
-//! through, the erp's source connector is replaced by one without offsets on the same slot,
-//! which snapshots the table again. Only the erp inserts (the sinks create the other rows),
-//! nothing is deleted, and every local write is one no delivery can equal — content matching's
-//! one ambiguity, which exact mode removes, is not what these runs are for: stock moves up only,
-//! each system in its own band (the erp by 10¹², the shop by 10⁶, the warehouse by 1), and
-//! every price written is new. The databases must converge on every product's expected stock,
-//! and the loop go quiet. There is no fault-free reference run (the sinks' writes are input to
-//! whichever run reads them). `content` drops the version columns: a sink that reads its topic
-//! again after a restart (broker restarts make Connect's sinks do so) writes deliveries already
-//! seen back, which content alone cannot tell from local writes — see the README.
+//! into its system's table, whose capture brings every delivery back as an echo. Halfway
+//! through, the erp stops writing; once its source connector has captured what it wrote (its
+//! slot confirms the WAL position), the connector is replaced by one without offsets on the
+//! same slot, which snapshots the table again while the sinks go on writing. (Changes left
+//! uncaptured would reach Kafka only folded into the snapshot, so the count below could not
+//! hold, and the erp's sink could overwrite them before any capture saw them: see the README.)
+//! Only the erp inserts (the sinks create the other rows), nothing is deleted, and every local
+//! write is one no delivery can equal — content matching's one ambiguity, which exact mode
+//! removes, is not what these runs are for: stock moves up only, each system in its own band
+//! (the erp by 10¹², the shop by 10⁶, the warehouse by 1), and every price written is new. The
+//! databases must converge on every product's expected stock, and the loop go quiet. There is
+//! no fault-free reference run (the sinks' writes are input to whichever run reads them).
+//! `content` drops the version columns; run it exactly once (`scripts/test` does): at least
+//! once, harmony's replays after a crash reach the sinks, which write deliveries already seen
+//! back, and content alone cannot tell those from local writes — see the README.
 //!
 //! The input: stock movements and price changes from all three systems, half of them on a
 //! tenth of the products (hot keys), and on a twentieth of the products (churned, cold ones)
@@ -656,6 +660,7 @@ fn chaos() {
         }
         if content && !resnapshotted && fault == 1 {
             halfway.recv().unwrap();
+            connectors.wait_captured(&run, "erp").unwrap();
             connectors.resnapshot(&run, "erp", TABLES[0].1).unwrap();
             resume.send(()).unwrap();
             resnapshotted = true;
@@ -663,6 +668,7 @@ fn chaos() {
     }
     if content && !resnapshotted {
         halfway.recv().unwrap();
+        connectors.wait_captured(&run, "erp").unwrap();
         connectors.resnapshot(&run, "erp", TABLES[0].1).unwrap();
         resume.send(()).unwrap();
         resnapshotted = true;
@@ -757,6 +763,20 @@ fn chaos() {
     }
     if content {
         stock_off = databases_off;
+        // Which system's movements a product's stock misses shows in the band it is off by.
+        let stocks = stocks_in_databases(&prefix);
+        let off: Vec<Value> = expected
+            .stock
+            .iter()
+            .filter(|(sku, q)| stocks.iter().any(|db| db.get(*sku) != Some(q)))
+            .take(5)
+            .map(|(sku, q)| {
+                let held: Vec<Option<i64>> =
+                    stocks.iter().map(|db| db.get(sku).map(|s| s - q)).collect();
+                json!({"sku": sku, "expected": q, "off_by_in_erp_shop_wms": held})
+            })
+            .collect();
+        report["stock_off_examples"] = json!(off);
     }
     let rebalances: f64 = workers
         .lock()

@@ -810,6 +810,20 @@ impl Connectors {
         Ok(())
     }
 
+    /// Waits until the source connector `<run>_<system>` has captured every change its database
+    /// had written when called: its slot confirms that position, which Debezium does once the
+    /// changes up to it are in Kafka.
+    pub fn wait_captured(&self, run: &str, system: &str) -> Result<()> {
+        let slot = format!("{run}_{system}");
+        let written = psql(system, "SELECT pg_current_wal_lsn()")?;
+        wait_until(Duration::from_secs(120), "changes captured", || {
+            Ok(psql(
+                system,
+                &format!("SELECT confirmed_flush_lsn >= '{written}'::pg_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"),
+            )? == "t")
+        })
+    }
+
     /// The source connector `<run>_<system>` of [`Connectors::stream_tables`] replaced by one
     /// of another name (so without offsets) on the same slot, publication and topics, which
     /// snapshots `table` again (`snapshot.mode=initial`) before it streams: what a reset of the
