@@ -27,8 +27,10 @@ use position::{Applied, PositionVerdict};
 const MAX_PENDING_DELIVERIES: usize = 32;
 
 /// Exact mode: deliveries seen back (or overtaken) kept per target, to know a sink writing them
-/// again for late echoes. A restarted Kafka Connect sink writes again what it wrote since its
-/// last commit; of a record changing faster than that, the oldest of those writes fall outside.
+/// again for late echoes, with their values. A restarted Kafka Connect sink writes again what it
+/// wrote since its last commit; of a record changing faster than that, the oldest writes name
+/// versions no longer kept, and are known for the sink's by their version alone (see
+/// `forgotten_echo` in `apply_change`).
 const SEEN_BACK_KEPT: usize = 8;
 
 /// A system as resolution sees it.

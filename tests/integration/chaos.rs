@@ -29,7 +29,8 @@
 //! Only the erp inserts (the sinks create the other rows), nothing is deleted, and every local
 //! write is one no delivery can equal — content matching's one ambiguity, which exact mode
 //! removes, is not what these runs are for: stock moves up only, each system in its own band
-//! (the erp by 10¹², the shop by 10⁶, the warehouse by 1), and every price written is new. The
+//! (the erp by 10¹², the shop by 10⁶, the warehouse by 1), every price written is new, and
+//! every local write sets a note no one wrote before ([`marker`]). The
 //! databases must converge on every product's expected stock, and the loop go quiet. There is
 //! no fault-free reference run (the sinks' writes are input to whichever run reads them).
 //! `content` drops the version columns; run it exactly once (`scripts/test` does): at least
@@ -97,19 +98,19 @@ ignore = ["updated_at"]
   system = "erp"
   table = "public.chaos_products"
   version_column = "harmony_version"
-  columns = { sku = "sku", name = "name", price = "price", quantity = "quantity", updated_at = "updated_at" }
+  columns = { sku = "sku", name = "name", price = "price", quantity = "quantity", note = "note", updated_at = "updated_at" }
 
   [[entities.sources]]
   system = "shop"
   table = "public.chaos_items"
   version_column = "harmony_version"
-  columns = { item_sku = "sku", title = "name", price = "price", stock = "quantity", updated_at = "updated_at" }
+  columns = { item_sku = "sku", title = "name", price = "price", stock = "quantity", note = "note", updated_at = "updated_at" }
 
   [[entities.sources]]
   system = "wms"
   table = "public.chaos_skus"
   version_column = "harmony_version"
-  columns = { sku = "sku", on_hand = "quantity", updated_at = "updated_at" }
+  columns = { sku = "sku", on_hand = "quantity", note = "note", updated_at = "updated_at" }
 "#;
 
 /// Sinks write the target topics back into the source tables.
@@ -234,9 +235,14 @@ fn generate(sizes: &Sizes, prefix: &str) -> ([String; 3], [String; 3], Expected)
                 changes.get_mut(sku).unwrap()[system] += 1;
             }
             let price = format!("{}.{:02}", cents / 100, cents % 100);
+            let note = marker(system, n);
             sql[system].push_str(&match system {
-                0 => format!("UPDATE chaos_products SET price = {price} WHERE sku = '{sku}';\n"),
-                _ => format!("UPDATE chaos_items SET price = {price} WHERE item_sku = '{sku}';\n"),
+                0 => format!(
+                    "UPDATE chaos_products SET price = {price}{note} WHERE sku = '{sku}';\n"
+                ),
+                _ => format!(
+                    "UPDATE chaos_items SET price = {price}{note} WHERE item_sku = '{sku}';\n"
+                ),
             });
             continue;
         }
@@ -253,8 +259,9 @@ fn generate(sizes: &Sizes, prefix: &str) -> ([String; 3], [String; 3], Expected)
         }
         changes.get_mut(sku).unwrap()[system] += 1;
         let (table, key, column) = (TABLES[system].1, KEY_COLUMNS[system], STOCK_COLUMNS[system]);
+        let note = marker(system, n);
         sql[system].push_str(&format!(
-            "UPDATE {table} SET {column} = {column} + {delta} WHERE {key} = '{sku}';\n"
+            "UPDATE {table} SET {column} = {column} + {delta}{note} WHERE {key} = '{sku}';\n"
         ));
     }
     (
@@ -265,6 +272,18 @@ fn generate(sizes: &Sizes, prefix: &str) -> ([String; 3], [String; 3], Expected)
             changes,
         },
     )
+}
+
+/// Closed loop: what makes local write `n` of `system` one no delivery can equal — a note no
+/// one wrote before. (Bands and new prices alone do not: a sink that writes an older delivery
+/// over the row takes it back to an earlier state, and the system's next moves can retrace
+/// values harmony already delivered, which content matching takes for their echo.)
+fn marker(system: usize, n: usize) -> String {
+    if closed_loop() {
+        format!(", note = '{}-{n}'", SYSTEMS[system])
+    } else {
+        String::new()
+    }
 }
 
 fn run_sql(database: &str, script: &str) {
@@ -550,7 +569,7 @@ fn chaos() {
     for (system, (demo, table)) in SYSTEMS.iter().zip(TABLES) {
         psql(
             system,
-            &format!("CREATE TABLE IF NOT EXISTS {table} (LIKE {demo} INCLUDING ALL); ALTER TABLE {table} ADD COLUMN IF NOT EXISTS harmony_version text"),
+            &format!("CREATE TABLE IF NOT EXISTS {table} (LIKE {demo} INCLUDING ALL); ALTER TABLE {table} ADD COLUMN IF NOT EXISTS harmony_version text; ALTER TABLE {table} ADD COLUMN IF NOT EXISTS note text"),
         )
         .unwrap();
     }
