@@ -1310,6 +1310,17 @@ mod tests {
         assert_eq!(after(to_shop)["stock"], 1);
     }
 
+    const DAY_MS: i64 = 86_400_000;
+
+    /// A product's fields as the erp creates it.
+    fn cup() -> [(&'static str, FieldValue); 3] {
+        [
+            ("name", FieldValue::Text("Cup".into())),
+            ("price", FieldValue::Int(5)),
+            ("quantity", FieldValue::Int(100)),
+        ]
+    }
+
     /// `record_at` of another record, or a delete.
     fn change_of(
         system: &str,
@@ -1330,12 +1341,7 @@ mod tests {
 
     #[test]
     fn a_record_deleted_everywhere_leaves_the_changelog_once_its_retention_is_over() {
-        const DAY_MS: i64 = 86_400_000;
-        let created = [
-            ("name", FieldValue::Text("Cup".into())),
-            ("price", FieldValue::Int(5)),
-            ("quantity", FieldValue::Int(100)),
-        ];
+        let created = cup();
         let mut r = resolver(false);
         let mut changelog: Vec<(String, Option<Vec<u8>>)> = Vec::new();
         // As stage 2 writes them: tombstones, then the change's own value.
@@ -1427,12 +1433,7 @@ mod tests {
 
     #[test]
     fn a_record_erased_but_recreated_in_its_retention_is_kept_and_a_zero_retention_keeps_all() {
-        const DAY_MS: i64 = 86_400_000;
-        let created = [
-            ("name", FieldValue::Text("Cup".into())),
-            ("price", FieldValue::Int(5)),
-            ("quantity", FieldValue::Int(100)),
-        ];
+        let created = cup();
         let erase = |r: &mut Resolver, from: u64, ts_ms: i64| {
             for (i, (system, delete, fields)) in [
                 ("erp", false, &created[..]),

@@ -1154,23 +1154,21 @@ fn arb_loop_steps() -> impl Generator<Value = Vec<LoopStep>> {
 
 /// As [`arb_loop_steps`], with sinks that restart and write again what they had applied.
 fn arb_replaying_loop_steps() -> impl Generator<Value = Vec<LoopStep>> {
-    let step = prop_oneof![
-        4 => (
-            0usize..3,
-            proptest::option::of(-9i64..10),
-            proptest::option::of(400i64..600)
-        )
-            .prop_map(|(s, q, p)| LoopStep::Local(s, q, p)),
-        4 => (0usize..3).prop_map(LoopStep::Sink),
-        4 => (0usize..3).prop_map(LoopStep::Capture),
-        1 => (0usize..3, 1usize..6).prop_map(|(s, n)| LoopStep::Replay(s, n)),
-    ];
-    proptest::collection::vec(step, 1..60)
+    replaying_loop_steps(1..6, 1..60)
 }
 
 /// As [`arb_replaying_loop_steps`], with restarts that write back more deliveries than a
 /// system's state remembers having seen echoed (`SEEN_BACK_KEPT`), on a busy record.
 fn arb_long_replaying_loop_steps() -> impl Generator<Value = Vec<LoopStep>> {
+    replaying_loop_steps((SEEN_BACK_KEPT + 1)..(4 * SEEN_BACK_KEPT), 60..200)
+}
+
+/// Local writes, sinks, captures and now and then a sink restart writing back `replayed`
+/// deliveries; `steps` of them.
+fn replaying_loop_steps(
+    replayed: std::ops::Range<usize>,
+    steps: std::ops::Range<usize>,
+) -> impl Generator<Value = Vec<LoopStep>> {
     let step = prop_oneof![
         4 => (
             0usize..3,
@@ -1180,10 +1178,9 @@ fn arb_long_replaying_loop_steps() -> impl Generator<Value = Vec<LoopStep>> {
             .prop_map(|(s, q, p)| LoopStep::Local(s, q, p)),
         4 => (0usize..3).prop_map(LoopStep::Sink),
         4 => (0usize..3).prop_map(LoopStep::Capture),
-        1 => (0usize..3, (SEEN_BACK_KEPT + 1)..(4 * SEEN_BACK_KEPT))
-            .prop_map(|(s, n)| LoopStep::Replay(s, n)),
+        1 => (0usize..3, replayed).prop_map(|(s, n)| LoopStep::Replay(s, n)),
     ];
-    proptest::collection::vec(step, 60..200)
+    proptest::collection::vec(step, steps)
 }
 
 /// Quantity under `sum`, price under `strategy` (priority: the warehouse, then the erp).
