@@ -2,6 +2,7 @@
 //! Debezium → Kafka → harmony → output topics. One test binary with modules, so librdkafka is
 //! linked once.
 
+mod architecture;
 mod capture;
 mod chaos;
 mod closed_loop;
