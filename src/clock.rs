@@ -15,6 +15,10 @@
 use std::cmp::Ordering;
 use std::fmt;
 
+/// The system manual resolutions come from, harmony's own name in version vectors. Reserved: no
+/// configured system may take the name.
+pub const OPERATOR: &str = "operator";
+
 /// A system's index in the configuration. Stable while a configuration runs; what is stored
 /// durably names systems, not indices.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -174,9 +174,9 @@ pub fn rejection_record<'a>(
     key: &'a RawValue,
     (field, guard): (&'a str, &'a str),
     dot: crate::clock::Dot,
-    value: &'a crate::engine::FieldValue,
-    sent: Option<&'a crate::engine::FieldValue>,
-    kept: Option<&'a crate::engine::FieldValue>,
+    value: &'a crate::value::FieldValue,
+    sent: Option<&'a crate::value::FieldValue>,
+    kept: Option<&'a crate::value::FieldValue>,
     ts_ms: i64,
 ) -> RejectionRecord<'a> {
     let system = system_name(systems, dot.system);

@@ -11,9 +11,9 @@ use base64::Engine as _;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value as Json};
 
-use crate::engine::FieldValue;
 use crate::jsontext::{self, Members};
 use crate::value::Decimal;
+use crate::value::FieldValue;
 
 /// One row column: its schema into `schema`'s field list, its value into `image`, decided
 /// together because a JSON array's shape decides both.

@@ -9,7 +9,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::engine::FieldValue;
+use crate::value::FieldValue;
 
 #[derive(Clone)]
 pub struct Guard {

@@ -18,9 +18,9 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::FieldValue;
 use crate::envelope::{ChangeEvent, Snapshot, SourcePosition};
 use crate::mapping::{Catalog, ChangeKind, MappedChange};
+use crate::value::FieldValue;
 use crate::value::{Decimal, Value};
 
 /// Version of the encoding; a reader refuses versions it does not know.

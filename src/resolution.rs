@@ -15,11 +15,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use thiserror::Error;
 
+use crate::clock::OPERATOR;
 use crate::internal::{InternalChange, Kind, Origin, Position, Typed, FORMAT_VERSION};
 use crate::value::Decimal;
-
-/// The system manual resolutions come from. Reserved: no configured system may take the name.
-pub const OPERATOR: &str = "operator";
 
 /// What the operator settles the conflict with.
 #[derive(Debug, Clone, PartialEq)]

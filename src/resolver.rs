@@ -25,7 +25,7 @@ use crate::envelope::SourcePosition;
 use crate::figures::{Figures, Times};
 use crate::internal::InternalChange;
 use crate::mapping::{Catalog, EntityId, FieldId};
-use crate::target::{target_plans, target_records, Provenance, TargetPlan};
+use crate::target::{target_plans, target_records, Provenance, Publication, TargetPlan};
 
 #[derive(Debug, Error)]
 pub enum ResolveError {
@@ -67,15 +67,6 @@ impl ResolveError {
             ResolveError::Halted(_) => "position_regression",
         }
     }
-}
-
-/// A record to publish. `value: None` is a tombstone.
-#[derive(Debug, Clone)]
-pub struct Publication {
-    pub topic: String,
-    pub key: Vec<u8>,
-    pub value: Option<Vec<u8>>,
-    pub headers: Vec<(&'static str, Vec<u8>)>,
 }
 
 /// What one record change produced.

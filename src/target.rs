@@ -18,10 +18,19 @@ use serde_json::value::RawValue;
 use crate::clock::SystemId;
 use crate::config::{Config, OutputFormat};
 use crate::connect::{self, SchemaText};
-use crate::engine::{EntityRules, FieldValue, RecordState};
+use crate::engine::{EntityRules, RecordState};
 use crate::jsontext::{self, Members};
 use crate::mapping::{Catalog, EntityId, FieldId};
-use crate::resolver::Publication;
+use crate::value::FieldValue;
+
+/// A record to publish. `value: None` is a tombstone.
+#[derive(Debug, Clone)]
+pub struct Publication {
+    pub topic: String,
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(&'static str, Vec<u8>)>,
+}
 
 /// How one target system receives one entity.
 #[derive(Debug, Clone)]

@@ -92,7 +92,7 @@ impl PartialEq for Value<'_> {
 /// `DECIMAL`/`NUMERIC` with a declared precision up to 38.
 ///
 /// Aligned to 8 bytes rather than `i128`'s 16: every value the state holds (a field, what each
-/// system holds, each pending delivery) is a [`crate::engine::FieldValue`], which this keeps
+/// system holds, each pending delivery) is a [`FieldValue`], which this keeps
 /// at 32 bytes instead of 48. Fields are read by copy (`{ d.unscaled }`), never by reference.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(C, packed(8))]
@@ -344,6 +344,47 @@ fn variable_scale_decimal(raw: &RawValue) -> Result<Value<'_>, String> {
         .map(Value::Decimal)
         .ok_or_else(|| "decimal wider than 38 digits".to_owned())
 }
+
+/// A field value as stage 2 owns it: in a record's state, each system's copy, each pending
+/// delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldValue {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Decimal(Decimal),
+    Float(f64),
+    Text(String),
+    /// Structs, arrays, JSON documents: their JSON text.
+    Json(String),
+}
+
+impl FieldValue {
+    /// Bytes it owns on the heap.
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            FieldValue::Text(t) | FieldValue::Json(t) => t.capacity(),
+            _ => 0,
+        }
+    }
+
+    /// As an exact number, for `sum`, `max`, `min`.
+    pub fn as_decimal(&self) -> Option<Decimal> {
+        match self {
+            FieldValue::Int(i) => Some(Decimal {
+                unscaled: i128::from(*i),
+                scale: 0,
+            }),
+            FieldValue::Decimal(d) => Some(*d),
+            FieldValue::Text(t) => Decimal::parse(t).map(Decimal::normalized),
+            _ => None,
+        }
+    }
+}
+
+// Every value the state holds is one of these: a field's, each system's, each pending
+// delivery's. 32 bytes is a string and its tag (see `Decimal`'s alignment).
+const _: () = assert!(std::mem::size_of::<FieldValue>() == 32);
 
 #[cfg(test)]
 mod tests {

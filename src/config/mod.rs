@@ -97,12 +97,18 @@ impl Default for InputConfig {
     }
 }
 
+/// The decoder's defaults (`input.max_nesting_depth`, `input.max_record_bytes`). Kafka's
+/// default message.max.bytes is 1 MiB; Debezium rows near it are rare and legitimate, so the
+/// record limit leaves room.
+pub const DEFAULT_MAX_NESTING_DEPTH: usize = 64;
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 8 * 1024 * 1024;
+
 fn default_max_nesting_depth() -> usize {
-    crate::envelope::Limits::default().max_nesting_depth
+    DEFAULT_MAX_NESTING_DEPTH
 }
 
 fn default_max_record_bytes() -> usize {
-    crate::envelope::Limits::default().max_record_bytes
+    DEFAULT_MAX_RECORD_BYTES
 }
 
 #[derive(Clone, Deserialize)]
@@ -165,6 +171,26 @@ impl KafkaConfig {
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(1_000_000)
     }
+}
+
+/// librdkafka properties harmony sets itself. Letting a user override them would silently
+/// break at-least-once delivery (`enable.auto.offset.store`), per-record order
+/// (`enable.idempotence`) or durability (`acks`).
+const RESERVED_PROPERTIES: [&str; 10] = [
+    "bootstrap.servers",
+    "transactional.id",
+    "group.id",
+    "enable.auto.offset.store",
+    "enable.auto.commit",
+    "auto.commit.interval.ms",
+    "enable.idempotence",
+    "acks",
+    "request.required.acks",
+    "max.in.flight.requests.per.connection",
+];
+
+pub fn is_reserved_property(name: &str) -> bool {
+    RESERVED_PROPERTIES.contains(&name)
 }
 
 /// librdkafka properties whose values are secrets: never logged, never exported.
@@ -466,7 +492,7 @@ impl Config {
             ("producer", &self.kafka.producer),
         ] {
             for name in map.keys() {
-                if crate::kafka::is_reserved_property(name) {
+                if is_reserved_property(name) {
                     return Err(key_error(
                         format!("kafka.{section}.\"{name}\""),
                         "is set by harmony to keep its delivery guarantee and cannot be overridden",
@@ -490,7 +516,7 @@ impl Config {
                     "must be non-empty ASCII letters, digits, '_' or '-'",
                 ));
             }
-            if system.name == crate::resolution::OPERATOR {
+            if system.name == crate::clock::OPERATOR {
                 return Err(key_error(
                     format!("systems[{i}].name"),
                     "`operator` is reserved: it is who settles manual conflicts",

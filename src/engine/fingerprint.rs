@@ -10,6 +10,13 @@
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 use super::FieldValue;
+
+impl FieldValue {
+    /// Fixed across processes and Rust releases: fingerprints are persisted in the changelog.
+    pub fn fingerprint(&self) -> u64 {
+        value(self)
+    }
+}
 use crate::value::Decimal;
 
 /// A value's fingerprint. Numbers are fingerprinted by value, so `42` and `42.00` from two

@@ -11,8 +11,9 @@ mod rules;
 mod state;
 mod strategy;
 
+pub use crate::value::FieldValue;
 pub use rules::entity_rules;
-pub use state::{Delivery, FieldState, FieldValue, RecordState, SystemState};
+pub use state::{Delivery, FieldState, RecordState, SystemState};
 
 use crate::clock::{Dot, SystemId, VersionVector};
 use crate::config::{DeleteConflict, RegressionPolicy, Strategy};
@@ -79,7 +80,7 @@ pub struct EntityRules {
     /// sinks every intermediate version of such a backlog.
     pub windows: Vec<usize>,
     pub on_delete_conflict: DeleteConflict,
-    /// harmony's own name in version vectors ([`crate::resolution::OPERATOR`]): the author of
+    /// harmony's own name in version vectors ([`crate::clock::OPERATOR`]): the author of
     /// manual resolutions, and of re-sends (see [`apply`]'s late echo).
     pub operator: SystemId,
 }

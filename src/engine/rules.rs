@@ -9,7 +9,7 @@ use crate::mapping::{Catalog, EntityId, FieldId};
 
 /// One `EntityRules` per configured entity, in `EntityId` order. The configuration has been
 /// validated, so every name it uses resolves. After the configured systems comes one more,
-/// [`operator`](crate::resolution::OPERATOR), the author of manual resolutions: it holds no
+/// [`operator`](crate::clock::OPERATOR), the author of manual resolutions: it holds no
 /// table and receives nothing, and ranks below every system.
 pub fn entity_rules(config: &Config, catalog: &Catalog) -> Vec<EntityRules> {
     let systems: Vec<SystemInfo> = config
@@ -21,7 +21,7 @@ pub fn entity_rules(config: &Config, catalog: &Catalog) -> Vec<EntityRules> {
             on_position_regression: s.on_position_regression,
         })
         .chain(std::iter::once(SystemInfo {
-            name: crate::resolution::OPERATOR.to_owned(),
+            name: crate::clock::OPERATOR.to_owned(),
             rank: i32::MIN,
             on_position_regression: RegressionPolicy::Accept,
         }))

@@ -7,53 +7,7 @@ use std::collections::VecDeque;
 use super::position::Applied;
 use crate::clock::{Dot, SystemId, VersionVector};
 use crate::mapping::FieldId;
-use crate::value::Decimal;
-
-/// A field value owned by the state.
-#[derive(Debug, Clone, PartialEq)]
-pub enum FieldValue {
-    Null,
-    Bool(bool),
-    Int(i64),
-    Decimal(Decimal),
-    Float(f64),
-    Text(String),
-    /// Structs, arrays, JSON documents: their JSON text.
-    Json(String),
-}
-
-impl FieldValue {
-    /// Bytes it owns on the heap.
-    pub fn heap_bytes(&self) -> usize {
-        match self {
-            FieldValue::Text(t) | FieldValue::Json(t) => t.capacity(),
-            _ => 0,
-        }
-    }
-
-    /// As an exact number, for `sum`, `max`, `min`.
-    pub fn as_decimal(&self) -> Option<Decimal> {
-        match self {
-            FieldValue::Int(i) => Some(Decimal {
-                unscaled: i128::from(*i),
-                scale: 0,
-            }),
-            FieldValue::Decimal(d) => Some(*d),
-            FieldValue::Text(t) => Decimal::parse(t).map(Decimal::normalized),
-            _ => None,
-        }
-    }
-
-    /// Fixed across processes and Rust releases ([`super::fingerprint`]): fingerprints are
-    /// persisted in the changelog.
-    pub fn fingerprint(&self) -> u64 {
-        super::fingerprint::value(self)
-    }
-}
-
-// Every value the state holds is one of these: a field's, each system's, each pending
-// delivery's. 32 bytes is a string and its tag (see `Decimal`'s alignment).
-const _: () = assert!(std::mem::size_of::<FieldValue>() == 32);
+use crate::value::FieldValue;
 
 /// A field's current value and where it came from.
 #[derive(Debug, Clone, PartialEq)]

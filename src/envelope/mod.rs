@@ -325,10 +325,8 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            // Kafka's default message.max.bytes is 1 MiB; Debezium rows near it are rare
-            // and legitimate, so the default leaves room.
-            max_record_bytes: 8 * 1024 * 1024,
-            max_nesting_depth: 64,
+            max_record_bytes: crate::config::DEFAULT_MAX_RECORD_BYTES,
+            max_nesting_depth: crate::config::DEFAULT_MAX_NESTING_DEPTH,
         }
     }
 }

@@ -10,26 +10,6 @@ use rdkafka::ClientConfig;
 
 use crate::config::{is_secret_property, KafkaConfig};
 
-/// librdkafka properties harmony sets itself. Letting a user override them would silently
-/// break at-least-once delivery (`enable.auto.offset.store`), per-record order
-/// (`enable.idempotence`) or durability (`acks`).
-const RESERVED_PROPERTIES: [&str; 10] = [
-    "bootstrap.servers",
-    "transactional.id",
-    "group.id",
-    "enable.auto.offset.store",
-    "enable.auto.commit",
-    "auto.commit.interval.ms",
-    "enable.idempotence",
-    "acks",
-    "request.required.acks",
-    "max.in.flight.requests.per.connection",
-];
-
-pub fn is_reserved_property(name: &str) -> bool {
-    RESERVED_PROPERTIES.contains(&name)
-}
-
 fn base_config(kafka: &KafkaConfig) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &kafka.bootstrap_servers);
