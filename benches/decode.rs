@@ -8,7 +8,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use harmony::envelope::{Decoded, Decoder, Limits, RecordHeaders};
+use harmony::ingest::envelope::{Decoded, Decoder, Limits, RecordHeaders};
 use serde::Deserialize;
 
 #[derive(Deserialize)]

@@ -15,15 +15,15 @@ use std::collections::HashMap;
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use harmony::changelog;
-use harmony::clock::{SystemId, VersionVector};
 use harmony::config::Config;
-use harmony::engine::FieldValue;
-use harmony::engine::{entity_rules, RecordState};
-use harmony::internal::{InternalChange, Kind, Origin, Position, Typed, FORMAT_VERSION};
-use harmony::mapping::{Catalog, EntityId};
-use harmony::resolver::Resolver;
-use harmony::target::{target_plans, target_records, Provenance};
+use harmony::ingest::internal::{InternalChange, Kind, Origin, Position, Typed, FORMAT_VERSION};
+use harmony::ingest::mapping::{Catalog, EntityId};
+use harmony::model::clock::{SystemId, VersionVector};
+use harmony::resolve::changelog;
+use harmony::resolve::engine::FieldValue;
+use harmony::resolve::engine::{entity_rules, RecordState};
+use harmony::resolve::resolver::Resolver;
+use harmony::resolve::target::{target_plans, target_records, Provenance};
 
 const PRODUCTS: u64 = 2_000;
 const CHANGES: u64 = 8_000;

@@ -2,33 +2,39 @@
 //! streams. `ARCHITECTURE.md` at the repository's root says what the engine does and guarantees
 //! (data flow, record state, order of durability, invariants); comments cite it by section.
 //!
-//! # Map, in the order an event meets the modules
+//! # Map
 //!
-//! | module | owns |
+//! One folder per layer; a layer imports only those above it in this table
+//! (`tests/integration/architecture.rs` checks it).
+//!
+//! | layer / module | owns |
 //! |---|---|
-//! | [`config`] | the TOML file and its `HARMONY__…` overrides, as a typed, validated tree |
-//! | [`worker`] | the consume → process → produce → acknowledge pipelines (stage 1, stage 2) and their life cycle |
-//! | [`envelope`] | bytes of a Debezium record → typed [`envelope::Decoded`] record (pure) |
-//! | [`schema`] | the Connect schema of schema-wrapped records: declared column types, cached |
-//! | [`value`] | exact column values: 64-bit integers, decimals, the unavailable placeholder |
-//! | [`output`] | without entities: a change → harmony's Debezium-shaped output record (pure) |
-//! | [`mapping`] | stage 1: a table's change → entity, canonical key, entity fields (pure) |
-//! | [`internal`] | the internal topic's record: one logical record change, exact values, versioned |
-//! | [`resolver`] | stage 2: internal record → engine → target and conflict records (pure) |
-//! | [`engine`] | one record change applied to the record's state — dedup, echo, conflicts, strategies (pure) |
-//! | [`figures`] | a partition's state metrics (records, bytes, targets behind, unsettled conflicts), kept change by change |
-//! | [`clock`] | version vectors and dots: concurrent or causally ordered (pure) |
-//! | [`guard`] | CEL guards that reject a candidate value before it is written |
-//! | [`target`] | the record a target system receives, in its own columns (pure) |
-//! | [`connect`] | Kafka Connect's JSON-with-schema format of target records, for schema-aware sinks |
-//! | [`jsontext`] | JSON text written straight into a record's bytes, without a value tree |
-//! | [`conflict`] | the conflicts-topic record: deterministic id, candidates, winner (pure) |
-//! | [`changelog`] | a record's state as the changelog topic keeps it: compact, versioned, by name (pure) |
-//! | [`resolution`] | an operator's settling of a held conflict, as a record change from `operator` (pure) |
-//! | [`settle`] | `harmony resolve`: finds the conflict record, publishes the operator's change |
-//! | [`kafka`] | client settings that carry the delivery guarantee, topic creation, [`kafka::preflight`] (settings of its own topics that would lose data, refused at start), and [`kafka::offsets`], the one owner of input offsets |
-//! | [`telemetry`] | named events: each logs and counts together; the Prometheus registry |
-//! | [`http`] | `/metrics`, `/health`, `/ready` |
+//! | [`model`] | the vocabulary every layer shares (pure) |
+//! | [`model::clock`] | version vectors and dots: concurrent or causally ordered; system ids |
+//! | [`model::value`] | exact column values (64-bit integers, decimals, the unavailable placeholder) and field values |
+//! | [`config`] | the TOML file and its `HARMONY__…` overrides, as a typed, validated tree; [`config::guard`]: CEL guards |
+//! | [`ingest`] | stage 1 (pure) |
+//! | [`ingest::envelope`] | bytes of a Debezium record → typed [`ingest::envelope::Decoded`] record |
+//! | [`ingest::schema`] | the Connect schema of schema-wrapped records: declared column types, cached |
+//! | [`ingest::mapping`] | a table's change → entity, canonical key, entity fields |
+//! | [`ingest::internal`] | the internal topic's record: one logical record change, exact values, versioned |
+//! | [`ingest::output`] | without entities: a change → harmony's Debezium-shaped output record |
+//! | [`resolve`] | stage 2 (pure) |
+//! | [`resolve::resolver`] | internal record → engine → target and conflict records, state per partition |
+//! | [`resolve::engine`] | one record change applied to the record's state — dedup, echo, conflicts, strategies |
+//! | [`resolve::figures`] | a partition's state metrics (records, bytes, targets behind, unsettled conflicts), kept change by change |
+//! | [`resolve::target`] | the record a target system receives, in its own columns |
+//! | [`resolve::connect`] | Kafka Connect's JSON-with-schema format of target records, for schema-aware sinks |
+//! | [`resolve::jsontext`] | JSON text written straight into a record's bytes, without a value tree |
+//! | [`resolve::conflict`] | the conflicts-topic record: deterministic id, candidates, winner |
+//! | [`resolve::changelog`] | a record's state as the changelog topic keeps it: compact, versioned, by name |
+//! | [`resolve::resolution`] | an operator's settling of a held conflict, as a record change from `operator` |
+//! | [`runtime`] | the only code on Kafka and tokio |
+//! | [`runtime::worker`] | the consume → process → produce → acknowledge pipelines (stage 1, stage 2) and their life cycle |
+//! | [`runtime::kafka`] | client settings that carry the delivery guarantee, topic creation, [`runtime::kafka::preflight`] (settings of its own topics that would lose data, refused at start), and [`runtime::kafka::offsets`], the one owner of input offsets |
+//! | [`runtime::settle`] | `harmony resolve`: finds the conflict record, publishes the operator's change |
+//! | [`runtime::telemetry`] | named events: each logs and counts together; the Prometheus registry |
+//! | [`runtime::http`] | `/metrics`, `/health`, `/ready` |
 //!
 //! # The path of one event
 //!
@@ -43,26 +49,8 @@
 //!
 //! Without entities declared, stage 1 publishes each change as it is (`output`) instead.
 
-pub mod changelog;
-pub mod clock;
 pub mod config;
-pub mod conflict;
-pub mod connect;
-pub mod engine;
-pub mod envelope;
-pub mod figures;
-pub mod guard;
-pub mod http;
-pub mod internal;
-pub mod jsontext;
-pub mod kafka;
-pub mod mapping;
-pub mod output;
-pub mod resolution;
-pub mod resolver;
-pub mod schema;
-pub mod settle;
-pub mod target;
-pub mod telemetry;
-pub mod value;
-pub mod worker;
+pub mod ingest;
+pub mod model;
+pub mod resolve;
+pub mod runtime;

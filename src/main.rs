@@ -8,9 +8,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio::sync::watch;
 
 use harmony::config::Config;
-use harmony::http::{self, Health};
-use harmony::telemetry::Metrics;
-use harmony::worker;
+use harmony::runtime::http::{self, Health};
+use harmony::runtime::telemetry::Metrics;
+use harmony::runtime::worker;
 
 /// Stage 2 allocates and frees small objects among millions of live ones (the record state);
 /// glibc's allocator spent a sixth of stage 2's time searching its bins there.
@@ -126,15 +126,15 @@ fn main() -> ExitCode {
                 }
             };
             let choice = match (pick, value) {
-                (Some(system), _) => harmony::resolution::Choice::Pick(system),
-                (None, Some(literal)) => harmony::resolution::Choice::Value(literal),
+                (Some(system), _) => harmony::resolve::resolution::Choice::Pick(system),
+                (None, Some(literal)) => harmony::resolve::resolution::Choice::Value(literal),
                 (None, None) => return ExitCode::from(2),
             };
             let timeout = std::time::Duration::from_secs(timeout_secs);
             let settled = tokio::runtime::Runtime::new()
                 .map_err(anyhow::Error::from)
                 .and_then(|rt| {
-                    rt.block_on(harmony::settle::settle(
+                    rt.block_on(harmony::runtime::settle::settle(
                         &config, &conflict, &choice, timeout,
                     ))
                 });
@@ -149,7 +149,7 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!(
                         "resolve {conflict}: {}",
-                        harmony::telemetry::error_text(e.as_ref())
+                        harmony::runtime::telemetry::error_text(e.as_ref())
                     );
                     ExitCode::FAILURE
                 }
@@ -178,7 +178,7 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(
-                        error = harmony::telemetry::error_text(e.as_ref()),
+                        error = harmony::runtime::telemetry::error_text(e.as_ref()),
                         "harmony stopped"
                     );
                     ExitCode::FAILURE

@@ -255,7 +255,7 @@ fn create_topics(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(harmony::kafka::topics::ensure_topics(
+    runtime.block_on(harmony::runtime::kafka::topics::ensure_topics(
         &config, &names, 3, 1, settings,
     ))?;
     Ok(())
@@ -409,9 +409,9 @@ async fn ceiling(which: Contender, path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     let hops = hops(&config);
     let commit_ms = config.processing.commit_interval.as_millis() as u64;
-    let consumer = harmony::kafka::consumer_config(&config.kafka, commit_ms);
+    let consumer = harmony::runtime::kafka::consumer_config(&config.kafka, commit_ms);
     let producer = Arc::new(
-        harmony::kafka::producer_config(&config.kafka)
+        harmony::runtime::kafka::producer_config(&config.kafka)
             .create()
             .context("producer")?,
     );

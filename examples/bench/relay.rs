@@ -6,7 +6,7 @@
 //!   topic; consume that, produce to every target topic and to a compacted changelog; store
 //!   offsets once acknowledged.
 //!
-//! Both use harmony's own client settings (`harmony::kafka`), so they differ from it only in
+//! Both use harmony's own client settings (`harmony::runtime::kafka`), so they differ from it only in
 //! what happens between receiving and sending.
 
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 //!     cargo +nightly fuzz run decode -- -max_total_time=600
 #![no_main]
 
-use harmony::envelope::{Decoder, Limits, RecordHeaders};
+use harmony::ingest::envelope::{Decoder, Limits, RecordHeaders};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

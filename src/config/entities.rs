@@ -291,7 +291,7 @@ pub(super) fn validate(
                 }
             }
             if let Some(guard) = &field.guard {
-                crate::guard::Guard::compile(guard).map_err(|e| {
+                crate::config::guard::Guard::compile(guard).map_err(|e| {
                     key_error(
                         at_field("guard"),
                         format!("is not a valid CEL expression: {e}"),

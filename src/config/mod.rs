@@ -35,6 +35,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 mod entities;
+pub mod guard;
 pub use entities::{
     DeleteConflict, EntityConfig, FieldConfig, OutputFormat, SourceMapping, Strategy, TargetConfig,
 };
@@ -516,7 +517,7 @@ impl Config {
                     "must be non-empty ASCII letters, digits, '_' or '-'",
                 ));
             }
-            if system.name == crate::clock::OPERATOR {
+            if system.name == crate::model::clock::OPERATOR {
                 return Err(key_error(
                     format!("systems[{i}].name"),
                     "`operator` is reserved: it is who settles manual conflicts",

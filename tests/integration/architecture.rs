@@ -1,18 +1,20 @@
-//! The shape of `src/`, checked (issue 15): which top-level modules import which (`crate::…`
-//! outside test code and comments): no cycle among them, and `config` on nothing but the
-//! vocabulary; and which modules name `rdkafka` or `tokio`, a ratchet holding exactly today's,
-//! so that a new one fails here, and so does one that went away until the list says so too.
-//! Needs no stack.
+//! The shape of `src/`, checked (issue 15, ARCHITECTURE.md): one folder per layer — `model`
+//! (the vocabulary), `config`, `ingest` (stage 1), `resolve` (stage 2), `runtime` (Kafka and
+//! tokio). Imports (`crate::…` outside test code and comments) form no cycle among the layers
+//! nor among the modules of one layer; `config` imports only the vocabulary; and only the
+//! runtime names `rdkafka` or `tokio`. Needs no stack.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// What `config` may import: the vocabulary (ids, values) and the guard language it checks
-/// expressions of — no stage, no Kafka.
-const CONFIG_MAY_IMPORT: &[&str] = &["clock", "guard", "value"];
+/// The folders under `src/`: each a layer, checked for cycles among its own modules too.
+const LAYERS: &[&str] = &["config", "ingest", "model", "resolve", "runtime"];
+
+/// What `config` may import: the vocabulary (ids, values) — no stage, no Kafka.
+const CONFIG_MAY_IMPORT: &[&str] = &["model"];
 
 /// Top-level modules that name `rdkafka` or `tokio` (`main` aside).
-const KNOWN_ON_RUNTIME: &[&str] = &["http", "kafka", "settle", "worker"];
+const KNOWN_ON_RUNTIME: &[&str] = &["runtime"];
 
 /// Every `.rs` file under `dir`.
 fn sources(dir: &Path, into: &mut Vec<PathBuf>) {
@@ -26,17 +28,18 @@ fn sources(dir: &Path, into: &mut Vec<PathBuf>) {
     }
 }
 
-/// The module a file belongs to at the top of the crate (`engine` for `src/engine/state.rs`),
-/// and its code up to its test module, comments left out: what tests import is no part of the
-/// architecture.
-fn modules() -> BTreeMap<String, String> {
+/// The modules directly under `src/<folder>` (`src/` itself for `""`), each with the code of
+/// its files up to their test modules, comments left out: what tests import is no part of the
+/// architecture. A folder's `mod.rs` only declares its modules.
+fn modules(folder: &str) -> BTreeMap<String, String> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let root = src.join(folder);
     let mut files = Vec::new();
-    sources(&src, &mut files);
+    sources(&root, &mut files);
     let mut text_of: BTreeMap<String, String> = BTreeMap::new();
     for file in files {
-        let relative = file.strip_prefix(&src).unwrap();
-        let top = relative
+        let relative = file.strip_prefix(&root).unwrap();
+        let name = relative
             .components()
             .next()
             .unwrap()
@@ -44,13 +47,13 @@ fn modules() -> BTreeMap<String, String> {
             .to_string_lossy()
             .trim_end_matches(".rs")
             .to_owned();
-        if relative.file_name().is_some_and(|n| n == "tests.rs") {
+        if relative.file_name().is_some_and(|n| n == "tests.rs") || name == "mod" {
             continue;
         }
         let text = std::fs::read_to_string(&file).unwrap();
         let code = text.split("#[cfg(test)]").next().unwrap_or_default();
         // Comments (a doc link included) import nothing.
-        let entry = text_of.entry(top).or_default();
+        let entry = text_of.entry(name).or_default();
         for line in code.lines().filter(|l| !l.trim_start().starts_with("//")) {
             entry.push_str(line);
             entry.push('\n');
@@ -59,14 +62,23 @@ fn modules() -> BTreeMap<String, String> {
     text_of
 }
 
-fn imports(modules: &BTreeMap<String, String>) -> BTreeMap<&str, BTreeSet<&str>> {
+/// Which of `modules` (under `src/<folder>`) each imports, by `crate::<folder>::<module>`.
+fn imports<'m>(
+    folder: &str,
+    modules: &'m BTreeMap<String, String>,
+) -> BTreeMap<&'m str, BTreeSet<&'m str>> {
+    let prefix = if folder.is_empty() {
+        "crate::".to_owned()
+    } else {
+        format!("crate::{folder}::")
+    };
     modules
         .iter()
         .map(|(name, text)| {
             let used = text
-                .match_indices("crate::")
+                .match_indices(&prefix)
                 .filter_map(|(at, _)| {
-                    let rest = &text[at + "crate::".len()..];
+                    let rest = &text[at + prefix.len()..];
                     let end = rest
                         .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
                         .unwrap_or(rest.len());
@@ -139,20 +151,28 @@ fn cycles<'m>(graph: &BTreeMap<&'m str, BTreeSet<&'m str>>) -> Vec<Vec<&'m str>>
 }
 
 #[test]
-fn the_top_level_modules_import_one_another_without_a_cycle() {
-    let modules = modules();
-    let graph = imports(&modules);
-    let found = cycles(&graph);
-    assert!(
-        found.is_empty(),
-        "import cycles among src/'s top-level modules: {found:?}. Imports: {graph:#?}"
-    );
+fn modules_import_one_another_without_a_cycle() {
+    for folder in std::iter::once("").chain(LAYERS.iter().copied()) {
+        let modules = modules(folder);
+        let graph = imports(folder, &modules);
+        let found = cycles(&graph);
+        assert!(
+            found.is_empty(),
+            "import cycles among the modules of src/{folder}: {found:?}. Imports: {graph:#?}"
+        );
+    }
 }
 
 #[test]
-fn config_imports_no_stage_and_no_kafka() {
-    let modules = modules();
-    let graph = imports(&modules);
+fn the_layers_are_the_folders_and_config_imports_only_the_vocabulary() {
+    let modules = modules("");
+    let mut top: Vec<&str> = modules.keys().map(String::as_str).collect();
+    top.retain(|m| *m != "lib" && *m != "main");
+    assert_eq!(
+        top, LAYERS,
+        "src/ holds the layers' folders, lib.rs and main.rs"
+    );
+    let graph = imports("", &modules);
     let beyond: Vec<&str> = graph["config"]
         .iter()
         .copied()
@@ -175,7 +195,7 @@ fn names_runtime(code: &str) -> bool {
 
 #[test]
 fn only_the_known_modules_name_rdkafka_or_tokio() {
-    let modules = modules();
+    let modules = modules("");
     let on_runtime: Vec<&str> = modules
         .iter()
         .filter(|(name, text)| name.as_str() != "main" && names_runtime(text))

@@ -385,7 +385,7 @@ fn final_clocks(
     expected: &Expected,
 ) -> HashMap<String, BTreeMap<String, u64>> {
     let config = harmony::config::Config::load(config_path).unwrap();
-    let mut resolver = harmony::resolver::Resolver::new(&config);
+    let mut resolver = harmony::resolve::resolver::Resolver::new(&config);
     let log = read_all(&format!("harmony.{group}.state"), Duration::from_secs(3));
     let mut by_partition: BTreeMap<i32, Vec<&Record>> = BTreeMap::new();
     for record in &log {
@@ -857,7 +857,8 @@ fn chaos() {
                     .filter(|r| r.key.as_deref().is_some_and(|k| k.contains(sku)))
                     .filter_map(|r| {
                         let change =
-                            harmony::internal::InternalChange::decode(r.value.as_deref()?).ok()?;
+                            harmony::ingest::internal::InternalChange::decode(r.value.as_deref()?)
+                                .ok()?;
                         Some(format!(
                             "{} {}",
                             r.partition,

@@ -1,0 +1,341 @@
+//! The record stage 1 writes to the internal topic and stage 2 reads back (ARCHITECTURE.md §1): one
+//! change of one logical record, keyed `entity:canonical-key` so that every system's changes
+//! to the record reach the same partition.
+//!
+//! ```text
+//! key:   product:["SKU-1"]
+//! value: {"v":1,"entity":"product","key":"[\"SKU-1\"]","system":"shop","kind":"upsert",
+//!         "ts_ms":1700000000000,"snapshot":false,"position":{"postgres":[0,4242]},
+//!         "fields":[["quantity",{"int":95}],["name",{"text":"Cup"}]],
+//!         "origin":{"topic":"shop.public.items","partition":0,"offset":17}}
+//! ```
+//!
+//! Values keep their exact type (integers as JSON integers, decimals as decimal strings), so a
+//! record read back is the record written. Field and system *names* are written, not indices:
+//! the internal topic outlives a configuration change.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ingest::envelope::{ChangeEvent, Snapshot, SourcePosition};
+use crate::ingest::mapping::{Catalog, ChangeKind, MappedChange};
+use crate::model::value::FieldValue;
+use crate::model::value::{Decimal, Value};
+
+/// Version of the encoding; a reader refuses versions it does not know.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// Borrows from the decoded input when stage 1 writes it, and from the message buffer where it
+/// can when stage 2 reads it back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InternalChange<'a> {
+    pub v: u8,
+    #[serde(borrow)]
+    pub entity: Cow<'a, str>,
+    #[serde(borrow)]
+    pub key: Cow<'a, str>,
+    #[serde(borrow)]
+    pub system: Cow<'a, str>,
+    pub kind: Kind,
+    pub ts_ms: i64,
+    pub snapshot: bool,
+    pub position: Position,
+    #[serde(borrow)]
+    pub fields: Vec<(Cow<'a, str>, Typed<'a>)>,
+    /// Exact mode: the version (JSON object, system name → count) the row was based on, from
+    /// its version column. Absent in content mode.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub origin: Origin<'a>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Upsert,
+    Delete,
+}
+
+impl From<ChangeKind> for Kind {
+    fn from(kind: ChangeKind) -> Self {
+        match kind {
+            ChangeKind::Upsert => Kind::Upsert,
+            ChangeKind::Delete => Kind::Delete,
+        }
+    }
+}
+
+impl From<Kind> for ChangeKind {
+    fn from(kind: Kind) -> Self {
+        match kind {
+            Kind::Upsert => ChangeKind::Upsert,
+            Kind::Delete => ChangeKind::Delete,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Position {
+    Postgres([u64; 2]),
+    /// File, position, row, from a server that did not say who it is (older writers).
+    Mysql([u64; 3]),
+    Unknown,
+    /// Server id, file, position, row.
+    MysqlServer([u64; 4]),
+}
+
+impl From<SourcePosition> for Position {
+    fn from(p: SourcePosition) -> Self {
+        match p {
+            SourcePosition::Postgres { commit_lsn, lsn } => Position::Postgres([commit_lsn, lsn]),
+            SourcePosition::MySql {
+                server_id: 0,
+                file,
+                pos,
+                row,
+            } => Position::Mysql([file, pos, row]),
+            SourcePosition::MySql {
+                server_id,
+                file,
+                pos,
+                row,
+            } => Position::MysqlServer([server_id, file, pos, row]),
+            SourcePosition::Unknown => Position::Unknown,
+        }
+    }
+}
+
+impl From<Position> for SourcePosition {
+    fn from(p: Position) -> Self {
+        match p {
+            Position::Postgres([commit_lsn, lsn]) => SourcePosition::Postgres { commit_lsn, lsn },
+            Position::Mysql([file, pos, row]) => SourcePosition::MySql {
+                server_id: 0,
+                file,
+                pos,
+                row,
+            },
+            Position::MysqlServer([server_id, file, pos, row]) => SourcePosition::MySql {
+                server_id,
+                file,
+                pos,
+                row,
+            },
+            Position::Unknown => SourcePosition::Unknown,
+        }
+    }
+}
+
+/// A field value with its type kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Typed<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    /// Exact decimal text, e.g. `"-12.50"`.
+    Decimal(String),
+    Float(f64),
+    Text(#[serde(borrow)] Cow<'a, str>),
+    Json(#[serde(borrow)] Cow<'a, str>),
+}
+
+impl<'a> Typed<'a> {
+    /// A decoded column value as stage 1 writes it, borrowing its text; `None` for a value
+    /// Debezium did not send.
+    pub fn from_value(value: &'a Value<'_>) -> Option<Self> {
+        Some(match value {
+            Value::Null => Typed::Null,
+            Value::Bool(b) => Typed::Bool(*b),
+            Value::Int(i) => Typed::Int(*i),
+            Value::Decimal(d) => Typed::Decimal(d.normalized().to_string()),
+            Value::Float(f) => Typed::Float(*f),
+            Value::Text(t) => Typed::Text(Cow::Borrowed(t)),
+            Value::Raw(r) => Typed::Json(Cow::Borrowed(r.get())),
+            Value::Unavailable => return None,
+        })
+    }
+}
+
+impl<'a> From<&'a FieldValue> for Typed<'a> {
+    fn from(v: &'a FieldValue) -> Self {
+        match v {
+            FieldValue::Null => Typed::Null,
+            FieldValue::Bool(b) => Typed::Bool(*b),
+            FieldValue::Int(i) => Typed::Int(*i),
+            FieldValue::Decimal(d) => Typed::Decimal(d.to_string()),
+            FieldValue::Float(f) => Typed::Float(*f),
+            FieldValue::Text(t) => Typed::Text(Cow::Borrowed(t)),
+            FieldValue::Json(j) => Typed::Json(Cow::Borrowed(j)),
+        }
+    }
+}
+
+impl TryFrom<Typed<'_>> for FieldValue {
+    type Error = String;
+
+    fn try_from(t: Typed<'_>) -> Result<Self, String> {
+        Ok(match t {
+            Typed::Null => FieldValue::Null,
+            Typed::Bool(b) => FieldValue::Bool(b),
+            Typed::Int(i) => FieldValue::Int(i),
+            Typed::Decimal(d) => FieldValue::Decimal(
+                Decimal::parse(&d).ok_or_else(|| format!("`{d}` is not a decimal"))?,
+            ),
+            Typed::Float(f) => FieldValue::Float(f),
+            Typed::Text(t) => FieldValue::Text(t.into_owned()),
+            Typed::Json(j) => FieldValue::Json(j.into_owned()),
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin<'a> {
+    #[serde(borrow)]
+    pub topic: Cow<'a, str>,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl<'a> InternalChange<'a> {
+    /// Stage 1's record for one mapped change. Columns Debezium did not send (unchanged
+    /// TOAST) are left out: absent means "not sent", never "now null".
+    pub fn from_mapped(
+        catalog: &'a Catalog,
+        mapped: &'a MappedChange<'_, '_>,
+        system: &'a str,
+        event: &ChangeEvent<'_>,
+        origin: Origin<'a>,
+    ) -> Self {
+        let fields = mapped
+            .fields
+            .iter()
+            .filter_map(|&(field, value)| {
+                let name = catalog.field_name(mapped.entity, field);
+                Typed::from_value(value).map(|v| (Cow::Borrowed(name), v))
+            })
+            .collect();
+        InternalChange {
+            v: FORMAT_VERSION,
+            entity: Cow::Borrowed(catalog.entity_name(mapped.entity)),
+            key: Cow::Borrowed(&mapped.key),
+            system: Cow::Borrowed(system),
+            kind: mapped.kind.into(),
+            ts_ms: event.source.ts_ms,
+            snapshot: event.source.snapshot == Snapshot::Yes,
+            position: event.source.position.into(),
+            fields,
+            context: mapped.context.map(Cow::Borrowed),
+            origin,
+        }
+    }
+
+    /// The internal topic's record key: every change of one record on one partition.
+    pub fn record_key(&self) -> String {
+        format!("{}:{}", self.entity, self.key)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        // In-memory serialisation of plain data cannot fail.
+        serde_json::to_vec(self).expect("in-memory JSON serialisation")
+    }
+
+    pub fn decode(bytes: &'a [u8]) -> Result<Self, String> {
+        let change: InternalChange<'a> =
+            serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if change.v != FORMAT_VERSION {
+            return Err(format!(
+                "internal record version {} is not {FORMAT_VERSION}",
+                change.v
+            ));
+        }
+        Ok(change)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_value() -> impl Strategy<Value = FieldValue> {
+        prop_oneof![
+            Just(FieldValue::Null),
+            any::<bool>().prop_map(FieldValue::Bool),
+            any::<i64>().prop_map(FieldValue::Int),
+            (any::<i64>(), 0u32..12).prop_map(|(u, scale)| FieldValue::Decimal(Decimal {
+                unscaled: i128::from(u),
+                scale
+            })),
+            any::<f64>()
+                .prop_filter("NaN never equals itself", |f| !f.is_nan())
+                .prop_map(FieldValue::Float),
+            ".{0,20}".prop_map(FieldValue::Text),
+        ]
+    }
+
+    proptest! {
+        /// What stage 1 writes, stage 2 reads back unchanged, exact values included.
+        #[test]
+        fn internal_records_round_trip(values in proptest::collection::vec(arb_value(), 0..6), lsn in any::<u64>(), ts in any::<i64>()) {
+            let change = InternalChange {
+                v: FORMAT_VERSION,
+                entity: "product".into(),
+                key: r#"["SKU-1"]"#.into(),
+                system: "shop".into(),
+                kind: Kind::Upsert,
+                ts_ms: ts,
+                snapshot: false,
+                position: Position::Postgres([lsn / 2, lsn]),
+                fields: values.iter().enumerate().map(|(i, v)| (Cow::Owned(format!("f{i}")), Typed::from(v))).collect(),
+                context: (lsn % 2 == 0).then(|| Cow::Owned(format!(r#"{{"erp":{ts}}}"#))),
+                origin: Origin { topic: "shop.public.items".into(), partition: 0, offset: 17 },
+            };
+            let bytes = change.encode();
+            let back = InternalChange::decode(&bytes).unwrap();
+            prop_assert_eq!(&back, &change);
+            let restored: Vec<FieldValue> = back.fields.into_iter().map(|(_, t)| FieldValue::try_from(t).unwrap()).collect();
+            prop_assert_eq!(restored, values);
+            prop_assert_eq!(SourcePosition::from(back.position), SourcePosition::Postgres { commit_lsn: lsn / 2, lsn });
+        }
+    }
+
+    #[test]
+    fn unknown_versions_and_bad_decimals_are_refused() {
+        let mut bytes = String::from_utf8(
+            InternalChange {
+                v: FORMAT_VERSION,
+                entity: "e".into(),
+                key: "[1]".into(),
+                system: "s".into(),
+                kind: Kind::Delete,
+                ts_ms: 1,
+                snapshot: false,
+                position: Position::Unknown,
+                fields: vec![],
+                context: None,
+                origin: Origin {
+                    topic: "t".into(),
+                    partition: 0,
+                    offset: 0,
+                },
+            }
+            .encode(),
+        )
+        .unwrap();
+        assert_eq!(
+            InternalChange::decode(bytes.as_bytes())
+                .unwrap()
+                .record_key(),
+            "e:[1]"
+        );
+        bytes = bytes.replacen(r#""v":1"#, r#""v":9"#, 1);
+        assert!(InternalChange::decode(bytes.as_bytes())
+            .unwrap_err()
+            .contains("version 9"));
+        assert!(FieldValue::try_from(Typed::Decimal("1,5".into())).is_err());
+    }
+}

@@ -1,0 +1,7 @@
+//! Stage 1, pure: a Debezium record decoded, mapped to record changes of entities, written as internal records (or, without entities, as output records).
+
+pub mod envelope;
+pub mod internal;
+pub mod mapping;
+pub mod output;
+pub mod schema;

@@ -1,0 +1,277 @@
+//! Which partitions this worker owns, as the group's rebalances decide, and stage 2's state
+//! following that ownership (ARCHITECTURE.md §1 "Partition ownership").
+//!
+//! The callbacks run inside the consumer's poll, before any record of a newly assigned
+//! partition is handed to the pipeline: an assigned internal-topic partition is restored there
+//! by reading its changelog partition to the end, so no change of it is applied to a missing
+//! state. On revocation, everything already handed to the producer is flushed before the
+//! partition is released, so its next owner's restore sees every changelog record this worker
+//! wrote; what is still unacknowledged is forgotten, not stored, and read again by that owner.
+//! The pipeline applies the recorded events between two records (`take_events`).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
+
+use super::transaction::{Transaction, TransactionError};
+use crate::runtime::http::Health;
+
+/// A partition's changelog as read back: `(key, value)` in log order, `None` for a tombstone.
+pub type ChangelogLog = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+pub enum OwnershipEvent {
+    Assigned {
+        topic: String,
+        partition: i32,
+        /// Stage 2: the partition's changelog and how long reading it took, or why it could
+        /// not be read.
+        restored: Option<Result<(ChangelogLog, Duration), String>>,
+    },
+    Revoked {
+        topic: String,
+        partition: i32,
+    },
+    /// Exactly once: the batch committed at a revocation failed. Aborted, its input is read
+    /// again; fatal, the worker stops.
+    TransactionFailed {
+        reason: String,
+        fatal: bool,
+    },
+}
+
+/// Shared between the consumer's callbacks and the pipeline.
+#[derive(Default)]
+pub struct Ownership {
+    /// Topic → partitions; looked up by `&str`, so asking allocates nothing.
+    owned: Mutex<HashMap<String, HashSet<i32>>>,
+    events: Mutex<Vec<OwnershipEvent>>,
+    /// Wakes the pipeline when events wait, even while no record arrives.
+    pending: tokio::sync::Notify,
+}
+
+impl Ownership {
+    /// Whether the partition is assigned to this worker now. Work finishing for a revoked one
+    /// must neither write its changelog nor store its offset.
+    pub fn owns(&self, topic: &str, partition: i32) -> bool {
+        self.owned
+            .lock()
+            .map(|o| o.get(topic).is_some_and(|p| p.contains(&partition)))
+            .unwrap_or(false)
+    }
+
+    pub fn take_events(&self) -> Vec<OwnershipEvent> {
+        self.events
+            .lock()
+            .map(|mut e| std::mem::take(&mut *e))
+            .unwrap_or_default()
+    }
+
+    /// Resolves when events are waiting to be taken.
+    pub async fn changed(&self) {
+        self.pending.notified().await;
+    }
+
+    fn has_events(&self) -> bool {
+        self.events.lock().map(|e| !e.is_empty()).unwrap_or(false)
+    }
+
+    fn push(&self, event: OwnershipEvent) {
+        if let Ok(mut events) = self.events.lock() {
+            events.push(event);
+        }
+        self.pending.notify_one();
+    }
+}
+
+/// How stage 2 restores an assigned partition.
+pub struct Restore {
+    /// Settings for a group-less reader of the changelog.
+    pub reader: ClientConfig,
+    pub changelog_topic: String,
+    pub timeout: Duration,
+}
+
+pub struct OwnershipContext {
+    pub ownership: Arc<Ownership>,
+    pub producer: FutureProducer,
+    /// Bounded below the session timeout, so a slow broker cannot get the worker evicted.
+    pub flush_deadline: Duration,
+    pub restore: Option<Restore>,
+    pub health: Health,
+    /// Exactly once: the stage's open batch, committed before partitions change hands.
+    pub transaction: Option<Arc<Transaction>>,
+    /// `harmony_consumer_lag`, by this consumer's group.
+    pub lag: prometheus::IntGaugeVec,
+    /// `harmony_producer_queue_messages` of `producer`, sampled with the statistics.
+    pub producer_queue: prometheus::IntGauge,
+    pub group: String,
+}
+
+impl ClientContext for OwnershipContext {
+    /// librdkafka's statistics: the lag of every partition this consumer owns. A revoked
+    /// partition's series is removed at revocation, so only owned ones are set here.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.producer_queue
+            .set(i64::from(self.producer.in_flight_count()));
+        for (topic, t) in &statistics.topics {
+            for (&partition, p) in &t.partitions {
+                if partition < 0 || p.consumer_lag < 0 || !self.ownership.owns(topic, partition) {
+                    continue;
+                }
+                self.lag
+                    .with_label_values(&[self.group.as_str(), topic, &partition.to_string()])
+                    .set(p.consumer_lag);
+            }
+        }
+    }
+}
+
+impl ConsumerContext for OwnershipContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(partitions) = rebalance else {
+            return;
+        };
+        if let Ok(mut owned) = self.ownership.owned.lock() {
+            for p in partitions.elements() {
+                if let Some(partitions) = owned.get_mut(p.topic()) {
+                    partitions.remove(&p.partition());
+                }
+            }
+        }
+        for p in partitions.elements() {
+            tracing::info!(
+                topic = p.topic(),
+                partition = p.partition(),
+                "partition revoked"
+            );
+            let _ = self.lag.remove_label_values(&[
+                self.group.as_str(),
+                p.topic(),
+                &p.partition().to_string(),
+            ]);
+            self.ownership.push(OwnershipEvent::Revoked {
+                topic: p.topic().to_owned(),
+                partition: p.partition(),
+            });
+        }
+        if let Some(transaction) = &self.transaction {
+            // The next owners read from the committed offsets: what this worker did with the
+            // revoked partitions must be committed now, or it is aborted and done again.
+            match transaction.commit(consumer.group_metadata()) {
+                Ok((events, _)) => {
+                    tracing::info!(
+                        events,
+                        stage = transaction.stage,
+                        "batch committed at revocation"
+                    )
+                }
+                Err(TransactionError::Aborted(reason)) => {
+                    self.ownership.push(OwnershipEvent::TransactionFailed {
+                        reason,
+                        fatal: false,
+                    })
+                }
+                Err(TransactionError::Fatal(reason)) => {
+                    self.ownership.push(OwnershipEvent::TransactionFailed {
+                        reason,
+                        fatal: true,
+                    })
+                }
+            }
+        } else if let Err(error) = self.producer.flush(self.flush_deadline) {
+            tracing::warn!(%error, "records still unacknowledged at revocation; their events will be read again by the next owner");
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Assign(partitions) = rebalance else {
+            return;
+        };
+        if self.restore.is_some() && partitions.count() > 0 {
+            self.health.set_ready(false);
+        }
+        for p in partitions.elements() {
+            let (topic, partition) = (p.topic().to_owned(), p.partition());
+            tracing::info!(topic, partition, "partition assigned");
+            let restored = self.restore.as_ref().map(|restore| {
+                let started = Instant::now();
+                read_to_end(restore, partition)
+                    .map(|log| (log, started.elapsed()))
+                    .map_err(|e| e.to_string())
+            });
+            if let Ok(mut owned) = self.ownership.owned.lock() {
+                owned.entry(topic.clone()).or_default().insert(partition);
+            }
+            self.ownership.push(OwnershipEvent::Assigned {
+                topic,
+                partition,
+                restored,
+            });
+        }
+        // With state to restore, ready once the pipeline has installed it (its decoding takes
+        // as long as the reading); the pipeline says so. Nothing assigned and nothing waiting to
+        // be installed: ready now (a worker beyond the partition count has nothing to restore).
+        if self.restore.is_none() || (partitions.count() == 0 && !self.ownership.has_events()) {
+            self.health.set_ready(true);
+        }
+    }
+}
+
+/// The latest value of each key of the changelog partition, from its beginning to the end it
+/// has now.
+pub(super) fn read_to_end(
+    restore: &Restore,
+    partition: i32,
+) -> Result<ChangelogLog, rdkafka::error::KafkaError> {
+    let mut settings = restore.reader.clone();
+    // A transactionally written changelog ends in a commit marker the reader never sees: the
+    // end is where librdkafka reports it (the last stable offset under read_committed).
+    settings
+        .set("enable.partition.eof", "true")
+        .set("statistics.interval.ms", "0");
+    let reader: BaseConsumer = settings.create()?;
+    let topic = restore.changelog_topic.as_str();
+    let (low, high) = reader.fetch_watermarks(topic, partition, restore.timeout)?;
+    // Only each key's latest value is kept: until compaction catches up the partition holds
+    // every state a record went through, and the worker's memory must not.
+    let mut latest: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
+    if high <= low {
+        return Ok(Vec::new());
+    }
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+    reader.assign(&assignment)?;
+    let deadline = Instant::now() + restore.timeout;
+    loop {
+        if Instant::now() > deadline {
+            return Err(rdkafka::error::KafkaError::MessageConsumption(
+                rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
+            ));
+        }
+        let Some(message) = reader.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let message = match message {
+            Err(rdkafka::error::KafkaError::PartitionEOF(_)) => {
+                return Ok(latest.into_iter().collect())
+            }
+            other => other?,
+        };
+        if let Some(key) = message.key() {
+            let value = message.payload().map(<[u8]>::to_vec);
+            match latest.get_mut(key) {
+                Some(slot) => *slot = value,
+                None => {
+                    latest.insert(key.to_vec(), value);
+                }
+            }
+        }
+        if message.offset() + 1 >= high {
+            return Ok(latest.into_iter().collect());
+        }
+    }
+}
