@@ -47,7 +47,10 @@ fn modules(folder: &str) -> BTreeMap<String, String> {
             .to_string_lossy()
             .trim_end_matches(".rs")
             .to_owned();
-        if relative.file_name().is_some_and(|n| n == "tests.rs") || name == "mod" {
+        let test_code = relative
+            .components()
+            .any(|c| c.as_os_str() == "tests" || c.as_os_str() == "tests.rs");
+        if test_code || name == "mod" {
             continue;
         }
         let text = std::fs::read_to_string(&file).unwrap();
