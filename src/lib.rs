@@ -28,7 +28,7 @@
 //! | [`resolve::jsontext`] | JSON text written straight into a record's bytes, without a value tree |
 //! | [`resolve::conflict`] | the conflicts-topic record: deterministic id, candidates, winner |
 //! | [`resolve::changelog`] | a record's state as the changelog topic keeps it: compact, versioned, by name |
-//! | [`resolve::resolution`] | an operator's settling of a held conflict, as a record change from `operator` |
+//! | [`resolve::settlement`] | an operator's settling of a held conflict, as a record change from `operator` |
 //! | [`runtime`] | the only code on Kafka and tokio |
 //! | [`runtime::worker`] | the consume → process → produce → acknowledge pipelines (stage 1, stage 2) and their life cycle |
 //! | [`runtime::kafka`] | client settings that carry the delivery guarantee, topic creation, [`runtime::kafka::preflight`] (settings of its own topics that would lose data, refused at start), and [`runtime::kafka::offsets`], the one owner of input offsets |

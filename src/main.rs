@@ -126,8 +126,8 @@ fn main() -> ExitCode {
                 }
             };
             let choice = match (pick, value) {
-                (Some(system), _) => harmony::resolve::resolution::Choice::Pick(system),
-                (None, Some(literal)) => harmony::resolve::resolution::Choice::Value(literal),
+                (Some(system), _) => harmony::resolve::settlement::Choice::Pick(system),
+                (None, Some(literal)) => harmony::resolve::settlement::Choice::Value(literal),
                 (None, None) => return ExitCode::from(2),
             };
             let timeout = std::time::Duration::from_secs(timeout_secs);

@@ -6,6 +6,6 @@ pub mod connect;
 pub mod engine;
 pub mod figures;
 pub mod jsontext;
-pub mod resolution;
 pub mod resolver;
+pub mod settlement;
 pub mod target;

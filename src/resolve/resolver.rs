@@ -859,10 +859,10 @@ mod tests {
             .find(|p| p.topic == "harmony.harmony-inventory.conflicts")
             .expect("a conflict record");
         let held = held.value.as_deref().unwrap();
-        let doc = crate::resolve::resolution::ConflictDoc::parse(held).unwrap();
-        let (key, settle) = crate::resolve::resolution::resolution_change(
+        let doc = crate::resolve::settlement::ConflictDoc::parse(held).unwrap();
+        let (key, settle) = crate::resolve::settlement::settlement_change(
             &doc,
-            &crate::resolve::resolution::Choice::Pick("shop".into()),
+            &crate::resolve::settlement::Choice::Pick("shop".into()),
             5_000,
         )
         .unwrap();

@@ -1,5 +1,5 @@
 //! `harmony resolve`: an operator settles a held (`manual`) conflict. The conflict record is
-//! looked up by id on the conflicts topic, and the operator's change ([`crate::resolve::resolution`]) is
+//! looked up by id on the conflicts topic, and the operator's change ([`crate::resolve::settlement`]) is
 //! published to the internal topic, keyed like the record, for stage 2 to apply in order with
 //! the record's other changes.
 
@@ -12,7 +12,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::Deserialize;
 
 use crate::config::Config;
-use crate::resolve::resolution::{resolution_change, Choice, ConflictDoc};
+use crate::resolve::settlement::{settlement_change, Choice, ConflictDoc};
 use crate::runtime::kafka;
 
 /// What was published, for the operator's terminal.
@@ -35,7 +35,7 @@ pub async fn settle(
     let record = find_conflict(config, &conflicts_topic, id, timeout)
         .with_context(|| format!("looking up conflict {id} on {conflicts_topic}"))?;
     let doc = ConflictDoc::parse(&record)?;
-    let (record_key, change) = resolution_change(&doc, choice, kafka::now_ms())?;
+    let (record_key, change) = settlement_change(&doc, choice, kafka::now_ms())?;
     let topic = config.output.internal_topic(&config.kafka.group_id);
     let producer: FutureProducer = kafka::producer_config(&config.kafka)
         .create()

@@ -30,7 +30,7 @@ pub enum Choice {
 }
 
 #[derive(Debug, Error, PartialEq)]
-pub enum ResolutionError {
+pub enum SettlementError {
     #[error("the conflict record cannot be read: {0}")]
     Record(String),
     #[error("conflict {id} is not pending: its strategy ({strategy}) resolved it")]
@@ -77,19 +77,19 @@ struct CandidateDoc<'a> {
 }
 
 impl<'a> ConflictDoc<'a> {
-    pub fn parse(text: &'a [u8]) -> Result<Self, ResolutionError> {
-        serde_json::from_slice(text).map_err(|e| ResolutionError::Record(e.to_string()))
+    pub fn parse(text: &'a [u8]) -> Result<Self, SettlementError> {
+        serde_json::from_slice(text).map_err(|e| SettlementError::Record(e.to_string()))
     }
 }
 
 /// The internal record that settles `conflict` with `choice`, and its record key.
-pub fn resolution_change<'a>(
+pub fn settlement_change<'a>(
     conflict: &'a ConflictDoc<'a>,
     choice: &Choice,
     now_ms: i64,
-) -> Result<(String, InternalChange<'a>), ResolutionError> {
+) -> Result<(String, InternalChange<'a>), SettlementError> {
     if !conflict.pending {
-        return Err(ResolutionError::NotPending {
+        return Err(SettlementError::NotPending {
             id: conflict.id.to_string(),
             strategy: conflict.strategy.to_string(),
         });
@@ -100,7 +100,7 @@ pub fn resolution_change<'a>(
             .iter()
             .find(|c| c.system == system.as_str())
             .map(|c| c.value.clone())
-            .ok_or_else(|| ResolutionError::NoSuchCandidate {
+            .ok_or_else(|| SettlementError::NoSuchCandidate {
                 id: conflict.id.to_string(),
                 system: system.clone(),
                 candidates: conflict
@@ -140,10 +140,10 @@ pub fn resolution_change<'a>(
 }
 
 /// The operator's literal as the type the candidates have.
-fn typed_like<'a>(literal: &str, conflict: &ConflictDoc<'_>) -> Result<Typed<'a>, ResolutionError> {
+fn typed_like<'a>(literal: &str, conflict: &ConflictDoc<'_>) -> Result<Typed<'a>, SettlementError> {
     let parsed: serde_json::Value =
         serde_json::from_str(literal).unwrap_or_else(|_| serde_json::Value::String(literal.into()));
-    let wrong = |kind| ResolutionError::WrongType {
+    let wrong = |kind| SettlementError::WrongType {
         value: literal.to_owned(),
         kind,
         field: conflict.field.to_string(),
@@ -190,7 +190,7 @@ mod tests {
     #[test]
     fn a_pick_becomes_an_operator_change_based_on_the_candidates() {
         let doc = ConflictDoc::parse(HELD.as_bytes()).unwrap();
-        let (key, change) = resolution_change(&doc, &Choice::Pick("shop".into()), 99).unwrap();
+        let (key, change) = settlement_change(&doc, &Choice::Pick("shop".into()), 99).unwrap();
         assert_eq!(key, r#"product:["SKU-1"]"#);
         assert_eq!(change.system, OPERATOR);
         assert_eq!(
@@ -206,13 +206,13 @@ mod tests {
     #[test]
     fn a_value_of_the_operators_own_takes_the_candidates_type() {
         let doc = ConflictDoc::parse(HELD.as_bytes()).unwrap();
-        let (_, change) = resolution_change(&doc, &Choice::Value("4.95".into()), 99).unwrap();
+        let (_, change) = settlement_change(&doc, &Choice::Value("4.95".into()), 99).unwrap();
         assert_eq!(change.fields[0].1, Typed::Decimal("4.95".into()));
-        let err = resolution_change(&doc, &Choice::Value("\"cheap\"".into()), 99).unwrap_err();
+        let err = settlement_change(&doc, &Choice::Value("\"cheap\"".into()), 99).unwrap_err();
         assert!(
             matches!(
                 err,
-                ResolutionError::WrongType {
+                SettlementError::WrongType {
                     kind: "decimal",
                     ..
                 }
@@ -224,7 +224,7 @@ mod tests {
     #[test]
     fn only_pending_conflicts_and_real_candidates_can_be_settled() {
         let doc = ConflictDoc::parse(HELD.as_bytes()).unwrap();
-        let err = resolution_change(&doc, &Choice::Pick("wms".into()), 0).unwrap_err();
+        let err = settlement_change(&doc, &Choice::Pick("wms".into()), 0).unwrap_err();
         assert_eq!(
             err.to_string(),
             "no candidate of conflict c-00000000000000aa comes from `wms` (candidates: erp, shop)"
@@ -233,8 +233,8 @@ mod tests {
             .replace(r#""pending":true"#, r#""pending":false"#)
             .replace("manual", "lww");
         let doc = ConflictDoc::parse(done.as_bytes()).unwrap();
-        let err = resolution_change(&doc, &Choice::Pick("erp".into()), 0).unwrap_err();
-        assert!(matches!(err, ResolutionError::NotPending { .. }), "{err}");
+        let err = settlement_change(&doc, &Choice::Pick("erp".into()), 0).unwrap_err();
+        assert!(matches!(err, SettlementError::NotPending { .. }), "{err}");
         assert!(ConflictDoc::parse(b"{}").is_err());
     }
 }
