@@ -368,7 +368,7 @@ fn the_dashboard_queries_valid_promql_over_metrics_harmony_exports() {
     let text =
         std::fs::read_to_string(format!("{root}/deploy/grafana/harmony-dashboard.json")).unwrap();
     let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let telemetry = std::fs::read_to_string(format!("{root}/src/telemetry.rs")).unwrap();
+    let telemetry = std::fs::read_to_string(format!("{root}/src/runtime/telemetry.rs")).unwrap();
     let defined = |name: &str| telemetry.contains(&format!("\"{name}\""));
     let panels = dashboard["panels"].as_array().unwrap();
     assert!(panels.len() >= 12);
