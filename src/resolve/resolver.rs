@@ -9,6 +9,7 @@
 //! applied, and dropped when it is revoked (ARCHITECTURE.md §1 "Partition ownership").
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use serde_json::value::RawValue;
 use thiserror::Error;
@@ -172,7 +173,7 @@ pub struct StateSummary<'r> {
 }
 
 pub struct Resolver {
-    catalog: Catalog,
+    catalog: Arc<Catalog>,
     rules: Vec<EntityRules>,
     plans: HashMap<(EntityId, SystemId), TargetPlan>,
     entities: HashMap<String, EntityId>,
@@ -203,7 +204,12 @@ const OUTPUT_OVERHEAD: usize = 64 * 1024;
 
 impl Resolver {
     pub fn new(config: &Config) -> Self {
-        let catalog = Catalog::new(config);
+        Self::with_catalog(config, Arc::new(Catalog::new(config)))
+    }
+
+    /// Over the catalog stage 1 compiled from the same configuration, shared rather than
+    /// compiled again.
+    pub fn with_catalog(config: &Config, catalog: Arc<Catalog>) -> Self {
         let rules = entity_rules(config, &catalog);
         let plans = target_plans(config, &catalog);
         let entities = config

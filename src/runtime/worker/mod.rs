@@ -192,8 +192,10 @@ pub async fn run(
     // With entities declared, stage 1 re-keys changes into the internal topic and stage 2
     // resolves them into target and conflict records; without, each change is published as
     // it is to the output topic.
-    let catalog = (!config.entities.is_empty()).then(|| Catalog::new(config));
-    let resolver = catalog.as_ref().map(|_| Resolver::new(config));
+    let catalog = (!config.entities.is_empty()).then(|| Arc::new(Catalog::new(config)));
+    let resolver = catalog
+        .clone()
+        .map(|catalog| Resolver::with_catalog(config, catalog));
     let state_topic = config.output.state_topic(&config.kafka.group_id);
     let mut own_topics: Vec<String> = vec![config.output.dead_letter_topic.clone()];
     match &resolver {

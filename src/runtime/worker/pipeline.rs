@@ -37,7 +37,7 @@ pub(super) struct Pipeline<'a> {
     /// Stage 2: outputs → changelog → offset.
     pub(super) durability: Option<Durability>,
     /// Present when entities are declared: stage 1 mapping.
-    pub(super) catalog: Option<Catalog>,
+    pub(super) catalog: Option<std::sync::Arc<Catalog>>,
     /// Present in the stage 2 pipeline, which reads the internal topic.
     pub(super) resolver: Option<Resolver>,
     pub(super) internal_topic: &'a str,
