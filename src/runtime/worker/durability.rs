@@ -12,9 +12,34 @@ use std::collections::{HashMap, VecDeque};
 
 use crate::runtime::kafka::offsets::{OffsetTracker, Ticket};
 
-/// What an event writes to the changelog, in order: per record, its key and its state, or no
-/// state for a tombstone (a deleted record taken off, `processing.deleted_retention`).
-pub type ChangelogWrites = Vec<(String, Option<Vec<u8>>)>;
+/// What an event writes to the changelog: the tombstones of the records its stream time took
+/// off (`processing.deleted_retention`), then its own record's key and state. Nothing on the
+/// heap for an event that takes no record off, as nearly every one.
+#[derive(Debug, Default, PartialEq)]
+pub struct ChangelogWrites {
+    pub tombstones: Vec<String>,
+    pub value: Option<(String, Vec<u8>)>,
+}
+
+impl ChangelogWrites {
+    pub fn is_empty(&self) -> bool {
+        self.tombstones.is_empty() && self.value.is_none()
+    }
+
+    pub fn len(&self) -> usize {
+        self.tombstones.len() + usize::from(self.value.is_some())
+    }
+
+    /// In the order they are written: each key, and its state (`None`: a tombstone).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, Option<&[u8]>)> {
+        let tombstones = self.tombstones.iter().map(|key| (key.as_str(), None));
+        let value = self
+            .value
+            .iter()
+            .map(|(key, state)| (key.as_str(), Some(state.as_slice())));
+        tombstones.chain(value)
+    }
+}
 
 #[derive(Default)]
 pub struct Durability {
@@ -81,14 +106,17 @@ mod tests {
     use super::*;
 
     fn value(n: u8) -> ChangelogWrites {
-        vec![(format!("k{n}"), Some(vec![n]))]
+        ChangelogWrites {
+            tombstones: Vec::new(),
+            value: Some((format!("k{n}"), vec![n])),
+        }
     }
 
     #[test]
     fn changelog_values_are_released_in_offset_order_once_outputs_are_acknowledged() {
         let mut d = Durability::default();
         let a = d.begin("in", 0, 10, value(1));
-        let b = d.begin("in", 0, 11, Vec::new());
+        let b = d.begin("in", 0, 11, ChangelogWrites::default());
         let c = d.begin("in", 0, 12, value(3));
         assert!(
             d.outputs_acknowledged(c).is_empty(),
@@ -98,7 +126,11 @@ mod tests {
         let ready = d.outputs_acknowledged(a);
         assert_eq!(
             ready,
-            vec![(0, 10, value(1)), (0, 11, Vec::new()), (0, 12, value(3))]
+            vec![
+                (0, 10, value(1)),
+                (0, 11, ChangelogWrites::default()),
+                (0, 12, value(3))
+            ]
         );
         assert_eq!(d.in_flight(), 0);
     }

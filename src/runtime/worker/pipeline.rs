@@ -405,14 +405,11 @@ impl Pipeline<'_> {
             return Ok(());
         }
         let mut refused = sends.into_iter().find_map(|(_, sent)| sent.err());
-        for (key, state) in changelog {
+        for (key, state) in changelog.iter() {
             if refused.is_some() {
                 break;
             }
-            refused = self
-                .write_changelog(partition, &key, state.as_deref())
-                .await
-                .err();
+            refused = self.write_changelog(partition, key, state).await.err();
         }
         if let Some(error) = refused {
             // A record the producer would not even take: the batch cannot be whole.
@@ -622,10 +619,8 @@ impl Pipeline<'_> {
                         continue;
                     }
                     let mut sends = Vec::with_capacity(value.len());
-                    for (key, state) in value {
-                        let sent = self
-                            .write_changelog(partition, &key, state.as_deref())
-                            .await;
+                    for (key, state) in value.iter() {
+                        let sent = self.write_changelog(partition, key, state).await;
                         sends.push((Destination::Changelog, sent));
                     }
                     self.track(ticket, Phase::Stored, sends, None, Instant::now());

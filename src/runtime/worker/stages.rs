@@ -9,6 +9,7 @@ use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use rdkafka::Message;
 
+use super::durability::ChangelogWrites;
 use super::pipeline::{send, Pipeline};
 use super::{Destination, Phase, Sent, WorkerError};
 use crate::config::RegressionPolicy;
@@ -46,7 +47,14 @@ impl Pipeline<'_> {
                 self.dead_letter(message, "unroutable", reason).await,
             ));
             return self
-                .finish(message, Vec::new(), Phase::Stored, sends, None, started)
+                .finish(
+                    message,
+                    ChangelogWrites::default(),
+                    Phase::Stored,
+                    sends,
+                    None,
+                    started,
+                )
                 .await;
         };
         let system = self.config.systems[system_index].name.as_str();
@@ -113,7 +121,7 @@ impl Pipeline<'_> {
         }
         self.finish(
             message,
-            Vec::new(),
+            ChangelogWrites::default(),
             Phase::Stored,
             sends,
             source_ts_ms,
@@ -137,14 +145,10 @@ impl Pipeline<'_> {
         let mut resolved =
             resolver.resolve(message.partition(), message.payload().unwrap_or_default());
         // Records taken off go first: a change of one of their keys starts it afresh after.
-        let mut changelog: Vec<(String, Option<Vec<u8>>)> = resolver
-            .take_tombstones(message.partition())
-            .into_iter()
-            .map(|key| (key, None))
-            .collect();
-        if let Some((key, state)) = resolved.as_mut().ok().and_then(|r| r.changelog.take()) {
-            changelog.push((key, Some(state)));
-        }
+        let changelog = ChangelogWrites {
+            tombstones: resolver.take_tombstones(message.partition()),
+            value: resolved.as_mut().ok().and_then(|r| r.changelog.take()),
+        };
         let source_ts_ms = resolved
             .as_ref()
             .ok()
