@@ -233,6 +233,16 @@ impl Names<'_> {
     }
 }
 
+/// A record's key on the changelog (and on the conflicts topic): `entity:canonical-key`.
+pub fn key(entity: &str, record_key: &str) -> String {
+    format!("{entity}:{record_key}")
+}
+
+/// The entity name and canonical key a changelog key names.
+pub fn split_key(key: &str) -> Option<(&str, &str)> {
+    key.split_once(':')
+}
+
 /// The changelog value of `state`.
 pub fn encode(state: &RecordState, names: &Names<'_>) -> Vec<u8> {
     let wire = WireState {

@@ -19,6 +19,7 @@ use crate::ingest::envelope::SourcePosition;
 use crate::ingest::internal::InternalChange;
 use crate::ingest::mapping::{Catalog, EntityId, FieldId};
 use crate::model::clock::{SystemId, VersionVector};
+use crate::resolve::changelog;
 use crate::resolve::conflict::conflict_record;
 use crate::resolve::engine::position::{self, PositionVerdict};
 use crate::resolve::engine::{
@@ -128,13 +129,14 @@ impl PartitionState {
         self.stream_ts_ms = self.stream_ts_ms.max(ts_ms);
         let Some(retention) = retention else { return };
         let now = self.stream_ts_ms;
-        while let Some(due) = self
+        while self
             .erased
             .first()
-            .filter(|(at, ..)| at.saturating_add(retention) <= now)
+            .is_some_and(|(at, ..)| at.saturating_add(retention) <= now)
         {
-            let (_, entity, key) = due.clone();
-            self.erased.pop_first();
+            let Some((_, entity, key)) = self.erased.pop_first() else {
+                break;
+            };
             let Some(records) = self.records.get_mut(&entity) else {
                 continue;
             };
@@ -152,7 +154,7 @@ impl PartitionState {
                     .take_out(&echoing[entity.0 as usize], entity, &state);
                 self.figures.remove_record(key.capacity());
                 self.tombstones
-                    .push(format!("{}:{key}", catalog.entity_name(entity)));
+                    .push(changelog::key(catalog.entity_name(entity), &key));
             }
         }
     }
@@ -288,8 +290,8 @@ impl Resolver {
     }
 
     /// How `entity`'s changelog values name systems and fields under this configuration.
-    pub fn names(&self, entity: EntityId) -> crate::resolve::changelog::Names<'_> {
-        crate::resolve::changelog::Names {
+    pub fn names(&self, entity: EntityId) -> changelog::Names<'_> {
+        changelog::Names {
             systems: &self.rules[entity.0 as usize].systems,
             fields: self.catalog.field_names(entity),
             system_ids: &self.systems,
@@ -311,14 +313,14 @@ impl Resolver {
         for (key, value) in log {
             let Some((entity, record_key)) = std::str::from_utf8(key)
                 .ok()
-                .and_then(|k| k.split_once(':'))
+                .and_then(changelog::split_key)
                 .and_then(|(e, k)| self.entities.get(e).map(|&id| (id, k)))
             else {
                 unreadable += 1;
                 continue;
             };
             let by_key = records.entry(entity).or_default();
-            match value.map(|v| crate::resolve::changelog::decode(v, &self.names(entity))) {
+            match value.map(|v| changelog::decode(v, &self.names(entity))) {
                 Some(Ok(state)) => {
                     by_key.insert(record_key.to_owned(), state);
                 }
@@ -554,15 +556,15 @@ impl Resolver {
         // A replay (position dedup) leaves the state as it was: nothing to write.
         let entity_name = self.catalog.entity_name(entity);
         if !matches!(outcome, Outcome::Duplicate(DuplicateReason::Position)) {
-            let names = crate::resolve::changelog::Names {
+            let names = changelog::Names {
                 systems: &rules.systems,
                 fields: self.catalog.field_names(entity),
                 system_ids: &self.systems,
                 field_ids: &self.fields[entity.0 as usize],
             };
             resolved.changelog = Some((
-                format!("{entity_name}:{}", change.key),
-                crate::resolve::changelog::encode(state, &names),
+                changelog::key(entity_name, &change.key),
+                changelog::encode(state, &names),
             ));
         }
         let (deliver_to, conflict_ids) = match outcome {
@@ -590,7 +592,7 @@ impl Resolver {
                     .then(|| serde_json::from_str::<&RawValue>(&change.key).ok())
                     .flatten();
                 if let Some(key) = key {
-                    let record_key = format!("{entity_name}:{}", change.key);
+                    let record_key = changelog::key(entity_name, &change.key);
                     let mut publish = |value: Option<Vec<u8>>| {
                         resolved.publications.push(Publication {
                             topic: self.conflicts_topic.clone(),
@@ -1087,7 +1089,7 @@ mod tests {
             .unwrap()
             .changelog
             .unwrap();
-        let v1 = crate::resolve::changelog::as_format_1(&value);
+        let v1 = changelog::as_format_1(&value);
         assert!(v1.len() < value.len());
         let mut restored = resolver(true);
         assert_eq!(
@@ -1177,7 +1179,7 @@ mod tests {
             .unwrap()
             .changelog
             .unwrap();
-        let v2 = crate::resolve::changelog::as_format_2_with_fingerprints(&value, 0xdead_beef);
+        let v2 = changelog::as_format_2_with_fingerprints(&value, 0xdead_beef);
         let mut restored = resolver(false);
         restored.install(0, [(key.as_bytes(), Some(v2.as_slice()))]);
         let reserved = [("reserved", FieldValue::Int(2))];
