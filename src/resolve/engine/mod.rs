@@ -230,9 +230,9 @@ fn apply_change(state: &mut RecordState, rules: &EntityRules, change: &Change<'_
     // Deleting a deleted row changes nothing, so of deletes sent one after another only the
     // first is ever seen back: its echo answers the rest of them too.
     let pending_at = sys.pending.iter().position(is_echo).map(|i| {
-        let deletes_after = sys.pending.iter().skip(i + 1).take_while(|d| d.deleted);
+        let deletes_after = || sys.pending.range(i + 1..).take_while(|d| d.deleted).count();
         if sys.pending[i].deleted {
-            i + deletes_after.count()
+            i + deletes_after()
         } else {
             i
         }
@@ -286,23 +286,7 @@ fn apply_change(state: &mut RecordState, rules: &EntityRules, change: &Change<'_
             .superseded
             .extend(drained.map(|d| Delivery { ts_ms: 0, ..d }));
         if change.context.is_some() {
-            // Kept, so copied value by value into what the system holds; the clock reuses
-            // the room `seen` has.
-            let SystemState {
-                superseded,
-                seen,
-                held,
-                held_deleted,
-                ..
-            } = system;
-            if let Some(delivery) = superseded.back() {
-                seen.clone_from(&delivery.clock);
-                *held_deleted = delivery.deleted;
-                for (field, value) in &delivery.values {
-                    state::hold(held, *field, value.clone());
-                }
-                echoed = true;
-            }
+            echoed = hold_kept(system, system.superseded.len() - 1, true);
         } else if let Some(delivery) = system.superseded.pop_back() {
             system.seen = delivery.clock;
             system.held_deleted = delivery.deleted;
@@ -333,17 +317,22 @@ fn apply_change(state: &mut RecordState, rules: &EntityRules, change: &Change<'_
         // record again unless a newer delivery is already on its way to it.
         let system = state.system_mut(s);
         // Exact mode keeps what it saw echoed: a sink restarted twice writes it all again twice.
-        let late = match late_at {
-            Some(i) if change.context.is_some() => system.superseded.get(i).cloned(),
-            Some(i) => system.superseded.drain(..=i).next_back(),
-            None => None,
-        };
-        if let Some(late) = late {
-            system.held_deleted = late.deleted;
-            for (field, value) in late.values {
-                system.set_held(field, value);
+        let held_late = match late_at {
+            Some(i) if change.context.is_some() => hold_kept(system, i, false),
+            Some(i) => {
+                let late = system.superseded.drain(..=i).next_back();
+                late.is_some_and(|late| {
+                    system.held_deleted = late.deleted;
+                    for (field, value) in late.values {
+                        system.set_held(field, value);
+                    }
+                    true
+                })
             }
-        } else {
+            None => false,
+        };
+        if !held_late {
+            // A forgotten one: the row holds what the sink wrote.
             system.held_deleted = change.kind == ChangeKind::Delete;
             for (field, value) in change.fields {
                 if !rules.fields[field.0 as usize].ignored {
@@ -621,6 +610,31 @@ pub fn erase_if_gone(state: &mut RecordState, rules: &EntityRules) -> bool {
         // Deliveries to targets that send nothing back (they were never to be seen again).
         sys.pending.clear();
         sys.superseded.clear();
+    }
+    true
+}
+
+/// Exact mode: what `system` holds becomes its kept delivery `i`'s values (and, with
+/// `seen_too`, what it has seen becomes that delivery's version), copied value by value: the
+/// delivery stays kept for a sink writing it again. Whether there was such a delivery.
+fn hold_kept(system: &mut SystemState, i: usize, seen_too: bool) -> bool {
+    let SystemState {
+        superseded,
+        seen,
+        held,
+        held_deleted,
+        ..
+    } = system;
+    let Some(delivery) = superseded.get(i) else {
+        return false;
+    };
+    if seen_too {
+        // Reuses the room `seen` has.
+        seen.clone_from(&delivery.clock);
+    }
+    *held_deleted = delivery.deleted;
+    for (field, value) in &delivery.values {
+        state::hold(held, *field, value.clone());
     }
     true
 }
