@@ -238,6 +238,19 @@ impl<'a> InternalChange<'a> {
         format!("{}:{}", self.entity, self.key)
     }
 
+    /// [`Self::record_key`] appended to `buf`.
+    pub fn write_record_key(&self, buf: &mut Vec<u8>) {
+        buf.extend_from_slice(self.entity.as_bytes());
+        buf.push(b':');
+        buf.extend_from_slice(self.key.as_bytes());
+    }
+
+    /// [`Self::encode`] appended to `buf`.
+    pub fn encode_into(&self, buf: &mut Vec<u8>) {
+        // In-memory serialisation of plain data cannot fail.
+        serde_json::to_writer(buf, self).expect("in-memory JSON serialisation");
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         // In-memory serialisation of plain data cannot fail.
         serde_json::to_vec(self).expect("in-memory JSON serialisation")

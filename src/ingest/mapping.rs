@@ -17,13 +17,7 @@ use crate::config::Config;
 use crate::ingest::envelope::{ChangeEvent, Op, Row};
 use crate::model::value::Value;
 
-/// An entity's index in the configuration.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct EntityId(pub u16);
-
-/// A field's index within its entity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FieldId(pub u16);
+pub use crate::model::stage::{EntityId, FieldId};
 
 /// What a change did to the logical record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,3 +5,4 @@ pub mod internal;
 pub mod mapping;
 pub mod output;
 pub mod schema;
+pub mod stage;

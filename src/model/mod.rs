@@ -1,4 +1,5 @@
-//! The vocabulary every stage shares: version vectors and dots, system ids, column and field values.
+//! The vocabulary every stage shares: version vectors and dots, system, entity and field ids, column and field values, and what a stage is to the runtime.
 
 pub mod clock;
+pub mod stage;
 pub mod value;

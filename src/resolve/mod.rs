@@ -8,4 +8,5 @@ pub mod figures;
 pub mod jsontext;
 pub mod resolver;
 pub mod settlement;
+pub mod stage;
 pub mod target;

@@ -161,18 +161,7 @@ impl PartitionState {
 }
 
 /// One partition's state as its metrics report it ([`Figures`], kept change by change).
-#[derive(Debug, Default, PartialEq)]
-pub struct StateSummary<'r> {
-    pub records: usize,
-    /// Memory the records take: their keys, their state, the maps' buckets.
-    pub bytes: usize,
-    /// Per target system: records whose latest delivery it has not yet been seen applying
-    /// (echoed), and the source commit time of the oldest such delivery.
-    pub out_of_sync: Vec<(&'r str, usize, Option<i64>)>,
-    /// Per entity: fields holding a manual conflict no operator has settled, and since when the
-    /// oldest has been held.
-    pub unsettled: Vec<(&'r str, usize, Option<i64>)>,
-}
+pub use crate::model::stage::StateSummary;
 
 pub struct Resolver {
     catalog: Arc<Catalog>,
@@ -389,6 +378,14 @@ impl Resolver {
                 .map(|(s, n)| (self.system_name(entity, s).to_owned(), n))
                 .collect(),
         )
+    }
+
+    pub fn entity_id(&self, name: &str) -> Option<EntityId> {
+        self.entities.get(name).copied()
+    }
+
+    pub fn system_id(&self, name: &str) -> Option<SystemId> {
+        self.systems.get(name).copied()
     }
 
     fn system_name(&self, entity: EntityId, system: SystemId) -> &str {

@@ -8,8 +8,7 @@ use prometheus::{
     GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
-use crate::ingest::envelope::Op;
-use crate::resolve::resolver::StateSummary;
+use crate::model::stage::StateSummary;
 
 pub struct Metrics {
     events_consumed: IntCounterVec,
@@ -237,10 +236,11 @@ impl Metrics {
         })
     }
 
-    pub fn change_consumed(&self, system: &str, topic: &str, op: Op) {
-        tracing::trace!(system, topic, op = op.code(), "change consumed");
+    /// `op`: Debezium's code of the change.
+    pub fn change_consumed(&self, system: &str, topic: &str, op: &str) {
+        tracing::trace!(system, topic, op, "change consumed");
         self.events_consumed
-            .with_label_values(&[system, topic, op.code()])
+            .with_label_values(&[system, topic, op])
             .inc();
     }
 
@@ -334,16 +334,16 @@ impl Metrics {
         &self,
         system: &str,
         entity: &str,
-        applied: &dyn std::fmt::Debug,
-        incoming: &dyn std::fmt::Debug,
+        applied: &str,
+        incoming: &str,
         policy: crate::config::RegressionPolicy,
     ) {
         let stopped = policy == crate::config::RegressionPolicy::Stop;
         if stopped {
-            tracing::error!(system, entity, ?applied, ?incoming,
+            tracing::error!(system, entity, applied, incoming,
                 "source position went backwards; systems.on_position_regression = \"stop\": the partition waits at this change until the policy or the source changes");
         } else {
-            tracing::warn!(system, entity, ?applied, ?incoming,
+            tracing::warn!(system, entity, applied, incoming,
                 "source position went backwards (restored database, promoted replica, binlog reset?); applied as the system's new history");
         }
         self.position_regressions
@@ -548,8 +548,8 @@ mod tests {
     fn counters_move_under_their_names() {
         let registry = Registry::new();
         let metrics = Metrics::new(&registry).unwrap();
-        metrics.change_consumed("erp", "erp.public.products", Op::Update);
-        metrics.change_consumed("erp", "erp.public.products", Op::Update);
+        metrics.change_consumed("erp", "erp.public.products", "u");
+        metrics.change_consumed("erp", "erp.public.products", "u");
         metrics.output_acknowledged("harmony.out");
         let text = render(&registry);
         assert!(

@@ -10,36 +10,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use crate::model::stage::ChangelogWrites;
 use crate::runtime::kafka::offsets::{OffsetTracker, Ticket};
-
-/// What an event writes to the changelog: the tombstones of the records its stream time took
-/// off (`processing.deleted_retention`), then its own record's key and state. Nothing on the
-/// heap for an event that takes no record off, as nearly every one.
-#[derive(Debug, Default, PartialEq)]
-pub struct ChangelogWrites {
-    pub tombstones: Vec<String>,
-    pub value: Option<(String, Vec<u8>)>,
-}
-
-impl ChangelogWrites {
-    pub fn is_empty(&self) -> bool {
-        self.tombstones.is_empty() && self.value.is_none()
-    }
-
-    pub fn len(&self) -> usize {
-        self.tombstones.len() + usize::from(self.value.is_some())
-    }
-
-    /// In the order they are written: each key, and its state (`None`: a tombstone).
-    pub fn iter(&self) -> impl Iterator<Item = (&str, Option<&[u8]>)> {
-        let tombstones = self.tombstones.iter().map(|key| (key.as_str(), None));
-        let value = self
-            .value
-            .iter()
-            .map(|(key, state)| (key.as_str(), Some(state.as_slice())));
-        tombstones.chain(value)
-    }
-}
 
 #[derive(Default)]
 pub struct Durability {

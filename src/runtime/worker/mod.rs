@@ -4,32 +4,32 @@
 //! Life cycle: create clients → ensure topics → subscribe (ready) → process until shutdown →
 //! drain in-flight deliveries under a deadline → commit → leave the group.
 //!
-//! Per record, in offset order: decode → (change) encode output, or with entities declared map
-//! it into the internal topic | (tombstone) nothing | (undecodable) dead-letter copy → hand the
-//! records to the producer → register the offset as in flight. With entities, a second
-//! pipeline (its own consumer group) resolves the internal topic into target and conflict
-//! records. Acknowledgements arrive in any order; [`OffsetStore`] stores offsets in order.
+//! Per record, in offset order: the stage ([`crate::ingest::stage::Ingest`], or with entities
+//! declared also [`crate::resolve::resolver::Resolver`] in a second pipeline with its own
+//! consumer group) turns it into effects → `pipeline` hands their records to the producer →
+//! `delivery` registers the offset as in flight (or the batch takes it). Acknowledgements
+//! arrive in any order; the offset store stores offsets in order.
 //!
-//! `pipeline` holds what both stages share (reading, in-flight deliveries, offsets); `stages`
-//! what each does with one record.
+//! `plan` holds the settings resolved once; `ownership` the partitions' life cycle and
+//! readiness; `pipeline` the one runner of either stage; `delivery` the guarantee it runs
+//! under; `dead_letter` the copy of a record that cannot be handled.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures_util::stream::FuturesUnordered;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{DeliveryFuture, FutureProducer};
 use thiserror::Error;
 use tokio::sync::watch;
 
 use crate::config::{Config, Guarantee};
-use crate::ingest::envelope::{Decoder, Limits};
-use crate::ingest::mapping::Catalog;
+use crate::ingest::stage::Ingest;
+use crate::model::stage::{Stage, Topic};
 use crate::resolve::resolver::Resolver;
 use crate::runtime::http::Health;
-use crate::runtime::kafka::offsets::{OffsetStore, Ticket};
+use crate::runtime::kafka::offsets::Ticket;
 use crate::runtime::kafka::{self, preflight, topics};
 use crate::runtime::telemetry::Metrics;
 
@@ -79,16 +79,14 @@ pub enum WorkerError {
     Restore { partition: i32, error: String },
 }
 
-/// Where an output record goes; decides which counter its acknowledgement moves.
+/// Where a record goes; decides which counter its acknowledgement moves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Destination {
-    Output,
-    Internal,
+    /// A record of the stage's effects.
+    Publish(Topic),
     /// Stage 2's state topic.
     Changelog,
     DeadLetter,
-    /// A target or conflicts topic of stage 2, by name.
-    Topic(String),
 }
 
 /// Which acknowledgement a completion is: of an event's outputs (stage 2, before its changelog
@@ -125,6 +123,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
     rebuild_state: bool,
 ) -> Result<(), WorkerError> {
+    let plan = Plan::new(config);
     let commit_interval_ms = config.processing.commit_interval.as_millis() as u64;
     let mut consumer_config = kafka::consumer_config(&config.kafka, commit_interval_ms);
     let exactly_once = config.processing.guarantee == Guarantee::ExactlyOnce;
@@ -141,7 +140,7 @@ pub async fn run(
         if !exactly_once {
             return Ok(None);
         }
-        let id = format!("harmony.{}.{stage}.{instance}", config.kafka.group_id);
+        let id = format!("harmony.{}.{stage}.{instance}", plan.group);
         let producer: FutureProducer =
             kafka::transactional_producer(&producer_config, &id, commit_interval_ms)
                 .create()
@@ -157,53 +156,47 @@ pub async fn run(
         .min(std::time::Duration::from_secs(20));
     // With entities declared, readiness is stage 2's: ready once its partitions' state is
     // installed. Stage 1's rebalances must not say otherwise.
-    let ingest_health = if config.entities.is_empty() {
-        health.clone()
-    } else {
-        Health::default()
-    };
-    let context = |restore,
+    let resolving = plan.catalog.is_some();
+    let context = |restore: Option<Restore>,
                    transaction: &Option<Arc<Transaction>>,
-                   group: String,
-                   health: &Health| OwnershipContext {
+                   group: &str,
+                   health: Option<&Health>| OwnershipContext {
         lag: metrics.consumer_lag(),
         producer_queue: metrics.producer_queue(transaction.as_ref().map_or("shared", |t| t.stage)),
-        group,
-        ownership: Arc::new(Ownership::default()),
+        group: group.to_owned(),
+        ownership: Arc::new(Ownership::new(health.cloned(), restore.is_some())),
         producer: transaction
             .as_ref()
             .map_or_else(|| producer.clone(), |t| t.producer().clone()),
         transaction: transaction.clone(),
         flush_deadline,
         restore,
-        health: health.clone(),
     };
-    let ingest_transaction = transaction("ingest")?;
+    let ingest_transaction = transaction(Ingest::NAME)?;
     let consumer: StreamConsumer<OwnershipContext> = consumer_config
         .create_with_context(context(
             None,
             &ingest_transaction,
-            config.kafka.group_id.clone(),
-            &ingest_health,
+            &plan.group,
+            (!resolving).then_some(health),
         ))
         .map_err(WorkerError::Setup)?;
 
-    let internal_topic = config.output.internal_topic(&config.kafka.group_id);
+    let (internal_topic, state_topic) = (&plan.internal_topic, &plan.state_topic);
     // With entities declared, stage 1 re-keys changes into the internal topic and stage 2
     // resolves them into target and conflict records; without, each change is published as
     // it is to the output topic.
-    let catalog = (!config.entities.is_empty()).then(|| Arc::new(Catalog::new(config)));
-    let resolver = catalog
+    let resolver = plan
+        .catalog
         .clone()
         .map(|catalog| Resolver::with_catalog(config, catalog));
-    let state_topic = config.output.state_topic(&config.kafka.group_id);
-    let mut own_topics: Vec<String> = vec![config.output.dead_letter_topic.clone()];
+    let mut own_topics: Vec<String> = vec![plan.dead_letter_topic.clone()];
     match &resolver {
         Some(r) => {
             own_topics.push(internal_topic.clone());
             own_topics.extend(r.topics());
         }
-        None => own_topics.push(config.output.topic.clone()),
+        None => own_topics.push(plan.output_topic.clone()),
     }
     let own_topics: Vec<&str> = own_topics.iter().map(String::as_str).collect();
     topics::ensure_topics(
@@ -234,15 +227,15 @@ pub async fn run(
         )
         .await
         .map_err(WorkerError::Setup)?;
-        let internal = topics::partition_count(&producer_config, &internal_topic)
+        let internal = topics::partition_count(&producer_config, internal_topic)
             .map_err(WorkerError::Setup)?;
         let state =
-            topics::partition_count(&producer_config, &state_topic).map_err(WorkerError::Setup)?;
+            topics::partition_count(&producer_config, state_topic).map_err(WorkerError::Setup)?;
         if state < internal {
             return Err(WorkerError::StatePartitions {
-                state_topic,
+                state_topic: state_topic.clone(),
                 state,
-                internal_topic,
+                internal_topic: internal_topic.clone(),
                 internal,
             });
         }
@@ -252,30 +245,30 @@ pub async fn run(
         )
         .await
         .map_err(WorkerError::Setup)?;
-        if let Some(problem) = preflight::state_topic_problem(&state_topic, &retention[0])
-            .or_else(|| preflight::internal_topic_problem(&internal_topic, &retention[1]))
+        if let Some(problem) = preflight::state_topic_problem(state_topic, &retention[0])
+            .or_else(|| preflight::internal_topic_problem(internal_topic, &retention[1]))
         {
             return Err(WorkerError::TopicSettings(problem));
         }
-        let group = format!("{}.resolve", config.kafka.group_id);
+        let group = &plan.resolve_group;
         let offsets = preflight::group_offsets(
             &consumer_config,
-            &group,
-            (&internal_topic, internal),
-            (&state_topic, state),
+            group,
+            (internal_topic, internal),
+            (state_topic, state),
         )
         .map_err(WorkerError::Setup)?;
         let (committed, state_ends) = (&offsets.committed, &offsets.state_ends);
         if preflight::state_lost(committed, state_ends) {
             if !rebuild_state {
                 return Err(WorkerError::StateLost {
-                    state_topic,
-                    group,
-                    internal_topic,
+                    state_topic: state_topic.clone(),
+                    group: group.clone(),
+                    internal_topic: internal_topic.clone(),
                 });
             }
             let lows = &offsets.lows;
-            kafka::offsets::rewind_group(&consumer_config, &group, &internal_topic, lows)
+            kafka::offsets::rewind_group(&consumer_config, group, internal_topic, lows)
                 .map_err(WorkerError::Setup)?;
             tracing::warn!(group, topic = internal_topic, from = ?lows, committed = ?committed,
                 "rebuilding the record state: stage 2 reads the internal topic again from its earliest retained changes (changes already expired from it are not replayed: re-snapshot their sources for a complete rebuild)");
@@ -288,17 +281,17 @@ pub async fn run(
     }
 
     let resolve_transaction = match &resolver {
-        Some(_) => transaction("resolve")?,
+        Some(_) => transaction(Resolver::NAME)?,
         None => None,
     };
     // Stage 2 is a consumer group of its own over the internal topic.
     let resolve_consumer: Option<StreamConsumer<OwnershipContext>> = match &resolver {
         Some(_) => {
             let mut resolve_config = consumer_config.clone();
-            resolve_config.set("group.id", format!("{}.resolve", config.kafka.group_id));
+            resolve_config.set("group.id", &plan.resolve_group);
             let mut reader = consumer_config.clone();
             reader
-                .set("group.id", format!("{}.restore", config.kafka.group_id))
+                .set("group.id", &plan.restore_group)
                 .set("enable.auto.commit", "false");
             let restore = Restore {
                 reader,
@@ -309,12 +302,13 @@ pub async fn run(
                 .create_with_context(context(
                     Some(restore),
                     &resolve_transaction,
-                    format!("{}.resolve", config.kafka.group_id),
-                    health,
+                    &plan.resolve_group,
+                    Some(health),
                 ))
                 .map_err(WorkerError::Setup)?;
             c.subscribe(&[internal_topic.as_str()])
                 .map_err(WorkerError::Setup)?;
+            c.context().ownership.start();
             Some(c)
         }
         None => None,
@@ -323,9 +317,10 @@ pub async fn run(
     consumer
         .subscribe(&subscription)
         .map_err(WorkerError::Setup)?;
-    tracing::info!(group = %config.kafka.group_id, topics = ?subscription, "subscribed");
-    metrics.dead_letter_topic(&config.output.dead_letter_topic);
-    if !config.entities.is_empty() {
+    consumer.context().ownership.start();
+    tracing::info!(group = %plan.group, topics = ?subscription, "subscribed");
+    metrics.dead_letter_topic(&plan.dead_letter_topic);
+    if resolving {
         let systems: Vec<(&str, &str)> = config
             .systems
             .iter()
@@ -333,55 +328,34 @@ pub async fn run(
             .collect();
         metrics.position_regression_series(&systems);
     }
-    // Stage 2 is ready once its first assignment's state is installed (its pipeline says so).
-    if resolve_consumer.is_none() {
-        health.set_ready(true);
-    }
 
-    let pipeline = |consumer, ownership, catalog, resolver, durability| Pipeline {
+    let ingest_producer = ingest_transaction
+        .as_ref()
+        .map_or(&producer, |t| t.producer());
+    let mut ingest = Pipeline::new(
+        Ingest::new(config, plan.router.clone(), plan.catalog.clone()),
         config,
+        &plan,
         metrics,
-        producer: &producer,
-        transaction: None,
-        router: config.topic_router(),
-        offsets: OffsetStore::new(consumer),
-        ownership,
-        durability,
-        catalog,
-        resolver,
-        internal_topic: &internal_topic,
-        state_topic: &state_topic,
-        max_message_bytes: config.kafka.max_message_bytes(),
-        decoder: Decoder::new(Limits {
-            max_record_bytes: config.input.max_record_bytes,
-            max_nesting_depth: config.input.max_nesting_depth,
-        }),
-        deliveries: FuturesUnordered::new(),
-        buf: Vec::with_capacity(4096),
-        rewinds: Default::default(),
-        next_state_metrics: std::time::Instant::now(),
-        health: health.clone(),
-    };
-    let mut ingest = pipeline(
+        ingest_producer,
         &consumer,
-        Arc::clone(&consumer.context().ownership),
-        catalog,
-        None,
-        None,
+        Delivery::new(&consumer, ingest_transaction.clone()),
     );
-    if let Some(t) = &ingest_transaction {
-        ingest.producer = t.producer();
-        ingest.transaction = Some(Arc::clone(t));
-    }
-    let mut resolve = resolve_consumer.as_ref().map(|c| {
-        let ownership = Arc::clone(&c.context().ownership);
-        let mut p = pipeline(c, ownership, None, resolver, Some(Durability::default()));
-        if let Some(t) = &resolve_transaction {
-            p.producer = t.producer();
-            p.transaction = Some(Arc::clone(t));
-        }
-        p
-    });
+    let resolve_producer = resolve_transaction
+        .as_ref()
+        .map_or(&producer, |t| t.producer());
+    let mut resolve = match (resolver, resolve_consumer.as_ref()) {
+        (Some(resolver), Some(c)) => Some(Pipeline::new(
+            resolver,
+            config,
+            &plan,
+            metrics,
+            resolve_producer,
+            c,
+            Delivery::new(c, resolve_transaction.clone()),
+        )),
+        _ => None,
+    };
 
     // Both stages stop together: on the signal, or when either stops on its own.
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -396,45 +370,24 @@ pub async fn run(
     // outlive the transaction timeout. The threads are scoped, so the stages borrow the
     // clients and the configuration.
     let shutdown_timeout = config.processing.shutdown_timeout;
-    let run_stage = |pipeline: &mut Pipeline<'_>,
-                     consumer: &StreamConsumer<OwnershipContext>,
-                     mut stop: watch::Receiver<bool>|
-     -> Result<(), WorkerError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(WorkerError::Runtime)?;
-        runtime.block_on(async {
-            let processed = pipeline.process_until(consumer, &mut stop).await;
-            let _ = stop_tx.send(true);
-            let drained = pipeline.drain(shutdown_timeout).await;
-            // Whatever happened above, every stored offset is acknowledged work: committing
-            // it is always safe and saves the replay.
-            let committed = match pipeline.offsets.commit_now() {
-                Ok(()) => Ok(()),
-                Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
-                Err(e) => Err(WorkerError::Commit(e)),
-            };
-            consumer.unsubscribe();
-            processed.and(drained).and(committed)
-        })
-    };
     let result = tokio::task::block_in_place(|| {
         std::thread::scope(|scope| {
-            let resolving = match (resolve.as_mut(), resolve_consumer.as_ref()) {
-                (Some(p), Some(c)) => {
+            let resolving = match resolve.as_mut() {
+                Some(p) => {
                     let stop = stop_rx.clone();
-                    let run_stage = &run_stage;
+                    let stop_tx = &stop_tx;
                     Some(
                         std::thread::Builder::new()
                             .name("harmony-resolve".into())
-                            .spawn_scoped(scope, move || run_stage(p, c, stop))
+                            .spawn_scoped(scope, move || {
+                                run_stage(p, stop, stop_tx, shutdown_timeout)
+                            })
                             .map_err(WorkerError::Runtime)?,
                     )
                 }
-                _ => None,
+                None => None,
             };
-            let ingested = run_stage(&mut ingest, &consumer, stop_rx.clone());
+            let ingested = run_stage(&mut ingest, stop_rx.clone(), &stop_tx, shutdown_timeout);
             let resolved = match resolving {
                 Some(handle) => handle
                     .join()
@@ -445,21 +398,51 @@ pub async fn run(
         })
     });
     forwarder.abort();
-    health.set_ready(false);
+    consumer.context().ownership.stop();
+    if let Some(c) = &resolve_consumer {
+        c.context().ownership.stop();
+    }
     tracing::info!("left the consumer group");
     result
 }
 
+/// One stage on its own thread and runtime: processes until told to stop, tells the other
+/// stage to stop too, drains under the deadline, commits, and leaves the group.
+fn run_stage<S: Stage>(
+    pipeline: &mut Pipeline<'_, S>,
+    mut stop: watch::Receiver<bool>,
+    stop_all: &watch::Sender<bool>,
+    shutdown_timeout: std::time::Duration,
+) -> Result<(), WorkerError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(WorkerError::Runtime)?;
+    runtime.block_on(async {
+        let processed = pipeline.process_until(&mut stop).await;
+        let _ = stop_all.send(true);
+        let drained = pipeline.drain(shutdown_timeout).await;
+        // Whatever happened above, every stored offset is acknowledged work: committing it is
+        // always safe and saves the replay.
+        let committed = pipeline.commit_stored();
+        pipeline.consumer.unsubscribe();
+        processed.and(drained).and(committed)
+    })
+}
+
+mod dead_letter;
+mod delivery;
 mod durability;
 mod ownership;
 mod pipeline;
+mod plan;
 mod rewind;
-mod stages;
 mod transaction;
 
-use durability::Durability;
+use delivery::Delivery;
 use ownership::{Ownership, OwnershipContext, Restore};
 use pipeline::Pipeline;
+use plan::Plan;
 use transaction::Transaction;
 
 /// How long a transaction call (init, offsets, commit, abort) may take.

@@ -43,7 +43,9 @@ pub enum OwnershipEvent {
     },
 }
 
-/// Shared between the consumer's callbacks and the pipeline.
+/// Shared between the consumer's callbacks and the pipeline: the partitions' life cycle
+/// (assigned → restoring → ready → revoked) and the one place that says whether the worker is
+/// ready.
 #[derive(Default)]
 pub struct Ownership {
     /// Topic → partitions; looked up by `&str`, so asking allocates nothing.
@@ -51,9 +53,67 @@ pub struct Ownership {
     events: Mutex<Vec<OwnershipEvent>>,
     /// Wakes the pipeline when events wait, even while no record arrives.
     pending: tokio::sync::Notify,
+    readiness: Mutex<Readiness>,
+    /// The `/ready` this stage answers for; `None` for a stage whose readiness another's
+    /// stands for (stage 1 when stage 2 runs: stage 2 is ready later).
+    health: Option<Health>,
+}
+
+/// What readiness is made of.
+#[derive(Default)]
+struct Readiness {
+    /// Subscribed, and not yet stopping.
+    running: bool,
+    /// A stage with state is not ready before its first assignment is restored.
+    awaiting_assignment: bool,
+    /// Assigned partitions whose state is not installed yet.
+    restoring: HashSet<(String, i32)>,
 }
 
 impl Ownership {
+    /// For a stage that answers `/ready` through `health`; `keeps_state`: its partitions are
+    /// restored before it is ready.
+    pub fn new(health: Option<Health>, keeps_state: bool) -> Self {
+        Self {
+            health,
+            readiness: Mutex::new(Readiness {
+                awaiting_assignment: keeps_state,
+                ..Readiness::default()
+            }),
+            ..Self::default()
+        }
+    }
+
+    /// Subscribed: ready once nothing waits to be restored.
+    pub fn start(&self) {
+        self.update_readiness(|r| r.running = true);
+    }
+
+    /// Leaving the group: not ready any more.
+    pub fn stop(&self) {
+        self.update_readiness(|r| r.running = false);
+    }
+
+    /// An assigned partition's state is installed.
+    pub fn installed(&self, topic: &str, partition: i32) {
+        self.update_readiness(|r| {
+            r.restoring.remove(&(topic.to_owned(), partition));
+        });
+    }
+
+    /// The one place readiness is decided.
+    fn update_readiness(&self, change: impl FnOnce(&mut Readiness)) {
+        let Ok(mut readiness) = self.readiness.lock() else {
+            return;
+        };
+        change(&mut readiness);
+        let ready =
+            readiness.running && !readiness.awaiting_assignment && readiness.restoring.is_empty();
+        if let Some(health) = &self.health {
+            health.set_ready(ready);
+        }
+    }
+
     /// Whether the partition is assigned to this worker now. Work finishing for a revoked one
     /// must neither write its changelog nor store its offset.
     pub fn owns(&self, topic: &str, partition: i32) -> bool {
@@ -73,10 +133,6 @@ impl Ownership {
     /// Resolves when events are waiting to be taken.
     pub async fn changed(&self) {
         self.pending.notified().await;
-    }
-
-    fn has_events(&self) -> bool {
-        self.events.lock().map(|e| !e.is_empty()).unwrap_or(false)
     }
 
     fn push(&self, event: OwnershipEvent) {
@@ -101,7 +157,6 @@ pub struct OwnershipContext {
     /// Bounded below the session timeout, so a slow broker cannot get the worker evicted.
     pub flush_deadline: Duration,
     pub restore: Option<Restore>,
-    pub health: Health,
     /// Exactly once: the stage's open batch, committed before partitions change hands.
     pub transaction: Option<Arc<Transaction>>,
     /// `harmony_consumer_lag`, by this consumer's group.
@@ -142,6 +197,11 @@ impl ConsumerContext for OwnershipContext {
                 }
             }
         }
+        self.ownership.update_readiness(|r| {
+            for p in partitions.elements() {
+                r.restoring.remove(&(p.topic().to_owned(), p.partition()));
+            }
+        });
         for p in partitions.elements() {
             tracing::info!(
                 topic = p.topic(),
@@ -191,9 +251,17 @@ impl ConsumerContext for OwnershipContext {
         let Rebalance::Assign(partitions) = rebalance else {
             return;
         };
-        if self.restore.is_some() && partitions.count() > 0 {
-            self.health.set_ready(false);
-        }
+        // With state to restore, not ready until the pipeline has installed it (its decoding
+        // takes as long as the reading). A worker beyond the partition count is assigned
+        // nothing, and has nothing to restore.
+        self.ownership.update_readiness(|r| {
+            r.awaiting_assignment = false;
+            if self.restore.is_some() {
+                for p in partitions.elements() {
+                    r.restoring.insert((p.topic().to_owned(), p.partition()));
+                }
+            }
+        });
         for p in partitions.elements() {
             let (topic, partition) = (p.topic().to_owned(), p.partition());
             tracing::info!(topic, partition, "partition assigned");
@@ -211,12 +279,6 @@ impl ConsumerContext for OwnershipContext {
                 partition,
                 restored,
             });
-        }
-        // With state to restore, ready once the pipeline has installed it (its decoding takes
-        // as long as the reading); the pipeline says so. Nothing assigned and nothing waiting to
-        // be installed: ready now (a worker beyond the partition count has nothing to restore).
-        if self.restore.is_none() || (partitions.count() == 0 && !self.ownership.has_events()) {
-            self.health.set_ready(true);
         }
     }
 }

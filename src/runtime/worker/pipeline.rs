@@ -1,69 +1,89 @@
-//! The machinery both stages share: read until told to stop, hand records to the producer,
-//! and store an input offset once every record it caused is acknowledged.
+//! One runner for either stage: read until told to stop, hand each record to the [`Stage`],
+//! publish its [`Effects`] under the pipeline's [`Delivery`] guarantee, and follow the
+//! partitions' life cycle (assigned → restoring → ready → revoked, or paused and read again).
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::stream::StreamExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
-use super::durability::ChangelogWrites;
-use super::durability::Durability;
+use super::dead_letter;
+use super::delivery::Delivery;
 use super::ownership::{self, ChangelogLog, Ownership, OwnershipContext, OwnershipEvent};
+use super::plan::Plan;
 use super::rewind::{self, Rewinds};
-use super::transaction::{Transaction, TransactionError};
-use super::{Completion, Destination, PendingCompletion, Phase, Sent, WorkerError};
-use crate::config::{Config, TopicRouter};
-use crate::ingest::envelope::Decoder;
-use crate::ingest::mapping::Catalog;
-use crate::resolve::resolver::Resolver;
-use crate::runtime::kafka::offsets::{OffsetStore, Ticket};
+use super::transaction::TransactionError;
+use super::{Completion, Destination, Phase, Sent, WorkerError};
+use crate::config::{Config, RegressionPolicy};
+use crate::model::stage::{ChangelogWrites, Count, Effects, HeaderSource, Input, Stage, Topic};
+use crate::runtime::kafka::offsets::Ticket;
 use crate::runtime::telemetry::Metrics;
 
-pub(super) struct Pipeline<'a> {
+pub(super) struct Pipeline<'a, S: Stage> {
+    pub(super) stage: S,
     pub(super) config: &'a Config,
+    pub(super) plan: &'a Plan,
     pub(super) metrics: &'a Metrics,
+    /// The stage's transactional producer exactly once; the shared one at least once.
     pub(super) producer: &'a FutureProducer,
-    /// Exactly once: the stage's batch, which the producer writes into.
-    pub(super) transaction: Option<std::sync::Arc<Transaction>>,
-    pub(super) router: TopicRouter,
-    pub(super) offsets: OffsetStore<'a, StreamConsumer<OwnershipContext>, OwnershipContext>,
+    pub(super) consumer: &'a StreamConsumer<OwnershipContext>,
+    pub(super) delivery: Delivery<'a>,
     /// Which partitions the consumer owns now, and what changed since the last record.
-    pub(super) ownership: std::sync::Arc<Ownership>,
-    /// Stage 2: outputs → changelog → offset.
-    pub(super) durability: Option<Durability>,
-    /// Present when entities are declared: stage 1 mapping.
-    pub(super) catalog: Option<std::sync::Arc<Catalog>>,
-    /// Present in the stage 2 pipeline, which reads the internal topic.
-    pub(super) resolver: Option<Resolver>,
-    pub(super) internal_topic: &'a str,
-    pub(super) state_topic: &'a str,
-    /// The producer's `message.max.bytes`, read from the settings once.
-    pub(super) max_message_bytes: usize,
-    pub(super) decoder: Decoder,
-    pub(super) deliveries: FuturesUnordered<PendingCompletion>,
-    /// Reused for every output value.
-    pub(super) buf: Vec<u8>,
+    pub(super) ownership: Arc<Ownership>,
+    /// Reused for every record: what the stage made of it.
+    pub(super) effects: Effects,
     /// Partitions paused after a failed delivery, waiting to be read again.
     pub(super) rewinds: Rewinds,
-    /// Stage 2: when its state gauges are next published.
+    /// A stage with state: when its state gauges are next published.
     pub(super) next_state_metrics: Instant,
-    /// Stage 2 reports the worker ready once the state of its assignment is installed.
-    pub(super) health: crate::runtime::http::Health,
 }
 
-impl Pipeline<'_> {
+/// An input record's headers, read without copying.
+struct MessageHeaders<'m>(Option<&'m rdkafka::message::BorrowedHeaders>);
+
+impl HeaderSource for MessageHeaders<'_> {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.0?.iter().find(|h| h.key == name)?.value
+    }
+}
+
+impl<'a, S: Stage> Pipeline<'a, S> {
+    pub(super) fn new(
+        stage: S,
+        config: &'a Config,
+        plan: &'a Plan,
+        metrics: &'a Metrics,
+        producer: &'a FutureProducer,
+        consumer: &'a StreamConsumer<OwnershipContext>,
+        delivery: Delivery<'a>,
+    ) -> Self {
+        Self {
+            stage,
+            config,
+            plan,
+            metrics,
+            producer,
+            consumer,
+            delivery,
+            ownership: Arc::clone(&consumer.context().ownership),
+            effects: Effects::default(),
+            rewinds: Rewinds::default(),
+            next_state_metrics: Instant::now(),
+        }
+    }
+
     pub(super) async fn process_until(
         &mut self,
-        consumer: &StreamConsumer<OwnershipContext>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), WorkerError> {
-        let mut system_cache: HashMap<String, Option<usize>> = HashMap::new();
-        let ownership = std::sync::Arc::clone(&self.ownership);
+        let ownership = Arc::clone(&self.ownership);
+        let consumer = self.consumer;
         loop {
             self.apply_ownership()?;
             let can_read = self.in_flight() < self.config.processing.max_in_flight;
@@ -79,12 +99,13 @@ impl Pipeline<'_> {
                 .next_due()
                 .is_some_and(|due| Instant::now() >= due)
             {
-                self.read_again(consumer)?;
+                self.read_again()?;
             }
-            let state_metrics_due = self.resolver.is_some().then_some(self.next_state_metrics);
+            let state_metrics_due = S::KEEPS_STATE.then_some(self.next_state_metrics);
             if state_metrics_due.is_some_and(|due| Instant::now() >= due) {
                 self.publish_state_metrics();
             }
+            let has_deliveries = matches!(&self.delivery, Delivery::AtLeastOnce { deliveries, .. } if !deliveries.is_empty());
             tokio::select! {
                 biased;
                 changed = shutdown.changed() => {
@@ -93,13 +114,13 @@ impl Pipeline<'_> {
                         return Ok(());
                     }
                 }
-                Some(done) = self.deliveries.next(), if !self.deliveries.is_empty() => {
+                Some(done) = next_completion(&mut self.delivery), if has_deliveries => {
                     self.complete(done).await?;
                 }
                 // Taken at the top of the loop.
                 () = ownership.changed() => {}
                 () = sleep_until(self.rewinds.next_due()), if self.rewinds.next_due().is_some() => {
-                    self.read_again(consumer)?;
+                    self.read_again()?;
                 }
                 () = sleep_until(commit_due), if commit_due.is_some() => {
                     self.commit_batch()?;
@@ -111,23 +132,10 @@ impl Pipeline<'_> {
                     // Fetched before the partition was paused: it is read again from its
                     // earliest unfinished offset.
                     Ok(message) if self.rewinds.is_waiting(message.topic(), message.partition()) => {}
-                    Ok(message) if self.resolver.is_some() => {
+                    Ok(message) => {
                         // An assignment in this very poll restored the partition's state.
                         self.apply_ownership()?;
-                        self.resolve(&message).await?;
-                    }
-                    Ok(message) => {
-                        self.apply_ownership()?;
-                        let topic = message.topic();
-                        let system = match system_cache.get(topic) {
-                            Some(&s) => s,
-                            None => {
-                                let s = self.router.system_index(topic);
-                                system_cache.insert(topic.to_owned(), s);
-                                s
-                            }
-                        };
-                        self.process(&message, system).await?;
+                        self.handle(&message).await?;
                     }
                     // librdkafka reports and recovers from broker and topic trouble by itself;
                     // the consumer keeps its position, so nothing is skipped.
@@ -137,17 +145,172 @@ impl Pipeline<'_> {
         }
     }
 
-    /// Stage 2: the state gauges of every partition it holds.
+    /// One input record: the stage's effects, published under the pipeline's guarantee.
+    async fn handle(&mut self, message: &BorrowedMessage<'_>) -> Result<(), WorkerError> {
+        let started = Instant::now();
+        let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
+        let headers = MessageHeaders(message.headers());
+        let input = Input {
+            topic,
+            partition,
+            offset,
+            key: message.key(),
+            payload: message.payload(),
+            headers: &headers,
+            read_at_ms: crate::runtime::kafka::now_ms(),
+        };
+        self.effects.clear();
+        self.stage.handle(&input, &mut self.effects);
+        self.count(topic);
+        if let Some(reason) = self.effects.halt.take() {
+            return self.halt(topic, partition, offset, &reason);
+        }
+        self.open_batch()?;
+        let mut sends: Vec<(Destination, Sent)> = Vec::with_capacity(self.effects.publish.len());
+        let mut too_large = None;
+        for publish in &mut self.effects.publish {
+            let record = FutureRecord {
+                topic: self.plan.topic_name(&publish.topic),
+                partition: None,
+                payload: publish.value.as_deref(),
+                key: publish.key.as_deref(),
+                timestamp: None,
+                headers: (!publish.headers.is_empty()).then(|| {
+                    publish.headers.iter().fold(
+                        OwnedHeaders::new_with_capacity(publish.headers.len()),
+                        |headers, (key, value)| {
+                            headers.insert(Header {
+                                key,
+                                value: Some(value.as_slice()),
+                            })
+                        },
+                    )
+                }),
+            };
+            match send(self.producer, record).await {
+                // The event's first record alone exceeds the producer's message.max.bytes:
+                // sending it can never succeed, so the input goes to the dead-letter topic
+                // instead of stopping the partition.
+                // A stage with state has applied the change already: it checks its outputs'
+                // sizes itself, and what the producer refuses anyway stops the worker.
+                Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge))
+                    if sends.is_empty() && !S::KEEPS_STATE =>
+                {
+                    too_large = Some(publish.value.as_ref().map_or(0, Vec::len));
+                    break;
+                }
+                // The topic moves into the completion; the record's buffers stay for the next.
+                sent => sends.push((
+                    Destination::Publish(std::mem::replace(&mut publish.topic, Topic::Output)),
+                    sent,
+                )),
+            }
+        }
+        if let Some(bytes) = too_large {
+            self.effects.reject(
+                "output_too_large",
+                format!(
+                    "the output record of {bytes} bytes exceeds the producer's message.max.bytes"
+                ),
+            );
+        }
+        if let Some(rejection) = &self.effects.reject {
+            let (kind, reason) = (rejection.kind, rejection.reason.as_str());
+            self.metrics
+                .dead_lettered(topic, partition, offset, kind, reason);
+            let sent = dead_letter::send_copy(
+                self.producer,
+                &self.plan.dead_letter_topic,
+                message,
+                kind,
+                reason,
+            )
+            .await;
+            sends.push((Destination::DeadLetter, sent));
+        }
+        let changelog = std::mem::take(&mut self.effects.changelog);
+        let source_ts_ms = self.effects.source_ts_ms;
+        self.finish(message, changelog, sends, source_ts_ms, started)
+            .await
+    }
+
+    /// The metrics of the stage's counted events.
+    fn count(&self, topic: &str) {
+        let stage = &self.stage;
+        for count in &self.effects.counts {
+            match count {
+                &Count::Consumed { system, op } => {
+                    self.metrics
+                        .change_consumed(stage.system_name(system), topic, op)
+                }
+                &Count::TombstoneSkipped { system } => self
+                    .metrics
+                    .tombstone_skipped(stage.system_name(system), topic),
+                &Count::Control { system, kind } => {
+                    self.metrics
+                        .control_record(stage.system_name(system), topic, kind)
+                }
+                &Count::Unmapped { system } => self
+                    .metrics
+                    .unmapped_change(stage.system_name(system), topic),
+                &Count::RecordChange {
+                    entity,
+                    system,
+                    outcome,
+                    duplicate_reason,
+                } => self.metrics.record_change(
+                    stage.entity_name(entity),
+                    stage.system_name(system),
+                    outcome,
+                    duplicate_reason,
+                ),
+                Count::Regression {
+                    entity,
+                    system,
+                    applied,
+                    incoming,
+                    stopped,
+                } => self.metrics.position_regression(
+                    stage.system_name(*system),
+                    stage.entity_name(*entity),
+                    applied,
+                    incoming,
+                    if *stopped {
+                        RegressionPolicy::Stop
+                    } else {
+                        RegressionPolicy::Accept
+                    },
+                ),
+                &Count::GuardRejection {
+                    entity,
+                    field,
+                    system,
+                } => self.metrics.guard_rejection(
+                    stage.entity_name(entity),
+                    stage.field_name(entity, field),
+                    stage.system_name(system),
+                ),
+                &Count::Conflict {
+                    entity,
+                    field,
+                    strategy,
+                } => self.metrics.conflict(
+                    stage.entity_name(entity),
+                    stage.field_name(entity, field),
+                    strategy,
+                ),
+            }
+        }
+    }
+
+    /// A stage with state: the state gauges of every partition it holds.
     fn publish_state_metrics(&mut self) {
         self.next_state_metrics = Instant::now() + self.config.processing.state_metrics_interval;
-        let Some(resolver) = self.resolver.as_ref() else {
-            return;
-        };
         let started = Instant::now();
-        let partitions = resolver.partitions();
+        let partitions = self.stage.partitions();
         for &partition in &partitions {
             self.metrics
-                .partition_state(partition, &resolver.state_summary(partition));
+                .partition_state(partition, &self.stage.state_summary(partition));
         }
         tracing::debug!(
             partitions = partitions.len(),
@@ -156,15 +319,13 @@ impl Pipeline<'_> {
         );
     }
 
-    /// Events read and not yet stored, in either phase.
     fn in_flight(&self) -> usize {
-        self.offsets.in_flight() + self.durability.as_ref().map_or(0, Durability::in_flight)
+        self.delivery.in_flight()
     }
 
     /// Follows the rebalances since the last call: a revoked partition's work is forgotten
     /// (its next owner reads it again) and its state dropped; an assigned one's state installed.
     fn apply_ownership(&mut self) -> Result<(), WorkerError> {
-        let mut installed = false;
         for event in self.ownership.take_events() {
             match event {
                 OwnershipEvent::TransactionFailed { reason, fatal } => {
@@ -187,83 +348,77 @@ impl Pipeline<'_> {
                     // for a rewind just before it was revoked would stay silent forever.
                     let mut tpl = TopicPartitionList::new();
                     tpl.add_partition(&topic, partition);
-                    if let Err(e) = self.offsets.consumer().resume(&tpl) {
+                    if let Err(e) = self.consumer.resume(&tpl) {
                         tracing::debug!(topic, partition, error = %e, "cannot resume the assigned partition");
                     }
                     if let Some(restored) = restored {
                         self.install(partition, restored)?;
-                        installed = true;
+                        self.ownership.installed(&topic, partition);
                     }
                 }
             }
         }
-        if installed {
-            self.health.set_ready(true);
-        }
         Ok(())
     }
 
-    /// Stage 2: a partition's state as read back from its changelog.
+    /// A partition's state as read back from its changelog.
     fn install(
         &mut self,
         partition: i32,
         restored: Result<(ChangelogLog, Duration), String>,
     ) -> Result<(), WorkerError> {
-        let Some(resolver) = self.resolver.as_mut() else {
-            return Ok(());
-        };
         let (log, elapsed) = restored.map_err(|error| WorkerError::Restore { partition, error })?;
-        let (records, unreadable) = resolver.install(
-            partition,
-            log.iter().map(|(k, v)| (k.as_slice(), v.as_deref())),
-        );
+        let mut entries = log.iter().map(|(k, v)| (k.as_slice(), v.as_deref()));
+        let (records, unreadable) = self.stage.install(partition, &mut entries);
         self.metrics
             .partition_restored(partition, records, unreadable, elapsed.as_secs_f64());
         self.metrics
-            .partition_state(partition, &resolver.state_summary(partition));
+            .partition_state(partition, &self.stage.state_summary(partition));
         Ok(())
     }
 
-    /// Drops a partition's unfinished work and (stage 2) its state: revoked, or to be read
-    /// again from an earlier offset.
+    /// Drops a partition's unfinished work and its state: revoked, or to be read again from an
+    /// earlier offset.
     fn forget_partition(&mut self, topic: &str, partition: i32) {
-        self.offsets.forget(topic, partition);
-        if let Some(d) = self.durability.as_mut() {
-            d.forget(topic, partition);
-        }
-        if let Some(r) = self.resolver.as_mut() {
-            r.drop_partition(partition);
+        self.delivery.forget(topic, partition);
+        if S::KEEPS_STATE {
+            self.stage.drop_partition(partition);
             self.metrics
-                .partition_dropped(partition, &r.state_summary(partition));
+                .partition_dropped(partition, &self.stage.state_summary(partition));
         }
     }
 
     fn pause(&self, topic: &str, partition: i32) {
         let mut paused = TopicPartitionList::new();
         paused.add_partition(topic, partition);
-        if let Err(e) = self.offsets.consumer().pause(&paused) {
+        if let Err(e) = self.consumer.pause(&paused) {
             tracing::warn!(topic, partition, error = %e, "cannot pause the partition; its records are ignored until it is read again");
         }
     }
 
     /// The producer gave up on an output of `ticket`'s event: its partition stops, forgets its
-    /// unfinished work (and, in stage 2, its state), and is read again after a back-off from
-    /// the earliest offset not yet stored. A ticket of a read already forgotten changes nothing.
+    /// unfinished work (and its state), and is read again after a back-off from the earliest
+    /// offset not yet stored. A ticket of a read already forgotten changes nothing.
     fn rewind(&mut self, ticket: Ticket, phase: Phase, error: &KafkaError) {
+        let Delivery::AtLeastOnce {
+            offsets,
+            durability,
+            ..
+        } = &self.delivery
+        else {
+            return;
+        };
         // Records queued behind the failed one would otherwise still go out, and a later
         // record of a key land before the failed one's second sending. Purged, they fail too
         // (PurgeQueue) and their partitions are read again as well. Exactly once needs none of
         // this: the batch is aborted.
-        if self.transaction.is_none() && !rewind::is_purged(error) {
+        if !rewind::is_purged(error) {
             self.producer
                 .purge(rdkafka::producer::PurgeConfig::default().queue());
         }
         let located = match phase {
-            Phase::Stored => self.offsets.tracker().locate(ticket),
-            Phase::Outputs => self
-                .durability
-                .as_ref()
-                .and_then(|d| d.tracker().locate(ticket)),
+            Phase::Stored => offsets.tracker().locate(ticket),
+            Phase::Outputs => durability.tracker().locate(ticket),
         };
         let Some((topic, partition)) = located else {
             return;
@@ -272,25 +427,13 @@ impl Pipeline<'_> {
             // Revoked meanwhile: its next owner reads it again from the committed offset.
             return;
         }
-        let Some(offset) = self.earliest_unstored(&topic, partition) else {
+        let Some(offset) = self.delivery.earliest_unstored(&topic, partition) else {
             return;
         };
         let backoff = self
             .rewinds
             .schedule(&topic, partition, offset, Instant::now());
         self.stop_partition(&topic, partition, offset, backoff, &error.to_string());
-    }
-
-    /// The earliest offset of the partition read and not yet stored, in either phase.
-    fn earliest_unstored(&self, topic: &str, partition: i32) -> Option<i64> {
-        let durability = self.durability.as_ref();
-        [
-            self.offsets.tracker().earliest_pending(topic, partition),
-            durability.and_then(|d| d.tracker().earliest_pending(topic, partition)),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
     }
 
     /// Forgets the partition's unfinished work (and state) and pauses it: the rewind just
@@ -309,12 +452,12 @@ impl Pipeline<'_> {
             .partition_rewound(topic, partition, offset, backoff, reason);
     }
 
-    /// Stage 2: a change its system's policy says not to apply (a position regression under
-    /// `stop`). The partition stops at it as after a failed delivery — its unfinished work and
-    /// state forgotten, paused, read again from its earliest unstored offset after a back-off —
-    /// so nothing after the change is applied before it and nothing is skipped; it moves on by
+    /// A change its system's policy says not to apply (a position regression under `stop`).
+    /// The partition stops at it as after a failed delivery — its unfinished work and state
+    /// forgotten, paused, read again from its earliest unstored offset after a back-off — so
+    /// nothing after the change is applied before it and nothing is skipped; it moves on by
     /// itself once the policy or the source changes.
-    pub(super) fn halt(
+    fn halt(
         &mut self,
         topic: &str,
         partition: i32,
@@ -325,6 +468,7 @@ impl Pipeline<'_> {
         // so reading again from the change repeats nothing.
         self.commit_batch()?;
         let from = self
+            .delivery
             .earliest_unstored(topic, partition)
             .map_or(offset, |earliest| earliest.min(offset));
         let backoff = self.rewinds.hold(topic, partition, from, Instant::now());
@@ -332,12 +476,10 @@ impl Pipeline<'_> {
         Ok(())
     }
 
-    /// Partitions whose back-off is over: (stage 2) their state rebuilt from the changelog,
-    /// then read again from where they were rewound to.
-    fn read_again(
-        &mut self,
-        consumer: &StreamConsumer<OwnershipContext>,
-    ) -> Result<(), WorkerError> {
+    /// Partitions whose back-off is over: their state rebuilt from the changelog, then read
+    /// again from where they were rewound to.
+    fn read_again(&mut self) -> Result<(), WorkerError> {
+        let consumer = self.consumer;
         for due in self.rewinds.take_due(Instant::now()) {
             let (topic, partition) = (due.topic.as_str(), due.partition);
             if !self.ownership.owns(topic, partition) {
@@ -347,8 +489,7 @@ impl Pipeline<'_> {
                 let started = Instant::now();
                 // The reader blocks the stage's thread; its other partitions wait as they do
                 // on an assignment.
-                let log = ownership::read_to_end(restore, partition);
-                match log {
+                match ownership::read_to_end(restore, partition) {
                     Ok(log) => self.install(partition, Ok((log, started.elapsed())))?,
                     Err(e) => {
                         tracing::warn!(partition, error = %e, "cannot read the changelog to rebuild the partition; trying again");
@@ -365,9 +506,7 @@ impl Pipeline<'_> {
                 .and_then(|_| consumer.resume(&tpl))
             {
                 tracing::warn!(topic, partition, error = %e, "cannot read the partition again yet");
-                if let Some(r) = self.resolver.as_mut() {
-                    r.drop_partition(partition);
-                }
+                self.stage.drop_partition(partition);
                 self.rewinds
                     .schedule(topic, partition, due.offset, Instant::now());
                 continue;
@@ -383,27 +522,34 @@ impl Pipeline<'_> {
     }
 
     /// An event's records are all handed to the producer. At least once: its offset waits for
-    /// their acknowledgements (stage 2: and then for its changelog value's). Exactly once: its
-    /// changelog value joins them in the open batch, and its offset commits with the batch.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) async fn finish(
+    /// their acknowledgements (a stage with state: and then for its changelog writes'). Exactly
+    /// once: its changelog writes join them in the open batch, and its offset commits with it.
+    async fn finish(
         &mut self,
-        message: &rdkafka::message::BorrowedMessage<'_>,
+        message: &BorrowedMessage<'_>,
         changelog: ChangelogWrites,
-        phase: Phase,
         sends: Vec<(Destination, Sent)>,
         source_ts_ms: Option<i64>,
         started: Instant,
     ) -> Result<(), WorkerError> {
         let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
-        if self.transaction.is_none() {
-            let ticket = match (phase, self.durability.as_mut()) {
-                (Phase::Outputs, Some(d)) => d.begin(topic, partition, offset, changelog),
-                _ => self.offsets.begin(topic, partition, offset),
-            };
-            self.track(ticket, phase, sends, source_ts_ms, started);
-            return Ok(());
-        }
+        let transaction = match &mut self.delivery {
+            Delivery::AtLeastOnce {
+                offsets,
+                durability,
+                ..
+            } => {
+                let (ticket, phase) = if S::KEEPS_STATE {
+                    let ticket = durability.begin(topic, partition, offset, changelog);
+                    (ticket, Phase::Outputs)
+                } else {
+                    (offsets.begin(topic, partition, offset), Phase::Stored)
+                };
+                self.track(ticket, phase, sends, source_ts_ms, started);
+                return Ok(());
+            }
+            Delivery::ExactlyOnce { transaction } => Arc::clone(transaction),
+        };
         let mut refused = sends.into_iter().find_map(|(_, sent)| sent.err());
         for (key, state) in changelog.iter() {
             if refused.is_some() {
@@ -415,9 +561,7 @@ impl Pipeline<'_> {
             // A record the producer would not even take: the batch cannot be whole.
             return self.abort_batch(&error.to_string());
         }
-        if let Some(transaction) = &self.transaction {
-            transaction.consumed(topic, partition, offset, source_ts_ms);
-        }
+        transaction.consumed(topic, partition, offset, source_ts_ms);
         self.metrics.processed(started.elapsed().as_secs_f64(), 0);
         Ok(())
     }
@@ -426,7 +570,7 @@ impl Pipeline<'_> {
     /// internal partition's next owner restores from exactly this changelog partition.
     async fn write_changelog(&self, partition: i32, key: &str, state: Option<&[u8]>) -> Sent {
         let record = FutureRecord {
-            topic: self.state_topic,
+            topic: &self.plan.state_topic,
             partition: Some(partition),
             payload: state,
             key: Some(key.as_bytes()),
@@ -437,12 +581,11 @@ impl Pipeline<'_> {
     }
 
     /// Exactly once: opens the stage's batch before an event's first record is sent.
-    pub(super) fn open_batch(&mut self) -> Result<(), WorkerError> {
-        let opened = match &self.transaction {
-            None => return Ok(()),
-            Some(transaction) => transaction.ensure_open(),
+    fn open_batch(&mut self) -> Result<(), WorkerError> {
+        let Some(transaction) = self.delivery.transaction() else {
+            return Ok(());
         };
-        match opened {
+        match transaction.ensure_open() {
             Ok(()) => Ok(()),
             Err(TransactionError::Fatal(reason)) => Err(WorkerError::Transaction(reason)),
             Err(TransactionError::Aborted(reason)) => self.abort_batch(&reason),
@@ -450,17 +593,17 @@ impl Pipeline<'_> {
     }
 
     fn commit_due(&self) -> Option<Instant> {
-        self.transaction
-            .as_ref()
+        self.delivery
+            .transaction()
             .and_then(|t| t.due(self.config.processing.commit_interval))
     }
 
     /// Exactly once: commits the open batch with its offsets.
     fn commit_batch(&mut self) -> Result<(), WorkerError> {
-        let Some(transaction) = self.transaction.clone() else {
+        let Some(transaction) = self.delivery.transaction().cloned() else {
             return Ok(());
         };
-        let group = self.offsets.consumer().group_metadata();
+        let group = self.consumer.group_metadata();
         // The commit blocks the stage's thread until every record of the batch is written;
         // the stage has nothing else to do meanwhile that would not go into the next batch.
         match transaction.commit(group) {
@@ -469,7 +612,7 @@ impl Pipeline<'_> {
                 for ts in source_times {
                     self.metrics.end_to_end(ts);
                 }
-                self.metrics.batch_committed(transaction.stage, events);
+                self.metrics.batch_committed(S::NAME, events);
                 Ok(())
             }
             Err(TransactionError::Aborted(reason)) => self.batch_aborted(&reason),
@@ -478,7 +621,7 @@ impl Pipeline<'_> {
     }
 
     fn abort_batch(&mut self, reason: &str) -> Result<(), WorkerError> {
-        let Some(transaction) = self.transaction.clone() else {
+        let Some(transaction) = self.delivery.transaction().cloned() else {
             return Ok(());
         };
         match transaction.abort_open(reason) {
@@ -488,12 +631,11 @@ impl Pipeline<'_> {
     }
 
     /// Exactly once: a batch was aborted, so nothing of it happened. Every assigned partition
-    /// is read again from its committed offset (stage 2: with its state rebuilt from the
-    /// committed changelog).
+    /// is read again from its committed offset (with its state rebuilt from the committed
+    /// changelog).
     fn batch_aborted(&mut self, reason: &str) -> Result<(), WorkerError> {
-        let stage = self.transaction.as_ref().map_or("", |t| t.stage);
-        self.metrics.batch_aborted(stage, reason);
-        let consumer = self.offsets.consumer();
+        self.metrics.batch_aborted(S::NAME, reason);
+        let consumer = self.consumer;
         let assignment = consumer.assignment().map_err(|e| {
             WorkerError::Transaction(format!("cannot read the assignment after an abort: {e}"))
         })?;
@@ -519,8 +661,8 @@ impl Pipeline<'_> {
         Ok(())
     }
 
-    /// Turns one input record into its outputs and registers it as in flight.
-    pub(super) fn track(
+    /// At least once: registers an event's records as in flight until acknowledged.
+    fn track(
         &mut self,
         ticket: Ticket,
         phase: Phase,
@@ -528,7 +670,10 @@ impl Pipeline<'_> {
         source_ts_ms: Option<i64>,
         started: Instant,
     ) {
-        self.deliveries.push(Box::pin(async move {
+        let Delivery::AtLeastOnce { deliveries, .. } = &mut self.delivery else {
+            return;
+        };
+        deliveries.push(Box::pin(async move {
             let mut results = Vec::with_capacity(sends.len());
             for (destination, delivery) in sends {
                 let result = match delivery {
@@ -553,36 +698,34 @@ impl Pipeline<'_> {
             .processed(started.elapsed().as_secs_f64(), self.in_flight());
     }
 
-    /// One phase of an event acknowledged. Outputs (stage 2): the events now ready write their
-    /// changelog values, in offset order. Last phase: the offset may be stored.
+    fn destination_topic<'d>(&'d self, destination: &'d Destination) -> &'d str {
+        match destination {
+            Destination::Publish(topic) => self.plan.topic_name(topic),
+            Destination::Changelog => &self.plan.state_topic,
+            Destination::DeadLetter => &self.plan.dead_letter_topic,
+        }
+    }
+
+    /// One phase of an event acknowledged. Outputs (a stage with state): the events now ready
+    /// write their changelog values, in offset order. Last phase: the offset may be stored.
     async fn complete(&mut self, done: Completion) -> Result<(), WorkerError> {
         let mut failed = None;
-        for (destination, result) in done.results {
-            let topic = match &destination {
-                Destination::Output => self.config.output.topic.as_str(),
-                Destination::Internal => self.internal_topic,
-                Destination::Changelog => self.state_topic,
-                Destination::DeadLetter => self.config.output.dead_letter_topic.as_str(),
-                Destination::Topic(name) => name.as_str(),
-            };
+        for (destination, result) in &done.results {
+            let topic = self.destination_topic(destination);
             match result {
-                Ok(()) => match destination {
-                    Destination::Output
-                    | Destination::Internal
-                    | Destination::Changelog
-                    | Destination::Topic(_) => self.metrics.output_acknowledged(topic),
-                    Destination::DeadLetter => self.metrics.dead_letter_acknowledged(topic),
-                },
-                Err(error) if rewind::is_retriable(&error) && failed.is_none() => {
-                    failed = Some(error);
+                Ok(()) if *destination == Destination::DeadLetter => {
+                    self.metrics.dead_letter_acknowledged(topic)
                 }
-                Err(error) if rewind::is_retriable(&error) => {}
+                Ok(()) => self.metrics.output_acknowledged(topic),
+                Err(error) if rewind::is_retriable(error) => {
+                    failed = failed.or_else(|| Some(error.clone()));
+                }
                 Err(error) => {
                     tracing::error!(topic = %topic, error = %error,
                         "delivery failed and cannot succeed by retrying; stopping without storing this offset");
                     return Err(WorkerError::Delivery {
                         topic: topic.to_owned(),
-                        error,
+                        error: error.clone(),
                     });
                 }
             }
@@ -595,37 +738,44 @@ impl Pipeline<'_> {
         if let Some(ts) = done.source_ts_ms {
             self.metrics.end_to_end(ts);
         }
-        match done.phase {
+        let Delivery::AtLeastOnce {
+            offsets,
+            durability,
+            ..
+        } = &mut self.delivery
+        else {
+            return Ok(());
+        };
+        let ready = match done.phase {
             Phase::Stored => {
-                if let Some((topic, partition, next)) = self.offsets.acknowledged(done.ticket) {
+                if let Some((topic, partition, next)) = offsets.acknowledged(done.ticket) {
                     self.rewinds.stored(topic, partition, next);
                 }
+                Vec::new()
             }
-            Phase::Outputs => {
-                let ready = self
-                    .durability
-                    .as_mut()
-                    .map(|d| d.outputs_acknowledged(done.ticket))
-                    .unwrap_or_default();
-                for (partition, offset, value) in ready {
-                    if !self.ownership.owns(self.internal_topic, partition) {
-                        continue;
-                    }
-                    let ticket = self.offsets.begin(self.internal_topic, partition, offset);
-                    if value.is_empty() {
-                        if let Some((topic, partition, next)) = self.offsets.acknowledged(ticket) {
-                            self.rewinds.stored(topic, partition, next);
-                        }
-                        continue;
-                    }
-                    let mut sends = Vec::with_capacity(value.len());
-                    for (key, state) in value.iter() {
-                        let sent = self.write_changelog(partition, key, state).await;
-                        sends.push((Destination::Changelog, sent));
-                    }
-                    self.track(ticket, Phase::Stored, sends, None, Instant::now());
+            Phase::Outputs => durability.outputs_acknowledged(done.ticket),
+        };
+        let internal_topic = self.plan.internal_topic.as_str();
+        for (partition, offset, changelog) in ready {
+            if !self.ownership.owns(internal_topic, partition) {
+                continue;
+            }
+            let Delivery::AtLeastOnce { offsets, .. } = &mut self.delivery else {
+                break;
+            };
+            let ticket = offsets.begin(internal_topic, partition, offset);
+            if changelog.is_empty() {
+                if let Some((topic, partition, next)) = offsets.acknowledged(ticket) {
+                    self.rewinds.stored(topic, partition, next);
                 }
+                continue;
             }
+            let mut sends = Vec::with_capacity(changelog.len());
+            for (key, state) in changelog.iter() {
+                let sent = self.write_changelog(partition, key, state).await;
+                sends.push((Destination::Changelog, sent));
+            }
+            self.track(ticket, Phase::Stored, sends, None, Instant::now());
         }
         self.metrics.set_in_flight(self.in_flight());
         Ok(())
@@ -635,7 +785,7 @@ impl Pipeline<'_> {
     /// then keeps its offset unstored and is read again by the next owner of the partition.
     pub(super) async fn drain(&mut self, deadline: Duration) -> Result<(), WorkerError> {
         let drain = async {
-            while let Some(done) = self.deliveries.next().await {
+            while let Some(done) = next_completion(&mut self.delivery).await {
                 self.complete(done).await?;
             }
             self.commit_batch()
@@ -651,7 +801,27 @@ impl Pipeline<'_> {
             }
         }
     }
+
+    /// At least once: stores what is acknowledged and commits it now, before leaving the group.
+    pub(super) fn commit_stored(&self) -> Result<(), WorkerError> {
+        let Delivery::AtLeastOnce { offsets, .. } = &self.delivery else {
+            return Ok(());
+        };
+        match offsets.commit_now() {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
+            Err(e) => Err(WorkerError::Commit(e)),
+        }
+    }
 }
+
+/// The next event whose records are all acknowledged (none when nothing is in flight).
+async fn next_completion(delivery: &mut Delivery<'_>) -> Option<Completion> {
+    match delivery {
+        Delivery::AtLeastOnce { deliveries, .. } => deliveries.next().await,
+        Delivery::ExactlyOnce { .. } => None,
+    }
+}
+
 async fn sleep_until(due: Option<Instant>) {
     if let Some(due) = due {
         tokio::time::sleep_until(due.into()).await;

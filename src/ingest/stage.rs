@@ -1,0 +1,299 @@
+//! Stage 1 as a [`Stage`]: a Debezium record → its system (by topic) → decoded → with entities
+//! declared, one internal record per entity its table feeds (keyed `entity:key`); without,
+//! harmony's Debezium-shaped output record. What cannot be handled is rejected with its kind.
+
+use std::sync::Arc;
+
+use crate::config::{Config, TopicRouter};
+use crate::ingest::envelope::{Decoded, Decoder, Limits, RecordHeaders};
+use crate::ingest::internal::{self, InternalChange};
+use crate::ingest::mapping::Catalog;
+use crate::ingest::output::{encode_change, output_key, Origin};
+use crate::model::clock::SystemId;
+use crate::model::stage::{Count, Effects, Input, Stage, Topic};
+
+pub struct Ingest {
+    router: TopicRouter,
+    /// Topic → system index, as routed the first time the topic was seen.
+    routed: std::collections::HashMap<String, Option<usize>>,
+    systems: Vec<String>,
+    decoder: Decoder,
+    /// With entities declared: the mapping onto them.
+    catalog: Option<Arc<Catalog>>,
+    /// The producer's `message.max.bytes`: an internal record beyond it is refused here.
+    max_message_bytes: usize,
+}
+
+impl Ingest {
+    pub fn new(config: &Config, router: TopicRouter, catalog: Option<Arc<Catalog>>) -> Self {
+        Self {
+            router,
+            routed: Default::default(),
+            systems: config.systems.iter().map(|s| s.name.clone()).collect(),
+            decoder: Decoder::new(Limits {
+                max_record_bytes: config.input.max_record_bytes,
+                max_nesting_depth: config.input.max_nesting_depth,
+            }),
+            catalog,
+            max_message_bytes: config.kafka.max_message_bytes(),
+        }
+    }
+
+    fn system_of(&mut self, topic: &str) -> Option<usize> {
+        if let Some(&routed) = self.routed.get(topic) {
+            return routed;
+        }
+        let routed = self.router.system_index(topic);
+        self.routed.insert(topic.to_owned(), routed);
+        routed
+    }
+
+    /// With entities: the change as record changes of the entities its table feeds, all or
+    /// none — a change whose record for one entity the producer would refuse is rejected whole
+    /// rather than half published.
+    fn map(
+        &self,
+        catalog: &Catalog,
+        system: usize,
+        event: &crate::ingest::envelope::ChangeEvent<'_>,
+        input: &Input<'_>,
+        effects: &mut Effects,
+    ) {
+        let name = self.systems[system].as_str();
+        let changes = match catalog.map(system, event) {
+            Ok(changes) => changes,
+            Err(error) => return effects.reject(error.kind(), error.to_string()),
+        };
+        if changes.is_empty() {
+            effects.counts.push(Count::Unmapped {
+                system: SystemId(system as u16),
+            });
+            return;
+        }
+        for mapped in &changes {
+            let internal = InternalChange::from_mapped(
+                catalog,
+                mapped,
+                name,
+                event,
+                internal::Origin {
+                    topic: input.topic.into(),
+                    partition: input.partition,
+                    offset: input.offset,
+                },
+            );
+            let record = effects.publish_to(Topic::Internal);
+            let (key, value) = (
+                record.key.get_or_insert_default(),
+                record.value.get_or_insert_default(),
+            );
+            internal.write_record_key(key);
+            internal.encode_into(value);
+            let bytes = key.len() + value.len();
+            if bytes > self.max_message_bytes {
+                let limit = self.max_message_bytes;
+                return effects.reject(
+                    "output_too_large",
+                    format!("the internal record of {bytes} bytes exceeds the producer's message.max.bytes of {limit}"),
+                );
+            }
+        }
+    }
+}
+
+impl Stage for Ingest {
+    const NAME: &'static str = "ingest";
+    const KEEPS_STATE: bool = false;
+
+    fn handle(&mut self, input: &Input<'_>, effects: &mut Effects) {
+        let Some(system) = self.system_of(input.topic) else {
+            return effects.reject(
+                "unroutable",
+                "the topic matches no declared system".to_owned(),
+            );
+        };
+        let id = SystemId(system as u16);
+        let headers = RecordHeaders {
+            new_key: input.headers.header(RecordHeaders::NEW_KEY),
+            old_key: input.headers.header(RecordHeaders::OLD_KEY),
+        };
+        let event = match self.decoder.decode(input.key, input.payload, headers) {
+            Ok(Decoded::Change(event)) => event,
+            Ok(Decoded::Tombstone) => {
+                return effects.counts.push(Count::TombstoneSkipped { system: id });
+            }
+            Ok(
+                control @ (Decoded::Heartbeat { .. }
+                | Decoded::Transaction(_)
+                | Decoded::SchemaChange),
+            ) => {
+                let kind = control.kind();
+                return effects.counts.push(Count::Control { system: id, kind });
+            }
+            Err(error) => return effects.reject(error.kind(), error.to_string()),
+        };
+        effects.counts.push(Count::Consumed {
+            system: id,
+            op: event.op.code(),
+        });
+        if let Some(catalog) = &self.catalog {
+            return self.map(catalog, system, &event, input, effects);
+        }
+        effects.source_ts_ms = Some(event.source.ts_ms);
+        let name = self.systems[system].as_str();
+        let origin = Origin {
+            topic: input.topic,
+            partition: input.partition,
+            offset: input.offset,
+        };
+        let record = effects.publish_to(Topic::Output);
+        encode_change(
+            record.value.get_or_insert_default(),
+            &event,
+            name,
+            origin,
+            input.read_at_ms,
+        );
+        match output_key(&event) {
+            Some(key) => record.key.get_or_insert_default().extend_from_slice(key),
+            None => record.key = None,
+        }
+        record
+            .headers
+            .push(("harmony.system", name.as_bytes().to_vec()));
+    }
+
+    fn system_name(&self, system: SystemId) -> &str {
+        self.systems
+            .get(system.0 as usize)
+            .map_or("?", String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::stage::Rejection;
+
+    fn config(env: &[(&str, &str)]) -> Config {
+        Config::from_toml(
+            include_str!("../../examples/inventory.toml"),
+            "inventory.toml",
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+        .unwrap()
+    }
+
+    fn ingest(config: &Config, entities: bool) -> Ingest {
+        let catalog = entities.then(|| Arc::new(Catalog::new(config)));
+        Ingest::new(config, config.topic_router(), catalog)
+    }
+
+    fn handle(ingest: &mut Ingest, topic: &str, payload: &str) -> Effects {
+        let mut effects = Effects::default();
+        let input = Input {
+            topic,
+            partition: 3,
+            offset: 41,
+            key: Some(br#"{"sku":"SKU-1"}"#),
+            payload: Some(payload.as_bytes()),
+            headers: &(),
+            read_at_ms: 7,
+        };
+        ingest.handle(&input, &mut effects);
+        effects
+    }
+
+    const SHOP_UPDATE: &str = r#"{"before":null,"after":{"item_sku":"SKU-1","title":"Cup","price":"4.90","stock":95,"active":true,"updated_at":"t"},"source":{"connector":"postgresql","name":"shop","db":"shop","schema":"public","table":"items","ts_ms":1,"sequence":"[null,\"1\"]"},"op":"u"}"#;
+
+    #[test]
+    fn with_entities_a_change_becomes_internal_records_keyed_by_record() {
+        let config = config(&[]);
+        let mut stage = ingest(&config, true);
+        let effects = handle(&mut stage, "shop.public.items", SHOP_UPDATE);
+        assert_eq!(effects.reject, None);
+        assert_eq!(effects.publish.len(), 1);
+        let record = &effects.publish[0];
+        assert_eq!(record.topic, Topic::Internal);
+        assert_eq!(record.key.as_deref(), Some(&br#"product:["SKU-1"]"#[..]));
+        let internal = InternalChange::decode(record.value.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            (internal.system.as_ref(), internal.origin.offset),
+            ("shop", 41)
+        );
+        assert_eq!(
+            effects.counts,
+            vec![Count::Consumed {
+                system: SystemId(1),
+                op: "u"
+            }]
+        );
+        assert_eq!(stage.system_name(SystemId(1)), "shop");
+    }
+
+    #[test]
+    fn without_entities_a_change_is_published_as_it_is_with_its_system() {
+        let config = config(&[]);
+        let mut stage = ingest(&config, false);
+        let effects = handle(&mut stage, "shop.public.items", SHOP_UPDATE);
+        let record = &effects.publish[0];
+        assert_eq!(record.topic, Topic::Output);
+        assert_eq!(record.key.as_deref(), Some(&br#"{"sku":"SKU-1"}"#[..]));
+        assert_eq!(record.headers, vec![("harmony.system", b"shop".to_vec())]);
+        let value: serde_json::Value =
+            serde_json::from_slice(record.value.as_deref().unwrap()).unwrap();
+        assert_eq!(value["ts_ms"], 7, "the runtime's clock, not the stage's");
+        assert_eq!(value["harmony"]["origin"]["partition"], 3);
+        assert_eq!(effects.source_ts_ms, Some(1));
+    }
+
+    #[test]
+    fn what_cannot_be_handled_is_rejected_with_its_kind_and_nothing_published() {
+        let settings = config(&[]);
+        let mut stage = ingest(&settings, true);
+        let unroutable = handle(&mut stage, "elsewhere", SHOP_UPDATE);
+        assert_eq!(
+            unroutable.reject.as_ref().map(|r| r.kind),
+            Some("unroutable")
+        );
+        let garbage = handle(&mut stage, "shop.public.items", "{not json");
+        assert!(garbage.publish.is_empty());
+        assert!(matches!(garbage.reject, Some(Rejection { kind, .. }) if kind != "unroutable"));
+        // A record beyond the producer's limit is refused here, before anything is sent.
+        let small = config(&[("HARMONY__KAFKA__PRODUCER__MESSAGE_MAX_BYTES", "100")]);
+        let mut stage = ingest(&small, true);
+        let too_large = handle(&mut stage, "shop.public.items", SHOP_UPDATE);
+        assert!(too_large.publish.is_empty());
+        let rejection = too_large.reject.unwrap();
+        assert_eq!(rejection.kind, "output_too_large");
+        assert!(
+            rejection.reason.contains("message.max.bytes of 100"),
+            "{}",
+            rejection.reason
+        );
+    }
+
+    #[test]
+    fn tombstones_and_control_records_are_counted_only() {
+        let config = config(&[]);
+        let mut stage = ingest(&config, true);
+        let mut effects = Effects::default();
+        let input = Input {
+            topic: "erp.public.products",
+            partition: 0,
+            offset: 0,
+            key: Some(b"{}"),
+            payload: None,
+            headers: &(),
+            read_at_ms: 0,
+        };
+        stage.handle(&input, &mut effects);
+        assert!(effects.publish.is_empty() && effects.reject.is_none());
+        assert_eq!(
+            effects.counts,
+            vec![Count::TombstoneSkipped {
+                system: SystemId(0)
+            }]
+        );
+    }
+}
