@@ -177,8 +177,13 @@ fn main() -> ExitCode {
             match runtime.block_on(run(config, rebuild_state)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
+                    // Whether a restart alone can help, for whoever reads the log at 3 am.
+                    let retriable = e
+                        .downcast_ref::<worker::WorkerError>()
+                        .is_some_and(worker::WorkerError::is_retriable);
                     tracing::error!(
                         error = harmony::runtime::telemetry::error_text(e.as_ref()),
+                        retriable,
                         "harmony stopped"
                     );
                     ExitCode::FAILURE

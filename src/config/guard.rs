@@ -20,9 +20,14 @@ pub struct Guard {
     env: Arc<cel::Env>,
 }
 
+/// A guard that is not a CEL expression; never retriable (the configuration must change).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct GuardError(cel::ParseErrors);
+
 impl Guard {
-    pub fn compile(source: &str) -> Result<Self, String> {
-        let program = cel::Program::compile(source).map_err(|e| e.to_string())?;
+    pub fn compile(source: &str) -> Result<Self, GuardError> {
+        let program = cel::Program::compile(source).map_err(GuardError)?;
         Ok(Self {
             source: source.to_owned(),
             program: Arc::new(program),

@@ -175,21 +175,33 @@ impl<'a> From<&'a FieldValue> for Typed<'a> {
 }
 
 impl TryFrom<Typed<'_>> for FieldValue {
-    type Error = String;
+    type Error = InternalError;
 
-    fn try_from(t: Typed<'_>) -> Result<Self, String> {
+    fn try_from(t: Typed<'_>) -> Result<Self, InternalError> {
         Ok(match t {
             Typed::Null => FieldValue::Null,
             Typed::Bool(b) => FieldValue::Bool(b),
             Typed::Int(i) => FieldValue::Int(i),
             Typed::Decimal(d) => FieldValue::Decimal(
-                Decimal::parse(&d).ok_or_else(|| format!("`{d}` is not a decimal"))?,
+                Decimal::parse(&d).ok_or_else(|| InternalError::Decimal(d.to_string()))?,
             ),
             Typed::Float(f) => FieldValue::Float(f),
             Typed::Text(t) => FieldValue::Text(t.into_owned()),
             Typed::Json(j) => FieldValue::Json(j.into_owned()),
         })
     }
+}
+
+/// Why an internal record cannot be read; never retriable (the record is dead-lettered). The
+/// cause is part of the message, not also a `#[source]`.
+#[derive(Debug, thiserror::Error)]
+pub enum InternalError {
+    #[error("{0}")]
+    Json(serde_json::Error),
+    #[error("internal record version {0} is not {FORMAT_VERSION}")]
+    Version(u8),
+    #[error("`{0}` is not a decimal")]
+    Decimal(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -256,14 +268,11 @@ impl<'a> InternalChange<'a> {
         serde_json::to_vec(self).expect("in-memory JSON serialisation")
     }
 
-    pub fn decode(bytes: &'a [u8]) -> Result<Self, String> {
+    pub fn decode(bytes: &'a [u8]) -> Result<Self, InternalError> {
         let change: InternalChange<'a> =
-            serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+            serde_json::from_slice(bytes).map_err(InternalError::Json)?;
         if change.v != FORMAT_VERSION {
-            return Err(format!(
-                "internal record version {} is not {FORMAT_VERSION}",
-                change.v
-            ));
+            return Err(InternalError::Version(change.v));
         }
         Ok(change)
     }
@@ -348,6 +357,7 @@ mod tests {
         bytes = bytes.replacen(r#""v":1"#, r#""v":9"#, 1);
         assert!(InternalChange::decode(bytes.as_bytes())
             .unwrap_err()
+            .to_string()
             .contains("version 9"));
         assert!(FieldValue::try_from(Typed::Decimal("1,5".into())).is_err());
     }

@@ -13,6 +13,28 @@ use std::fmt;
 
 use base64::Engine;
 use serde_json::value::RawValue;
+use thiserror::Error;
+
+/// Why a column's JSON is not the value its declared type says. Never retriable: the same
+/// bytes decode the same way every time. The cause is part of the message (a dead-letter
+/// header carries `Display` alone), so none is also a `#[source]`.
+#[derive(Debug, Error)]
+pub enum ValueError {
+    #[error("{what} is not base64: {error}")]
+    NotBase64 {
+        what: &'static str,
+        error: base64::DecodeError,
+    },
+    #[error("decimal wider than 38 digits")]
+    TooWide,
+    #[error("{what} column holds `{text}`")]
+    Unparsable { what: &'static str, text: String },
+    #[error("{what}: {error}")]
+    Json {
+        what: &'static str,
+        error: serde_json::Error,
+    },
+}
 
 /// Debezium's placeholder for a column value it does not have (unchanged TOAST or LOB).
 pub const UNAVAILABLE_PLACEHOLDER: &str = "__debezium_unavailable_value";
@@ -252,7 +274,7 @@ pub enum ColumnType {
 pub fn decode_value<'a>(
     raw: &'a RawValue,
     declared: Option<&ColumnType>,
-) -> Result<Value<'a>, String> {
+) -> Result<Value<'a>, ValueError> {
     let text = raw.get();
     let first = text.as_bytes().first().copied().unwrap_or(b'n');
     if text == "null" {
@@ -266,24 +288,27 @@ pub fn decode_value<'a>(
             }
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(encoded.as_bytes())
-                .map_err(|e| format!("decimal is not base64: {e}"))?;
+                .map_err(|error| ValueError::NotBase64 {
+                    what: "decimal",
+                    error,
+                })?;
             Decimal::from_be_bytes(&bytes, *scale)
                 .map(Value::Decimal)
-                .ok_or_else(|| "decimal wider than 38 digits".to_owned())
+                .ok_or(ValueError::TooWide)
         }
         (Some(ColumnType::VariableScaleDecimal), b'{') => variable_scale_decimal(raw),
         (Some(ColumnType::Integer), b'"') => {
             let s = string_of(raw)?;
             s.parse()
                 .map(Value::Int)
-                .map_err(|_| format!("integer column holds `{s}`"))
+                .map_err(|_| unparsable("integer", &s))
         }
         (Some(ColumnType::Float), b'"') => {
             // Connect's JSON converter writes NaN and infinities as strings.
             let s = string_of(raw)?;
             s.parse()
                 .map(Value::Float)
-                .map_err(|_| format!("float column holds `{s}`"))
+                .map_err(|_| unparsable("float", &s))
         }
         (Some(ColumnType::Composite), _) => Ok(Value::Raw(raw)),
         (_, b'"') => {
@@ -299,7 +324,7 @@ pub fn decode_value<'a>(
         (Some(ColumnType::Float), _) => text
             .parse()
             .map(Value::Float)
-            .map_err(|_| format!("float column holds `{text}`")),
+            .map_err(|_| unparsable("float", text)),
         (_, b'-' | b'0'..=b'9') => Ok(number(text)),
         (_, b'[') if text.contains(UNAVAILABLE_PLACEHOLDER) => Ok(Value::Unavailable),
         _ => Ok(Value::Raw(raw)),
@@ -320,29 +345,40 @@ fn number(text: &str) -> Value<'_> {
 
 /// The text of a JSON string literal: borrowed as it stands when it has no escapes (the
 /// common case), unescaped by serde_json otherwise.
-fn string_of(raw: &RawValue) -> Result<Cow<'_, str>, String> {
+fn string_of(raw: &RawValue) -> Result<Cow<'_, str>, ValueError> {
     let text = raw.get();
     if text.len() >= 2 && !text.contains('\\') {
         return Ok(Cow::Borrowed(&text[1..text.len() - 1]));
     }
-    serde_json::from_str::<Cow<'_, str>>(text).map_err(|e| e.to_string())
+    serde_json::from_str::<Cow<'_, str>>(text).map_err(|error| ValueError::Json {
+        what: "string",
+        error,
+    })
 }
 
-fn variable_scale_decimal(raw: &RawValue) -> Result<Value<'_>, String> {
+fn unparsable(what: &'static str, text: &str) -> ValueError {
+    ValueError::Unparsable {
+        what,
+        text: text.to_owned(),
+    }
+}
+
+fn variable_scale_decimal(raw: &RawValue) -> Result<Value<'_>, ValueError> {
     #[derive(serde::Deserialize)]
     struct Vsd<'a> {
         scale: u32,
         #[serde(borrow)]
         value: Cow<'a, str>,
     }
+    const WHAT: &str = "variable-scale decimal";
     let v: Vsd<'_> =
-        serde_json::from_str(raw.get()).map_err(|e| format!("variable-scale decimal: {e}"))?;
+        serde_json::from_str(raw.get()).map_err(|error| ValueError::Json { what: WHAT, error })?;
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(v.value.as_bytes())
-        .map_err(|e| format!("variable-scale decimal is not base64: {e}"))?;
+        .map_err(|error| ValueError::NotBase64 { what: WHAT, error })?;
     Decimal::from_be_bytes(&bytes, v.scale)
         .map(Value::Decimal)
-        .ok_or_else(|| "decimal wider than 38 digits".to_owned())
+        .ok_or(ValueError::TooWide)
 }
 
 /// A field value as stage 2 owns it: in a record's state, each system's copy, each pending

@@ -323,26 +323,34 @@ pub fn encode(state: &RecordState, names: &Names<'_>) -> Vec<u8> {
     out
 }
 
+/// Why a changelog value cannot be read; never retriable (the restore skips it, and the record
+/// starts afresh). The cause is part of the message, not also a `#[source]`.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("empty changelog record")]
+    Empty,
+    #[error("changelog format {0} is not one of 1..={FORMAT}")]
+    Format(u8),
+    #[error("changelog record: {0}")]
+    Body(postcard::Error),
+}
+
 /// A record's state from its changelog value.
-pub fn decode(bytes: &[u8], names: &Names<'_>) -> Result<RecordState, String> {
-    let (&format, body) = bytes.split_first().ok_or("empty changelog record")?;
+pub fn decode(bytes: &[u8], names: &Names<'_>) -> Result<RecordState, DecodeError> {
+    let (&format, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
     let (wire, rest): (WireState<'_>, &[u8]) = match format {
-        1..=FORMAT => postcard::take_from_bytes(body).map_err(|e| e.to_string())?,
-        _ => {
-            return Err(format!(
-                "changelog format {format} is not one of 1, {FORMAT}"
-            ))
-        }
+        1..=FORMAT => postcard::take_from_bytes(body).map_err(DecodeError::Body)?,
+        _ => return Err(DecodeError::Format(format)),
     };
     let (times, rest): (WireTimes<'_>, &[u8]) = if format == 1 {
         (WireTimes::default(), rest)
     } else {
-        postcard::take_from_bytes(rest).map_err(|e| e.to_string())?
+        postcard::take_from_bytes(rest).map_err(DecodeError::Body)?
     };
     let applied: WireApplied<'_> = if format < 3 {
         WireApplied::default()
     } else {
-        postcard::from_bytes(rest).map_err(|e| e.to_string())?
+        postcard::from_bytes(rest).map_err(DecodeError::Body)?
     };
     let mut state = RecordState {
         clock: names.clock_of(wire.clock),

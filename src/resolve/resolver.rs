@@ -32,7 +32,7 @@ use crate::resolve::target::{target_plans, target_records, Provenance, Publicati
 #[derive(Debug, Error)]
 pub enum ResolveError {
     #[error("internal record: {0}")]
-    Invalid(String),
+    Invalid(crate::ingest::internal::InternalError),
     #[error("internal record names unknown {what} `{name}`")]
     Unknown { what: &'static str, name: String },
     /// A record the change would publish (or its changelog value) is larger than the producer
@@ -61,6 +61,12 @@ pub struct Halt {
 }
 
 impl ResolveError {
+    /// Only a halt passes by itself (once the policy or the source changes, its partition reads
+    /// the change again); any other change is dead-lettered, as reading it again changes nothing.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, ResolveError::Halted(_))
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             ResolveError::Invalid(_) => "invalid_internal",
@@ -500,9 +506,9 @@ impl Resolver {
             figures.add_record(key.capacity());
             records.insert(key, RecordState::default());
         }
-        let state = records
-            .get_mut(change.key.as_ref())
-            .ok_or_else(|| ResolveError::Invalid("record state missing after insert".into()))?;
+        let Some(state) = records.get_mut(change.key.as_ref()) else {
+            unreachable!("the record's state was inserted above")
+        };
         let engine_change = Change {
             system,
             position: change.position.into(),

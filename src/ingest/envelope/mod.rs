@@ -279,8 +279,13 @@ pub enum DecodeError {
     Source(String),
     #[error("schema: {0}")]
     Schema(serde_json::Error),
-    #[error("column `{column}`: {message}")]
-    Column { column: String, message: String },
+    #[error("column `(row image)`: is not an object")]
+    RowImage,
+    #[error("column `{column}`: {error}")]
+    Column {
+        column: String,
+        error: crate::model::value::ValueError,
+    },
 }
 
 impl DecodeError {
@@ -298,7 +303,7 @@ impl DecodeError {
             DecodeError::MissingImage { .. } => "missing_image",
             DecodeError::Source(_) => "invalid_source",
             DecodeError::Schema(_) => "invalid_schema",
-            DecodeError::Column { .. } => "invalid_value",
+            DecodeError::Column { .. } | DecodeError::RowImage => "invalid_value",
         }
     }
 

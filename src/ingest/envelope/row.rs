@@ -54,10 +54,7 @@ pub(super) fn image<'a>(
     match raw {
         None => Ok(None),
         Some(r) if r.get() == "null" => Ok(None),
-        Some(r) if !r.get().starts_with('{') => Err(DecodeError::Column {
-            column: "(row image)".into(),
-            message: "is not an object".into(),
-        }),
+        Some(r) if !r.get().starts_with('{') => Err(DecodeError::RowImage),
         Some(r) => row(r, schema, false, max_depth).map(Some),
     }
 }
@@ -132,10 +129,10 @@ impl<'de, 's> Visitor<'de> for RowSeed<'s> {
                     return Err(de::Error::custom("nesting"));
                 }
                 Ok(value) => columns.push((name, value)),
-                Err(message) => {
+                Err(error) => {
                     *self.column_error = Some(DecodeError::Column {
                         column: name.into_owned(),
-                        message,
+                        error,
                     });
                     return Err(de::Error::custom("column"));
                 }

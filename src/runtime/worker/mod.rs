@@ -75,8 +75,32 @@ pub enum WorkerError {
     },
     /// An assigned partition's changelog could not be read: going on without its state would
     /// re-deliver every record as new.
-    #[error("cannot restore partition {partition} from the changelog: {error}")]
-    Restore { partition: i32, error: String },
+    #[error("cannot restore partition {partition} from the changelog")]
+    Restore {
+        partition: i32,
+        #[source]
+        error: KafkaError,
+    },
+}
+
+impl WorkerError {
+    /// Whether starting the worker again can succeed without anyone changing anything: the
+    /// broker or a delivery was failing, and the input is read again from its committed
+    /// offsets. Otherwise the configuration, the topics or another worker must change first.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            WorkerError::Setup(_)
+            | WorkerError::Delivery { .. }
+            | WorkerError::Commit(_)
+            | WorkerError::Restore { .. } => true,
+            WorkerError::Runtime(_)
+            | WorkerError::Panicked(_)
+            | WorkerError::StatePartitions { .. }
+            | WorkerError::Transaction(_)
+            | WorkerError::TopicSettings(_)
+            | WorkerError::StateLost { .. } => false,
+        }
+    }
 }
 
 /// Where a record goes; decides which counter its acknowledgement moves.

@@ -29,7 +29,7 @@ pub enum OwnershipEvent {
         partition: i32,
         /// Stage 2: the partition's changelog and how long reading it took, or why it could
         /// not be read.
-        restored: Option<Result<(ChangelogLog, Duration), String>>,
+        restored: Option<Result<(ChangelogLog, Duration), rdkafka::error::KafkaError>>,
     },
     Revoked {
         topic: String,
@@ -37,10 +37,7 @@ pub enum OwnershipEvent {
     },
     /// Exactly once: the batch committed at a revocation failed. Aborted, its input is read
     /// again; fatal, the worker stops.
-    TransactionFailed {
-        reason: String,
-        fatal: bool,
-    },
+    TransactionFailed(TransactionError),
 }
 
 /// Shared between the consumer's callbacks and the pipeline: the partitions' life cycle
@@ -229,18 +226,9 @@ impl ConsumerContext for OwnershipContext {
                         "batch committed at revocation"
                     )
                 }
-                Err(TransactionError::Aborted(reason)) => {
-                    self.ownership.push(OwnershipEvent::TransactionFailed {
-                        reason,
-                        fatal: false,
-                    })
-                }
-                Err(TransactionError::Fatal(reason)) => {
-                    self.ownership.push(OwnershipEvent::TransactionFailed {
-                        reason,
-                        fatal: true,
-                    })
-                }
+                Err(error) => self
+                    .ownership
+                    .push(OwnershipEvent::TransactionFailed(error)),
             }
         } else if let Err(error) = self.producer.flush(self.flush_deadline) {
             tracing::warn!(%error, "records still unacknowledged at revocation; their events will be read again by the next owner");
@@ -267,9 +255,7 @@ impl ConsumerContext for OwnershipContext {
             tracing::info!(topic, partition, "partition assigned");
             let restored = self.restore.as_ref().map(|restore| {
                 let started = Instant::now();
-                read_to_end(restore, partition)
-                    .map(|log| (log, started.elapsed()))
-                    .map_err(|e| e.to_string())
+                read_to_end(restore, partition).map(|log| (log, started.elapsed()))
             });
             if let Ok(mut owned) = self.ownership.owned.lock() {
                 owned.entry(topic.clone()).or_default().insert(partition);

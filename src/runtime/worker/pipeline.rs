@@ -328,12 +328,7 @@ impl<'a, S: Stage> Pipeline<'a, S> {
     fn apply_ownership(&mut self) -> Result<(), WorkerError> {
         for event in self.ownership.take_events() {
             match event {
-                OwnershipEvent::TransactionFailed { reason, fatal } => {
-                    if fatal {
-                        return Err(WorkerError::Transaction(reason));
-                    }
-                    self.batch_aborted(&reason)?;
-                }
+                OwnershipEvent::TransactionFailed(error) => self.transaction_failed(error)?,
                 OwnershipEvent::Revoked { topic, partition } => {
                     self.rewinds.forget(&topic, partition);
                     self.forget_partition(&topic, partition);
@@ -365,7 +360,7 @@ impl<'a, S: Stage> Pipeline<'a, S> {
     fn install(
         &mut self,
         partition: i32,
-        restored: Result<(ChangelogLog, Duration), String>,
+        restored: Result<(ChangelogLog, Duration), KafkaError>,
     ) -> Result<(), WorkerError> {
         let (log, elapsed) = restored.map_err(|error| WorkerError::Restore { partition, error })?;
         let mut entries = log.iter().map(|(k, v)| (k.as_slice(), v.as_deref()));
@@ -587,8 +582,8 @@ impl<'a, S: Stage> Pipeline<'a, S> {
         };
         match transaction.ensure_open() {
             Ok(()) => Ok(()),
-            Err(TransactionError::Fatal(reason)) => Err(WorkerError::Transaction(reason)),
-            Err(TransactionError::Aborted(reason)) => self.abort_batch(&reason),
+            Err(error) if error.is_retriable() => self.abort_batch(&error.to_string()),
+            Err(error) => self.transaction_failed(error),
         }
     }
 
@@ -615,8 +610,7 @@ impl<'a, S: Stage> Pipeline<'a, S> {
                 self.metrics.batch_committed(S::NAME, events);
                 Ok(())
             }
-            Err(TransactionError::Aborted(reason)) => self.batch_aborted(&reason),
-            Err(TransactionError::Fatal(reason)) => Err(WorkerError::Transaction(reason)),
+            Err(error) => self.transaction_failed(error),
         }
     }
 
@@ -624,9 +618,17 @@ impl<'a, S: Stage> Pipeline<'a, S> {
         let Some(transaction) = self.delivery.transaction().cloned() else {
             return Ok(());
         };
-        match transaction.abort_open(reason) {
-            TransactionError::Fatal(reason) => Err(WorkerError::Transaction(reason)),
-            TransactionError::Aborted(reason) => self.batch_aborted(&reason),
+        let error = transaction.abort_open(reason);
+        self.transaction_failed(error)
+    }
+
+    /// Exactly once: an aborted batch is done again; a producer that cannot go on stops the
+    /// worker.
+    fn transaction_failed(&mut self, error: TransactionError) -> Result<(), WorkerError> {
+        if error.is_retriable() {
+            self.batch_aborted(&error.to_string())
+        } else {
+            Err(WorkerError::Transaction(error.to_string()))
         }
     }
 

@@ -19,14 +19,23 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum TransactionError {
     /// The batch was aborted: its outputs are invisible to read_committed readers and its
     /// offsets uncommitted, so its input must be read again from the committed offsets.
+    #[error("{0}")]
     Aborted(String),
     /// The producer cannot go on: fenced by another worker with the same transactional id, or
     /// a fatal broker answer.
+    #[error("{0}")]
     Fatal(String),
+}
+
+impl TransactionError {
+    /// Aborted, the batch is done again by reading its input again; fatal, the worker stops.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, TransactionError::Aborted(_))
+    }
 }
 
 #[derive(Default)]
