@@ -148,6 +148,9 @@ pub enum Count {
     },
 }
 
+/// How many published records' buffers [`Effects::clear`] keeps for the next record.
+pub const SPARE: usize = 16;
+
 /// Everything one input record causes, in the order it is to happen.
 #[derive(Debug, Default)]
 pub struct Effects {
@@ -168,8 +171,11 @@ pub struct Effects {
 }
 
 impl Effects {
-    /// Empties the effects for the next record, keeping every buffer.
+    /// Empties the effects for the next record, keeping the buffers of up to [`SPARE`]
+    /// records: a stage that fills its own (stage 2) would otherwise pile them up.
     pub fn clear(&mut self) {
+        let keep = SPARE.saturating_sub(self.spare.len());
+        self.publish.truncate(keep);
         for mut publish in self.publish.drain(..) {
             if let Some(key) = publish.key.as_mut() {
                 key.clear();
@@ -302,6 +308,23 @@ mod tests {
         assert_eq!(publish.value.as_deref(), Some(&[][..]));
         assert!(publish.value.as_ref().unwrap().capacity() >= 1000);
         assert!(publish.headers.is_empty());
+    }
+
+    #[test]
+    fn cleared_effects_keep_a_bounded_number_of_buffers() {
+        let mut effects = Effects::default();
+        for _ in 0..3 {
+            for _ in 0..SPARE {
+                effects.publish.push(Publish {
+                    topic: Topic::Named("t".into()),
+                    key: Some(vec![1]),
+                    value: None,
+                    headers: Vec::new(),
+                });
+            }
+            effects.clear();
+        }
+        assert_eq!(effects.spare.len(), SPARE);
     }
 
     #[test]
