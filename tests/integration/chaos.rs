@@ -69,6 +69,7 @@ use proptest::prelude::RngExt;
 use proptest::test_runner::{RngAlgorithm, TestRng};
 use serde_json::{json, Value};
 
+use crate::product::Product;
 use crate::support::{
     self, psql, unique, wait_until, Connectors, Harmony, HarmonyOptions, Record, TopicReader,
 };
@@ -85,33 +86,16 @@ const TABLES: [(&str, &str); 3] = [
 /// movement counts) and the price under `lww`; no guard, so that every movement is applied and
 /// the totals can be known. No sink applies harmony's deliveries here, so the tables run in
 /// exact mode: their version columns stay empty, and no local write can pass for an echo.
-const ENTITY: &str = r#"
-[[entities]]
-name = "product"
-key = ["sku"]
-ignore = ["updated_at"]
-
-  [entities.fields.quantity]
-  strategy = "sum"
-
-  [[entities.sources]]
-  system = "erp"
-  table = "public.chaos_products"
-  version_column = "harmony_version"
-  columns = { sku = "sku", name = "name", price = "price", quantity = "quantity", note = "note", updated_at = "updated_at" }
-
-  [[entities.sources]]
-  system = "shop"
-  table = "public.chaos_items"
-  version_column = "harmony_version"
-  columns = { item_sku = "sku", title = "name", price = "price", stock = "quantity", note = "note", updated_at = "updated_at" }
-
-  [[entities.sources]]
-  system = "wms"
-  table = "public.chaos_skus"
-  version_column = "harmony_version"
-  columns = { sku = "sku", on_hand = "quantity", note = "note", updated_at = "updated_at" }
-"#;
+fn entity(versioned: bool) -> String {
+    let note = ("note", "note");
+    Product::new()
+        .field("quantity", "strategy = \"sum\"")
+        .source("erp", "chaos_products", &[note])
+        .source("shop", "chaos_items", &[note])
+        .source("wms", "chaos_skus", &[("on_hand", "quantity"), note])
+        .versioned(versioned)
+        .toml()
+}
 
 /// Sinks write the target topics back into the source tables.
 fn closed_loop() -> bool {
@@ -441,11 +425,7 @@ fn options(group: &str, run: &str) -> HarmonyOptions {
         .collect();
     // Without sinks nothing echoes, so every version is sent; in the closed loop the sinks
     // echo every delivery, within the default window.
-    let entity = if content_mode() {
-        ENTITY.replace("  version_column = \"harmony_version\"\n", "")
-    } else {
-        ENTITY.to_owned()
-    };
+    let entity = entity(!content_mode());
     let window = if closed_loop() { "" } else { "window = 0\n" };
     let targets = support::product_targets(group, &SYSTEMS, window);
     // A long linger keeps records in the producer for that long: the window in which a build

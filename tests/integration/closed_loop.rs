@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::Result;
 use serde_json::{json, Value};
 
+use crate::product::{Product, GUARDED_SUM};
 use crate::support::{
     self, deployed_connector, psql, unique, wait_until, Connectors, Harmony, HarmonyOptions,
     Record, TopicReader,
@@ -27,44 +28,30 @@ const SYSTEMS: [(&str, &str, &str); 3] = [
 ];
 
 /// examples/inventory.toml's product entity over the loop tables.
-const PRODUCT: &str = r#"
-[[entities]]
-name = "product"
-key = ["sku"]
-default_strategy = "lww"
-on_delete_conflict = "delete_wins"
-ignore = ["updated_at"]
-
-  [entities.fields.quantity]
-  strategy = "sum"
-  guard = "value >= 0"
-
-  [entities.fields.name]
-  strategy = "priority"
-  priority = ["erp", "shop"]
-
-  # Labels every system may add or remove: an observed-remove set.
-  [entities.fields.tags]
-  strategy = "merge"
-
-  [[entities.sources]]
-  system = "erp"
-  table = "public.loop_products"
-  columns = { sku = "sku", name = "name", price = "price", quantity = "quantity", tags = "tags", updated_at = "updated_at" }
-  required = ["name", "price"]
-
-  [[entities.sources]]
-  system = "shop"
-  table = "public.loop_items"
-  columns = { item_sku = "sku", title = "name", price = "price", stock = "quantity", active = "active", tags = "tags", updated_at = "updated_at" }
-  required = ["name", "price"]
-
-  [[entities.sources]]
-  system = "wms"
-  table = "public.loop_skus"
-  version_column = "harmony_version"
-  columns = { sku = "sku", on_hand = "quantity", reserved = "reserved", tags = "tags", updated_at = "updated_at" }
-"#;
+fn product() -> String {
+    let tags = ("tags", "tags");
+    Product::new()
+        .setting("default_strategy = \"lww\"")
+        .setting("on_delete_conflict = \"delete_wins\"")
+        .field("quantity", GUARDED_SUM)
+        .field(
+            "name",
+            "strategy = \"priority\"\npriority = [\"erp\", \"shop\"]",
+        )
+        // Labels every system may add or remove: an observed-remove set.
+        .field("tags", "strategy = \"merge\"")
+        .source("erp", "loop_products", &[tags])
+        .with("required = [\"name\", \"price\"]")
+        .source("shop", "loop_items", &[("active", "active"), tags])
+        .with("required = [\"name\", \"price\"]")
+        .source(
+            "wms",
+            "loop_skus",
+            &[("on_hand", "quantity"), ("reserved", "reserved"), tags],
+        )
+        .with("version_column = \"harmony_version\"")
+        .toml()
+}
 
 /// One row of a loop table as (column → text), or `None` when absent.
 fn row(
@@ -188,7 +175,7 @@ fn concurrent_updates_in_three_databases_converge_through_the_jdbc_sink_and_the_
         })
         .collect();
     let targets = support::product_targets(&group, &SYSTEMS.map(|(s, _, _)| s), "");
-    options.extra_toml = format!("{PRODUCT}{targets}");
+    options.extra_toml = format!("{}{targets}", product());
     let mut harmony = Harmony::start(&options).unwrap();
     let conflicts_topic = format!("harmony.{group}.conflicts");
     wait_until(Duration::from_secs(30), "harmony's topics", || {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::ingest::PRODUCT;
+use crate::ingest::product;
 use crate::support::{self, http_get, psql, unique, Harmony, HarmonyOptions, Record, TopicReader};
 
 fn count_for(reader: &mut TopicReader, sku: &str) -> usize {
@@ -24,7 +24,7 @@ fn record_state_survives_a_sigkill_and_an_echo_after_restart_is_still_an_echo() 
     let group = unique("e2e-state");
     let mut options = HarmonyOptions::stack(group.clone());
     let targets = support::product_targets(&group, &["erp", "shop", "wms"], "");
-    options.extra_toml = format!("{PRODUCT}{targets}");
+    options.extra_toml = format!("{}{targets}", product());
     let mut harmony = Harmony::start(&options).unwrap();
     let sku = unique("DUR");
 
@@ -148,7 +148,7 @@ fn state_follows_partitions_across_rebalances_between_workers() {
     let group = unique("e2e-rebalance");
     let mut options = HarmonyOptions::stack(group.clone());
     let targets = support::product_targets(&group, &["erp", "shop", "wms"], "");
-    options.extra_toml = format!("{PRODUCT}{targets}");
+    options.extra_toml = format!("{}{targets}", product());
     let mut first = Harmony::start(&options).unwrap();
     let prefix = unique("RB");
     let skus: Vec<String> = (0..6).map(|i| format!("{prefix}-{i}")).collect();
@@ -296,7 +296,8 @@ fn a_state_topic_with_too_few_partitions_is_refused_at_start() {
     support::create_topic(&format!("harmony.{group}.state"), 1).unwrap();
     let mut options = HarmonyOptions::stack(group.clone());
     options.extra_toml = format!(
-        "{PRODUCT}{}",
+        "{}{}",
+        product(),
         support::product_targets(&group, &["erp", "shop", "wms"], "")
     );
     let Err(error) = Harmony::start(&options) else {
@@ -341,7 +342,7 @@ fn topics_whose_settings_would_lose_data_are_refused_at_start() {
         }
         support::create_topic_with(&format!("harmony.{group}.{topic}"), 3, &settings).unwrap();
         let mut options = HarmonyOptions::stack(group);
-        options.extra_toml = PRODUCT.into();
+        options.extra_toml = product();
         let refused = Harmony::start(&options)
             .err()
             .unwrap_or_else(|| panic!("harmony started on {topic} with {setting:?}"))
@@ -372,7 +373,7 @@ fn a_lost_state_topic_is_refused_and_rebuilt_on_request() {
     let group = unique("e2e-lost");
     let mut options = HarmonyOptions::stack(group.clone());
     let targets = support::product_targets(&group, &["shop"], "");
-    options.extra_toml = format!("{PRODUCT}{targets}");
+    options.extra_toml = format!("{}{targets}", product());
     let mut harmony = Harmony::start(&options).unwrap();
     let sku = unique("LOST");
     psql(
@@ -429,7 +430,7 @@ fn a_deleted_record_is_tombstoned_on_the_state_topic_after_its_retention() {
     let group = unique("e2e-tomb");
     let mut options = HarmonyOptions::stack(group.clone());
     let targets = support::product_targets(&group, &["shop"], "");
-    options.extra_toml = format!("{PRODUCT}{targets}");
+    options.extra_toml = format!("{}{targets}", product());
     options.extra_processing = "deleted_retention = \"2s\"\n".into();
     let mut harmony = Harmony::start(&options).unwrap();
     let sku = unique("TOMB");

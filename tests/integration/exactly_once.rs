@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::ingest::PRODUCT;
+use crate::ingest::product;
 use crate::support::{
     self, psql, unique, wait_until, Harmony, HarmonyOptions, Record, TopicReader,
 };
@@ -18,7 +18,7 @@ fn options(group: &str) -> HarmonyOptions {
     // Long batches: a kill is sure to catch one open with outputs already on the broker.
     options.commit_interval = "5s";
     let targets = support::product_targets(group, &["erp", "shop", "wms"], "");
-    options.extra_toml = format!("{PRODUCT}{targets}");
+    options.extra_toml = format!("{}{targets}", product());
     options
 }
 

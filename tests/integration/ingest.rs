@@ -6,34 +6,23 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::product::{Product, GUARDED_SUM};
 use crate::support::{self, psql, unique, Harmony, HarmonyOptions, Record, TopicReader};
 
-/// The product entity of examples/inventory.toml, without targets.
-pub(crate) const PRODUCT: &str = r#"
-[[entities]]
-name = "product"
-key = ["sku"]
-ignore = ["updated_at"]
-
-  [entities.fields.quantity]
-  strategy = "sum"
-  guard = "value >= 0"
-
-  [[entities.sources]]
-  system = "erp"
-  table = "public.products"
-  columns = { sku = "sku", name = "name", price = "price", quantity = "quantity", updated_at = "updated_at" }
-
-  [[entities.sources]]
-  system = "shop"
-  table = "public.items"
-  columns = { item_sku = "sku", title = "name", price = "price", stock = "quantity", active = "active", updated_at = "updated_at" }
-
-  [[entities.sources]]
-  system = "wms"
-  table = "public.stock"
-  columns = { sku = "sku", quantity = "quantity", reserved = "reserved", updated_at = "updated_at" }
-"#;
+/// The product of the stack's demo tables (the warehouse's `stock`), stock summed and guarded,
+/// without targets.
+pub(crate) fn product() -> String {
+    Product::new()
+        .field("quantity", GUARDED_SUM)
+        .source("erp", "products", &[])
+        .source("shop", "items", &[("active", "active")])
+        .source(
+            "wms",
+            "stock",
+            &[("quantity", "quantity"), ("reserved", "reserved")],
+        )
+        .toml()
+}
 
 fn field<'v>(record: &'v Value, name: &str) -> &'v Value {
     record["fields"]
@@ -49,7 +38,7 @@ fn each_systems_change_becomes_a_change_of_one_record_on_one_partition() {
     }
     let group = unique("e2e-ingest");
     let mut options = HarmonyOptions::stack(group.clone());
-    options.extra_toml = PRODUCT.into();
+    options.extra_toml = product();
     let mut harmony = Harmony::start(&options).unwrap();
     let sku = unique("ING");
 
@@ -152,7 +141,7 @@ fn resolved_records_reach_each_target_in_its_own_columns_and_conflicts_are_recor
         "format = \"json_schemaless\"
 ",
     );
-    options.extra_toml = format!("{PRODUCT}{targets}");
+    options.extra_toml = format!("{}{targets}", product());
     let mut harmony = Harmony::start(&options).unwrap();
     let sku = unique("RES");
 
@@ -245,8 +234,10 @@ fn a_held_conflict_is_settled_by_harmony_resolve() {
     let group = unique("e2e-manual");
     let mut options = HarmonyOptions::stack(group.clone());
     let targets = support::product_targets(&group, &["erp", "shop"], "");
-    options.extra_toml =
-        format!("{PRODUCT}\n  [entities.fields.name]\n  strategy = \"manual\"\n{targets}");
+    options.extra_toml = format!(
+        "{}\n  [entities.fields.name]\n  strategy = \"manual\"\n{targets}",
+        product()
+    );
     let mut harmony = Harmony::start(&options).unwrap();
     let sku = unique("MAN");
 

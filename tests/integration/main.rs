@@ -15,6 +15,7 @@ mod ingest;
 mod operability;
 mod pipeline;
 mod poison;
+mod product;
 mod resnapshot;
 mod stack;
 mod support;

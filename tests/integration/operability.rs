@@ -5,7 +5,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::ingest::PRODUCT;
+use crate::ingest::product;
+use crate::product::{Product, GUARDED_SUM};
 use crate::support::{
     self, http_get, psql, run_tool as run, unique, wait_until, Harmony, HarmonyOptions,
 };
@@ -53,7 +54,8 @@ fn a_live_scrape_passes_promtool_and_shows_readiness_and_consumer_lag() {
     // A secret among the client settings (unused on this plaintext listener): the log shows the
     // settings, never it.
     options.extra_toml = format!(
-        "{PRODUCT}{targets}\n[kafka.properties]\n\"ssl.key.password\" = \"hunter2-in-the-file\"\n"
+        "{}{targets}\n[kafka.properties]\n\"ssl.key.password\" = \"hunter2-in-the-file\"\n",
+        product()
     );
     let mut harmony = Harmony::start(&options).unwrap();
     psql(
@@ -212,18 +214,12 @@ fn known_traffic_moves_the_counters_by_exactly_its_amounts() {
     ];
     let targets = support::product_targets(&group, &["erp", "shop"], "");
     // Prices are settled by hand here: the concurrent writes stay pending.
-    options.extra_toml = format!(
-        "{}{targets}",
-        PRODUCT
-            .split("\n  [[entities.sources]]\n  system = \"wms\"")
-            .next()
-            .unwrap()
-            .replacen(
-                "  [[entities.sources]]",
-                "  [entities.fields.price]\n  strategy = \"manual\"\n\n  [[entities.sources]]",
-                1,
-            )
-    );
+    let product = Product::new()
+        .field("quantity", GUARDED_SUM)
+        .field("price", "strategy = \"manual\"")
+        .source("erp", "products", &[])
+        .source("shop", "items", &[("active", "active")]);
+    options.extra_toml = format!("{}{targets}", product.toml());
     let mut harmony = Harmony::start(&options).unwrap();
     let address = harmony.http_address().unwrap();
     let scrape = || {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::product::Product;
 use crate::support::{self, psql, unique, Connectors, Harmony, HarmonyOptions, TopicReader};
 
 #[test]
@@ -34,28 +35,13 @@ fn changes_after_a_connector_resnapshot_reach_the_targets() {
         ("shop".into(), vec![format!("{run}_shop_unused")]),
     ];
     support::create_topic(&format!("{run}_shop_unused"), 1).unwrap();
+    let product = Product::new()
+        .source("erp", &table, &[])
+        .source("shop", "items", &[]);
     options.extra_toml = format!(
-        r#"
-[[entities]]
-name = "product"
-key = ["sku"]
-ignore = ["updated_at"]
-
-  [[entities.sources]]
-  system = "erp"
-  table = "public.{table}"
-  columns = {{ sku = "sku", name = "name", price = "price", quantity = "quantity", updated_at = "updated_at" }}
-
-  [[entities.sources]]
-  system = "shop"
-  table = "public.items"
-  columns = {{ item_sku = "sku", title = "name", price = "price", stock = "quantity", updated_at = "updated_at" }}
-
-[[targets]]
-system = "shop"
-entities = ["product"]
-topic = "{group}.shop.product"
-"#
+        "{}{}",
+        product.toml(),
+        support::product_targets(&group, &["shop"], "")
     );
     let mut harmony = Harmony::start(&options).unwrap();
     let sku = unique("RS");
