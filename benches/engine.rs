@@ -16,7 +16,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use harmony::config::Config;
-use harmony::ingest::internal::{InternalChange, Kind, Origin, Position, Typed, FORMAT_VERSION};
+use harmony::ingest::internal::{FieldRef, InternalChange, Kind, Origin, Position, FORMAT_VERSION};
 use harmony::ingest::mapping::{Catalog, EntityId};
 use harmony::model::clock::{SystemId, VersionVector};
 use harmony::resolve::changelog;
@@ -58,7 +58,7 @@ fn change(system: &str, n: u64, sku: u64, fields: &[(&str, FieldValue)]) -> Vec<
         position: Position::Postgres([n, n]),
         fields: fields
             .iter()
-            .map(|(name, value)| (Cow::Borrowed(*name), Typed::from(value)))
+            .map(|(name, value)| (Cow::Borrowed(*name), FieldRef::from(value)))
             .collect(),
         context: None,
         origin: Origin {

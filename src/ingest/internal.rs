@@ -20,8 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ingest::envelope::{ChangeEvent, Snapshot, SourcePosition};
 use crate::ingest::mapping::{Catalog, ChangeKind, MappedChange};
-use crate::model::value::FieldValue;
-use crate::model::value::{Decimal, Value};
+pub use crate::model::value::FieldRef;
 
 /// Version of the encoding; a reader refuses versions it does not know.
 pub const FORMAT_VERSION: u8 = 1;
@@ -42,7 +41,7 @@ pub struct InternalChange<'a> {
     pub snapshot: bool,
     pub position: Position,
     #[serde(borrow)]
-    pub fields: Vec<(Cow<'a, str>, Typed<'a>)>,
+    pub fields: Vec<(Cow<'a, str>, FieldRef<'a>)>,
     /// Exact mode: the version (JSON object, system name → count) the row was based on, from
     /// its version column. Absent in content mode.
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
@@ -129,69 +128,6 @@ impl From<Position> for SourcePosition {
     }
 }
 
-/// A field value with its type kept.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Typed<'a> {
-    Null,
-    Bool(bool),
-    Int(i64),
-    /// Exact decimal text, e.g. `"-12.50"`.
-    Decimal(String),
-    Float(f64),
-    Text(#[serde(borrow)] Cow<'a, str>),
-    Json(#[serde(borrow)] Cow<'a, str>),
-}
-
-impl<'a> Typed<'a> {
-    /// A decoded column value as stage 1 writes it, borrowing its text; `None` for a value
-    /// Debezium did not send.
-    pub fn from_value(value: &'a Value<'_>) -> Option<Self> {
-        Some(match value {
-            Value::Null => Typed::Null,
-            Value::Bool(b) => Typed::Bool(*b),
-            Value::Int(i) => Typed::Int(*i),
-            Value::Decimal(d) => Typed::Decimal(d.normalized().to_string()),
-            Value::Float(f) => Typed::Float(*f),
-            Value::Text(t) => Typed::Text(Cow::Borrowed(t)),
-            Value::Raw(r) => Typed::Json(Cow::Borrowed(r.get())),
-            Value::Unavailable => return None,
-        })
-    }
-}
-
-impl<'a> From<&'a FieldValue> for Typed<'a> {
-    fn from(v: &'a FieldValue) -> Self {
-        match v {
-            FieldValue::Null => Typed::Null,
-            FieldValue::Bool(b) => Typed::Bool(*b),
-            FieldValue::Int(i) => Typed::Int(*i),
-            FieldValue::Decimal(d) => Typed::Decimal(d.to_string()),
-            FieldValue::Float(f) => Typed::Float(*f),
-            FieldValue::Text(t) => Typed::Text(Cow::Borrowed(t)),
-            FieldValue::Json(j) => Typed::Json(Cow::Borrowed(j)),
-        }
-    }
-}
-
-impl TryFrom<Typed<'_>> for FieldValue {
-    type Error = InternalError;
-
-    fn try_from(t: Typed<'_>) -> Result<Self, InternalError> {
-        Ok(match t {
-            Typed::Null => FieldValue::Null,
-            Typed::Bool(b) => FieldValue::Bool(b),
-            Typed::Int(i) => FieldValue::Int(i),
-            Typed::Decimal(d) => FieldValue::Decimal(
-                Decimal::parse(&d).ok_or_else(|| InternalError::Decimal(d.to_string()))?,
-            ),
-            Typed::Float(f) => FieldValue::Float(f),
-            Typed::Text(t) => FieldValue::Text(t.into_owned()),
-            Typed::Json(j) => FieldValue::Json(j.into_owned()),
-        })
-    }
-}
-
 /// Why an internal record cannot be read; never retriable (the record is dead-lettered). The
 /// cause is part of the message, not also a `#[source]`.
 #[derive(Debug, thiserror::Error)]
@@ -200,8 +136,6 @@ pub enum InternalError {
     Json(serde_json::Error),
     #[error("internal record version {0} is not {FORMAT_VERSION}")]
     Version(u8),
-    #[error("`{0}` is not a decimal")]
-    Decimal(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,7 +161,7 @@ impl<'a> InternalChange<'a> {
             .iter()
             .filter_map(|&(field, value)| {
                 let name = catalog.field_name(mapped.entity, field);
-                Typed::from_value(value).map(|v| (Cow::Borrowed(name), v))
+                FieldRef::from_value(value).map(|v| (Cow::Borrowed(name), v))
             })
             .collect();
         InternalChange {
@@ -281,6 +215,7 @@ impl<'a> InternalChange<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::value::{Decimal, FieldValue};
     use proptest::prelude::*;
 
     fn arb_value() -> impl Strategy<Value = FieldValue> {
@@ -312,14 +247,14 @@ mod tests {
                 ts_ms: ts,
                 snapshot: false,
                 position: Position::Postgres([lsn / 2, lsn]),
-                fields: values.iter().enumerate().map(|(i, v)| (Cow::Owned(format!("f{i}")), Typed::from(v))).collect(),
+                fields: values.iter().enumerate().map(|(i, v)| (Cow::Owned(format!("f{i}")), FieldRef::from(v))).collect(),
                 context: (lsn % 2 == 0).then(|| Cow::Owned(format!(r#"{{"erp":{ts}}}"#))),
                 origin: Origin { topic: "shop.public.items".into(), partition: 0, offset: 17 },
             };
             let bytes = change.encode();
             let back = InternalChange::decode(&bytes).unwrap();
             prop_assert_eq!(&back, &change);
-            let restored: Vec<FieldValue> = back.fields.into_iter().map(|(_, t)| FieldValue::try_from(t).unwrap()).collect();
+            let restored: Vec<FieldValue> = back.fields.into_iter().map(|(_, t)| FieldValue::from(t)).collect();
             prop_assert_eq!(restored, values);
             prop_assert_eq!(SourcePosition::from(back.position), SourcePosition::Postgres { commit_lsn: lsn / 2, lsn });
         }
@@ -359,6 +294,13 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("version 9"));
-        assert!(FieldValue::try_from(Typed::Decimal("1,5".into())).is_err());
+        // A decimal is its exact text in JSON, and nothing else passes for one.
+        let decimal: FieldRef<'_> = serde_json::from_str(r#"{"decimal":"4.950"}"#).unwrap();
+        assert_eq!(decimal, FieldRef::Decimal(Decimal::parse("4.950").unwrap()));
+        assert_eq!(
+            serde_json::to_string(&decimal).unwrap(),
+            r#"{"decimal":"4.950"}"#
+        );
+        assert!(serde_json::from_str::<FieldRef<'_>>(r#"{"decimal":"1,5"}"#).is_err());
     }
 }

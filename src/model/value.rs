@@ -422,6 +422,90 @@ impl FieldValue {
 // delivery's. 32 bytes is a string and its tag (see `Decimal`'s alignment).
 const _: () = assert!(std::mem::size_of::<FieldValue>() == 32);
 
+/// A field value as a topic's record holds it, borrowing its text: the internal topic's and
+/// the conflicts topic's JSON, and the changelog's compact binary form, are this one type. A
+/// decimal is its exact text in JSON and its unscaled integer and scale in the binary form
+/// (`Decimal`'s serialisation asks the serializer which it is).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FieldRef<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Decimal(Decimal),
+    Float(f64),
+    Text(#[serde(borrow)] Cow<'a, str>),
+    Json(#[serde(borrow)] Cow<'a, str>),
+}
+
+impl<'a> FieldRef<'a> {
+    /// A decoded column value as stage 1 writes it, borrowing its text; `None` for a value
+    /// Debezium did not send.
+    pub fn from_value(value: &'a Value<'_>) -> Option<Self> {
+        Some(match value {
+            Value::Null => FieldRef::Null,
+            Value::Bool(b) => FieldRef::Bool(*b),
+            Value::Int(i) => FieldRef::Int(*i),
+            Value::Decimal(d) => FieldRef::Decimal(d.normalized()),
+            Value::Float(f) => FieldRef::Float(*f),
+            Value::Text(t) => FieldRef::Text(Cow::Borrowed(t)),
+            Value::Raw(r) => FieldRef::Json(Cow::Borrowed(r.get())),
+            Value::Unavailable => return None,
+        })
+    }
+}
+
+impl<'a> From<&'a FieldValue> for FieldRef<'a> {
+    fn from(v: &'a FieldValue) -> Self {
+        match v {
+            FieldValue::Null => FieldRef::Null,
+            FieldValue::Bool(b) => FieldRef::Bool(*b),
+            FieldValue::Int(i) => FieldRef::Int(*i),
+            FieldValue::Decimal(d) => FieldRef::Decimal(*d),
+            FieldValue::Float(f) => FieldRef::Float(*f),
+            FieldValue::Text(t) => FieldRef::Text(Cow::Borrowed(t)),
+            FieldValue::Json(j) => FieldRef::Json(Cow::Borrowed(j)),
+        }
+    }
+}
+
+impl From<FieldRef<'_>> for FieldValue {
+    fn from(v: FieldRef<'_>) -> Self {
+        match v {
+            FieldRef::Null => FieldValue::Null,
+            FieldRef::Bool(b) => FieldValue::Bool(b),
+            FieldRef::Int(i) => FieldValue::Int(i),
+            FieldRef::Decimal(d) => FieldValue::Decimal(d),
+            FieldRef::Float(f) => FieldValue::Float(f),
+            FieldRef::Text(t) => FieldValue::Text(t.into_owned()),
+            FieldRef::Json(j) => FieldValue::Json(j.into_owned()),
+        }
+    }
+}
+
+impl serde::Serialize for Decimal {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            serializer.collect_str(self)
+        } else {
+            (self.unscaled, self.scale).serialize(serializer)
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Decimal {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if deserializer.is_human_readable() {
+            let text = <Cow<'de, str>>::deserialize(deserializer)?;
+            Decimal::parse(&text)
+                .ok_or_else(|| serde::de::Error::custom(format_args!("`{text}` is not a decimal")))
+        } else {
+            let (unscaled, scale) = <(i128, u32)>::deserialize(deserializer)?;
+            Ok(Decimal { unscaled, scale })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

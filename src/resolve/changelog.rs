@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::ingest::internal::Position;
 use crate::ingest::mapping::FieldId;
 use crate::model::clock::{Dot, SystemId, VersionVector};
-use crate::model::value::Decimal;
+use crate::model::value::FieldRef;
 use crate::resolve::engine::position::Applied;
 use crate::resolve::engine::{
     delivery_fingerprint, Delivery, FieldState, FieldValue, RecordState, SystemInfo, SystemState,
@@ -60,7 +60,7 @@ struct WireField<'a> {
     #[serde(borrow)]
     name: Cow<'a, str>,
     #[serde(borrow)]
-    value: WireValue<'a>,
+    value: FieldRef<'a>,
     #[serde(borrow)]
     dot: WireDot<'a>,
     ts_ms: i64,
@@ -75,7 +75,7 @@ struct WireSystem<'a> {
     #[serde(borrow)]
     seen: WireClock<'a>,
     #[serde(borrow)]
-    held: Vec<(Cow<'a, str>, WireValue<'a>)>,
+    held: Vec<(Cow<'a, str>, FieldRef<'a>)>,
     held_deleted: bool,
     position: Option<Position>,
     #[serde(borrow)]
@@ -90,7 +90,7 @@ struct WireDelivery<'a> {
     clock: WireClock<'a>,
     fingerprint: u64,
     #[serde(borrow)]
-    values: Vec<(Cow<'a, str>, WireValue<'a>)>,
+    values: Vec<(Cow<'a, str>, FieldRef<'a>)>,
     deleted: bool,
 }
 
@@ -114,45 +114,6 @@ struct WireTimes<'a> {
     /// Per system, the source commit times of its pending deliveries, in their order.
     #[serde(borrow)]
     pending: Vec<(Cow<'a, str>, Vec<i64>)>,
-}
-
-#[derive(Serialize, Deserialize)]
-enum WireValue<'a> {
-    Null,
-    Bool(bool),
-    Int(i64),
-    Decimal(i128, u32),
-    Float(f64),
-    Text(#[serde(borrow)] Cow<'a, str>),
-    Json(#[serde(borrow)] Cow<'a, str>),
-}
-
-impl<'a> From<&'a FieldValue> for WireValue<'a> {
-    fn from(v: &'a FieldValue) -> Self {
-        match v {
-            FieldValue::Null => WireValue::Null,
-            FieldValue::Bool(b) => WireValue::Bool(*b),
-            FieldValue::Int(i) => WireValue::Int(*i),
-            FieldValue::Decimal(d) => WireValue::Decimal(d.unscaled, d.scale),
-            FieldValue::Float(f) => WireValue::Float(*f),
-            FieldValue::Text(t) => WireValue::Text(Cow::Borrowed(t)),
-            FieldValue::Json(j) => WireValue::Json(Cow::Borrowed(j)),
-        }
-    }
-}
-
-impl From<WireValue<'_>> for FieldValue {
-    fn from(v: WireValue<'_>) -> Self {
-        match v {
-            WireValue::Null => FieldValue::Null,
-            WireValue::Bool(b) => FieldValue::Bool(b),
-            WireValue::Int(i) => FieldValue::Int(i),
-            WireValue::Decimal(unscaled, scale) => FieldValue::Decimal(Decimal { unscaled, scale }),
-            WireValue::Float(f) => FieldValue::Float(f),
-            WireValue::Text(t) => FieldValue::Text(t.into_owned()),
-            WireValue::Json(j) => FieldValue::Json(j.into_owned()),
-        }
-    }
 }
 
 impl Names<'_> {
@@ -179,10 +140,10 @@ impl Names<'_> {
     fn values<'v>(
         &'v self,
         values: &'v [(FieldId, FieldValue)],
-    ) -> Vec<(Cow<'v, str>, WireValue<'v>)> {
+    ) -> Vec<(Cow<'v, str>, FieldRef<'v>)> {
         values
             .iter()
-            .map(|(f, v)| (self.field(*f), WireValue::from(v)))
+            .map(|(f, v)| (self.field(*f), FieldRef::from(v)))
             .collect()
     }
 
@@ -222,7 +183,7 @@ impl Names<'_> {
             .map(|&system| Dot { system, counter })
     }
 
-    fn values_of(&self, wire: Vec<(Cow<'_, str>, WireValue<'_>)>) -> Vec<(FieldId, FieldValue)> {
+    fn values_of(&self, wire: Vec<(Cow<'_, str>, FieldRef<'_>)>) -> Vec<(FieldId, FieldValue)> {
         let mut values = Vec::with_capacity(wire.len());
         values.extend(
             wire.into_iter()
@@ -252,7 +213,7 @@ pub fn encode(state: &RecordState, names: &Names<'_>) -> Vec<u8> {
             .iter()
             .map(|(f, s)| WireField {
                 name: names.field(*f),
-                value: WireValue::from(&s.value),
+                value: FieldRef::from(&s.value),
                 dot: names.dot(s.dot),
                 ts_ms: s.ts_ms,
                 tags: s

@@ -20,7 +20,7 @@ use serde_json::value::RawValue;
 use xxhash_rust::xxh3::Xxh3Default;
 
 use crate::config::Strategy;
-use crate::ingest::internal::Typed;
+use crate::ingest::internal::FieldRef;
 use crate::resolve::engine::{Conflict, SystemInfo};
 
 #[derive(Debug, Serialize)]
@@ -36,7 +36,7 @@ pub struct ConflictRecord<'a> {
     pub candidates: Vec<CandidateRecord<'a>>,
     /// The winning system; `null` when no single candidate won (`sum`) or none yet (`manual`).
     pub winner: Option<&'a str>,
-    pub resolved: Typed<'a>,
+    pub resolved: FieldRef<'a>,
     /// Held for an operator (`manual`).
     pub pending: bool,
     /// Source commit time of the latest candidate: when the conflict came to exist.
@@ -46,7 +46,7 @@ pub struct ConflictRecord<'a> {
 #[derive(Debug, Serialize)]
 pub struct CandidateRecord<'a> {
     pub system: &'a str,
-    pub value: Typed<'a>,
+    pub value: FieldRef<'a>,
     pub dot: (&'a str, u64),
     pub ts_ms: i64,
 }
@@ -120,7 +120,7 @@ pub fn conflict_record<'a>(
             .iter()
             .map(|c| CandidateRecord {
                 system: name(c.system),
-                value: Typed::from(&c.value),
+                value: FieldRef::from(&c.value),
                 dot: (name(c.dot.system), c.dot.counter),
                 ts_ms: c.ts_ms,
             })
@@ -129,7 +129,7 @@ pub fn conflict_record<'a>(
             .winner
             .and_then(|i| conflict.candidates.get(i))
             .map(|c| name(c.system)),
-        resolved: Typed::from(&conflict.resolved),
+        resolved: FieldRef::from(&conflict.resolved),
         pending: conflict.strategy == Strategy::Manual,
         ts_ms: conflict
             .candidates
@@ -157,11 +157,11 @@ pub struct RejectionRecord<'a> {
     pub dot: (&'a str, u64),
     /// The value refused: what the field's strategy made of the change (under `sum`, the
     /// new total).
-    pub value: Typed<'a>,
+    pub value: FieldRef<'a>,
     /// What the system itself wrote into the field, when its change carried it.
-    pub sent: Option<Typed<'a>>,
+    pub sent: Option<FieldRef<'a>>,
     /// The value the field kept; `null` if it had none.
-    pub kept: Option<Typed<'a>>,
+    pub kept: Option<FieldRef<'a>>,
     /// Source commit time of the refused change.
     pub ts_ms: i64,
 }
@@ -189,9 +189,9 @@ pub fn rejection_record<'a>(
         guard,
         system,
         dot: (system, dot.counter),
-        value: Typed::from(value),
-        sent: sent.map(Typed::from),
-        kept: kept.map(Typed::from),
+        value: FieldRef::from(value),
+        sent: sent.map(FieldRef::from),
+        kept: kept.map(FieldRef::from),
         ts_ms,
     }
 }

@@ -480,10 +480,7 @@ impl Resolver {
             let id = *field_ids
                 .get(name.as_ref())
                 .ok_or_else(|| unknown("field", &name))?;
-            fields.push((
-                id,
-                FieldValue::try_from(typed).map_err(ResolveError::Invalid)?,
-            ));
+            fields.push((id, FieldValue::from(typed)));
         }
         fields.sort_by_key(|(f, _)| *f);
         let context = change
@@ -718,7 +715,7 @@ mod tests {
     use std::borrow::Cow;
 
     use super::*;
-    use crate::ingest::internal::{Kind, Origin, Position, Typed, FORMAT_VERSION};
+    use crate::ingest::internal::{FieldRef, Kind, Origin, Position, FORMAT_VERSION};
 
     fn resolver(wms_exact: bool) -> Resolver {
         // The example's warehouse runs in exact mode.
@@ -747,7 +744,7 @@ mod tests {
             position: Position::Postgres([lsn, lsn]),
             fields: fields
                 .iter()
-                .map(|(name, value)| (Cow::Borrowed(*name), Typed::from(value)))
+                .map(|(name, value)| (Cow::Borrowed(*name), FieldRef::from(value)))
                 .collect(),
             context: context.map(Cow::Borrowed),
             origin: Origin {

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use thiserror::Error;
 
-use crate::ingest::internal::{InternalChange, Kind, Origin, Position, Typed, FORMAT_VERSION};
+use crate::ingest::internal::{FieldRef, InternalChange, Kind, Origin, Position, FORMAT_VERSION};
 use crate::model::clock::OPERATOR;
 use crate::model::value::Decimal;
 
@@ -71,7 +71,7 @@ struct CandidateDoc<'a> {
     #[serde(borrow)]
     system: Cow<'a, str>,
     #[serde(borrow)]
-    value: Typed<'a>,
+    value: FieldRef<'a>,
     #[serde(borrow)]
     dot: (Cow<'a, str>, u64),
 }
@@ -140,7 +140,10 @@ pub fn settlement_change<'a>(
 }
 
 /// The operator's literal as the type the candidates have.
-fn typed_like<'a>(literal: &str, conflict: &ConflictDoc<'_>) -> Result<Typed<'a>, SettlementError> {
+fn typed_like<'a>(
+    literal: &str,
+    conflict: &ConflictDoc<'_>,
+) -> Result<FieldRef<'a>, SettlementError> {
     let parsed: serde_json::Value =
         serde_json::from_str(literal).unwrap_or_else(|_| serde_json::Value::String(literal.into()));
     let wrong = |kind| SettlementError::WrongType {
@@ -152,13 +155,13 @@ fn typed_like<'a>(literal: &str, conflict: &ConflictDoc<'_>) -> Result<Typed<'a>
         .candidates
         .iter()
         .map(|c| &c.value)
-        .find(|v| !matches!(v, Typed::Null));
+        .find(|v| !matches!(v, FieldRef::Null));
     if parsed.is_null() {
-        return Ok(Typed::Null);
+        return Ok(FieldRef::Null);
     }
     Ok(match like {
-        Some(Typed::Int(_)) => Typed::Int(parsed.as_i64().ok_or_else(|| wrong("integer"))?),
-        Some(Typed::Decimal(_)) => {
+        Some(FieldRef::Int(_)) => FieldRef::Int(parsed.as_i64().ok_or_else(|| wrong("integer"))?),
+        Some(FieldRef::Decimal(_)) => {
             // The literal's own digits, not a float's: 4.90 stays 4.90.
             let text = match &parsed {
                 serde_json::Value::String(s) => s.clone(),
@@ -166,13 +169,17 @@ fn typed_like<'a>(literal: &str, conflict: &ConflictDoc<'_>) -> Result<Typed<'a>
                 _ => return Err(wrong("decimal")),
             };
             let decimal = Decimal::parse(&text).ok_or_else(|| wrong("decimal"))?;
-            Typed::Decimal(decimal.to_string())
+            FieldRef::Decimal(decimal)
         }
-        Some(Typed::Float(_)) => Typed::Float(parsed.as_f64().ok_or_else(|| wrong("number"))?),
-        Some(Typed::Bool(_)) => Typed::Bool(parsed.as_bool().ok_or_else(|| wrong("boolean"))?),
-        Some(Typed::Json(_)) => Typed::Json(Cow::Owned(parsed.to_string())),
-        Some(Typed::Text(_)) | Some(Typed::Null) | None => match parsed {
-            serde_json::Value::String(s) => Typed::Text(Cow::Owned(s)),
+        Some(FieldRef::Float(_)) => {
+            FieldRef::Float(parsed.as_f64().ok_or_else(|| wrong("number"))?)
+        }
+        Some(FieldRef::Bool(_)) => {
+            FieldRef::Bool(parsed.as_bool().ok_or_else(|| wrong("boolean"))?)
+        }
+        Some(FieldRef::Json(_)) => FieldRef::Json(Cow::Owned(parsed.to_string())),
+        Some(FieldRef::Text(_)) | Some(FieldRef::Null) | None => match parsed {
+            serde_json::Value::String(s) => FieldRef::Text(Cow::Owned(s)),
             _ => return Err(wrong("text")),
         },
     })
@@ -195,7 +202,10 @@ mod tests {
         assert_eq!(change.system, OPERATOR);
         assert_eq!(
             change.fields,
-            vec![(Cow::Borrowed("price"), Typed::Decimal("5.20".into()))]
+            vec![(
+                Cow::Borrowed("price"),
+                FieldRef::Decimal(Decimal::parse("5.20").unwrap())
+            )]
         );
         assert_eq!(change.context.as_deref(), Some(r#"{"erp":3,"shop":2}"#));
         // What the CLI writes, stage 2 reads back.
@@ -207,7 +217,10 @@ mod tests {
     fn a_value_of_the_operators_own_takes_the_candidates_type() {
         let doc = ConflictDoc::parse(HELD.as_bytes()).unwrap();
         let (_, change) = settlement_change(&doc, &Choice::Value("4.95".into()), 99).unwrap();
-        assert_eq!(change.fields[0].1, Typed::Decimal("4.95".into()));
+        assert_eq!(
+            change.fields[0].1,
+            FieldRef::Decimal(Decimal::parse("4.95").unwrap())
+        );
         let err = settlement_change(&doc, &Choice::Value("\"cheap\"".into()), 99).unwrap_err();
         assert!(
             matches!(
