@@ -11,7 +11,8 @@
 //! |---|---|
 //! | [`model`] | the vocabulary every layer shares (pure) |
 //! | [`model::clock`] | version vectors and dots: concurrent or causally ordered; system ids |
-//! | [`model::value`] | exact column values (64-bit integers, decimals, the unavailable placeholder) and field values |
+//! | [`model::value`] | exact column values (64-bit integers, decimals, the unavailable placeholder), field values, and `FieldRef`, a field value as any topic's record holds it |
+//! | [`model::stage`] | what a stage is to the runtime: an input record in, its [`model::stage::Effects`] (records to publish, a rejection, changelog writes, counts) out; entity and field ids |
 //! | [`config`] | the TOML file and its `HARMONY__…` overrides, as a typed, validated tree; [`config::guard`]: CEL guards |
 //! | [`ingest`] | stage 1 (pure) |
 //! | [`ingest::envelope`] | bytes of a Debezium record → typed [`ingest::envelope::Decoded`] record |
@@ -19,6 +20,7 @@
 //! | [`ingest::mapping`] | a table's change → entity, canonical key, entity fields |
 //! | [`ingest::internal`] | the internal topic's record: one logical record change, exact values, versioned |
 //! | [`ingest::output`] | without entities: a change → harmony's Debezium-shaped output record |
+//! | [`ingest::stage`] | stage 1 as a `Stage`: route by topic → decode → map (or pass through); reject what cannot be handled |
 //! | [`resolve`] | stage 2 (pure) |
 //! | [`resolve::resolver`] | internal record → engine → target and conflict records, state per partition |
 //! | [`resolve::engine`] | one record change applied to the record's state — dedup, echo, conflicts, strategies |
@@ -29,8 +31,9 @@
 //! | [`resolve::conflict`] | the conflicts-topic record: deterministic id, candidates, winner |
 //! | [`resolve::changelog`] | a record's state as the changelog topic keeps it: compact, versioned, by name |
 //! | [`resolve::settlement`] | an operator's settling of a held conflict, as a record change from `operator` |
+//! | [`resolve::stage`] | stage 2 as a `Stage`: the resolver's outcome as effects |
 //! | [`runtime`] | the only code on Kafka and tokio |
-//! | [`runtime::worker`] | the consume → process → produce → acknowledge pipelines (stage 1, stage 2) and their life cycle |
+//! | [`runtime::worker`] | one `Pipeline<S: Stage>` per stage: consume → stage → produce → acknowledge under its delivery mode; the partitions' life cycle and readiness; the settings resolved once |
 //! | [`runtime::kafka`] | client settings that carry the delivery guarantee, topic creation, [`runtime::kafka::preflight`] (settings of its own topics that would lose data, refused at start), and [`runtime::kafka::offsets`], the one owner of input offsets |
 //! | [`runtime::settle`] | `harmony resolve`: finds the conflict record, publishes the operator's change |
 //! | [`runtime::telemetry`] | named events: each logs and counts together; the Prometheus registry |
