@@ -75,6 +75,9 @@ pub struct Config {
     /// Which systems receive which entities, on which topic.
     #[serde(default)]
     pub targets: Vec<TargetConfig>,
+    /// Topic → system, compiled once while the file is validated.
+    #[serde(skip)]
+    router: TopicRouter,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -463,17 +466,19 @@ impl Config {
                     message: e.to_string(),
                 })?;
         apply_env_overrides(&mut doc, env)?;
-        let config: Config = toml::Value::Table(doc)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Invalid {
-                origin: origin.to_owned(),
-                message: e.to_string().trim_end().to_owned(),
-            })?;
-        config.validate()?;
+        let mut config: Config =
+            toml::Value::Table(doc)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                    origin: origin.to_owned(),
+                    message: e.to_string().trim_end().to_owned(),
+                })?;
+        config.router = config.validate()?;
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks every setting; returns the topic router, whose patterns it compiled.
+    fn validate(&self) -> Result<TopicRouter, ConfigError> {
         let key_error = |key: String, message: &str| ConfigError::Key {
             key,
             message: message.to_owned(),
@@ -505,6 +510,7 @@ impl Config {
             return Err(key_error("systems".into(), "declare at least one system"));
         }
         let mut seen_names = std::collections::BTreeSet::new();
+        let mut router = TopicRouter::default();
         for (i, system) in self.systems.iter().enumerate() {
             if system.name.is_empty()
                 || !system
@@ -538,10 +544,15 @@ impl Config {
             for (j, topic) in system.topics.iter().enumerate() {
                 let key = || format!("systems[{i}].topics[{j}]");
                 if topic.starts_with('^') {
-                    if let Err(e) = regex::Regex::new(topic) {
-                        return Err(key_error(key(), &format!("is not a valid pattern: {e}")));
+                    match regex::Regex::new(topic) {
+                        Ok(pattern) => router.patterns.push((pattern, i)),
+                        Err(e) => {
+                            return Err(key_error(key(), &format!("is not a valid pattern: {e}")))
+                        }
                     }
-                } else if !is_valid_topic_name(topic) {
+                } else if is_valid_topic_name(topic) {
+                    router.exact.entry(topic.clone()).or_insert(i);
+                } else {
                     return Err(key_error(
                         key(),
                         "is not a valid Kafka topic name (1–249 of [a-zA-Z0-9._-]); start a pattern with '^'",
@@ -610,25 +621,12 @@ impl Config {
                 "must be positive",
             ));
         }
-        Ok(())
+        Ok(router)
     }
 
     /// Resolves topics to the system that owns them.
-    pub fn topic_router(&self) -> TopicRouter {
-        let mut router = TopicRouter::default();
-        for (index, system) in self.systems.iter().enumerate() {
-            for topic in &system.topics {
-                if topic.starts_with('^') {
-                    // validate() compiled every pattern already.
-                    if let Ok(re) = regex::Regex::new(topic) {
-                        router.patterns.push((re, index));
-                    }
-                } else {
-                    router.exact.entry(topic.clone()).or_insert(index);
-                }
-            }
-        }
-        router
+    pub fn topic_router(&self) -> &TopicRouter {
+        &self.router
     }
 
     /// Every topic and pattern to subscribe to, in declaration order.

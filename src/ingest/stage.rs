@@ -186,7 +186,7 @@ mod tests {
 
     fn ingest(config: &Config, entities: bool) -> Ingest {
         let catalog = entities.then(|| Arc::new(Catalog::new(config)));
-        Ingest::new(config, config.topic_router(), catalog)
+        Ingest::new(config, config.topic_router().clone(), catalog)
     }
 
     fn handle(ingest: &mut Ingest, topic: &str, payload: &str) -> Effects {

@@ -122,6 +122,15 @@ mod tests {
     use crate::ingest::mapping::Catalog;
     use crate::ingest::stage::Ingest;
 
+    fn inventory() -> Config {
+        Config::from_toml(
+            include_str!("../../examples/inventory.toml"),
+            "inventory.toml",
+            std::iter::empty(),
+        )
+        .unwrap()
+    }
+
     fn input<'a>(topic: &'a str, payload: &'a [u8]) -> Input<'a> {
         Input {
             topic,
@@ -138,14 +147,13 @@ mod tests {
     /// through stage 2.
     #[test]
     fn a_change_resolves_into_target_records_a_changelog_value_and_counts() {
-        let config = Config::from_toml(
-            include_str!("../../examples/inventory.toml"),
-            "inventory.toml",
-            std::iter::empty(),
-        )
-        .unwrap();
+        let config = inventory();
         let catalog = Arc::new(Catalog::new(&config));
-        let mut ingest = Ingest::new(&config, config.topic_router(), Some(catalog.clone()));
+        let mut ingest = Ingest::new(
+            &config,
+            config.topic_router().clone(),
+            Some(catalog.clone()),
+        );
         let mut resolver = Resolver::with_catalog(&config, catalog);
         let change = br#"{"before":null,"after":{"item_sku":"SKU-1","title":"Cup","price":"4.90","stock":95,"active":true,"updated_at":"t"},"source":{"connector":"postgresql","name":"shop","db":"shop","schema":"public","table":"items","ts_ms":5,"sequence":"[null,\"1\"]"},"op":"c"}"#;
         let mut internal = Effects::default();
@@ -179,12 +187,7 @@ mod tests {
 
     #[test]
     fn an_unreadable_internal_record_is_rejected_with_its_kind() {
-        let config = Config::from_toml(
-            include_str!("../../examples/inventory.toml"),
-            "inventory.toml",
-            std::iter::empty(),
-        )
-        .unwrap();
+        let config = inventory();
         let mut resolver = Resolver::new(&config);
         let mut effects = Effects::default();
         resolver.handle(&input("internal", b"{"), &mut effects);
@@ -203,12 +206,7 @@ mod tests {
     fn a_changelog_value_is_byte_for_byte_what_format_3_wrote() {
         const INTERNAL: &str = r#"{"v":1,"entity":"product","key":"[\"SKU-1\"]","system":"shop","kind":"upsert","ts_ms":5,"snapshot":false,"position":{"postgres":[0,1]},"fields":[["active",{"bool":true}],["name",{"text":"Cup é"}],["price",{"decimal":"4.90"}],["quantity",{"int":95}],["updated_at",{"text":"t"}]],"origin":{"topic":"shop.public.items","partition":0,"offset":1}}"#;
         const WRITTEN: &str = "03010473686f7001040661637469766501010473686f70010a00046e616d65050643757020c3a90473686f70010a0005707269636503d407020473686f70010a00087175616e7469747902be010473686f70010a000003036572700000000001010473686f7001e4efc7bfe4ecd1938c0103046e616d65050643757020c3a905707269636503d40702087175616e7469747902be0100000473686f70010473686f700105066163746976650101046e616d65050643757020c3a905707269636503d40702087175616e7469747902be010a757064617465645f61740501740001000001000003776d730000000001010473686f7001e48ccbbbedf8f6c2f90101087175616e7469747902be010000000203657270010a03776d73010a010473686f700a00";
-        let config = Config::from_toml(
-            include_str!("../../examples/inventory.toml"),
-            "inventory.toml",
-            std::iter::empty(),
-        )
-        .unwrap();
+        let config = inventory();
         let mut resolver = Resolver::new(&config);
         let mut effects = Effects::default();
         resolver.handle(&input("internal", INTERNAL.as_bytes()), &mut effects);

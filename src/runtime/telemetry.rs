@@ -10,6 +10,8 @@ use prometheus::{
 
 use crate::model::stage::StateSummary;
 
+/// Handles on the registry's series: a clone counts into the same ones.
+#[derive(Clone)]
 pub struct Metrics {
     events_consumed: IntCounterVec,
     tombstones: IntCounterVec,

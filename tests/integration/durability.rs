@@ -535,3 +535,79 @@ fn a_deleted_record_is_tombstoned_on_the_state_topic_after_its_retention() {
         .unwrap()
         .success());
 }
+
+/// A rebalance takes partitions from a worker whose outputs are still in its producer (a long
+/// `linger.ms` holds them there): the revocation flushes them, stores the offsets of the
+/// events now acknowledged, and commits them before the partitions are released. Their next
+/// owners then read nothing again. Before, the acknowledgements that arrived during the
+/// revocation's flush were never turned into offsets: every such event was published twice.
+#[test]
+fn a_revoked_partition_commits_its_acknowledged_work_before_release() {
+    if !support::stack_available("durability") {
+        return;
+    }
+    const N: usize = 300;
+    let group = unique("e2e-revoke");
+    let input = format!("{group}.in");
+    support::create_topic(&input, 2).unwrap();
+    let mut options = HarmonyOptions::stack(group.clone());
+    options.systems = vec![("erp".into(), vec![input.clone()])];
+    options.extra_toml = "[kafka.producer]\n\"linger.ms\" = \"4000\"\n".into();
+    let first = Harmony::start(&options).unwrap();
+    support::wait_until(Duration::from_secs(30), "the first assignment", || {
+        Ok(first.log().contains("partition assigned"))
+    })
+    .unwrap();
+    let records: Vec<(String, String)> = (0..N)
+        .map(|n| {
+            (
+                format!(r#"{{"n":{n}}}"#),
+                format!(
+                    r#"{{"before":null,"after":{{"n":{n}}},"source":{{"connector":"postgresql","name":"erp","db":"erp","schema":"public","table":"t","ts_ms":1700000000000,"sequence":"[null,\"{}\"]"}},"op":"c"}}"#,
+                    100 + n
+                ),
+            )
+        })
+        .collect();
+    let raw: Vec<_> = records
+        .iter()
+        .map(|(k, v)| (Some(k.as_bytes()), Some(v.as_bytes())))
+        .collect();
+    support::produce_raw(&input, &raw).unwrap();
+    // Every event read and handed to the producer, none acknowledged yet (lingering).
+    support::wait_until(Duration::from_secs(3), "every event read", || {
+        Ok(first.metric("harmony_events_consumed_total") >= N as f64)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", first.log()));
+    let second = first.another_worker("second").unwrap();
+    support::wait_until(Duration::from_secs(30), "the rebalance", || {
+        Ok(second.log().contains("partition assigned"))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", second.log()));
+
+    let mut out = TopicReader::new(&first.output_topic).unwrap();
+    let origin = |r: &Record| {
+        let origin = &r.json()["harmony"]["origin"];
+        Some((origin["partition"].as_i64()?, origin["offset"].as_i64()?))
+    };
+    out.read_until(Duration::from_secs(60), |records| {
+        records
+            .iter()
+            .filter_map(origin)
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            >= N
+    })
+    .unwrap();
+    // Whatever is read again arrives after the first copies: give it the time to.
+    out.read_for(Duration::from_secs(8)).unwrap();
+    let published = out.records.len();
+    assert_eq!(
+        published,
+        N,
+        "{} events published again after the rebalance\nfirst:\n{}\nsecond:\n{}",
+        published.saturating_sub(N),
+        first.log(),
+        second.log()
+    );
+}

@@ -14,9 +14,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use std::marker::PhantomData;
-
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, DefaultConsumerContext};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaResult;
 
 /// Identifies a begun event so that its acknowledgement finds it again, even across a
@@ -134,22 +132,14 @@ impl OffsetTracker {
     }
 }
 
-/// The tracker bound to the consumer whose offsets it stores.
-pub struct OffsetStore<'c, C: Consumer<X>, X: ConsumerContext = DefaultConsumerContext> {
-    consumer: &'c C,
+/// The tracker, storing offsets on the consumer it is handed: the pipeline's, or the one a
+/// revocation callback is given (the same client).
+#[derive(Debug, Default)]
+pub struct OffsetStore {
     tracker: OffsetTracker,
-    context: PhantomData<X>,
 }
 
-impl<'c, X: ConsumerContext, C: Consumer<X>> OffsetStore<'c, C, X> {
-    pub fn new(consumer: &'c C) -> Self {
-        Self {
-            consumer,
-            tracker: OffsetTracker::default(),
-            context: PhantomData,
-        }
-    }
-
+impl OffsetStore {
     pub fn begin(&mut self, topic: &str, partition: i32, offset: i64) -> Ticket {
         self.tracker.begin(topic, partition, offset)
     }
@@ -157,24 +147,24 @@ impl<'c, X: ConsumerContext, C: Consumer<X>> OffsetStore<'c, C, X> {
     /// Records that every output of `ticket`'s event is acknowledged, and stores the offset
     /// when the partition's acknowledged prefix grew.
     /// Returns the partition and next offset when one was stored.
-    pub fn acknowledged(&mut self, ticket: Ticket) -> Option<(&str, i32, i64)> {
+    pub fn acknowledged<X: ConsumerContext, C: Consumer<X>>(
+        &mut self,
+        consumer: &C,
+        ticket: Ticket,
+    ) -> Option<(&str, i32, i64)> {
         let stored = self.tracker.acknowledge(ticket);
         if let Some((topic, partition, next)) = stored {
             // rd_kafka_offset_store stores `offset + 1` itself: hand it the last acknowledged
             // offset. Passing `next` would commit one record too far, and a crash would then
             // skip a record nobody processed (the mock-cluster fault test catches exactly that).
             #[allow(clippy::disallowed_methods)]
-            if let Err(e) = self.consumer.store_offset(topic, partition, next - 1) {
+            if let Err(e) = consumer.store_offset(topic, partition, next - 1) {
                 // The partition was revoked while its events were in flight; its new owner
                 // reads them again from the last commit, so nothing is lost.
                 tracing::debug!(topic, partition, offset = next, error = %e, "offset not stored");
             }
         }
         stored
-    }
-
-    pub fn consumer(&self) -> &'c C {
-        self.consumer
     }
 
     pub fn in_flight(&self) -> usize {
@@ -191,9 +181,9 @@ impl<'c, X: ConsumerContext, C: Consumer<X>> OffsetStore<'c, C, X> {
     }
 
     /// Commits every stored offset now and waits for the broker's answer.
-    pub fn commit_now(&self) -> KafkaResult<()> {
+    pub fn commit_now<X: ConsumerContext, C: Consumer<X>>(consumer: &C) -> KafkaResult<()> {
         #[allow(clippy::disallowed_methods)]
-        self.consumer.commit_consumer_state(CommitMode::Sync)
+        consumer.commit_consumer_state(CommitMode::Sync)
     }
 }
 

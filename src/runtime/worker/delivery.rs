@@ -2,100 +2,82 @@
 //! (ARCHITECTURE.md §5 "Order of durability").
 //!
 //! At least once, an input offset is stored once every record it caused is acknowledged —
-//! for a stage with state, its outputs first, then its changelog writes. Exactly once, an
-//! event's records and its changelog writes go into the stage's open Kafka transaction, and
-//! its offset commits with the batch.
+//! for a stage with state, its outputs first, then its changelog writes ([`Acks`], shared with
+//! the revocation callback). Exactly once, an event's records and its changelog writes go into
+//! the stage's open Kafka transaction, and its offset commits with the batch.
 
 use std::sync::Arc;
 
-use futures_util::stream::FuturesUnordered;
-use rdkafka::consumer::StreamConsumer;
-
-use super::durability::Durability;
-use super::ownership::OwnershipContext;
+use super::acks::{self, SharedAcks};
 use super::transaction::Transaction;
-use super::PendingCompletion;
-use crate::runtime::kafka::offsets::OffsetStore;
 
-// One per pipeline, made once: its size never moves on a hot path.
-#[allow(clippy::large_enum_variant)]
-pub(super) enum Delivery<'c> {
-    AtLeastOnce {
-        /// The one owner of the input offsets: stored in order as events complete.
-        offsets: OffsetStore<'c, StreamConsumer<OwnershipContext>, OwnershipContext>,
-        /// A stage with state: outputs → changelog → offset.
-        durability: Durability,
-        /// Each event's records, waiting for their acknowledgements.
-        deliveries: FuturesUnordered<PendingCompletion>,
-    },
-    ExactlyOnce {
-        transaction: Arc<Transaction>,
-    },
+pub(super) enum Delivery {
+    AtLeastOnce(SharedAcks),
+    ExactlyOnce { transaction: Arc<Transaction> },
 }
 
-impl<'c> Delivery<'c> {
-    pub(super) fn new(
-        consumer: &'c StreamConsumer<OwnershipContext>,
-        transaction: Option<Arc<Transaction>>,
-    ) -> Self {
-        match transaction {
-            Some(transaction) => Delivery::ExactlyOnce { transaction },
-            None => Delivery::AtLeastOnce {
-                offsets: OffsetStore::new(consumer),
-                durability: Durability::default(),
-                deliveries: FuturesUnordered::new(),
-            },
+impl Delivery {
+    /// At least once when there is no transaction; `acks` is what the consumer's revocation
+    /// callback shares.
+    pub(super) fn new(transaction: Option<Arc<Transaction>>, acks: Option<SharedAcks>) -> Self {
+        match (transaction, acks) {
+            (Some(transaction), _) => Delivery::ExactlyOnce { transaction },
+            (None, acks) => Delivery::AtLeastOnce(acks.unwrap_or_default()),
         }
     }
 
     pub(super) fn transaction(&self) -> Option<&Arc<Transaction>> {
         match self {
             Delivery::ExactlyOnce { transaction } => Some(transaction),
-            Delivery::AtLeastOnce { .. } => None,
+            Delivery::AtLeastOnce(_) => None,
+        }
+    }
+
+    pub(super) fn acks(&self) -> Option<&SharedAcks> {
+        match self {
+            Delivery::AtLeastOnce(acks) => Some(acks),
+            Delivery::ExactlyOnce { .. } => None,
         }
     }
 
     /// Events read and not yet stored, in either phase.
     pub(super) fn in_flight(&self) -> usize {
-        match self {
-            Delivery::AtLeastOnce {
-                offsets,
-                durability,
-                ..
-            } => offsets.in_flight() + durability.in_flight(),
-            Delivery::ExactlyOnce { .. } => 0,
-        }
+        self.acks().map_or(0, |a| acks::lock(a).in_flight())
     }
 
     /// A partition's unfinished work is dropped: revoked, or to be read again.
-    pub(super) fn forget(&mut self, topic: &str, partition: i32) {
-        if let Delivery::AtLeastOnce {
-            offsets,
-            durability,
-            ..
-        } = self
-        {
-            offsets.forget(topic, partition);
-            durability.forget(topic, partition);
+    pub(super) fn forget(&self, topic: &str, partition: i32) {
+        if let Some(shared) = self.acks() {
+            let mut acks = acks::lock(shared);
+            acks.offsets.forget(topic, partition);
+            acks.durability.forget(topic, partition);
         }
     }
 
     /// The earliest offset of the partition read and not yet stored, in either phase.
     pub(super) fn earliest_unstored(&self, topic: &str, partition: i32) -> Option<i64> {
-        let Delivery::AtLeastOnce {
-            offsets,
-            durability,
-            ..
-        } = self
-        else {
-            return None;
-        };
+        let acks = acks::lock(self.acks()?);
         [
-            offsets.tracker().earliest_pending(topic, partition),
-            durability.tracker().earliest_pending(topic, partition),
+            acks.offsets.tracker().earliest_pending(topic, partition),
+            acks.durability.tracker().earliest_pending(topic, partition),
         ]
         .into_iter()
         .flatten()
         .min()
     }
+
+    /// Whether events wait for acknowledgements.
+    pub(super) fn has_deliveries(&self) -> bool {
+        self.acks()
+            .is_some_and(|a| !acks::lock(a).deliveries.is_empty())
+    }
+}
+
+/// The next event whose records are all acknowledged (none when nothing is in flight). The
+/// lock is held only while polling, never across an await: the revocation callback, which runs
+/// while the pipeline polls its consumer, takes it too.
+pub(super) async fn next_completion(delivery: &Delivery) -> Option<super::Completion> {
+    use futures_util::StreamExt;
+    let shared = delivery.acks()?;
+    std::future::poll_fn(|cx| acks::lock(shared).deliveries.poll_next_unpin(cx)).await
 }

@@ -147,7 +147,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
     rebuild_state: bool,
 ) -> Result<(), WorkerError> {
-    let plan = Plan::new(config);
+    let plan = Arc::new(Plan::new(config));
     let commit_interval_ms = config.processing.commit_interval.as_millis() as u64;
     let mut consumer_config = kafka::consumer_config(&config.kafka, commit_interval_ms);
     let exactly_once = config.processing.guarantee == Guarantee::ExactlyOnce;
@@ -181,10 +181,21 @@ pub async fn run(
     // With entities declared, readiness is stage 2's: ready once its partitions' state is
     // installed. Stage 1's rebalances must not say otherwise.
     let resolving = plan.catalog.is_some();
+    // At least once, each stage's in-flight events are shared with its consumer's revocation
+    // callback, which settles the revoked partitions' before they go.
+    let acks = |transaction: &Option<Arc<Transaction>>| {
+        transaction
+            .is_none()
+            .then(|| Arc::new(std::sync::Mutex::new(Acks::default())))
+    };
     let context = |restore: Option<Restore>,
                    transaction: &Option<Arc<Transaction>>,
+                   acks: &Option<acks::SharedAcks>,
                    group: &str,
                    health: Option<&Health>| OwnershipContext {
+        acks: acks.clone(),
+        plan: Arc::clone(&plan),
+        metrics: metrics.clone(),
         lag: metrics.consumer_lag(),
         producer_queue: metrics.producer_queue(transaction.as_ref().map_or("shared", |t| t.stage)),
         group: group.to_owned(),
@@ -197,10 +208,12 @@ pub async fn run(
         restore,
     };
     let ingest_transaction = transaction(Ingest::NAME)?;
+    let ingest_acks = acks(&ingest_transaction);
     let consumer: StreamConsumer<OwnershipContext> = consumer_config
         .create_with_context(context(
             None,
             &ingest_transaction,
+            &ingest_acks,
             &plan.group,
             (!resolving).then_some(health),
         ))
@@ -308,6 +321,7 @@ pub async fn run(
         Some(_) => transaction(Resolver::NAME)?,
         None => None,
     };
+    let resolve_acks = acks(&resolve_transaction);
     // Stage 2 is a consumer group of its own over the internal topic.
     let resolve_consumer: Option<StreamConsumer<OwnershipContext>> = match &resolver {
         Some(_) => {
@@ -326,6 +340,7 @@ pub async fn run(
                 .create_with_context(context(
                     Some(restore),
                     &resolve_transaction,
+                    &resolve_acks,
                     &plan.resolve_group,
                     Some(health),
                 ))
@@ -363,7 +378,7 @@ pub async fn run(
         metrics,
         ingest_producer,
         &consumer,
-        Delivery::new(&consumer, ingest_transaction.clone()),
+        Delivery::new(ingest_transaction.clone(), ingest_acks),
     );
     let resolve_producer = resolve_transaction
         .as_ref()
@@ -376,7 +391,7 @@ pub async fn run(
             metrics,
             resolve_producer,
             c,
-            Delivery::new(c, resolve_transaction.clone()),
+            Delivery::new(resolve_transaction.clone(), resolve_acks),
         )),
         _ => None,
     };
@@ -454,6 +469,7 @@ fn run_stage<S: Stage>(
     })
 }
 
+mod acks;
 mod dead_letter;
 mod delivery;
 mod durability;
@@ -463,6 +479,7 @@ mod plan;
 mod rewind;
 mod transaction;
 
+use acks::Acks;
 use delivery::Delivery;
 use ownership::{Ownership, OwnershipContext, Restore};
 use pipeline::Pipeline;

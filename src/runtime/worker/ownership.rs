@@ -4,9 +4,11 @@
 //! The callbacks run inside the consumer's poll, before any record of a newly assigned
 //! partition is handed to the pipeline: an assigned internal-topic partition is restored there
 //! by reading its changelog partition to the end, so no change of it is applied to a missing
-//! state. On revocation, everything already handed to the producer is flushed before the
-//! partition is released, so its next owner's restore sees every changelog record this worker
-//! wrote; what is still unacknowledged is forgotten, not stored, and read again by that owner.
+//! state. On revocation, everything already handed to the producer is flushed and the revoked
+//! partitions' acknowledged events are settled into committed offsets before the partitions
+//! are released (`acks::settle_revoked`), so their next owner's restore sees every changelog
+//! record this worker wrote and reads none of that work again; what is still unacknowledged is
+//! forgotten, not stored, and read again by that owner.
 //! The pipeline applies the recorded events between two records (`take_events`).
 
 use std::collections::{HashMap, HashSet};
@@ -17,8 +19,13 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 
+use super::acks::{self, Settling, SharedAcks};
+use super::plan::Plan;
 use super::transaction::{Transaction, TransactionError};
 use crate::runtime::http::Health;
+use crate::runtime::kafka::offsets::OffsetStore;
+use crate::runtime::telemetry::Metrics;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 /// A partition's changelog as read back: `(key, value)` in log order, `None` for a tombstone.
 pub type ChangelogLog = Vec<(Vec<u8>, Option<Vec<u8>>)>;
@@ -161,6 +168,66 @@ pub struct OwnershipContext {
     /// `harmony_producer_queue_messages` of `producer`, sampled with the statistics.
     pub producer_queue: prometheus::IntGauge,
     pub group: String,
+    /// At least once: the stage's in-flight events, settled for the revoked partitions before
+    /// they are released.
+    pub acks: Option<SharedAcks>,
+    pub plan: Arc<Plan>,
+    pub metrics: Metrics,
+}
+
+impl OwnershipContext {
+    /// Exactly once: the open batch committed (or, failing, aborted and done again). At least
+    /// once: the revoked partitions' acknowledged events settled into stored offsets under
+    /// `flush_deadline`, and committed.
+    fn hand_over(&self, consumer: &BaseConsumer<Self>, partitions: &TopicPartitionList) {
+        if let Some(transaction) = &self.transaction {
+            match transaction.commit(consumer.group_metadata()) {
+                Ok((events, _)) => {
+                    tracing::info!(
+                        events,
+                        stage = transaction.stage,
+                        "batch committed at revocation"
+                    )
+                }
+                Err(error) => self
+                    .ownership
+                    .push(OwnershipEvent::TransactionFailed(error)),
+            }
+            return;
+        }
+        let deadline = Instant::now() + self.flush_deadline;
+        let Some(shared) = &self.acks else {
+            if let Err(error) = self.producer.flush(self.flush_deadline) {
+                tracing::warn!(%error, "records still unacknowledged at revocation; their events will be read again by the next owner");
+            }
+            return;
+        };
+        let revoked = |topic: &str, partition: i32| {
+            partitions
+                .elements()
+                .iter()
+                .any(|p| p.topic() == topic && p.partition() == partition)
+        };
+        let ownership = &self.ownership;
+        let with = Settling {
+            producer: &self.producer,
+            plan: &self.plan,
+            metrics: &self.metrics,
+            owns: &|topic, partition| ownership.owns(topic, partition),
+        };
+        let settled = acks::settle_revoked(shared, consumer, &with, &revoked, deadline);
+        match OffsetStore::commit_now(consumer) {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(error) => {
+                tracing::warn!(%error, "cannot commit at revocation; the next owner reads from the last commit")
+            }
+        }
+        tracing::info!(
+            settled,
+            in_flight = acks::lock(shared).in_flight(),
+            "in-flight events settled at revocation"
+        );
+    }
 }
 
 impl ClientContext for OwnershipContext {
@@ -187,6 +254,9 @@ impl ConsumerContext for OwnershipContext {
         let Rebalance::Revoke(partitions) = rebalance else {
             return;
         };
+        // First what this worker did with the partitions reaches the broker and the offsets,
+        // while they are still its own: their next owners read from the committed offsets.
+        self.hand_over(consumer, partitions);
         if let Ok(mut owned) = self.ownership.owned.lock() {
             for p in partitions.elements() {
                 if let Some(partitions) = owned.get_mut(p.topic()) {
@@ -214,24 +284,6 @@ impl ConsumerContext for OwnershipContext {
                 topic: p.topic().to_owned(),
                 partition: p.partition(),
             });
-        }
-        if let Some(transaction) = &self.transaction {
-            // The next owners read from the committed offsets: what this worker did with the
-            // revoked partitions must be committed now, or it is aborted and done again.
-            match transaction.commit(consumer.group_metadata()) {
-                Ok((events, _)) => {
-                    tracing::info!(
-                        events,
-                        stage = transaction.stage,
-                        "batch committed at revocation"
-                    )
-                }
-                Err(error) => self
-                    .ownership
-                    .push(OwnershipEvent::TransactionFailed(error)),
-            }
-        } else if let Err(error) = self.producer.flush(self.flush_deadline) {
-            tracing::warn!(%error, "records still unacknowledged at revocation; their events will be read again by the next owner");
         }
     }
 

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::stream::StreamExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
@@ -13,8 +12,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
+use super::acks::{self, Settled, Settling};
 use super::dead_letter;
-use super::delivery::Delivery;
+use super::delivery::{next_completion, Delivery};
 use super::ownership::{self, ChangelogLog, Ownership, OwnershipContext, OwnershipEvent};
 use super::plan::Plan;
 use super::rewind::{self, Rewinds};
@@ -22,7 +22,7 @@ use super::transaction::TransactionError;
 use super::{Completion, Destination, Phase, Sent, WorkerError};
 use crate::config::{Config, RegressionPolicy};
 use crate::model::stage::{ChangelogWrites, Count, Effects, HeaderSource, Input, Stage, Topic};
-use crate::runtime::kafka::offsets::Ticket;
+use crate::runtime::kafka::offsets::{OffsetStore, Ticket};
 use crate::runtime::telemetry::Metrics;
 
 pub(super) struct Pipeline<'a, S: Stage> {
@@ -33,7 +33,7 @@ pub(super) struct Pipeline<'a, S: Stage> {
     /// The stage's transactional producer exactly once; the shared one at least once.
     pub(super) producer: &'a FutureProducer,
     pub(super) consumer: &'a StreamConsumer<OwnershipContext>,
-    pub(super) delivery: Delivery<'a>,
+    pub(super) delivery: Delivery,
     /// Which partitions the consumer owns now, and what changed since the last record.
     pub(super) ownership: Arc<Ownership>,
     /// Reused for every record: what the stage made of it.
@@ -61,7 +61,7 @@ impl<'a, S: Stage> Pipeline<'a, S> {
         metrics: &'a Metrics,
         producer: &'a FutureProducer,
         consumer: &'a StreamConsumer<OwnershipContext>,
-        delivery: Delivery<'a>,
+        delivery: Delivery,
     ) -> Self {
         Self {
             stage,
@@ -105,7 +105,7 @@ impl<'a, S: Stage> Pipeline<'a, S> {
             if state_metrics_due.is_some_and(|due| Instant::now() >= due) {
                 self.publish_state_metrics();
             }
-            let has_deliveries = matches!(&self.delivery, Delivery::AtLeastOnce { deliveries, .. } if !deliveries.is_empty());
+            let has_deliveries = self.delivery.has_deliveries();
             tokio::select! {
                 biased;
                 changed = shutdown.changed() => {
@@ -114,8 +114,8 @@ impl<'a, S: Stage> Pipeline<'a, S> {
                         return Ok(());
                     }
                 }
-                Some(done) = next_completion(&mut self.delivery), if has_deliveries => {
-                    self.complete(done).await?;
+                Some(done) = next_completion(&self.delivery), if has_deliveries => {
+                    self.complete(done)?;
                 }
                 // Taken at the top of the loop.
                 () = ownership.changed() => {}
@@ -395,12 +395,7 @@ impl<'a, S: Stage> Pipeline<'a, S> {
     /// unfinished work (and its state), and is read again after a back-off from the earliest
     /// offset not yet stored. A ticket of a read already forgotten changes nothing.
     fn rewind(&mut self, ticket: Ticket, phase: Phase, error: &KafkaError) {
-        let Delivery::AtLeastOnce {
-            offsets,
-            durability,
-            ..
-        } = &self.delivery
-        else {
+        let Some(shared) = self.delivery.acks() else {
             return;
         };
         // Records queued behind the failed one would otherwise still go out, and a later
@@ -411,10 +406,7 @@ impl<'a, S: Stage> Pipeline<'a, S> {
             self.producer
                 .purge(rdkafka::producer::PurgeConfig::default().queue());
         }
-        let located = match phase {
-            Phase::Stored => offsets.tracker().locate(ticket),
-            Phase::Outputs => durability.tracker().locate(ticket),
-        };
+        let located = acks::lock(shared).locate(ticket, phase);
         let Some((topic, partition)) = located else {
             return;
         };
@@ -528,19 +520,20 @@ impl<'a, S: Stage> Pipeline<'a, S> {
         started: Instant,
     ) -> Result<(), WorkerError> {
         let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
-        let transaction = match &mut self.delivery {
-            Delivery::AtLeastOnce {
-                offsets,
-                durability,
-                ..
-            } => {
+        let transaction = match &self.delivery {
+            Delivery::AtLeastOnce(shared) => {
+                let mut acks = acks::lock(shared);
                 let (ticket, phase) = if S::KEEPS_STATE {
-                    let ticket = durability.begin(topic, partition, offset, changelog);
+                    let ticket = acks.durability.begin(topic, partition, offset, changelog);
                     (ticket, Phase::Outputs)
                 } else {
-                    (offsets.begin(topic, partition, offset), Phase::Stored)
+                    (acks.offsets.begin(topic, partition, offset), Phase::Stored)
                 };
-                self.track(ticket, phase, sends, source_ts_ms, started);
+                acks.track(ticket, phase, sends, source_ts_ms);
+                let in_flight = acks.in_flight();
+                drop(acks);
+                self.metrics
+                    .processed(started.elapsed().as_secs_f64(), in_flight);
                 return Ok(());
             }
             Delivery::ExactlyOnce { transaction } => Arc::clone(transaction),
@@ -561,18 +554,13 @@ impl<'a, S: Stage> Pipeline<'a, S> {
         Ok(())
     }
 
-    /// A record's state (`None`: its tombstone) to the changelog, partition for partition: the
-    /// internal partition's next owner restores from exactly this changelog partition.
+    /// Exactly once: a record's state (`None`: its tombstone) to the changelog, in the batch.
     async fn write_changelog(&self, partition: i32, key: &str, state: Option<&[u8]>) -> Sent {
-        let record = FutureRecord {
-            topic: &self.plan.state_topic,
-            partition: Some(partition),
-            payload: state,
-            key: Some(key.as_bytes()),
-            timestamp: None,
-            headers: None,
-        };
-        send(self.producer, record).await
+        send(
+            self.producer,
+            acks::changelog_record(self.plan, partition, key, state),
+        )
+        .await
     }
 
     /// Exactly once: opens the stage's batch before an event's first record is sent.
@@ -663,121 +651,36 @@ impl<'a, S: Stage> Pipeline<'a, S> {
         Ok(())
     }
 
-    /// At least once: registers an event's records as in flight until acknowledged.
-    fn track(
-        &mut self,
-        ticket: Ticket,
-        phase: Phase,
-        sends: Vec<(Destination, Sent)>,
-        source_ts_ms: Option<i64>,
-        started: Instant,
-    ) {
-        let Delivery::AtLeastOnce { deliveries, .. } = &mut self.delivery else {
-            return;
+    /// At least once: one phase of an event acknowledged (see [`acks::Acks::settle`]); a
+    /// retriable failure reads its partition again, a permanent one stops the worker.
+    fn complete(&mut self, done: Completion) -> Result<(), WorkerError> {
+        let Some(shared) = self.delivery.acks() else {
+            return Ok(());
         };
-        deliveries.push(Box::pin(async move {
-            let mut results = Vec::with_capacity(sends.len());
-            for (destination, delivery) in sends {
-                let result = match delivery {
-                    Err(refused) => Err(refused),
-                    Ok(delivery) => match delivery.await {
-                        Ok(Ok(_)) => Ok(()),
-                        Ok(Err((error, _))) => Err(error),
-                        // The producer was dropped with the record still queued.
-                        Err(_canceled) => Err(KafkaError::Canceled),
-                    },
-                };
-                results.push((destination, result));
-            }
-            Completion {
+        let ownership = &self.ownership;
+        let with = Settling {
+            producer: self.producer,
+            plan: self.plan,
+            metrics: self.metrics,
+            owns: &|topic, partition| ownership.owns(topic, partition),
+        };
+        let rewinds = &mut self.rewinds;
+        let settled =
+            acks::lock(shared).settle(done, self.consumer, &with, &mut |topic, partition, next| {
+                rewinds.stored(topic, partition, next)
+            });
+        match settled {
+            Settled::Done => {}
+            Settled::Retry {
                 ticket,
                 phase,
-                source_ts_ms,
-                results,
+                error,
+            } => self.rewind(ticket, phase, &error),
+            Settled::Fatal { topic, error } => {
+                tracing::error!(topic = %topic, error = %error,
+                    "delivery failed and cannot succeed by retrying; stopping without storing this offset");
+                return Err(WorkerError::Delivery { topic, error });
             }
-        }));
-        self.metrics
-            .processed(started.elapsed().as_secs_f64(), self.in_flight());
-    }
-
-    fn destination_topic<'d>(&'d self, destination: &'d Destination) -> &'d str {
-        match destination {
-            Destination::Publish(topic) => self.plan.topic_name(topic),
-            Destination::Changelog => &self.plan.state_topic,
-            Destination::DeadLetter => &self.plan.dead_letter_topic,
-        }
-    }
-
-    /// One phase of an event acknowledged. Outputs (a stage with state): the events now ready
-    /// write their changelog values, in offset order. Last phase: the offset may be stored.
-    async fn complete(&mut self, done: Completion) -> Result<(), WorkerError> {
-        let mut failed = None;
-        for (destination, result) in &done.results {
-            let topic = self.destination_topic(destination);
-            match result {
-                Ok(()) if *destination == Destination::DeadLetter => {
-                    self.metrics.dead_letter_acknowledged(topic)
-                }
-                Ok(()) => self.metrics.output_acknowledged(topic),
-                Err(error) if rewind::is_retriable(error) => {
-                    failed = failed.or_else(|| Some(error.clone()));
-                }
-                Err(error) => {
-                    tracing::error!(topic = %topic, error = %error,
-                        "delivery failed and cannot succeed by retrying; stopping without storing this offset");
-                    return Err(WorkerError::Delivery {
-                        topic: topic.to_owned(),
-                        error: error.clone(),
-                    });
-                }
-            }
-        }
-        if let Some(error) = failed {
-            self.rewind(done.ticket, done.phase, &error);
-            self.metrics.set_in_flight(self.in_flight());
-            return Ok(());
-        }
-        if let Some(ts) = done.source_ts_ms {
-            self.metrics.end_to_end(ts);
-        }
-        let Delivery::AtLeastOnce {
-            offsets,
-            durability,
-            ..
-        } = &mut self.delivery
-        else {
-            return Ok(());
-        };
-        let ready = match done.phase {
-            Phase::Stored => {
-                if let Some((topic, partition, next)) = offsets.acknowledged(done.ticket) {
-                    self.rewinds.stored(topic, partition, next);
-                }
-                Vec::new()
-            }
-            Phase::Outputs => durability.outputs_acknowledged(done.ticket),
-        };
-        let internal_topic = self.plan.internal_topic.as_str();
-        for (partition, offset, changelog) in ready {
-            if !self.ownership.owns(internal_topic, partition) {
-                continue;
-            }
-            let Delivery::AtLeastOnce { offsets, .. } = &mut self.delivery else {
-                break;
-            };
-            let ticket = offsets.begin(internal_topic, partition, offset);
-            if changelog.is_empty() {
-                if let Some((topic, partition, next)) = offsets.acknowledged(ticket) {
-                    self.rewinds.stored(topic, partition, next);
-                }
-                continue;
-            }
-            let mut sends = Vec::with_capacity(changelog.len());
-            for (key, state) in changelog.iter() {
-                let sent = self.write_changelog(partition, key, state).await;
-                sends.push((Destination::Changelog, sent));
-            }
-            self.track(ticket, Phase::Stored, sends, None, Instant::now());
         }
         self.metrics.set_in_flight(self.in_flight());
         Ok(())
@@ -787,8 +690,8 @@ impl<'a, S: Stage> Pipeline<'a, S> {
     /// then keeps its offset unstored and is read again by the next owner of the partition.
     pub(super) async fn drain(&mut self, deadline: Duration) -> Result<(), WorkerError> {
         let drain = async {
-            while let Some(done) = next_completion(&mut self.delivery).await {
-                self.complete(done).await?;
+            while let Some(done) = next_completion(&self.delivery).await {
+                self.complete(done)?;
             }
             self.commit_batch()
         };
@@ -804,23 +707,15 @@ impl<'a, S: Stage> Pipeline<'a, S> {
         }
     }
 
-    /// At least once: stores what is acknowledged and commits it now, before leaving the group.
+    /// At least once: commits what is stored now, before leaving the group.
     pub(super) fn commit_stored(&self) -> Result<(), WorkerError> {
-        let Delivery::AtLeastOnce { offsets, .. } = &self.delivery else {
+        if self.delivery.acks().is_none() {
             return Ok(());
-        };
-        match offsets.commit_now() {
+        }
+        match OffsetStore::commit_now(self.consumer) {
             Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
             Err(e) => Err(WorkerError::Commit(e)),
         }
-    }
-}
-
-/// The next event whose records are all acknowledged (none when nothing is in flight).
-async fn next_completion(delivery: &mut Delivery<'_>) -> Option<Completion> {
-    match delivery {
-        Delivery::AtLeastOnce { deliveries, .. } => deliveries.next().await,
-        Delivery::ExactlyOnce { .. } => None,
     }
 }
 
@@ -837,16 +732,11 @@ pub(super) async fn send(
     mut record: FutureRecord<'_, [u8], [u8]>,
 ) -> Sent {
     loop {
-        match producer.send_result(record) {
-            Ok(delivery) => return Ok(delivery),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+        match acks::offer(producer, record) {
+            Ok(sent) => return sent,
+            Err(returned) => {
                 record = returned;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            Err((error, _)) => {
-                // Not retryable locally (e.g. message too large): it takes the path of a
-                // failed delivery, so the offset is not stored.
-                return Err(error);
+                tokio::time::sleep(acks::QUEUE_FULL_WAIT).await;
             }
         }
     }

@@ -34,7 +34,7 @@ impl Plan {
             dead_letter_topic: config.output.dead_letter_topic.clone(),
             internal_topic: config.output.internal_topic(&group),
             state_topic: config.output.state_topic(&group),
-            router: config.topic_router(),
+            router: config.topic_router().clone(),
             catalog: (!config.entities.is_empty()).then(|| Arc::new(Catalog::new(config))),
             group,
         }
