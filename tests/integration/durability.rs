@@ -18,11 +18,10 @@ fn count_for(reader: &mut TopicReader, sku: &str) -> usize {
 
 #[test]
 fn record_state_survives_a_sigkill_and_an_echo_after_restart_is_still_an_echo() {
-    if !support::stack_available("durability") {
+    let Some(mut options) = support::on_stack("e2e-state") else {
         return;
-    }
-    let group = unique("e2e-state");
-    let mut options = HarmonyOptions::stack(group.clone());
+    };
+    let group = options.group_id.clone();
     let targets = support::product_targets(&group, &["erp", "shop", "wms"], "");
     options.extra_toml = format!("{}{targets}", product());
     let mut harmony = Harmony::start(&options).unwrap();
@@ -142,11 +141,10 @@ fn record_state_survives_a_sigkill_and_an_echo_after_restart_is_still_an_echo() 
 /// when a second worker joins, then when the first is killed and the second takes over all.
 #[test]
 fn state_follows_partitions_across_rebalances_between_workers() {
-    if !support::stack_available("rebalance") {
+    let Some(mut options) = support::on_stack("e2e-rebalance") else {
         return;
-    }
-    let group = unique("e2e-rebalance");
-    let mut options = HarmonyOptions::stack(group.clone());
+    };
+    let group = options.group_id.clone();
     let targets = support::product_targets(&group, &["erp", "shop", "wms"], "");
     options.extra_toml = format!("{}{targets}", product());
     let mut first = Harmony::start(&options).unwrap();
@@ -367,11 +365,10 @@ fn topics_whose_settings_would_lose_data_are_refused_at_start() {
 /// rebuilds it from the internal topic. Before, it started on an empty state.
 #[test]
 fn a_lost_state_topic_is_refused_and_rebuilt_on_request() {
-    if !support::stack_available("state-lost") {
+    let Some(mut options) = support::on_stack("e2e-lost") else {
         return;
-    }
-    let group = unique("e2e-lost");
-    let mut options = HarmonyOptions::stack(group.clone());
+    };
+    let group = options.group_id.clone();
     let targets = support::product_targets(&group, &["shop"], "");
     options.extra_toml = format!("{}{targets}", product());
     let mut harmony = Harmony::start(&options).unwrap();
@@ -424,11 +421,10 @@ fn a_lost_state_topic_is_refused_and_rebuilt_on_request() {
 /// not three). Before, the erased state stayed on the changelog for good.
 #[test]
 fn a_deleted_record_is_tombstoned_on_the_state_topic_after_its_retention() {
-    if !support::stack_available("tombstone") {
+    let Some(mut options) = support::on_stack("e2e-tomb") else {
         return;
-    }
-    let group = unique("e2e-tomb");
-    let mut options = HarmonyOptions::stack(group.clone());
+    };
+    let group = options.group_id.clone();
     let targets = support::product_targets(&group, &["shop"], "");
     options.extra_toml = format!("{}{targets}", product());
     options.extra_processing = "deleted_retention = \"2s\"\n".into();
@@ -543,14 +539,13 @@ fn a_deleted_record_is_tombstoned_on_the_state_topic_after_its_retention() {
 /// revocation's flush were never turned into offsets: every such event was published twice.
 #[test]
 fn a_revoked_partition_commits_its_acknowledged_work_before_release() {
-    if !support::stack_available("durability") {
-        return;
-    }
     const N: usize = 300;
-    let group = unique("e2e-revoke");
+    let Some(mut options) = support::on_stack("e2e-revoke") else {
+        return;
+    };
+    let group = options.group_id.clone();
     let input = format!("{group}.in");
     support::create_topic(&input, 2).unwrap();
-    let mut options = HarmonyOptions::stack(group.clone());
     options.systems = vec![("erp".into(), vec![input.clone()])];
     options.extra_toml = "[kafka.producer]\n\"linger.ms\" = \"4000\"\n".into();
     let first = Harmony::start(&options).unwrap();

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::product::{Product, GUARDED_SUM};
-use crate::support::{self, psql, unique, Harmony, HarmonyOptions, Record, TopicReader};
+use crate::support::{self, psql, unique, Harmony, Record, TopicReader};
 
 /// The product of the stack's demo tables (the warehouse's `stock`), stock summed and guarded,
 /// without targets.
@@ -33,11 +33,10 @@ fn field<'v>(record: &'v Value, name: &str) -> &'v Value {
 
 #[test]
 fn each_systems_change_becomes_a_change_of_one_record_on_one_partition() {
-    if !support::stack_available("ingest") {
+    let Some(mut options) = support::on_stack("e2e-ingest") else {
         return;
-    }
-    let group = unique("e2e-ingest");
-    let mut options = HarmonyOptions::stack(group.clone());
+    };
+    let group = options.group_id.clone();
     options.extra_toml = product();
     let mut harmony = Harmony::start(&options).unwrap();
     let sku = unique("ING");
@@ -130,11 +129,10 @@ fn each_systems_change_becomes_a_change_of_one_record_on_one_partition() {
 /// topic in that system's own columns, and a concurrent write becomes a conflict record.
 #[test]
 fn resolved_records_reach_each_target_in_its_own_columns_and_conflicts_are_recorded() {
-    if !support::stack_available("resolve") {
+    let Some(mut options) = support::on_stack("e2e-resolve") else {
         return;
-    }
-    let group = unique("e2e-resolve");
-    let mut options = HarmonyOptions::stack(group.clone());
+    };
+    let group = options.group_id.clone();
     let targets = support::product_targets(
         &group,
         &["erp", "shop", "wms"],
@@ -228,11 +226,10 @@ fn resolved_records_reach_each_target_in_its_own_columns_and_conflicts_are_recor
 /// `harmony resolve`; the settled value then reaches every target.
 #[test]
 fn a_held_conflict_is_settled_by_harmony_resolve() {
-    if !support::stack_available("resolve manual") {
+    let Some(mut options) = support::on_stack("e2e-manual") else {
         return;
-    }
-    let group = unique("e2e-manual");
-    let mut options = HarmonyOptions::stack(group.clone());
+    };
+    let group = options.group_id.clone();
     let targets = support::product_targets(&group, &["erp", "shop"], "");
     options.extra_toml = format!(
         "{}\n  [entities.fields.name]\n  strategy = \"manual\"\n{targets}",

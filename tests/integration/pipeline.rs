@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::{
-    self, create_topic, produce_raw, psql, unique, Harmony, HarmonyOptions, Record, TopicReader,
-};
+use crate::support::{self, create_topic, produce_raw, psql, unique, Harmony, Record, TopicReader};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -35,10 +33,10 @@ fn ops(records: &[&Record]) -> Vec<String> {
 
 #[test]
 fn inserts_updates_and_deletes_in_three_databases_reach_the_output_topic() {
-    if !support::stack_available("e2e") {
+    let Some(options) = support::on_stack("e2e-crud") else {
         return;
-    }
-    let mut harmony = Harmony::start(&HarmonyOptions::stack(unique("e2e-crud"))).unwrap();
+    };
+    let mut harmony = Harmony::start(&options).unwrap();
     let sku = unique("CRUD");
 
     psql("erp", &format!("INSERT INTO products (sku, name, price, quantity) VALUES ('{sku}', 'Tamper 58 mm', 39.90, 10)")).unwrap();
@@ -175,10 +173,9 @@ fn metric_value(text: &str, series: &str) -> f64 {
 /// reads those events again (duplicates are allowed), and no change is lost.
 #[test]
 fn restart_after_sigkill_between_publish_and_commit_loses_nothing() {
-    if !support::stack_available("e2e") {
+    let Some(mut options) = support::on_stack("e2e-kill") else {
         return;
-    }
-    let mut options = HarmonyOptions::stack(unique("e2e-kill"));
+    };
     options.systems.truncate(1); // erp only
                                  // Nothing is committed for a minute: the kill below certainly falls between publish and commit.
     options.commit_interval = "60s";
@@ -269,12 +266,11 @@ fn restart_after_sigkill_between_publish_and_commit_loses_nothing() {
 /// reason, and the records after them still come out.
 #[test]
 fn undecodable_records_are_dead_lettered_and_the_partition_moves_on() {
-    if !support::stack_available("e2e") {
+    let Some(mut options) = support::on_stack("e2e-poison") else {
         return;
-    }
+    };
     let source = unique("e2e-poison-src");
     create_topic(&source, 1).unwrap();
-    let mut options = HarmonyOptions::stack(unique("e2e-poison"));
     options.systems = vec![("erp".into(), vec![source.clone()])];
     let mut harmony = Harmony::start(&options).unwrap();
 

@@ -82,14 +82,13 @@ fn malformed(n: usize) -> (Vec<u8>, &'static str) {
 
 #[test]
 fn poison_corpus_is_dead_lettered_while_every_valid_change_comes_out() {
-    if !support::stack_available("poison") {
-        return;
-    }
     const VALID: usize = 300;
     const POISON: usize = 240;
+    let Some(mut options) = support::on_stack("e2e-poison-corpus") else {
+        return;
+    };
     let source = unique("e2e-poison-corpus");
     create_topic(&source, 3).unwrap();
-    let mut options = HarmonyOptions::stack(unique("e2e-poison-corpus"));
     options.systems = vec![("erp".into(), vec![source.clone()])];
     options.extra_toml = "[input]\nmax_record_bytes = 65536\n".into();
     let mut harmony = Harmony::start(&options).unwrap();
@@ -203,12 +202,11 @@ fn poison_corpus_is_dead_lettered_while_every_valid_change_comes_out() {
 /// too large for the dead-letter topic as well — and the partition moves on.
 #[test]
 fn an_output_too_large_to_publish_is_dead_lettered_and_the_partition_moves_on() {
-    if !support::stack_available("oversize") {
+    let Some(mut options) = support::on_stack("e2e-oversize") else {
         return;
-    }
+    };
     let source = unique("e2e-oversize-src");
     create_topic_with(&source, 1, &[("max.message.bytes", "4000000")]).unwrap();
-    let mut options = HarmonyOptions::stack(unique("e2e-oversize"));
     options.systems = vec![("erp".into(), vec![source.clone()])];
     let mut harmony = Harmony::start(&options).unwrap();
 

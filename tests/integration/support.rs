@@ -51,6 +51,14 @@ pub fn stack_available(test: &str) -> bool {
     false
 }
 
+/// The opening of a test on the stack: its worker's options under a group of its own (named
+/// from `prefix`), or `None` when the test is skipped for want of the stack (see
+/// [`stack_available`]). The closing is the fixtures' own: a [`Harmony`] stops its process and
+/// [`Connectors`] remove what they registered when dropped.
+pub fn on_stack(prefix: &str) -> Option<HarmonyOptions> {
+    stack_available(prefix).then(|| HarmonyOptions::stack(unique(prefix)))
+}
+
 /// A name no other test run has used: tests share the broker and the databases.
 pub fn unique(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
