@@ -16,9 +16,10 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use harmony::config::Config;
-use harmony::ingest::internal::{FieldRef, InternalChange, Kind, Origin, Position, FORMAT_VERSION};
+use harmony::ingest::internal::{FieldRef, InternalChange, Origin, Position, FORMAT_VERSION};
 use harmony::ingest::mapping::{Catalog, EntityId};
 use harmony::model::clock::{SystemId, VersionVector};
+use harmony::model::stage::ChangeKind;
 use harmony::resolve::changelog;
 use harmony::resolve::engine::FieldValue;
 use harmony::resolve::engine::{entity_rules, RecordState};
@@ -52,7 +53,7 @@ fn change(system: &str, n: u64, sku: u64, fields: &[(&str, FieldValue)]) -> Vec<
         entity: "product".into(),
         key: format!(r#"["SKU-{sku:06}"]"#).into(),
         system: system.into(),
-        kind: Kind::Upsert,
+        kind: ChangeKind::Upsert,
         ts_ms: 1_700_000_000_000 + n as i64,
         snapshot: false,
         position: Position::Postgres([n, n]),

@@ -36,7 +36,7 @@ pub struct InternalChange<'a> {
     pub key: Cow<'a, str>,
     #[serde(borrow)]
     pub system: Cow<'a, str>,
-    pub kind: Kind,
+    pub kind: ChangeKind,
     pub ts_ms: i64,
     pub snapshot: bool,
     pub position: Position,
@@ -48,31 +48,6 @@ pub struct InternalChange<'a> {
     pub context: Option<Cow<'a, str>>,
     #[serde(borrow)]
     pub origin: Origin<'a>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    Upsert,
-    Delete,
-}
-
-impl From<ChangeKind> for Kind {
-    fn from(kind: ChangeKind) -> Self {
-        match kind {
-            ChangeKind::Upsert => Kind::Upsert,
-            ChangeKind::Delete => Kind::Delete,
-        }
-    }
-}
-
-impl From<Kind> for ChangeKind {
-    fn from(kind: Kind) -> Self {
-        match kind {
-            Kind::Upsert => ChangeKind::Upsert,
-            Kind::Delete => ChangeKind::Delete,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,7 +144,7 @@ impl<'a> InternalChange<'a> {
             entity: Cow::Borrowed(catalog.entity_name(mapped.entity)),
             key: Cow::Borrowed(&mapped.key),
             system: Cow::Borrowed(system),
-            kind: mapped.kind.into(),
+            kind: mapped.kind,
             ts_ms: event.source.ts_ms,
             snapshot: event.source.snapshot == Snapshot::Yes,
             position: event.source.position.into(),
@@ -243,7 +218,7 @@ mod tests {
                 entity: "product".into(),
                 key: r#"["SKU-1"]"#.into(),
                 system: "shop".into(),
-                kind: Kind::Upsert,
+                kind: ChangeKind::Upsert,
                 ts_ms: ts,
                 snapshot: false,
                 position: Position::Postgres([lsn / 2, lsn]),
@@ -268,7 +243,7 @@ mod tests {
                 entity: "e".into(),
                 key: "[1]".into(),
                 system: "s".into(),
-                kind: Kind::Delete,
+                kind: ChangeKind::Delete,
                 ts_ms: 1,
                 snapshot: false,
                 position: Position::Unknown,

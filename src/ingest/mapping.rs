@@ -17,15 +17,7 @@ use crate::config::Config;
 use crate::ingest::envelope::{ChangeEvent, Op, Row};
 use crate::model::value::Value;
 
-pub use crate::model::stage::{EntityId, FieldId};
-
-/// What a change did to the logical record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChangeKind {
-    /// The record exists with these field values (create, update, snapshot read).
-    Upsert,
-    Delete,
-}
+pub use crate::model::stage::{ChangeKind, EntityId, FieldId};
 
 /// A change of one logical record, in entity terms.
 #[derive(Debug, Clone, PartialEq)]

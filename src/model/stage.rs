@@ -17,6 +17,15 @@ pub struct EntityId(pub u16);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FieldId(pub u16);
 
+/// What a change did to the logical record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    /// The record exists with these field values (create, update, snapshot read).
+    Upsert,
+    Delete,
+}
+
 /// The headers of an input record, as far as a stage reads them.
 pub trait HeaderSource {
     /// The value of the first header of that name; `None` when absent or null.

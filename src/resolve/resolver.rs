@@ -511,7 +511,7 @@ impl Resolver {
             position: change.position.into(),
             ts_ms: change.ts_ms,
             snapshot: change.snapshot,
-            kind: change.kind.into(),
+            kind: change.kind,
             fields: &fields,
             context: context.as_ref(),
         };
@@ -715,7 +715,8 @@ mod tests {
     use std::borrow::Cow;
 
     use super::*;
-    use crate::ingest::internal::{FieldRef, Kind, Origin, Position, FORMAT_VERSION};
+    use crate::ingest::internal::{FieldRef, Origin, Position, FORMAT_VERSION};
+    use crate::model::stage::ChangeKind;
 
     fn resolver(wms_exact: bool) -> Resolver {
         // The example's warehouse runs in exact mode.
@@ -738,7 +739,7 @@ mod tests {
             entity: "product".into(),
             key: r#"["SKU-1"]"#.into(),
             system: system.into(),
-            kind: Kind::Upsert,
+            kind: ChangeKind::Upsert,
             ts_ms: 1_000 + lsn as i64,
             snapshot: false,
             position: Position::Postgres([lsn, lsn]),
@@ -1333,7 +1334,7 @@ mod tests {
         let mut change = InternalChange::decode(&bytes).unwrap();
         change.key = format!(r#"["{sku}"]"#).into();
         if delete {
-            change.kind = Kind::Delete;
+            change.kind = ChangeKind::Delete;
         }
         change.encode()
     }

@@ -15,8 +15,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use thiserror::Error;
 
-use crate::ingest::internal::{FieldRef, InternalChange, Kind, Origin, Position, FORMAT_VERSION};
+use crate::ingest::internal::{FieldRef, InternalChange, Origin, Position, FORMAT_VERSION};
 use crate::model::clock::OPERATOR;
+use crate::model::stage::ChangeKind;
 use crate::model::value::Decimal;
 
 /// What the operator settles the conflict with.
@@ -124,7 +125,7 @@ pub fn settlement_change<'a>(
         entity: Cow::Borrowed(&conflict.entity),
         key: Cow::Borrowed(conflict.key.get()),
         system: Cow::Borrowed(OPERATOR),
-        kind: Kind::Upsert,
+        kind: ChangeKind::Upsert,
         ts_ms: now_ms,
         snapshot: false,
         position: Position::Unknown,
