@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::model::value::ColumnType;
+use crate::model::value::{ColumnType, Semantic};
 
 /// Column types of a row struct, in the schema's field order.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -56,6 +56,9 @@ struct ConnectSchema<'a> {
 }
 
 fn column_type(schema: &ConnectSchema<'_>) -> ColumnType {
+    if let Some(semantic) = schema.name.as_deref().and_then(Semantic::from_name) {
+        return ColumnType::Semantic(semantic);
+    }
     match (schema.kind.as_ref(), schema.name.as_deref()) {
         (_, Some("org.apache.kafka.connect.data.Decimal")) => {
             let scale = schema
@@ -188,6 +191,42 @@ mod tests {
             Some(&ColumnType::Integer)
         );
         assert_eq!(schema.row.column_type("nope", 0), None);
+    }
+
+    /// The columns of `every_type` (scripts/sql/fixtures.sql) as Debezium 3.6's Postgres
+    /// connector declared them in a capture, semantic names and all.
+    #[test]
+    fn semantic_names_are_read_into_semantic_types() {
+        const EVERY_TYPE: &str = r#"{"type":"struct","fields":[{"type":"int32","optional":true,"field":"id"},{"type":"int16","optional":true,"field":"small"},{"type":"bytes","optional":true,"field":"money_col","name":"org.apache.kafka.connect.data.Decimal","parameters":{"scale":"2"}},{"type":"float","optional":true,"field":"real_col"},{"type":"int32","optional":true,"field":"day","name":"io.debezium.time.Date"},{"type":"int32","optional":true,"field":"clock","name":"io.debezium.time.Time"},{"type":"int64","optional":true,"field":"clock_us","name":"io.debezium.time.MicroTime"},{"type":"string","optional":true,"field":"clock_tz","name":"io.debezium.time.ZonedTime"},{"type":"int64","optional":true,"field":"moment_ms","name":"io.debezium.time.Timestamp"},{"type":"int64","optional":true,"field":"moment_us","name":"io.debezium.time.MicroTimestamp"},{"type":"string","optional":true,"field":"moment_tz","name":"io.debezium.time.ZonedTimestamp"},{"type":"int64","optional":true,"field":"span","name":"io.debezium.time.MicroDuration"},{"type":"string","optional":true,"field":"ident","name":"io.debezium.data.Uuid"},{"type":"string","optional":true,"field":"doc_json","name":"io.debezium.data.Json"},{"type":"bytes","optional":true,"field":"raw"},{"type":"string","optional":true,"field":"state","name":"io.debezium.data.Enum","parameters":{"allowed":"calm,busy"}},{"type":"bytes","optional":true,"field":"flags","name":"io.debezium.data.Bits","parameters":{"length":"8"}},{"type":"array","optional":true,"field":"ints","items":{"type":"int32","optional":true}},{"type":"string","optional":true,"field":"address"},{"type":"string","optional":true,"field":"markup","name":"io.debezium.data.Xml"}],"optional":false,"name":"fx_schema.public.every_type.Value"}"#;
+        let schema = parse_value_schema(EVERY_TYPE).unwrap();
+        let of = |column| schema.row.column_type(column, 0).cloned();
+        let semantic = |s| Some(ColumnType::Semantic(s));
+        assert_eq!(of("small"), Some(ColumnType::Integer));
+        assert_eq!(of("money_col"), Some(ColumnType::Decimal { scale: 2 }));
+        assert_eq!(of("day"), semantic(Semantic::Date));
+        assert_eq!(of("clock"), semantic(Semantic::TimeMillis));
+        assert_eq!(of("clock_us"), semantic(Semantic::TimeMicros));
+        assert_eq!(of("clock_tz"), semantic(Semantic::ZonedTime));
+        assert_eq!(of("moment_ms"), semantic(Semantic::TimestampMillis));
+        assert_eq!(of("moment_us"), semantic(Semantic::TimestampMicros));
+        assert_eq!(of("moment_tz"), semantic(Semantic::ZonedTimestamp));
+        assert_eq!(of("span"), semantic(Semantic::DurationMicros));
+        assert_eq!(of("ident"), semantic(Semantic::Uuid));
+        assert_eq!(of("doc_json"), semantic(Semantic::Json));
+        assert_eq!(of("raw"), Some(ColumnType::Bytes));
+        assert_eq!(of("state"), semantic(Semantic::Enum));
+        assert_eq!(of("flags"), semantic(Semantic::Bits));
+        assert_eq!(of("ints"), Some(ColumnType::Composite));
+        assert_eq!(of("address"), Some(ColumnType::String));
+        assert_eq!(of("markup"), semantic(Semantic::Xml));
+        // Written back under Debezium's own name.
+        for s in Semantic::ALL {
+            assert_eq!(Semantic::from_name(s.name()), Some(s));
+        }
+        assert_eq!(
+            Semantic::from_name("org.apache.kafka.connect.data.Timestamp"),
+            Some(Semantic::TimestampMillis)
+        );
     }
 
     #[test]

@@ -268,6 +268,117 @@ pub enum ColumnType {
     VariableScaleDecimal,
     /// Struct, array, map: passed through.
     Composite,
+    /// A Debezium or Connect logical type: what the connector's schema names the column's
+    /// value, over the plain type it is carried in.
+    Semantic(Semantic),
+}
+
+/// The logical types Debezium's connectors name in a schema, each with how its value is
+/// carried in JSON. Read from the schema's `name`; written back under the same name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Semantic {
+    /// Days since the epoch (`int32`): `io.debezium.time.Date`, Connect's `Date`.
+    Date,
+    /// Time of day in milliseconds (`int32`): `io.debezium.time.Time`, Connect's `Time`.
+    TimeMillis,
+    /// Time of day in microseconds (`int64`): `io.debezium.time.MicroTime`.
+    TimeMicros,
+    /// Time of day in nanoseconds (`int64`): `io.debezium.time.NanoTime`.
+    TimeNanos,
+    /// Local date-time, milliseconds since the epoch (`int64`): `io.debezium.time.Timestamp`,
+    /// Connect's `Timestamp`.
+    TimestampMillis,
+    /// Local date-time in microseconds (`int64`): `io.debezium.time.MicroTimestamp`.
+    TimestampMicros,
+    /// Local date-time in nanoseconds (`int64`): `io.debezium.time.NanoTimestamp`.
+    TimestampNanos,
+    /// An instant with its offset, ISO 8601 text: `io.debezium.time.ZonedTimestamp`.
+    ZonedTimestamp,
+    /// A time of day with its offset, ISO 8601 text: `io.debezium.time.ZonedTime`.
+    ZonedTime,
+    /// A duration in microseconds (`int64`): `io.debezium.time.MicroDuration`.
+    DurationMicros,
+    /// A duration as ISO 8601 text: `io.debezium.time.Interval`.
+    Interval,
+    Uuid,
+    /// JSON text: `io.debezium.data.Json`.
+    Json,
+    Enum,
+    EnumSet,
+    /// Bits, base64 bytes, least significant byte first: `io.debezium.data.Bits`.
+    Bits,
+    Xml,
+}
+
+impl Semantic {
+    pub const ALL: [Semantic; 17] = [
+        Semantic::Date,
+        Semantic::TimeMillis,
+        Semantic::TimeMicros,
+        Semantic::TimeNanos,
+        Semantic::TimestampMillis,
+        Semantic::TimestampMicros,
+        Semantic::TimestampNanos,
+        Semantic::ZonedTimestamp,
+        Semantic::ZonedTime,
+        Semantic::DurationMicros,
+        Semantic::Interval,
+        Semantic::Uuid,
+        Semantic::Json,
+        Semantic::Enum,
+        Semantic::EnumSet,
+        Semantic::Bits,
+        Semantic::Xml,
+    ];
+
+    /// The semantic type a Connect schema's `name` stands for, if harmony knows it.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "io.debezium.time.Date" | "org.apache.kafka.connect.data.Date" => Semantic::Date,
+            "io.debezium.time.Time" | "org.apache.kafka.connect.data.Time" => Semantic::TimeMillis,
+            "io.debezium.time.MicroTime" => Semantic::TimeMicros,
+            "io.debezium.time.NanoTime" => Semantic::TimeNanos,
+            "io.debezium.time.Timestamp" | "org.apache.kafka.connect.data.Timestamp" => {
+                Semantic::TimestampMillis
+            }
+            "io.debezium.time.MicroTimestamp" => Semantic::TimestampMicros,
+            "io.debezium.time.NanoTimestamp" => Semantic::TimestampNanos,
+            "io.debezium.time.ZonedTimestamp" => Semantic::ZonedTimestamp,
+            "io.debezium.time.ZonedTime" => Semantic::ZonedTime,
+            "io.debezium.time.MicroDuration" => Semantic::DurationMicros,
+            "io.debezium.time.Interval" => Semantic::Interval,
+            "io.debezium.data.Uuid" => Semantic::Uuid,
+            "io.debezium.data.Json" => Semantic::Json,
+            "io.debezium.data.Enum" => Semantic::Enum,
+            "io.debezium.data.EnumSet" => Semantic::EnumSet,
+            "io.debezium.data.Bits" => Semantic::Bits,
+            "io.debezium.data.Xml" => Semantic::Xml,
+            _ => return None,
+        })
+    }
+
+    /// Debezium's name for it, as a target's schema declares it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Semantic::Date => "io.debezium.time.Date",
+            Semantic::TimeMillis => "io.debezium.time.Time",
+            Semantic::TimeMicros => "io.debezium.time.MicroTime",
+            Semantic::TimeNanos => "io.debezium.time.NanoTime",
+            Semantic::TimestampMillis => "io.debezium.time.Timestamp",
+            Semantic::TimestampMicros => "io.debezium.time.MicroTimestamp",
+            Semantic::TimestampNanos => "io.debezium.time.NanoTimestamp",
+            Semantic::ZonedTimestamp => "io.debezium.time.ZonedTimestamp",
+            Semantic::ZonedTime => "io.debezium.time.ZonedTime",
+            Semantic::DurationMicros => "io.debezium.time.MicroDuration",
+            Semantic::Interval => "io.debezium.time.Interval",
+            Semantic::Uuid => "io.debezium.data.Uuid",
+            Semantic::Json => "io.debezium.data.Json",
+            Semantic::Enum => "io.debezium.data.Enum",
+            Semantic::EnumSet => "io.debezium.data.EnumSet",
+            Semantic::Bits => "io.debezium.data.Bits",
+            Semantic::Xml => "io.debezium.data.Xml",
+        }
+    }
 }
 
 /// Decodes one column's raw JSON, with its declared type when the record has a schema.

@@ -2,6 +2,9 @@
 //! converter mode. The tests are ignored by a plain `cargo test` (each says why): they rewrite
 //! the fixture files. `scripts/capture-fixtures` runs them, and the records land in `tests/fixtures/postgres/<connector>.jsonl`, raw, one per line.
 //!
+//! `every_type` holds one column of every type the Postgres connector gives a semantic name or
+//! a special form: read by the snapshot, inserted again while streaming, and inserted all null.
+//!
 //! The cases, in order: snapshot read; multi-row insert (64-bit integers past 2^53, negative
 //! and variable-scale decimals, dates, timestamps, arrays, JSON, bytes); update; primary-key
 //! change; delete; TOAST-ed column left unchanged by an update; truncate; logical message;
@@ -68,7 +71,7 @@ fn connector_config(name: &str, mode: &str) -> Value {
         "database.password": std::env::var("PG_PASSWORD").unwrap_or_else(|_| "harmony".into()),
         "database.dbname": "fixtures",
         "topic.prefix": name,
-        "table.include.list": "public.kinds,public.notes",
+        "table.include.list": "public.kinds,public.notes,public.every_type",
         "slot.name": name,
         "publication.name": name,
         "publication.autocreate.mode": "filtered",
@@ -145,6 +148,12 @@ fn drive_changes() -> Result<()> {
         "UPDATE kinds SET price = 11.2500, quantity = 8 WHERE id = 1",
     )?;
     psql("fixtures", "UPDATE kinds SET id = 20 WHERE id = 2")?;
+    // Every type streamed (the snapshot read the first row), and every type null.
+    psql(
+        "fixtures",
+        "INSERT INTO every_type SELECT 3, small + 1, -wide, free, money_col, real_col, day + 1, clock, clock_us, clock_tz, moment_ms, moment_us, moment_tz, span, ident, doc_json, doc_jsonb, raw, 'calm', flags, flags_var, ints, address, label, code, markup FROM every_type WHERE id = 1",
+    )?;
+    psql("fixtures", "INSERT INTO every_type (id) VALUES (4)")?;
     psql("fixtures", "DELETE FROM kinds WHERE id = 3")?;
     // 12 KB of incompressible-looking text, stored out of line.
     psql(
