@@ -62,6 +62,8 @@ fn to_cel(value: &FieldValue) -> cel::Value {
             cel::Value::Int(d.unscaled as i64)
         }
         FieldValue::Decimal(d) => cel::Value::Float(d.to_f64()),
+        // Beyond 38 digits a guard compares the nearest float.
+        FieldValue::WideDecimal(t) => cel::Value::Float(t.parse().unwrap_or(f64::NAN)),
         FieldValue::Float(f) => cel::Value::Float(*f),
         FieldValue::Text(t) | FieldValue::Json(t) => cel::Value::String(Arc::new(t.clone())),
     }

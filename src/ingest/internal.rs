@@ -206,6 +206,7 @@ mod tests {
                 .prop_filter("NaN never equals itself", |f| !f.is_nan())
                 .prop_map(FieldValue::Float),
             ".{0,20}".prop_map(FieldValue::Text),
+            "-?[1-9][0-9]{38,45}(\\.[0-9]{0,9}[1-9])?".prop_map(FieldValue::WideDecimal),
         ]
     }
 

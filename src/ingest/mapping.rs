@@ -284,6 +284,8 @@ fn push_key_value(out: &mut String, value: &Value<'_>) -> Option<()> {
             let d = value.as_decimal()?;
             write!(out, "{d}").ok()?;
         }
+        // Normalized text already: the same for the same number.
+        Value::WideDecimal(t) => out.push_str(t),
         Value::Null | Value::Unavailable | Value::Float(_) | Value::Raw(_) => return None,
     }
     Some(())

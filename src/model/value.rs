@@ -25,8 +25,6 @@ pub enum ValueError {
         what: &'static str,
         error: base64::DecodeError,
     },
-    #[error("decimal wider than 38 digits")]
-    TooWide,
     #[error("{what} column holds `{text}`")]
     Unparsable { what: &'static str, text: String },
     #[error("{what}: {error}")]
@@ -49,6 +47,8 @@ pub enum Value<'a> {
     Int(i64),
     Float(f64),
     Decimal(Decimal),
+    /// A decimal beyond [`Decimal`]'s 38 digits, as its exact normalized text (`-12.5`).
+    WideDecimal(String),
     Text(Cow<'a, str>),
     /// Structs, arrays, maps, and anything harmony passes through without interpreting.
     Raw(&'a RawValue),
@@ -102,6 +102,7 @@ impl PartialEq for Value<'_> {
             (Int(a), Int(b)) => a == b,
             (Float(a), Float(b)) => a == b,
             (Decimal(a), Decimal(b)) => a == b,
+            (WideDecimal(a), WideDecimal(b)) => a == b,
             (Text(a), Text(b)) => a == b,
             // Raw JSON compares by its text: the same value written the same way.
             (Raw(a), Raw(b)) => a.get() == b.get(),
@@ -403,9 +404,7 @@ pub fn decode_value<'a>(
                     what: "decimal",
                     error,
                 })?;
-            Decimal::from_be_bytes(&bytes, *scale)
-                .map(Value::Decimal)
-                .ok_or(ValueError::TooWide)
+            Ok(decimal_of_bytes(&bytes, *scale))
         }
         (Some(ColumnType::VariableScaleDecimal), b'{') => variable_scale_decimal(raw),
         (Some(ColumnType::Integer), b'"') => {
@@ -440,6 +439,55 @@ pub fn decode_value<'a>(
         (_, b'[') if text.contains(UNAVAILABLE_PLACEHOLDER) => Ok(Value::Unavailable),
         _ => Ok(Value::Raw(raw)),
     }
+}
+
+/// Connect's decimal bytes (the unscaled value, big-endian two's complement) at `scale`: a
+/// [`Decimal`] when it fits 38 digits, its exact text otherwise.
+fn decimal_of_bytes(bytes: &[u8], scale: u32) -> Value<'static> {
+    match Decimal::from_be_bytes(bytes, scale) {
+        Some(d) => Value::Decimal(d),
+        None => Value::WideDecimal(wide_decimal_text(
+            &num_bigint::BigInt::from_signed_bytes_be(bytes),
+            scale,
+        )),
+    }
+}
+
+/// An unscaled integer at `scale` as decimal text, trailing fractional zeros removed (so that
+/// equal numbers are equal text).
+pub fn wide_decimal_text(unscaled: &num_bigint::BigInt, scale: u32) -> String {
+    let digits = unscaled.magnitude().to_string();
+    let sign = if unscaled.sign() == num_bigint::Sign::Minus {
+        "-"
+    } else {
+        ""
+    };
+    let scale = scale as usize;
+    let text = if scale == 0 {
+        format!("{sign}{digits}")
+    } else {
+        let padded = format!("{digits:0>width$}", width = scale + 1);
+        let (int_part, frac_part) = padded.split_at(padded.len() - scale);
+        let frac_part = frac_part.trim_end_matches('0');
+        if frac_part.is_empty() {
+            format!("{sign}{int_part}")
+        } else {
+            format!("{sign}{int_part}.{frac_part}")
+        }
+    };
+    if text == "-0" {
+        "0".to_owned()
+    } else {
+        text
+    }
+}
+
+/// A wide decimal's text as Connect's unscaled bytes and scale.
+pub fn wide_decimal_parts(text: &str) -> Option<(num_bigint::BigInt, u32)> {
+    let (int_part, frac_part) = text.split_once('.').unwrap_or((text, ""));
+    let digits = format!("{int_part}{frac_part}");
+    let unscaled: num_bigint::BigInt = digits.parse().ok()?;
+    Some((unscaled, u32::try_from(frac_part.len()).ok()?))
 }
 
 /// A JSON number by its text: an integer if it is one that fits, else an exact decimal (the
@@ -487,9 +535,7 @@ fn variable_scale_decimal(raw: &RawValue) -> Result<Value<'_>, ValueError> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(v.value.as_bytes())
         .map_err(|error| ValueError::NotBase64 { what: WHAT, error })?;
-    Decimal::from_be_bytes(&bytes, v.scale)
-        .map(Value::Decimal)
-        .ok_or(ValueError::TooWide)
+    Ok(decimal_of_bytes(&bytes, v.scale))
 }
 
 /// A field value as stage 2 owns it: in a record's state, each system's copy, each pending
@@ -500,6 +546,8 @@ pub enum FieldValue {
     Bool(bool),
     Int(i64),
     Decimal(Decimal),
+    /// Beyond 38 digits: the exact normalized text.
+    WideDecimal(String),
     Float(f64),
     Text(String),
     /// Structs, arrays, JSON documents: their JSON text.
@@ -510,7 +558,7 @@ impl FieldValue {
     /// Bytes it owns on the heap.
     pub fn heap_bytes(&self) -> usize {
         match self {
-            FieldValue::Text(t) | FieldValue::Json(t) => t.capacity(),
+            FieldValue::Text(t) | FieldValue::Json(t) | FieldValue::WideDecimal(t) => t.capacity(),
             _ => 0,
         }
     }
@@ -547,6 +595,9 @@ pub enum FieldRef<'a> {
     Float(f64),
     Text(#[serde(borrow)] Cow<'a, str>),
     Json(#[serde(borrow)] Cow<'a, str>),
+    /// Last: the changelog names variants by position, and values written before it existed
+    /// must read the same.
+    WideDecimal(#[serde(borrow)] Cow<'a, str>),
 }
 
 impl<'a> FieldRef<'a> {
@@ -558,6 +609,7 @@ impl<'a> FieldRef<'a> {
             Value::Bool(b) => FieldRef::Bool(*b),
             Value::Int(i) => FieldRef::Int(*i),
             Value::Decimal(d) => FieldRef::Decimal(d.normalized()),
+            Value::WideDecimal(t) => FieldRef::WideDecimal(Cow::Borrowed(t)),
             Value::Float(f) => FieldRef::Float(*f),
             Value::Text(t) => FieldRef::Text(Cow::Borrowed(t)),
             Value::Raw(r) => FieldRef::Json(Cow::Borrowed(r.get())),
@@ -573,6 +625,7 @@ impl<'a> From<&'a FieldValue> for FieldRef<'a> {
             FieldValue::Bool(b) => FieldRef::Bool(*b),
             FieldValue::Int(i) => FieldRef::Int(*i),
             FieldValue::Decimal(d) => FieldRef::Decimal(*d),
+            FieldValue::WideDecimal(t) => FieldRef::WideDecimal(Cow::Borrowed(t)),
             FieldValue::Float(f) => FieldRef::Float(*f),
             FieldValue::Text(t) => FieldRef::Text(Cow::Borrowed(t)),
             FieldValue::Json(j) => FieldRef::Json(Cow::Borrowed(j)),
@@ -587,6 +640,7 @@ impl From<FieldRef<'_>> for FieldValue {
             FieldRef::Bool(b) => FieldValue::Bool(b),
             FieldRef::Int(i) => FieldValue::Int(i),
             FieldRef::Decimal(d) => FieldValue::Decimal(d),
+            FieldRef::WideDecimal(t) => FieldValue::WideDecimal(t.into_owned()),
             FieldRef::Float(f) => FieldValue::Float(f),
             FieldRef::Text(t) => FieldValue::Text(t.into_owned()),
             FieldRef::Json(j) => FieldValue::Json(j.into_owned()),
@@ -620,6 +674,74 @@ impl<'de> serde::Deserialize<'de> for Decimal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Connect's bytes of `unscaled` (any size), base64, as a JSON string.
+    fn connect_bytes(unscaled: &num_bigint::BigInt) -> Box<RawValue> {
+        use base64::Engine;
+        let text = base64::engine::general_purpose::STANDARD.encode(unscaled.to_signed_bytes_be());
+        raw(&format!("\"{text}\""))
+    }
+
+    #[test]
+    fn decimals_beyond_38_digits_stay_exact() {
+        // numeric(50, 10) holding 40 integer digits: before, the whole record was refused.
+        let unscaled: num_bigint::BigInt = "12345678901234567890123456789012345678900123456789"
+            .parse()
+            .unwrap();
+        let bytes = connect_bytes(&unscaled);
+        let v = decode_value(&bytes, Some(&ColumnType::Decimal { scale: 10 }));
+        assert_eq!(
+            v.unwrap(),
+            Value::WideDecimal("1234567890123456789012345678901234567890.0123456789".into())
+        );
+        let negative = -unscaled * 1000;
+        let bytes = connect_bytes(&negative);
+        let v = decode_value(&bytes, Some(&ColumnType::Decimal { scale: 13 }));
+        assert_eq!(
+            v.unwrap(),
+            Value::WideDecimal("-1234567890123456789012345678901234567890.0123456789".into()),
+            "trailing zeros go, as a normalized Decimal's do"
+        );
+        // Within 38 digits, still a Decimal.
+        let small: num_bigint::BigInt = 1250.into();
+        assert_eq!(
+            decode_value(
+                &connect_bytes(&small),
+                Some(&ColumnType::Decimal { scale: 2 })
+            )
+            .unwrap(),
+            Value::Decimal(Decimal {
+                unscaled: 1250,
+                scale: 2
+            })
+        );
+    }
+
+    #[test]
+    fn a_wide_decimal_goes_to_connect_bytes_and_back() {
+        for text in [
+            "1234567890123456789012345678901234567890.0123456789",
+            "-99999999999999999999999999999999999999999",
+            "-0.123456789012345678901234567890123456789012",
+        ] {
+            let (unscaled, scale) = wide_decimal_parts(text).unwrap();
+            assert_eq!(wide_decimal_text(&unscaled, scale), text);
+            let back = decimal_of_bytes(&unscaled.to_signed_bytes_be(), scale);
+            assert_eq!(back, Value::WideDecimal(text.into()));
+        }
+        assert_eq!(wide_decimal_text(&0.into(), 5), "0");
+    }
+
+    #[test]
+    fn a_wide_decimal_is_the_last_variant_of_the_changelog_form() {
+        // Values written before it existed keep their variant numbers.
+        let wide = FieldRef::WideDecimal("1.5".into());
+        let bytes = postcard::to_allocvec(&wide).unwrap();
+        assert_eq!(bytes[0], 7);
+        assert_eq!(postcard::from_bytes::<FieldRef<'_>>(&bytes).unwrap(), wide);
+        let json = serde_json::to_string(&wide).unwrap();
+        assert_eq!(json, r#"{"wide_decimal":"1.5"}"#);
+    }
 
     fn raw(text: &str) -> Box<RawValue> {
         RawValue::from_string(text.to_owned()).unwrap()

@@ -11,8 +11,8 @@ use base64::Engine as _;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value as Json};
 
-use crate::model::value::Decimal;
 use crate::model::value::FieldValue;
+use crate::model::value::{wide_decimal_parts, Decimal};
 use crate::resolve::jsontext::{self, Members};
 
 /// One row column: its schema into `schema`'s field list, its value into `image`, decided
@@ -38,17 +38,11 @@ pub fn field(schema: &mut Members, image: &mut Members, column: &str, value: &Fi
             jsontext::string(field.key("name"), "io.debezium.data.Json");
             jsontext::raw(field.key("version"), "1");
         }
-        (FieldValue::Decimal(d), _) => {
-            jsontext::string(field.key("type"), "bytes");
-            jsontext::string(field.key("name"), "org.apache.kafka.connect.data.Decimal");
-            jsontext::raw(field.key("version"), "1");
-            let mut parameters = Members::object(field.key("parameters"));
-            let scale = parameters.key("scale");
-            scale.push(b'"');
-            jsontext::uint(scale, d.scale.into());
-            scale.push(b'"');
-            parameters.end();
-        }
+        (FieldValue::Decimal(d), _) => decimal_field(&mut field, d.scale),
+        (FieldValue::WideDecimal(t), _) => decimal_field(
+            &mut field,
+            wide_decimal_parts(t).map_or(0, |(_, scale)| scale),
+        ),
         // No value, no type: a null string binds to any column type.
         (FieldValue::Null | FieldValue::Text(_), _) => {
             jsontext::string(field.key("type"), "string")
@@ -62,6 +56,19 @@ pub fn field(schema: &mut Members, image: &mut Members, column: &str, value: &Fi
     field.end();
 
     payload(image.key(column), value, items.is_some());
+}
+
+/// Connect's `Decimal` logical type at `scale`.
+fn decimal_field(field: &mut Members<'_>, scale: u32) {
+    jsontext::string(field.key("type"), "bytes");
+    jsontext::string(field.key("name"), "org.apache.kafka.connect.data.Decimal");
+    jsontext::raw(field.key("version"), "1");
+    let mut parameters = Members::object(field.key("parameters"));
+    let key = parameters.key("scale");
+    key.push(b'"');
+    jsontext::uint(key, scale.into());
+    key.push(b'"');
+    parameters.end();
 }
 
 /// A string column's schema: harmony's own columns (the exact echo mode's version).
@@ -86,6 +93,16 @@ pub fn payload(out: &mut Vec<u8>, value: &FieldValue, array: bool) {
             out.push(b'"');
             out.extend_from_slice(decimal_bytes(d, &mut buffer));
             out.push(b'"');
+        }
+        FieldValue::WideDecimal(t) => {
+            use base64::Engine;
+            let bytes = wide_decimal_parts(t)
+                .map(|(unscaled, _)| unscaled.to_signed_bytes_be())
+                .unwrap_or_default();
+            jsontext::string(
+                out,
+                &base64::engine::general_purpose::STANDARD.encode(bytes),
+            );
         }
         FieldValue::Text(t) | FieldValue::Json(t) => jsontext::string(out, t),
     }
@@ -332,6 +349,20 @@ mod tests {
                        "parameters": {"scale": "2"}, "optional": true, "field": "price"}),
                 json!("Aeo=")
             )
+        );
+        // Beyond 38 digits: the same logical type, the bytes as long as they need to be.
+        let text = "-1234567890123456789012345678901234567890.0123456789";
+        let (schema, payload) = written("wide", &FieldValue::WideDecimal(text.into()));
+        assert_eq!(schema["parameters"], json!({"scale": "10"}));
+        assert_eq!(schema["name"], "org.apache.kafka.connect.data.Decimal");
+        let raw = serde_json::value::RawValue::from_string(payload.to_string()).unwrap();
+        let back = crate::model::value::decode_value(
+            &raw,
+            Some(&crate::model::value::ColumnType::Decimal { scale: 10 }),
+        );
+        assert_eq!(
+            back.unwrap(),
+            crate::model::value::Value::WideDecimal(text.into())
         );
         assert_eq!(
             written("stock", &FieldValue::Int(93)).0["type"],

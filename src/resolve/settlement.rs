@@ -18,7 +18,7 @@ use thiserror::Error;
 use crate::ingest::internal::{FieldRef, InternalChange, Origin, Position, FORMAT_VERSION};
 use crate::model::clock::OPERATOR;
 use crate::model::stage::ChangeKind;
-use crate::model::value::Decimal;
+use crate::model::value::{wide_decimal_parts, wide_decimal_text, Decimal};
 
 /// What the operator settles the conflict with.
 #[derive(Debug, Clone, PartialEq)]
@@ -162,15 +162,21 @@ fn typed_like<'a>(
     }
     Ok(match like {
         Some(FieldRef::Int(_)) => FieldRef::Int(parsed.as_i64().ok_or_else(|| wrong("integer"))?),
-        Some(FieldRef::Decimal(_)) => {
+        Some(FieldRef::Decimal(_) | FieldRef::WideDecimal(_)) => {
             // The literal's own digits, not a float's: 4.90 stays 4.90.
             let text = match &parsed {
                 serde_json::Value::String(s) => s.clone(),
                 serde_json::Value::Number(_) => literal.trim().to_owned(),
                 _ => return Err(wrong("decimal")),
             };
-            let decimal = Decimal::parse(&text).ok_or_else(|| wrong("decimal"))?;
-            FieldRef::Decimal(decimal)
+            match Decimal::parse(&text) {
+                Some(decimal) => FieldRef::Decimal(decimal),
+                None => {
+                    let (unscaled, scale) = wide_decimal_parts(text.trim_start_matches('+'))
+                        .ok_or_else(|| wrong("decimal"))?;
+                    FieldRef::WideDecimal(Cow::Owned(wide_decimal_text(&unscaled, scale)))
+                }
+            }
         }
         Some(FieldRef::Float(_)) => {
             FieldRef::Float(parsed.as_f64().ok_or_else(|| wrong("number"))?)

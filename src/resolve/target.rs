@@ -104,6 +104,7 @@ fn plain_value(out: &mut Vec<u8>, value: &FieldValue) {
             use std::io::Write as _;
             let _ = write!(out, "\"{d}\"");
         }
+        FieldValue::WideDecimal(t) => jsontext::string(out, t),
         FieldValue::Json(text) => {
             let document = serde_json::from_str::<&RawValue>(text).is_ok();
             connect::payload(out, value, document);

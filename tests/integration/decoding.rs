@@ -843,3 +843,46 @@ fn mariadb_transaction_markers_carry_gtids() {
 fn before(a: &SourcePosition, b: &SourcePosition) -> bool {
     a.order_to(b) == Some(std::cmp::Ordering::Less)
 }
+
+/// `every_type`'s numerics as the schema-wrapped connector sends them (precise decimals): a
+/// `numeric(50, 10)` holding 40 integer digits decodes exactly. Before, the column was refused
+/// as "wider than 38 digits" and every change of the table went to the dead-letter topic.
+#[test]
+fn numerics_beyond_38_digits_decode_exactly() {
+    let fixtures = load("fx_schema");
+    let mut d = Decoder::new(Limits::default());
+    let row = |d: &mut Decoder, offset| -> Vec<(String, String)> {
+        let event = change(d, find(&fixtures, ".public.every_type", offset));
+        let after = event.after.as_ref().unwrap();
+        ["id", "wide", "free", "money_col"]
+            .iter()
+            .map(|c| ((*c).to_owned(), format!("{:?}", col(after, c))))
+            .collect()
+    };
+    let wide = "1234567890123456789012345678901234567890.0123456789";
+    assert_eq!(
+        row(&mut d, 0),
+        vec![
+            ("id".to_owned(), "Int(1)".to_owned()),
+            ("wide".to_owned(), format!("WideDecimal({wide:?})")),
+            (
+                "free".to_owned(),
+                format!(
+                    "{:?}",
+                    Value::Decimal(Decimal {
+                        unscaled: 1,
+                        scale: 42
+                    })
+                )
+            ),
+            (
+                "money_col".to_owned(),
+                format!("{:?}", Value::Decimal(dec("12.34")))
+            ),
+        ]
+    );
+    // Streamed, negated.
+    assert_eq!(row(&mut d, 1)[1].1, format!("WideDecimal(\"-{wide}\")"));
+    // All null.
+    assert!(row(&mut d, 2)[1..].iter().all(|(_, v)| v == "Null"));
+}

@@ -39,6 +39,8 @@ pub fn value(v: &FieldValue) -> u64 {
         FieldValue::Float(f) => xxh3_64_with_seed(&f.to_bits().to_le_bytes(), 3),
         FieldValue::Text(t) => xxh3_64_with_seed(t.as_bytes(), 4),
         FieldValue::Json(j) => xxh3_64_with_seed(j.as_bytes(), 5),
+        // Normalized text: equal numbers, equal bytes.
+        FieldValue::WideDecimal(t) => xxh3_64_with_seed(t.as_bytes(), 6),
     }
 }
 
