@@ -563,6 +563,25 @@ impl FieldValue {
         }
     }
 
+    /// As an exact number of any size, `(unscaled, scale)`: for `sum`, `max` and `min` where
+    /// a value is beyond 38 digits, or their result would be.
+    pub fn as_wide(&self) -> Option<(num_bigint::BigInt, u32)> {
+        match self {
+            FieldValue::WideDecimal(t) => wide_decimal_parts(t),
+            _ => self
+                .as_decimal()
+                .map(|d| (num_bigint::BigInt::from(d.unscaled), d.scale)),
+        }
+    }
+
+    /// An exact number as a [`Decimal`] when it fits 38 digits, else as its normalized text.
+    pub fn from_wide(unscaled: num_bigint::BigInt, scale: u32) -> Self {
+        match i128::try_from(&unscaled) {
+            Ok(unscaled) => FieldValue::Decimal(Decimal { unscaled, scale }.normalized()),
+            Err(_) => FieldValue::WideDecimal(wide_decimal_text(&unscaled, scale)),
+        }
+    }
+
     /// As an exact number, for `sum`, `max`, `min`.
     pub fn as_decimal(&self) -> Option<Decimal> {
         match self {

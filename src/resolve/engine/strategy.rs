@@ -108,6 +108,11 @@ fn tie_break(systems: &[SystemInfo], a: &Candidate, b: &Candidate) -> Ordering {
 fn compare_values(a: &FieldValue, b: &FieldValue) -> Option<Ordering> {
     match (a.as_decimal(), b.as_decimal()) {
         (Some(x), Some(y)) => Some(x.cmp_value(&y)),
+        _ if matches!(a, FieldValue::WideDecimal(_)) || matches!(b, FieldValue::WideDecimal(_)) => {
+            let ((x, xs), (y, ys)) = (a.as_wide()?, b.as_wide()?);
+            let (x, y, _) = aligned_wide(x, xs, y, ys);
+            Some(x.cmp(&y))
+        }
         _ => match (a, b) {
             (FieldValue::Text(x), FieldValue::Text(y)) => Some(x.cmp(y)),
             (FieldValue::Float(x), FieldValue::Float(y)) => x.partial_cmp(y),
@@ -121,7 +126,83 @@ fn sum(current: &FieldValue, base: &FieldValue, new: &FieldValue) -> Option<Fiel
     if let (FieldValue::Int(c), FieldValue::Int(b), FieldValue::Int(n)) = (current, base, new) {
         return c.checked_add(n.checked_sub(*b)?).map(FieldValue::Int);
     }
-    let (c, b, n) = (current.as_decimal()?, base.as_decimal()?, new.as_decimal()?);
-    c.checked_add(&n.checked_sub(&b)?)
-        .map(|d| FieldValue::Decimal(d.normalized()))
+    let (c, b, n) = (current.as_decimal(), base.as_decimal(), new.as_decimal());
+    if let (Some(c), Some(b), Some(n)) = (c, b, n) {
+        if let Some(total) = n.checked_sub(&b).and_then(|m| c.checked_add(&m)) {
+            return Some(FieldValue::Decimal(total.normalized()));
+        }
+    }
+    // Beyond 38 digits, one of them or the total: in big integers, so no movement is dropped.
+    let ((c, cs), (b, bs), (n, ns)) = (current.as_wide()?, base.as_wide()?, new.as_wide()?);
+    let (n, b, movement_scale) = aligned_wide(n, ns, b, bs);
+    let (c, movement, scale) = aligned_wide(c, cs, n - b, movement_scale);
+    Some(FieldValue::from_wide(c + movement, scale))
+}
+
+/// Two exact numbers at the larger of their scales.
+fn aligned_wide(
+    a: num_bigint::BigInt,
+    a_scale: u32,
+    b: num_bigint::BigInt,
+    b_scale: u32,
+) -> (num_bigint::BigInt, num_bigint::BigInt, u32) {
+    let scale = a_scale.max(b_scale);
+    let up = |x: num_bigint::BigInt, s: u32| x * num_bigint::BigInt::from(10u8).pow(scale - s);
+    (up(a, a_scale), up(b, b_scale), scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::value::Decimal;
+
+    fn wide(text: &str) -> FieldValue {
+        FieldValue::WideDecimal(text.into())
+    }
+
+    #[test]
+    fn sum_counts_movements_beyond_38_digits() {
+        let big = "100000000000000000000000000000000000000000";
+        // A movement of 5 on a wide stock.
+        let total = sum(&wide(big), &FieldValue::Int(10), &FieldValue::Int(15));
+        assert_eq!(
+            total,
+            Some(wide("100000000000000000000000000000000000000005"))
+        );
+        // A total that grows past 38 digits from two that fit.
+        let near = Decimal::parse("99999999999999999999999999999999999999").unwrap();
+        let total = sum(
+            &FieldValue::Decimal(near),
+            &FieldValue::Int(0),
+            &FieldValue::Decimal(Decimal::parse("1.5").unwrap()),
+        );
+        assert_eq!(
+            total,
+            Some(wide("100000000000000000000000000000000000000.5"))
+        );
+        // And back within 38 digits: a Decimal again.
+        let total = sum(&wide(big), &wide(big), &FieldValue::Int(3));
+        assert_eq!(
+            total,
+            Some(FieldValue::Decimal(Decimal::parse("3").unwrap()))
+        );
+    }
+
+    #[test]
+    fn wide_decimals_compare_by_value() {
+        let big = wide("100000000000000000000000000000000000000000.5");
+        assert_eq!(
+            compare_values(&big, &FieldValue::Int(7)),
+            Some(Ordering::Greater)
+        );
+        assert_eq!(
+            compare_values(&wide("-1e0"), &FieldValue::Int(7)),
+            None,
+            "not a number harmony wrote"
+        );
+        assert_eq!(
+            compare_values(&big, &wide("100000000000000000000000000000000000000000.50")),
+            Some(Ordering::Equal)
+        );
+    }
 }
