@@ -25,9 +25,9 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    pub fn new(config: &Config, router: TopicRouter, catalog: Option<Arc<Catalog>>) -> Self {
+    pub fn new(config: &Config, catalog: Option<Arc<Catalog>>) -> Self {
         Self {
-            router,
+            router: config.topic_router().clone(),
             routed: Default::default(),
             systems: config.systems.iter().map(|s| s.name.clone()).collect(),
             decoder: Decoder::new(Limits {
@@ -158,9 +158,7 @@ impl Stage for Ingest {
             Some(key) => record.key.get_or_insert_default().extend_from_slice(key),
             None => record.key = None,
         }
-        record
-            .headers
-            .push(("harmony.system", name.as_bytes().to_vec()));
+        effects.add_header("harmony.system", name.as_bytes());
     }
 
     fn system_name(&self, system: SystemId) -> &str {
@@ -186,7 +184,7 @@ mod tests {
 
     fn ingest(config: &Config, entities: bool) -> Ingest {
         let catalog = entities.then(|| Arc::new(Catalog::new(config)));
-        Ingest::new(config, config.topic_router().clone(), catalog)
+        Ingest::new(config, catalog)
     }
 
     fn handle(ingest: &mut Ingest, topic: &str, payload: &str) -> Effects {

@@ -177,6 +177,8 @@ pub struct Effects {
     pub halt: Option<String>,
     /// Published records taken back by [`Effects::clear`], their buffers kept for the next.
     spare: Vec<Publish>,
+    /// Their header values' buffers, likewise.
+    spare_headers: Vec<Vec<u8>>,
 }
 
 impl Effects {
@@ -192,7 +194,12 @@ impl Effects {
             if let Some(value) = publish.value.as_mut() {
                 value.clear();
             }
-            publish.headers.clear();
+            for (_, mut value) in publish.headers.drain(..) {
+                if self.spare_headers.len() < SPARE {
+                    value.clear();
+                    self.spare_headers.push(value);
+                }
+            }
             self.spare.push(publish);
         }
         self.reject = None;
@@ -223,6 +230,16 @@ impl Effects {
         self.publish.push(publish);
         let last = self.publish.len() - 1;
         &mut self.publish[last]
+    }
+
+    /// A header on the record [`Effects::publish_to`] made last, in the buffer of an earlier
+    /// header when there is one.
+    pub fn add_header(&mut self, name: &'static str, value: &[u8]) {
+        let mut buffer = self.spare_headers.pop().unwrap_or_default();
+        buffer.extend_from_slice(value);
+        if let Some(last) = self.publish.last_mut() {
+            last.headers.push((name, buffer));
+        }
     }
 
     /// Dead-letters the input: whatever the stage meant to publish for it is dropped.
@@ -317,6 +334,19 @@ mod tests {
         assert_eq!(publish.value.as_deref(), Some(&[][..]));
         assert!(publish.value.as_ref().unwrap().capacity() >= 1000);
         assert!(publish.headers.is_empty());
+    }
+
+    #[test]
+    fn a_header_reuses_the_buffer_of_an_earlier_one() {
+        let mut effects = Effects::default();
+        effects.publish_to(Topic::Output);
+        effects.add_header("harmony.system", &[b'x'; 64]);
+        effects.clear();
+        effects.publish_to(Topic::Output);
+        effects.add_header("harmony.system", b"shop");
+        let (name, value) = &effects.publish[0].headers[0];
+        assert_eq!((*name, value.as_slice()), ("harmony.system", &b"shop"[..]));
+        assert!(value.capacity() >= 64);
     }
 
     #[test]

@@ -53,6 +53,8 @@ pub enum ResolveError {
 /// A change stopped by its system's `on_position_regression = "stop"`.
 #[derive(Debug)]
 pub struct Halt {
+    /// The ids of `system` and `entity`, for the metrics.
+    pub ids: (SystemId, EntityId),
     pub system: String,
     pub entity: String,
     pub key: String,
@@ -386,10 +388,6 @@ impl Resolver {
         )
     }
 
-    pub fn entity_id(&self, name: &str) -> Option<EntityId> {
-        self.entities.get(name).copied()
-    }
-
     pub fn system_id(&self, name: &str) -> Option<SystemId> {
         self.systems.get(name).copied()
     }
@@ -519,6 +517,7 @@ impl Resolver {
         if let Some(applied) = regression {
             if rules.systems[system.0 as usize].on_position_regression == RegressionPolicy::Stop {
                 return Err(ResolveError::Halted(Box::new(Halt {
+                    ids: (system, entity),
                     system: change.system.into_owned(),
                     entity: change.entity.into_owned(),
                     key: change.key.into_owned(),

@@ -20,8 +20,8 @@ impl Stage for Resolver {
             Ok(resolved) => resolved,
             Err(ResolveError::Halted(halt)) => {
                 effects.counts.push(Count::Regression {
-                    entity: self.entity_id(&halt.entity).unwrap_or_default(),
-                    system: self.system_id(&halt.system).unwrap_or_default(),
+                    entity: halt.ids.1,
+                    system: halt.ids.0,
                     applied: format!("{:?}", halt.applied),
                     incoming: format!("{:?}", halt.incoming),
                     stopped: true,
@@ -149,11 +149,7 @@ mod tests {
     fn a_change_resolves_into_target_records_a_changelog_value_and_counts() {
         let config = inventory();
         let catalog = Arc::new(Catalog::new(&config));
-        let mut ingest = Ingest::new(
-            &config,
-            config.topic_router().clone(),
-            Some(catalog.clone()),
-        );
+        let mut ingest = Ingest::new(&config, Some(catalog.clone()));
         let mut resolver = Resolver::with_catalog(&config, catalog);
         let change = br#"{"before":null,"after":{"item_sku":"SKU-1","title":"Cup","price":"4.90","stock":95,"active":true,"updated_at":"t"},"source":{"connector":"postgresql","name":"shop","db":"shop","schema":"public","table":"items","ts_ms":5,"sequence":"[null,\"1\"]"},"op":"c"}"#;
         let mut internal = Effects::default();

@@ -8,22 +8,23 @@
 
 use std::sync::Arc;
 
+use rdkafka::producer::FutureProducer;
+
 use super::acks::{self, SharedAcks};
 use super::transaction::Transaction;
 
+/// One per stage, shared by its pipeline and its consumer's revocation callback (a clone
+/// shares the same state).
+#[derive(Clone)]
 pub(super) enum Delivery {
     AtLeastOnce(SharedAcks),
     ExactlyOnce { transaction: Arc<Transaction> },
 }
 
 impl Delivery {
-    /// At least once when there is no transaction; `acks` is what the consumer's revocation
-    /// callback shares.
-    pub(super) fn new(transaction: Option<Arc<Transaction>>, acks: Option<SharedAcks>) -> Self {
-        match (transaction, acks) {
-            (Some(transaction), _) => Delivery::ExactlyOnce { transaction },
-            (None, acks) => Delivery::AtLeastOnce(acks.unwrap_or_default()),
-        }
+    /// The producer the stage writes with: its transaction's, or the worker's `shared` one.
+    pub(super) fn producer<'p>(&'p self, shared: &'p FutureProducer) -> &'p FutureProducer {
+        self.transaction().map_or(shared, |t| t.producer())
     }
 
     pub(super) fn transaction(&self) -> Option<&Arc<Transaction>> {

@@ -160,9 +160,11 @@ pub async fn run(
     let producer: FutureProducer = producer_config.create().map_err(WorkerError::Setup)?;
     // Exactly once: a transactional producer per stage, named by group, stage and instance.
     let instance = config.processing.instance();
-    let transaction = |stage: &'static str| -> Result<Option<Arc<Transaction>>, WorkerError> {
+    // At least once, a stage's in-flight events are shared with its consumer's revocation
+    // callback, which settles the revoked partitions' before they go.
+    let delivery = |stage: &'static str| -> Result<Delivery, WorkerError> {
         if !exactly_once {
-            return Ok(None);
+            return Ok(Delivery::AtLeastOnce(Arc::default()));
         }
         let id = format!("harmony.{}.{stage}.{instance}", plan.group);
         let producer: FutureProducer =
@@ -172,7 +174,9 @@ pub async fn run(
         let transaction = Transaction::init(stage, producer, TRANSACTION_TIMEOUT)
             .map_err(|e| WorkerError::Transaction(format!("{id}: {e}")))?;
         tracing::info!(transactional_id = %id, "transactional producer ready");
-        Ok(Some(Arc::new(transaction)))
+        Ok(Delivery::ExactlyOnce {
+            transaction: Arc::new(transaction),
+        })
     };
     let flush_deadline = config
         .processing
@@ -181,39 +185,27 @@ pub async fn run(
     // With entities declared, readiness is stage 2's: ready once its partitions' state is
     // installed. Stage 1's rebalances must not say otherwise.
     let resolving = plan.catalog.is_some();
-    // At least once, each stage's in-flight events are shared with its consumer's revocation
-    // callback, which settles the revoked partitions' before they go.
-    let acks = |transaction: &Option<Arc<Transaction>>| {
-        transaction
-            .is_none()
-            .then(|| Arc::new(std::sync::Mutex::new(Acks::default())))
-    };
     let context = |restore: Option<Restore>,
-                   transaction: &Option<Arc<Transaction>>,
-                   acks: &Option<acks::SharedAcks>,
+                   delivery: &Delivery,
                    group: &str,
                    health: Option<&Health>| OwnershipContext {
-        acks: acks.clone(),
+        delivery: delivery.clone(),
         plan: Arc::clone(&plan),
         metrics: metrics.clone(),
         lag: metrics.consumer_lag(),
-        producer_queue: metrics.producer_queue(transaction.as_ref().map_or("shared", |t| t.stage)),
+        producer_queue: metrics
+            .producer_queue(delivery.transaction().map_or("shared", |t| t.stage)),
         group: group.to_owned(),
         ownership: Arc::new(Ownership::new(health.cloned(), restore.is_some())),
-        producer: transaction
-            .as_ref()
-            .map_or_else(|| producer.clone(), |t| t.producer().clone()),
-        transaction: transaction.clone(),
+        producer: delivery.producer(&producer).clone(),
         flush_deadline,
         restore,
     };
-    let ingest_transaction = transaction(Ingest::NAME)?;
-    let ingest_acks = acks(&ingest_transaction);
+    let ingest_delivery = delivery(Ingest::NAME)?;
     let consumer: StreamConsumer<OwnershipContext> = consumer_config
         .create_with_context(context(
             None,
-            &ingest_transaction,
-            &ingest_acks,
+            &ingest_delivery,
             &plan.group,
             (!resolving).then_some(health),
         ))
@@ -317,14 +309,13 @@ pub async fn run(
         }
     }
 
-    let resolve_transaction = match &resolver {
-        Some(_) => transaction(Resolver::NAME)?,
+    let resolve_delivery = match &resolver {
+        Some(_) => Some(delivery(Resolver::NAME)?),
         None => None,
     };
-    let resolve_acks = acks(&resolve_transaction);
     // Stage 2 is a consumer group of its own over the internal topic.
-    let resolve_consumer: Option<StreamConsumer<OwnershipContext>> = match &resolver {
-        Some(_) => {
+    let resolve_consumer: Option<StreamConsumer<OwnershipContext>> = match &resolve_delivery {
+        Some(resolve_delivery) => {
             let mut resolve_config = consumer_config.clone();
             resolve_config.set("group.id", &plan.resolve_group);
             let mut reader = consumer_config.clone();
@@ -339,8 +330,7 @@ pub async fn run(
             let c: StreamConsumer<OwnershipContext> = resolve_config
                 .create_with_context(context(
                     Some(restore),
-                    &resolve_transaction,
-                    &resolve_acks,
+                    resolve_delivery,
                     &plan.resolve_group,
                     Some(health),
                 ))
@@ -368,30 +358,24 @@ pub async fn run(
         metrics.position_regression_series(&systems);
     }
 
-    let ingest_producer = ingest_transaction
-        .as_ref()
-        .map_or(&producer, |t| t.producer());
     let mut ingest = Pipeline::new(
-        Ingest::new(config, plan.router.clone(), plan.catalog.clone()),
+        Ingest::new(config, plan.catalog.clone()),
         config,
         &plan,
         metrics,
-        ingest_producer,
+        ingest_delivery.producer(&producer),
         &consumer,
-        Delivery::new(ingest_transaction.clone(), ingest_acks),
+        ingest_delivery.clone(),
     );
-    let resolve_producer = resolve_transaction
-        .as_ref()
-        .map_or(&producer, |t| t.producer());
-    let mut resolve = match (resolver, resolve_consumer.as_ref()) {
-        (Some(resolver), Some(c)) => Some(Pipeline::new(
+    let mut resolve = match (resolver, resolve_consumer.as_ref(), &resolve_delivery) {
+        (Some(resolver), Some(c), Some(delivery)) => Some(Pipeline::new(
             resolver,
             config,
             &plan,
             metrics,
-            resolve_producer,
+            delivery.producer(&producer),
             c,
-            Delivery::new(resolve_transaction.clone(), resolve_acks),
+            delivery.clone(),
         )),
         _ => None,
     };
@@ -479,7 +463,6 @@ mod plan;
 mod rewind;
 mod transaction;
 
-use acks::Acks;
 use delivery::Delivery;
 use ownership::{Ownership, OwnershipContext, Restore};
 use pipeline::Pipeline;

@@ -19,9 +19,10 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 
-use super::acks::{self, Settling, SharedAcks};
+use super::acks::{self, Settling};
+use super::delivery::Delivery;
 use super::plan::Plan;
-use super::transaction::{Transaction, TransactionError};
+use super::transaction::TransactionError;
 use crate::runtime::http::Health;
 use crate::runtime::kafka::offsets::OffsetStore;
 use crate::runtime::telemetry::Metrics;
@@ -161,16 +162,14 @@ pub struct OwnershipContext {
     /// Bounded below the session timeout, so a slow broker cannot get the worker evicted.
     pub flush_deadline: Duration,
     pub restore: Option<Restore>,
-    /// Exactly once: the stage's open batch, committed before partitions change hands.
-    pub transaction: Option<Arc<Transaction>>,
     /// `harmony_consumer_lag`, by this consumer's group.
     pub lag: prometheus::IntGaugeVec,
     /// `harmony_producer_queue_messages` of `producer`, sampled with the statistics.
     pub producer_queue: prometheus::IntGauge,
     pub group: String,
-    /// At least once: the stage's in-flight events, settled for the revoked partitions before
-    /// they are released.
-    pub acks: Option<SharedAcks>,
+    /// Exactly once: the stage's open batch, committed before partitions change hands. At
+    /// least once: its in-flight events, settled for the revoked partitions before they go.
+    pub delivery: Delivery,
     pub plan: Arc<Plan>,
     pub metrics: Metrics,
 }
@@ -180,28 +179,23 @@ impl OwnershipContext {
     /// once: the revoked partitions' acknowledged events settled into stored offsets under
     /// `flush_deadline`, and committed.
     fn hand_over(&self, consumer: &BaseConsumer<Self>, partitions: &TopicPartitionList) {
-        if let Some(transaction) = &self.transaction {
-            match transaction.commit(consumer.group_metadata()) {
-                Ok((events, _)) => {
-                    tracing::info!(
+        let shared = match &self.delivery {
+            Delivery::AtLeastOnce(shared) => shared,
+            Delivery::ExactlyOnce { transaction } => {
+                match transaction.commit(consumer.group_metadata()) {
+                    Ok((events, _)) => tracing::info!(
                         events,
                         stage = transaction.stage,
                         "batch committed at revocation"
-                    )
+                    ),
+                    Err(error) => self
+                        .ownership
+                        .push(OwnershipEvent::TransactionFailed(error)),
                 }
-                Err(error) => self
-                    .ownership
-                    .push(OwnershipEvent::TransactionFailed(error)),
+                return;
             }
-            return;
-        }
-        let deadline = Instant::now() + self.flush_deadline;
-        let Some(shared) = &self.acks else {
-            if let Err(error) = self.producer.flush(self.flush_deadline) {
-                tracing::warn!(%error, "records still unacknowledged at revocation; their events will be read again by the next owner");
-            }
-            return;
         };
+        let deadline = Instant::now() + self.flush_deadline;
         let revoked = |topic: &str, partition: i32| {
             partitions
                 .elements()

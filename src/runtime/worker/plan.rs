@@ -1,10 +1,10 @@
 //! The settings a worker runs by, resolved once from the configuration: its groups, the names
-//! of its own topics, the topic → system router, and (with entities declared) the compiled
+//! of its own topics, and (with entities declared) the compiled
 //! catalog both stages share.
 
 use std::sync::Arc;
 
-use crate::config::{Config, TopicRouter};
+use crate::config::Config;
 use crate::ingest::mapping::Catalog;
 use crate::model::stage::Topic;
 
@@ -19,7 +19,6 @@ pub(super) struct Plan {
     pub dead_letter_topic: String,
     pub internal_topic: String,
     pub state_topic: String,
-    pub router: TopicRouter,
     /// With entities declared: stage 1 maps onto them and stage 2 resolves them.
     pub catalog: Option<Arc<Catalog>>,
 }
@@ -34,7 +33,6 @@ impl Plan {
             dead_letter_topic: config.output.dead_letter_topic.clone(),
             internal_topic: config.output.internal_topic(&group),
             state_topic: config.output.state_topic(&group),
-            router: config.topic_router().clone(),
             catalog: (!config.entities.is_empty()).then(|| Arc::new(Catalog::new(config))),
             group,
         }
