@@ -240,16 +240,25 @@ impl Decimal {
 
 impl fmt::Display for Decimal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let sign = if self.unscaled < 0 { "-" } else { "" };
         let digits = self.unscaled.unsigned_abs().to_string();
-        let scale = self.scale as usize;
-        if scale == 0 {
-            return write!(f, "{sign}{digits}");
-        }
-        let padded = format!("{digits:0>width$}", width = scale + 1);
-        let (int_part, frac_part) = padded.split_at(padded.len() - scale);
-        write!(f, "{sign}{int_part}.{frac_part}")
+        write_scaled(f, self.unscaled < 0, &digits, self.scale as usize)
     }
+}
+
+/// An unscaled magnitude's `digits` at `scale`, as decimal text: `12345` at 2 is `123.45`.
+fn write_scaled(
+    out: &mut impl fmt::Write,
+    negative: bool,
+    digits: &str,
+    scale: usize,
+) -> fmt::Result {
+    let sign = if negative { "-" } else { "" };
+    if scale == 0 {
+        return write!(out, "{sign}{digits}");
+    }
+    let padded = format!("{digits:0>width$}", width = scale + 1);
+    let (int_part, frac_part) = padded.split_at(padded.len() - scale);
+    write!(out, "{sign}{int_part}.{frac_part}")
 }
 
 /// What the connector's schema says a column is, where a schema is present.
@@ -456,30 +465,20 @@ fn decimal_of_bytes(bytes: &[u8], scale: u32) -> Value<'static> {
 /// An unscaled integer at `scale` as decimal text, trailing fractional zeros removed (so that
 /// equal numbers are equal text).
 pub fn wide_decimal_text(unscaled: &num_bigint::BigInt, scale: u32) -> String {
-    let digits = unscaled.magnitude().to_string();
-    let sign = if unscaled.sign() == num_bigint::Sign::Minus {
-        "-"
-    } else {
-        ""
-    };
-    let scale = scale as usize;
-    let text = if scale == 0 {
-        format!("{sign}{digits}")
-    } else {
-        let padded = format!("{digits:0>width$}", width = scale + 1);
-        let (int_part, frac_part) = padded.split_at(padded.len() - scale);
-        let frac_part = frac_part.trim_end_matches('0');
-        if frac_part.is_empty() {
-            format!("{sign}{int_part}")
-        } else {
-            format!("{sign}{int_part}.{frac_part}")
-        }
-    };
-    if text == "-0" {
-        "0".to_owned()
-    } else {
-        text
+    let mut digits = unscaled.magnitude().to_string();
+    let mut scale = scale as usize;
+    if digits == "0" {
+        scale = 0;
     }
+    while scale > 0 && digits.ends_with('0') {
+        digits.pop();
+        scale -= 1;
+    }
+    let negative = unscaled.sign() == num_bigint::Sign::Minus;
+    let mut text = String::with_capacity(digits.len() + scale + 2);
+    // Writing into a String cannot fail.
+    let _ = write_scaled(&mut text, negative, &digits, scale);
+    text
 }
 
 /// A wide decimal's text as Connect's unscaled bytes and scale.
