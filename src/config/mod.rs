@@ -755,6 +755,17 @@ fn parse_override_value(raw: &str) -> toml::Value {
         .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
 }
 
+/// examples/inventory.toml, the configuration the unit tests share, with `env` overrides.
+#[cfg(test)]
+pub(crate) fn inventory_example(env: &[(&str, &str)]) -> Config {
+    Config::from_toml(
+        include_str!("../../examples/inventory.toml"),
+        "inventory.toml",
+        env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    )
+    .unwrap_or_else(|e| panic!("examples/inventory.toml: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

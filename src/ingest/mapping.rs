@@ -297,12 +297,7 @@ mod tests {
     use crate::ingest::envelope::{decode, Decoded};
 
     fn config() -> Config {
-        Config::from_toml(
-            include_str!("../../examples/inventory.toml"),
-            "inventory.toml",
-            std::iter::empty(),
-        )
-        .unwrap()
+        crate::config::inventory_example(&[])
     }
 
     fn envelope(db: &str, table: &str, op: &str, before: &str, after: &str) -> String {

@@ -174,12 +174,7 @@ mod tests {
     use crate::model::stage::Rejection;
 
     fn config(env: &[(&str, &str)]) -> Config {
-        Config::from_toml(
-            include_str!("../../examples/inventory.toml"),
-            "inventory.toml",
-            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
-        )
-        .unwrap()
+        crate::config::inventory_example(env)
     }
 
     fn ingest(config: &Config, entities: bool) -> Ingest {

@@ -123,12 +123,7 @@ mod tests {
     use crate::ingest::stage::Ingest;
 
     fn inventory() -> Config {
-        Config::from_toml(
-            include_str!("../../examples/inventory.toml"),
-            "inventory.toml",
-            std::iter::empty(),
-        )
-        .unwrap()
+        crate::config::inventory_example(&[])
     }
 
     fn input<'a>(topic: &'a str, payload: &'a [u8]) -> Input<'a> {

@@ -333,12 +333,7 @@ mod tests {
 
     #[test]
     fn each_target_gets_the_record_in_its_own_columns() {
-        let config = Config::from_toml(
-            include_str!("../../examples/inventory.toml"),
-            "inventory.toml",
-            std::iter::empty(),
-        )
-        .unwrap();
+        let config = crate::config::inventory_example(&[]);
         let catalog = Catalog::new(&config);
         let rules = &entity_rules(&config, &catalog)[0];
         let plans = target_plans(&config, &catalog);

@@ -111,12 +111,7 @@ mod tests {
 
     #[test]
     fn the_inventory_example_becomes_rules() {
-        let config = Config::from_toml(
-            include_str!("../../../examples/inventory.toml"),
-            "inventory.toml",
-            std::iter::empty(),
-        )
-        .unwrap();
+        let config = crate::config::inventory_example(&[]);
         let catalog = Catalog::new(&config);
         let rules = entity_rules(&config, &catalog);
         assert_eq!(rules.len(), 1);
