@@ -121,6 +121,12 @@ pub struct Origin<'a> {
     pub offset: i64,
 }
 
+/// A record's key wherever it is keyed — the internal topic, the changelog, the conflicts
+/// topic: `entity:canonical key`.
+pub fn record_key(entity: &str, key: &str) -> String {
+    format!("{entity}:{key}")
+}
+
 impl<'a> InternalChange<'a> {
     /// Stage 1's record for one mapped change. Columns Debezium did not send (unchanged
     /// TOAST) are left out: absent means "not sent", never "now null".
@@ -156,10 +162,10 @@ impl<'a> InternalChange<'a> {
 
     /// The internal topic's record key: every change of one record on one partition.
     pub fn record_key(&self) -> String {
-        format!("{}:{}", self.entity, self.key)
+        record_key(&self.entity, &self.key)
     }
 
-    /// [`Self::record_key`] appended to `buf`.
+    /// [`Self::record_key`] appended to `buf`, the same text without a `String` of its own.
     pub fn write_record_key(&self, buf: &mut Vec<u8>) {
         buf.extend_from_slice(self.entity.as_bytes());
         buf.push(b':');
@@ -173,8 +179,9 @@ impl<'a> InternalChange<'a> {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        // In-memory serialisation of plain data cannot fail.
-        serde_json::to_vec(self).expect("in-memory JSON serialisation")
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
+        out
     }
 
     pub fn decode(bytes: &'a [u8]) -> Result<Self, InternalError> {

@@ -194,9 +194,9 @@ impl Names<'_> {
     }
 }
 
-/// A record's key on the changelog (and on the conflicts topic): `entity:canonical-key`.
+/// A record's key on the changelog (and on the conflicts topic): the internal topic's.
 pub fn key(entity: &str, record_key: &str) -> String {
-    format!("{entity}:{record_key}")
+    crate::ingest::internal::record_key(entity, record_key)
 }
 
 /// The entity name and canonical key a changelog key names.
