@@ -62,6 +62,15 @@ fn change(system: &str, n: u64, sku: u64, fields: &[(&str, FieldValue)]) -> Vec<
             .map(|(name, value)| (Cow::Borrowed(*name), FieldRef::from(value)))
             .collect(),
         context: None,
+        // As stage 1 writes them from a schema-wrapped capture: every change carries them.
+        types: [
+            ("name", "string"),
+            ("price", "decimal(2)"),
+            ("quantity", "int"),
+        ]
+        .iter()
+        .map(|(f, t)| (Cow::Borrowed(*f), Cow::Borrowed(*t)))
+        .collect(),
         origin: Origin {
             topic: "t".into(),
             partition: 0,
@@ -168,6 +177,7 @@ fn encode(c: &mut Criterion, config: &Config, log: &[(String, Vec<u8>)]) {
                     &rules[0],
                     state,
                     &provenance,
+                    &mut Vec::new(),
                 ));
             }
         })

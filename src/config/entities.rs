@@ -30,6 +30,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Deserialize;
 
 use super::{is_valid_topic_name, ConfigError};
+use crate::model::value::ColumnType;
 
 /// How a conflict on a field is resolved (ARCHITECTURE.md §4, "Strategies").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -137,6 +138,19 @@ pub struct SourceMapping {
     /// so every captured change names the version it was based on. Not a field.
     #[serde(default)]
     pub version_column: Option<String>,
+    /// Column → type (`timestamp_us`, `decimal(2)`, `uuid`, … as the README's type table names
+    /// them): how a schemaless source carries the column (the JSON converter without schemas
+    /// sends numbers and text alone), and the form this system is sent it in as a target,
+    /// whatever its captured schema says.
+    #[serde(default)]
+    pub types: BTreeMap<String, String>,
+}
+
+impl SourceMapping {
+    /// The declared type of `column`, once validated.
+    pub fn column_type(&self, column: &str) -> Option<ColumnType> {
+        self.types.get(column).and_then(|t| ColumnType::parse(t))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -237,6 +251,20 @@ pub(super) fn validate(
                     return Err(key_error(
                         at_source("version_column"),
                         "must name a column that is not mapped onto a field",
+                    ));
+                }
+            }
+            for (column, name) in &source.types {
+                if !source.columns.contains_key(column) {
+                    return Err(key_error(
+                        at_source(&format!("types.{column}")),
+                        "is not a column this source maps",
+                    ));
+                }
+                if ColumnType::parse(name).is_none() {
+                    return Err(key_error(
+                        at_source(&format!("types.{column}")),
+                        format!("`{name}` is not a column type (see the README's type table)"),
                     ));
                 }
             }

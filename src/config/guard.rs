@@ -65,7 +65,13 @@ fn to_cel(value: &FieldValue) -> cel::Value {
         // Beyond 38 digits a guard compares the nearest float.
         FieldValue::WideDecimal(t) => cel::Value::Float(t.parse().unwrap_or(f64::NAN)),
         FieldValue::Float(f) => cel::Value::Float(*f),
-        FieldValue::Text(t) | FieldValue::Json(t) => cel::Value::String(Arc::new(t.clone())),
+        FieldValue::Text(t) | FieldValue::Json(t) | FieldValue::Bytes(t) => {
+            cel::Value::String(Arc::new(t.clone()))
+        }
+        // ISO 8601 text, which orders as the values do: `value >= "2024-01-01"`.
+        FieldValue::Date(d) => cel::Value::String(Arc::new(d.to_string())),
+        FieldValue::Time(t) => cel::Value::String(Arc::new(t.to_string())),
+        FieldValue::Timestamp(t) => cel::Value::String(Arc::new(t.to_string())),
     }
 }
 

@@ -46,6 +46,11 @@ pub struct InternalChange<'a> {
     /// its version column. Absent in content mode.
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pub context: Option<Cow<'a, str>>,
+    /// The source's column types of the fields (field → type name, `ColumnType`'s text), as its
+    /// captured schema declares them: how the system is sent the fields as a target. Empty
+    /// for schemaless input.
+    #[serde(borrow, default, skip_serializing_if = "Vec::is_empty")]
+    pub types: Vec<(Cow<'a, str>, Cow<'a, str>)>,
     #[serde(borrow)]
     pub origin: Origin<'a>,
 }
@@ -135,6 +140,7 @@ impl<'a> InternalChange<'a> {
         mapped: &'a MappedChange<'_, '_>,
         system: &'a str,
         event: &ChangeEvent<'_>,
+        types: &'a [(String, String)],
         origin: Origin<'a>,
     ) -> Self {
         let fields = mapped
@@ -156,6 +162,10 @@ impl<'a> InternalChange<'a> {
             position: event.source.position.into(),
             fields,
             context: mapped.context.map(Cow::Borrowed),
+            types: types
+                .iter()
+                .map(|(field, name)| (Cow::Borrowed(field.as_str()), Cow::Borrowed(name.as_str())))
+                .collect(),
             origin,
         }
     }
@@ -232,6 +242,7 @@ mod tests {
                 position: Position::Postgres([lsn / 2, lsn]),
                 fields: values.iter().enumerate().map(|(i, v)| (Cow::Owned(format!("f{i}")), FieldRef::from(v))).collect(),
                 context: (lsn % 2 == 0).then(|| Cow::Owned(format!(r#"{{"erp":{ts}}}"#))),
+                types: Vec::new(),
                 origin: Origin { topic: "shop.public.items".into(), partition: 0, offset: 17 },
             };
             let bytes = change.encode();
@@ -257,6 +268,7 @@ mod tests {
                 position: Position::Unknown,
                 fields: vec![],
                 context: None,
+                types: Vec::new(),
                 origin: Origin {
                     topic: "t".into(),
                     partition: 0,

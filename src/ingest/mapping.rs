@@ -15,7 +15,8 @@ use thiserror::Error;
 
 use crate::config::Config;
 use crate::ingest::envelope::{ChangeEvent, Op, Row};
-use crate::model::value::Value;
+use crate::ingest::schema::RowSchema;
+use crate::model::value::{as_declared, ColumnType, Value, ValueError};
 
 pub use crate::model::stage::{ChangeKind, EntityId, FieldId};
 
@@ -64,6 +65,8 @@ struct SourcePlan {
     key_columns: Vec<String>,
     /// The column carrying harmony's version (exact echo mode).
     version_column: Option<String>,
+    /// Column types the configuration declares (`sources.types`).
+    declared: HashMap<String, ColumnType>,
 }
 
 /// The entities one configured table feeds.
@@ -134,6 +137,11 @@ impl Catalog {
                     columns,
                     key_columns,
                     version_column: source.version_column.clone(),
+                    declared: source
+                        .types
+                        .keys()
+                        .filter_map(|c| Some((c.clone(), source.column_type(c)?)))
+                        .collect(),
                 };
                 let tables = &mut catalog.plans[system];
                 match tables
@@ -187,6 +195,62 @@ impl Catalog {
                         .is_none_or(|q| Some(q) == schema || q == db)
             })
             .map_or(&[], |t| t.plans.as_slice())
+    }
+
+    /// The types a table's captured schema declares for the fields it maps onto `entity`
+    /// (field → `ColumnType` text), for the internal record.
+    pub fn field_types(
+        &self,
+        system: usize,
+        event: &ChangeEvent<'_>,
+        entity: EntityId,
+        schema: &RowSchema,
+    ) -> Vec<(String, String)> {
+        let Some(plan) = self
+            .plans_for(system, event)
+            .iter()
+            .find(|p| p.entity == entity)
+        else {
+            return Vec::new();
+        };
+        let fields = &self.field_names[entity.0 as usize];
+        schema
+            .columns
+            .iter()
+            .filter_map(|(column, column_type)| {
+                let (field, _) = plan.columns.get(column)?;
+                Some((fields[field.0 as usize].clone(), column_type.to_string()))
+            })
+            .collect()
+    }
+
+    /// Reads a schemaless change's columns as the configuration declares their types
+    /// (`sources.types`): a count of microseconds as the timestamp it is, base64 or text as the
+    /// decimal it is. A schema-wrapped change has its types from its schema already.
+    pub fn apply_declared_types(
+        &self,
+        system: usize,
+        event: &mut ChangeEvent<'_>,
+    ) -> Result<(), (String, ValueError)> {
+        if event.schema.is_some() {
+            return Ok(());
+        }
+        let plans = self.plans_for(system, event);
+        if plans.iter().all(|p| p.declared.is_empty()) {
+            return Ok(());
+        }
+        let rows = [event.before.as_mut(), event.after.as_mut()];
+        for row in rows.into_iter().flatten() {
+            for (column, value) in &mut row.columns {
+                let declared = plans.iter().find_map(|p| p.declared.get(column.as_ref()));
+                if let Some(declared) = declared {
+                    let taken = std::mem::replace(value, Value::Null);
+                    *value = as_declared(taken, declared)
+                        .map_err(|error| (column.to_string(), error))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The record changes one source change makes: one per entity its table feeds, none for
@@ -286,6 +350,11 @@ fn push_key_value(out: &mut String, value: &Value<'_>) -> Option<()> {
         }
         // Normalized text already: the same for the same number.
         Value::WideDecimal(t) => out.push_str(t),
+        // ISO text: the same for the same date or instant in every system.
+        Value::Date(d) => write!(out, "\"{d}\"").ok()?,
+        Value::Time(t) => write!(out, "\"{t}\"").ok()?,
+        Value::Timestamp(t) => write!(out, "\"{t}\"").ok()?,
+        Value::Bytes(b) => out.push_str(&serde_json::to_string(b.as_ref()).ok()?),
         Value::Null | Value::Unavailable | Value::Float(_) | Value::Raw(_) => return None,
     }
     Some(())

@@ -5,10 +5,11 @@
 use std::sync::Arc;
 
 use crate::config::{Config, TopicRouter};
-use crate::ingest::envelope::{Decoded, Decoder, Limits, RecordHeaders};
+use crate::ingest::envelope::{ChangeEvent, Decoded, Decoder, Limits, RecordHeaders};
 use crate::ingest::internal::{self, InternalChange};
-use crate::ingest::mapping::Catalog;
+use crate::ingest::mapping::{Catalog, EntityId};
 use crate::ingest::output::{encode_change, output_key, Origin};
+use crate::ingest::schema::ValueSchema;
 use crate::model::clock::SystemId;
 use crate::model::stage::{Count, Effects, Input, Stage, Topic};
 
@@ -22,6 +23,51 @@ pub struct Ingest {
     catalog: Option<Arc<Catalog>>,
     /// The producer's `message.max.bytes`: an internal record beyond it is refused here.
     max_message_bytes: usize,
+    /// The field types each captured schema declares, per entity, rendered once per schema.
+    field_types: FieldTypes,
+}
+
+/// [`Catalog::field_types`] by schema (its parsed form's address, the form kept alive here so
+/// the address is not reused), system and entity. Bounded like the schema cache it follows.
+#[derive(Default)]
+struct FieldTypes {
+    entries: Vec<FieldTypesOf>,
+}
+
+/// One schema's field types for one system's entity: (schema, system, entity, field → type).
+type FieldTypesOf = (Arc<ValueSchema>, usize, EntityId, Vec<(String, String)>);
+
+const MAX_FIELD_TYPES: usize = 256;
+
+impl FieldTypes {
+    fn get(
+        &mut self,
+        catalog: &Catalog,
+        system: usize,
+        event: &ChangeEvent<'_>,
+        entity: EntityId,
+    ) -> &[(String, String)] {
+        let Some(schema) = &event.schema else {
+            return &[];
+        };
+        let found = self
+            .entries
+            .iter()
+            .position(|(s, sys, e, _)| Arc::ptr_eq(s, schema) && *sys == system && *e == entity);
+        let index = match found {
+            Some(index) => index,
+            None => {
+                if self.entries.len() >= MAX_FIELD_TYPES {
+                    self.entries.clear();
+                }
+                let types = catalog.field_types(system, event, entity, &schema.row);
+                self.entries
+                    .push((Arc::clone(schema), system, entity, types));
+                self.entries.len() - 1
+            }
+        };
+        &self.entries[index].3
+    }
 }
 
 impl Ingest {
@@ -36,6 +82,7 @@ impl Ingest {
             }),
             catalog,
             max_message_bytes: config.kafka.max_message_bytes(),
+            field_types: FieldTypes::default(),
         }
     }
 
@@ -52,13 +99,17 @@ impl Ingest {
     /// none — a change whose record for one entity the producer would refuse is rejected whole
     /// rather than half published.
     fn map(
-        &self,
+        &mut self,
         catalog: &Catalog,
         system: usize,
-        event: &crate::ingest::envelope::ChangeEvent<'_>,
+        event: &mut ChangeEvent<'_>,
         input: &Input<'_>,
         effects: &mut Effects,
     ) {
+        if let Err((column, error)) = catalog.apply_declared_types(system, event) {
+            return effects.reject("invalid_value", format!("column `{column}`: {error}"));
+        }
+        let event = &*event;
         let name = self.systems[system].as_str();
         let changes = match catalog.map(system, event) {
             Ok(changes) => changes,
@@ -71,11 +122,13 @@ impl Ingest {
             return;
         }
         for mapped in &changes {
+            let types = self.field_types.get(catalog, system, event, mapped.entity);
             let internal = InternalChange::from_mapped(
                 catalog,
                 mapped,
                 name,
                 event,
+                types,
                 internal::Origin {
                     topic: input.topic.into(),
                     partition: input.partition,
@@ -117,7 +170,7 @@ impl Stage for Ingest {
             new_key: input.headers.header(RecordHeaders::NEW_KEY),
             old_key: input.headers.header(RecordHeaders::OLD_KEY),
         };
-        let event = match self.decoder.decode(input.key, input.payload, headers) {
+        let mut event = match self.decoder.decode(input.key, input.payload, headers) {
             Ok(Decoded::Change(event)) => event,
             Ok(Decoded::Tombstone) => {
                 return effects.counts.push(Count::TombstoneSkipped { system: id });
@@ -136,8 +189,8 @@ impl Stage for Ingest {
             system: id,
             op: event.op.code(),
         });
-        if let Some(catalog) = &self.catalog {
-            return self.map(catalog, system, &event, input, effects);
+        if let Some(catalog) = self.catalog.clone() {
+            return self.map(&catalog, system, &mut event, input, effects);
         }
         effects.source_ts_ms = Some(event.source.ts_ms);
         let name = self.systems[system].as_str();

@@ -2,4 +2,5 @@
 
 pub mod clock;
 pub mod stage;
+pub mod temporal;
 pub mod value;

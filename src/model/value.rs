@@ -15,6 +15,8 @@ use base64::Engine;
 use serde_json::value::RawValue;
 use thiserror::Error;
 
+use crate::model::temporal::{Date, TimeOfDay, Timestamp, Unit};
+
 /// Why a column's JSON is not the value its declared type says. Never retriable: the same
 /// bytes decode the same way every time. The cause is part of the message (a dead-letter
 /// header carries `Display` alone), so none is also a `#[source]`.
@@ -27,6 +29,8 @@ pub enum ValueError {
     },
     #[error("{what} column holds `{text}`")]
     Unparsable { what: &'static str, text: String },
+    #[error("{what} `{value}` is beyond the years 0000 to 9999 or not a {what}")]
+    OutOfRange { what: &'static str, value: String },
     #[error("{what}: {error}")]
     Json {
         what: &'static str,
@@ -50,6 +54,12 @@ pub enum Value<'a> {
     /// A decimal beyond [`Decimal`]'s 38 digits, as its exact normalized text (`-12.5`).
     WideDecimal(String),
     Text(Cow<'a, str>),
+    /// Dates, times of day and timestamps in their canonical form (`model::temporal`).
+    Date(Date),
+    Time(TimeOfDay),
+    Timestamp(Timestamp),
+    /// Binary (Connect `bytes`), as the JSON converter's base64 text.
+    Bytes(Cow<'a, str>),
     /// Structs, arrays, maps, and anything harmony passes through without interpreting.
     Raw(&'a RawValue),
     /// The column did not change; its value is not in this event.
@@ -85,9 +95,10 @@ impl Value<'_> {
         }
     }
 
+    /// Text, or binary as its base64 text.
     pub fn as_str(&self) -> Option<&str> {
         match self {
-            Value::Text(t) => Some(t),
+            Value::Text(t) | Value::Bytes(t) => Some(t),
             _ => None,
         }
     }
@@ -104,12 +115,20 @@ impl PartialEq for Value<'_> {
             (Decimal(a), Decimal(b)) => a == b,
             (WideDecimal(a), WideDecimal(b)) => a == b,
             (Text(a), Text(b)) => a == b,
+            (Date(a), Date(b)) => a == b,
+            (Time(a), Time(b)) => a == b,
+            (Timestamp(a), Timestamp(b)) => a == b,
+            (Bytes(a), Bytes(b)) => a == b,
             // Raw JSON compares by its text: the same value written the same way.
             (Raw(a), Raw(b)) => a.get() == b.get(),
             _ => false,
         }
     }
 }
+
+/// A decimal with more decimal places than a scale keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MorePlaces;
 
 /// An exact decimal: `unscaled × 10^-scale`. 38 significant digits, which covers every SQL
 /// `DECIMAL`/`NUMERIC` with a declared precision up to 38.
@@ -209,6 +228,20 @@ impl Decimal {
 
     /// Numeric order, whatever the scales (`1.50` = `1.5` < `2`). Numbers too large to align
     /// compare by their float value.
+    /// The same number at `scale`: `Err(MorePlaces)` if it has more decimal places than that
+    /// (after its trailing zeros), `Ok(None)` if the unscaled value would pass 38 digits.
+    pub fn rescaled(self, scale: u32) -> Result<Option<Self>, MorePlaces> {
+        let d = self.normalized();
+        let (unscaled, own) = (d.unscaled, d.scale);
+        if own > scale {
+            return Err(MorePlaces);
+        }
+        Ok(10i128
+            .checked_pow(scale - own)
+            .and_then(|factor| unscaled.checked_mul(factor))
+            .map(|unscaled| Decimal { unscaled, scale }))
+    }
+
     pub fn cmp_value(&self, other: &Self) -> std::cmp::Ordering {
         match self.aligned(other) {
             Some((a, b, _)) => a.cmp(&b),
@@ -281,6 +314,59 @@ pub enum ColumnType {
     /// A Debezium or Connect logical type: what the connector's schema names the column's
     /// value, over the plain type it is carried in.
     Semantic(Semantic),
+}
+
+impl ColumnType {
+    /// A column type by the name a configuration (`sources.types`) and the internal record
+    /// give it: `boolean`, `int`, `float`, `string`, `bytes`, `decimal(2)` (a fixed scale),
+    /// `decimal` (variable scale), `composite`, or a semantic type by its short name
+    /// ([`Semantic::short_name`]) or Debezium's full name.
+    pub fn parse(name: &str) -> Option<Self> {
+        let name = name.trim();
+        Some(match name {
+            "boolean" | "bool" => ColumnType::Boolean,
+            "int" | "integer" | "int8" | "int16" | "int32" | "int64" => ColumnType::Integer,
+            "float" | "double" | "float32" | "float64" => ColumnType::Float,
+            "string" | "text" => ColumnType::String,
+            "bytes" => ColumnType::Bytes,
+            "decimal" => ColumnType::VariableScaleDecimal,
+            "composite" => ColumnType::Composite,
+            _ => {
+                if let Some(scale) = name
+                    .strip_prefix("decimal(")
+                    .and_then(|rest| rest.strip_suffix(')'))
+                {
+                    return scale
+                        .trim()
+                        .parse()
+                        .ok()
+                        .map(|scale| ColumnType::Decimal { scale });
+                }
+                let semantic = Semantic::ALL
+                    .into_iter()
+                    .find(|s| s.short_name() == name)
+                    .or_else(|| Semantic::from_name(name))?;
+                ColumnType::Semantic(semantic)
+            }
+        })
+    }
+}
+
+/// The name [`ColumnType::parse`] reads back.
+impl fmt::Display for ColumnType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ColumnType::Boolean => f.write_str("boolean"),
+            ColumnType::Integer => f.write_str("int"),
+            ColumnType::Float => f.write_str("float"),
+            ColumnType::String => f.write_str("string"),
+            ColumnType::Bytes => f.write_str("bytes"),
+            ColumnType::Decimal { scale } => write!(f, "decimal({scale})"),
+            ColumnType::VariableScaleDecimal => f.write_str("decimal"),
+            ColumnType::Composite => f.write_str("composite"),
+            ColumnType::Semantic(s) => f.write_str(s.short_name()),
+        }
+    }
 }
 
 /// The logical types Debezium's connectors name in a schema, each with how its value is
@@ -367,6 +453,67 @@ impl Semantic {
         })
     }
 
+    /// Whether and how it carries a date or a time.
+    pub fn temporal(self) -> Option<Temporal> {
+        Some(match self {
+            Semantic::Date => Temporal::Date,
+            Semantic::TimeMillis => Temporal::Time(Unit::Millis),
+            Semantic::TimeMicros => Temporal::Time(Unit::Micros),
+            Semantic::TimeNanos => Temporal::Time(Unit::Nanos),
+            Semantic::TimestampMillis => Temporal::Timestamp(Unit::Millis),
+            Semantic::TimestampMicros => Temporal::Timestamp(Unit::Micros),
+            Semantic::TimestampNanos => Temporal::Timestamp(Unit::Nanos),
+            Semantic::ZonedTimestamp => Temporal::Zoned,
+            _ => return None,
+        })
+    }
+
+    /// Its name in a configuration: the SQL type it stands for, with the unit a connector
+    /// counts it in where there are several.
+    pub fn short_name(self) -> &'static str {
+        match self {
+            Semantic::Date => "date",
+            Semantic::TimeMillis => "time_ms",
+            Semantic::TimeMicros => "time_us",
+            Semantic::TimeNanos => "time_ns",
+            Semantic::TimestampMillis => "timestamp_ms",
+            Semantic::TimestampMicros => "timestamp_us",
+            Semantic::TimestampNanos => "timestamp_ns",
+            Semantic::ZonedTimestamp => "timestamptz",
+            Semantic::ZonedTime => "timetz",
+            Semantic::DurationMicros => "duration_us",
+            Semantic::Interval => "interval",
+            Semantic::Uuid => "uuid",
+            Semantic::Json => "json",
+            Semantic::Enum => "enum",
+            Semantic::EnumSet => "enum_set",
+            Semantic::Bits => "bits",
+            Semantic::Xml => "xml",
+        }
+    }
+
+    /// The Connect type Debezium carries it in.
+    pub fn carrier(self) -> &'static str {
+        match self {
+            Semantic::Date | Semantic::TimeMillis => "int32",
+            Semantic::TimeMicros
+            | Semantic::TimeNanos
+            | Semantic::TimestampMillis
+            | Semantic::TimestampMicros
+            | Semantic::TimestampNanos
+            | Semantic::DurationMicros => "int64",
+            Semantic::Bits => "bytes",
+            Semantic::ZonedTimestamp
+            | Semantic::ZonedTime
+            | Semantic::Interval
+            | Semantic::Uuid
+            | Semantic::Json
+            | Semantic::Enum
+            | Semantic::EnumSet
+            | Semantic::Xml => "string",
+        }
+    }
+
     /// Debezium's name for it, as a target's schema declares it.
     pub fn name(self) -> &'static str {
         match self {
@@ -393,6 +540,108 @@ impl Semantic {
 
 /// Decodes one column's raw JSON, with its declared type when the record has a schema.
 pub fn decode_value<'a>(
+    raw: &'a RawValue,
+    declared: Option<&ColumnType>,
+) -> Result<Value<'a>, ValueError> {
+    match declared {
+        Some(ColumnType::Semantic(semantic)) => canonical(decode_plain(raw, None)?, *semantic),
+        _ => decode_plain(raw, declared),
+    }
+}
+
+/// A value as its column's semantic type says to hold it: dates, times of day and timestamps
+/// in their canonical form (`model::temporal`), from the number or text the connector carried
+/// them in; every other semantic type keeps its plain value. Also applied to schemaless input
+/// whose column types a configuration declares.
+pub fn canonical(value: Value<'_>, semantic: Semantic) -> Result<Value<'_>, ValueError> {
+    let Some(kind) = semantic.temporal() else {
+        return Ok(value);
+    };
+    let converted = match (kind, &value) {
+        (_, Value::Null | Value::Unavailable) => return Ok(value),
+        (Temporal::Date, Value::Int(days)) => Date::new(*days).map(Value::Date),
+        (Temporal::Date, Value::Text(text)) => Date::parse(text).map(Value::Date),
+        (Temporal::Time(unit), Value::Int(count)) => {
+            TimeOfDay::from_count(*count, unit).map(Value::Time)
+        }
+        (Temporal::Time(_), Value::Text(text)) => TimeOfDay::parse(text).map(Value::Time),
+        (Temporal::Timestamp(unit), Value::Int(count)) => {
+            Timestamp::from_count(*count, unit).map(Value::Timestamp)
+        }
+        (Temporal::Timestamp(_) | Temporal::Zoned, Value::Text(text)) => {
+            Timestamp::parse(text).map(Value::Timestamp)
+        }
+        _ => None,
+    };
+    converted.ok_or_else(|| ValueError::OutOfRange {
+        what: kind.what(),
+        value: match value {
+            Value::Int(n) => n.to_string(),
+            Value::Text(t) => t.into_owned(),
+            other => format!("{other:?}"),
+        },
+    })
+}
+
+/// A value of a schemaless record as its column's declared type reads it: a semantic type as
+/// [`canonical`] does; a decimal from Connect's base64 bytes (`decimal.handling.mode=precise`)
+/// or its text (`string`); an integer from its text. Anything else is left as it came.
+pub fn as_declared<'a>(value: Value<'a>, declared: &ColumnType) -> Result<Value<'a>, ValueError> {
+    match (declared, value) {
+        (ColumnType::Semantic(semantic), value) => canonical(value, *semantic),
+        (ColumnType::Decimal { scale }, Value::Text(text)) => match Decimal::parse(&text) {
+            Some(d) => Ok(Value::Decimal(d)),
+            None if text.contains('.') => Ok(wide_text(&text).unwrap_or(Value::Text(text))),
+            None => {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(text.as_bytes())
+                    .map_err(|error| ValueError::NotBase64 {
+                        what: "decimal",
+                        error,
+                    })?;
+                Ok(decimal_of_bytes(&bytes, *scale))
+            }
+        },
+        (ColumnType::VariableScaleDecimal, Value::Text(text)) => Ok(match Decimal::parse(&text) {
+            Some(d) => Value::Decimal(d),
+            None => wide_text(&text).unwrap_or(Value::Text(text)),
+        }),
+        (ColumnType::Bytes, Value::Text(text)) => Ok(Value::Bytes(text)),
+        (ColumnType::Integer, Value::Text(text)) => text
+            .parse()
+            .map(Value::Int)
+            .map_err(|_| unparsable("integer", &text)),
+        (_, value) => Ok(value),
+    }
+}
+
+/// Decimal text beyond 38 digits, normalized.
+fn wide_text(text: &str) -> Option<Value<'static>> {
+    let (unscaled, scale) = wide_decimal_parts(text.trim_start_matches('+'))?;
+    Some(Value::WideDecimal(wide_decimal_text(&unscaled, scale)))
+}
+
+/// How a semantic type carries a date or time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Temporal {
+    Date,
+    Time(Unit),
+    Timestamp(Unit),
+    /// ISO 8601 text with an offset.
+    Zoned,
+}
+
+impl Temporal {
+    fn what(self) -> &'static str {
+        match self {
+            Temporal::Date => "date",
+            Temporal::Time(_) => "time of day",
+            Temporal::Timestamp(_) | Temporal::Zoned => "timestamp",
+        }
+    }
+}
+
+fn decode_plain<'a>(
     raw: &'a RawValue,
     declared: Option<&ColumnType>,
 ) -> Result<Value<'a>, ValueError> {
@@ -430,6 +679,14 @@ pub fn decode_value<'a>(
                 .map_err(|_| unparsable("float", &s))
         }
         (Some(ColumnType::Composite), _) => Ok(Value::Raw(raw)),
+        (Some(ColumnType::Bytes), b'"') => {
+            let s = string_of(raw)?;
+            if s == UNAVAILABLE_PLACEHOLDER_BASE64 || s == UNAVAILABLE_PLACEHOLDER {
+                Ok(Value::Unavailable)
+            } else {
+                Ok(Value::Bytes(s))
+            }
+        }
         (_, b'"') => {
             let s = string_of(raw)?;
             if s == UNAVAILABLE_PLACEHOLDER || s == UNAVAILABLE_PLACEHOLDER_BASE64 {
@@ -548,6 +805,11 @@ pub enum FieldValue {
     /// Beyond 38 digits: the exact normalized text.
     WideDecimal(String),
     Float(f64),
+    Date(Date),
+    Time(TimeOfDay),
+    Timestamp(Timestamp),
+    /// Base64 text.
+    Bytes(String),
     Text(String),
     /// Structs, arrays, JSON documents: their JSON text.
     Json(String),
@@ -557,7 +819,10 @@ impl FieldValue {
     /// Bytes it owns on the heap.
     pub fn heap_bytes(&self) -> usize {
         match self {
-            FieldValue::Text(t) | FieldValue::Json(t) | FieldValue::WideDecimal(t) => t.capacity(),
+            FieldValue::Text(t)
+            | FieldValue::Json(t)
+            | FieldValue::WideDecimal(t)
+            | FieldValue::Bytes(t) => t.capacity(),
             _ => 0,
         }
     }
@@ -565,12 +830,7 @@ impl FieldValue {
     /// As an exact number of any size, `(unscaled, scale)`: for `sum`, `max` and `min` where
     /// a value is beyond 38 digits, or their result would be.
     pub fn as_wide(&self) -> Option<(num_bigint::BigInt, u32)> {
-        match self {
-            FieldValue::WideDecimal(t) => wide_decimal_parts(t),
-            _ => self
-                .as_decimal()
-                .map(|d| (num_bigint::BigInt::from(d.unscaled), d.scale)),
-        }
+        FieldRef::from(self).as_wide()
     }
 
     /// An exact number as a [`Decimal`] when it fits 38 digits, else as its normalized text.
@@ -583,15 +843,7 @@ impl FieldValue {
 
     /// As an exact number, for `sum`, `max`, `min`.
     pub fn as_decimal(&self) -> Option<Decimal> {
-        match self {
-            FieldValue::Int(i) => Some(Decimal {
-                unscaled: i128::from(*i),
-                scale: 0,
-            }),
-            FieldValue::Decimal(d) => Some(*d),
-            FieldValue::Text(t) => Decimal::parse(t).map(Decimal::normalized),
-            _ => None,
-        }
+        FieldRef::from(self).as_decimal()
     }
 }
 
@@ -613,9 +865,41 @@ pub enum FieldRef<'a> {
     Float(f64),
     Text(#[serde(borrow)] Cow<'a, str>),
     Json(#[serde(borrow)] Cow<'a, str>),
-    /// Last: the changelog names variants by position, and values written before it existed
-    /// must read the same.
+    /// From here on, in the order they were added: the changelog names variants by position,
+    /// and values written before a variant existed must read the same.
     WideDecimal(#[serde(borrow)] Cow<'a, str>),
+    Date(Date),
+    Time(TimeOfDay),
+    Timestamp(Timestamp),
+    Bytes(#[serde(borrow)] Cow<'a, str>),
+}
+
+impl FieldRef<'_> {
+    /// As an exact number within 38 digits: an integer, a decimal, or decimal text.
+    pub fn as_decimal(&self) -> Option<Decimal> {
+        match self {
+            FieldRef::Int(i) => Some(Decimal {
+                unscaled: i128::from(*i),
+                scale: 0,
+            }),
+            FieldRef::Decimal(d) => Some(*d),
+            FieldRef::Text(t) => Decimal::parse(t).map(Decimal::normalized),
+            _ => None,
+        }
+    }
+
+    /// As an exact number of any size, `(unscaled, scale)`.
+    pub fn as_wide(&self) -> Option<(num_bigint::BigInt, u32)> {
+        match self {
+            FieldRef::WideDecimal(t) => wide_decimal_parts(t),
+            FieldRef::Text(t) if Decimal::parse(t).is_none() => {
+                wide_decimal_parts(t.trim_start_matches('+'))
+            }
+            _ => self
+                .as_decimal()
+                .map(|d| (num_bigint::BigInt::from(d.unscaled), d.scale)),
+        }
+    }
 }
 
 impl<'a> FieldRef<'a> {
@@ -628,6 +912,10 @@ impl<'a> FieldRef<'a> {
             Value::Int(i) => FieldRef::Int(*i),
             Value::Decimal(d) => FieldRef::Decimal(d.normalized()),
             Value::WideDecimal(t) => FieldRef::WideDecimal(Cow::Borrowed(t)),
+            Value::Date(d) => FieldRef::Date(*d),
+            Value::Time(t) => FieldRef::Time(*t),
+            Value::Timestamp(t) => FieldRef::Timestamp(*t),
+            Value::Bytes(b) => FieldRef::Bytes(Cow::Borrowed(b)),
             Value::Float(f) => FieldRef::Float(*f),
             Value::Text(t) => FieldRef::Text(Cow::Borrowed(t)),
             Value::Raw(r) => FieldRef::Json(Cow::Borrowed(r.get())),
@@ -644,6 +932,10 @@ impl<'a> From<&'a FieldValue> for FieldRef<'a> {
             FieldValue::Int(i) => FieldRef::Int(*i),
             FieldValue::Decimal(d) => FieldRef::Decimal(*d),
             FieldValue::WideDecimal(t) => FieldRef::WideDecimal(Cow::Borrowed(t)),
+            FieldValue::Date(d) => FieldRef::Date(*d),
+            FieldValue::Time(t) => FieldRef::Time(*t),
+            FieldValue::Timestamp(t) => FieldRef::Timestamp(*t),
+            FieldValue::Bytes(b) => FieldRef::Bytes(Cow::Borrowed(b)),
             FieldValue::Float(f) => FieldRef::Float(*f),
             FieldValue::Text(t) => FieldRef::Text(Cow::Borrowed(t)),
             FieldValue::Json(j) => FieldRef::Json(Cow::Borrowed(j)),
@@ -659,6 +951,10 @@ impl From<FieldRef<'_>> for FieldValue {
             FieldRef::Int(i) => FieldValue::Int(i),
             FieldRef::Decimal(d) => FieldValue::Decimal(d),
             FieldRef::WideDecimal(t) => FieldValue::WideDecimal(t.into_owned()),
+            FieldRef::Date(d) => FieldValue::Date(d),
+            FieldRef::Time(t) => FieldValue::Time(t),
+            FieldRef::Timestamp(t) => FieldValue::Timestamp(t),
+            FieldRef::Bytes(b) => FieldValue::Bytes(b.into_owned()),
             FieldRef::Float(f) => FieldValue::Float(f),
             FieldRef::Text(t) => FieldValue::Text(t.into_owned()),
             FieldRef::Json(j) => FieldValue::Json(j.into_owned()),

@@ -11,51 +11,132 @@ use base64::Engine as _;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value as Json};
 
-use crate::model::value::FieldValue;
-use crate::model::value::{wide_decimal_parts, Decimal};
+use num_bigint::BigInt;
+
+use crate::model::temporal::{Date, TimeOfDay, Timestamp, Unit};
+use crate::model::value::{wide_decimal_parts, ColumnType, Decimal, FieldRef, Semantic, Temporal};
 use crate::resolve::jsontext::{self, Members};
 
-/// One row column: its schema into `schema`'s field list, its value into `image`, decided
-/// together because a JSON array's shape decides both.
-pub fn field(schema: &mut Members, image: &mut Members, column: &str, value: &FieldValue) {
-    let items = match value {
-        FieldValue::Json(text) => array_items_type(text),
+/// Why a value cannot go to a target's column: converting it would change it (a microsecond
+/// into a `datetime(3)`, three decimal places into `numeric(10, 2)`), or it is not that kind of
+/// value at all. Never a silent truncation (ARCHITECTURE.md §2).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("`{value}` cannot be written exactly as {target}: {reason}")]
+pub struct Unrepresentable {
+    pub value: String,
+    pub target: ColumnType,
+    pub reason: &'static str,
+}
+
+/// The type a value goes out as where its target column's type is not known (a target that is
+/// not also a source, before its type is declared or captured): its own, exactly.
+pub fn own_type(value: &FieldRef<'_>) -> ColumnType {
+    match value {
+        FieldRef::Null | FieldRef::Text(_) => ColumnType::String,
+        FieldRef::Bool(_) => ColumnType::Boolean,
+        FieldRef::Int(_) => ColumnType::Integer,
+        FieldRef::Float(_) => ColumnType::Float,
+        FieldRef::Decimal(d) => ColumnType::Decimal { scale: d.scale },
+        FieldRef::WideDecimal(t) => ColumnType::Decimal {
+            scale: wide_decimal_parts(t).map_or(0, |(_, scale)| scale),
+        },
+        FieldRef::Json(_) => ColumnType::Composite,
+        FieldRef::Bytes(_) => ColumnType::Bytes,
+        FieldRef::Date(_) => ColumnType::Semantic(Semantic::Date),
+        FieldRef::Time(t) if t.count(Unit::Micros).is_some() => {
+            ColumnType::Semantic(Semantic::TimeMicros)
+        }
+        FieldRef::Time(_) => ColumnType::Semantic(Semantic::TimeNanos),
+        // An instant with an offset of any precision: no reading of it loses anything.
+        FieldRef::Timestamp(_) => ColumnType::Semantic(Semantic::ZonedTimestamp),
+    }
+}
+
+/// One row column: its schema into `schema`'s field list, its value into `image`, as the
+/// target column's type says (`target`), or as the value's own where the type is not known.
+/// The schema depends on the type alone (and for a JSON column on whether the value is an
+/// array), so it does not change from record to record, and a null is typed.
+pub fn field(
+    schema: &mut Members,
+    image: &mut Members,
+    column: &str,
+    value: &FieldRef<'_>,
+    target: Option<&ColumnType>,
+    optional: bool,
+) -> Result<(), Unrepresentable> {
+    let own;
+    let target = match target {
+        Some(target) => target,
+        None => {
+            own = own_type(value);
+            &own
+        }
+    };
+    let items = match (target, value) {
+        (ColumnType::Composite, FieldRef::Json(text)) => array_items_type(text),
         _ => None,
     };
     let mut field = Members::object(schema.item());
-    match (value, items) {
-        // A set (`merge`), or any array: a Connect array, which sinks write to an array
-        // column (Postgres `text[]`, `int[]`).
-        (FieldValue::Json(_), Some(items)) => {
-            jsontext::string(field.key("type"), "array");
-            let mut item = Members::object(field.key("items"));
-            jsontext::string(item.key("type"), items);
-            jsontext::raw(item.key("optional"), "false");
-            item.end();
-        }
-        (FieldValue::Json(_), None) => {
-            jsontext::string(field.key("type"), "string");
-            jsontext::string(field.key("name"), "io.debezium.data.Json");
-            jsontext::raw(field.key("version"), "1");
-        }
-        (FieldValue::Decimal(d), _) => decimal_field(&mut field, d.scale),
-        (FieldValue::WideDecimal(t), _) => decimal_field(
-            &mut field,
-            wide_decimal_parts(t).map_or(0, |(_, scale)| scale),
-        ),
-        // No value, no type: a null string binds to any column type.
-        (FieldValue::Null | FieldValue::Text(_), _) => {
-            jsontext::string(field.key("type"), "string")
-        }
-        (FieldValue::Bool(_), _) => jsontext::string(field.key("type"), "boolean"),
-        (FieldValue::Int(_), _) => jsontext::string(field.key("type"), "int64"),
-        (FieldValue::Float(_), _) => jsontext::string(field.key("type"), "double"),
-    }
-    jsontext::raw(field.key("optional"), "true");
+    field_type(&mut field, target, value, items);
+    jsontext::raw(
+        field.key("optional"),
+        if optional { "true" } else { "false" },
+    );
     jsontext::string(field.key("field"), column);
     field.end();
+    payload(image.key(column), value, target, items.is_some())
+}
 
-    payload(image.key(column), value, items.is_some());
+/// A column's Connect type, name and parameters.
+fn field_type(
+    field: &mut Members<'_>,
+    target: &ColumnType,
+    value: &FieldRef<'_>,
+    items: Option<&str>,
+) {
+    let plain = match target {
+        ColumnType::Boolean => "boolean",
+        ColumnType::Integer => "int64",
+        ColumnType::Float => "double",
+        ColumnType::String => "string",
+        ColumnType::Bytes => "bytes",
+        ColumnType::Decimal { scale } => return decimal_field(field, *scale),
+        ColumnType::VariableScaleDecimal => {
+            jsontext::string(field.key("type"), "struct");
+            jsontext::string(field.key("name"), "io.debezium.data.VariableScaleDecimal");
+            jsontext::raw(
+                field.key("fields"),
+                r#"[{"type":"int32","optional":false,"field":"scale"},{"type":"bytes","optional":false,"field":"value"}]"#,
+            );
+            return;
+        }
+        // A set (`merge`), or any array: a Connect array, which sinks write to an array
+        // column (Postgres `text[]`, `int[]`).
+        ColumnType::Composite => match (items, value) {
+            (Some(items), _) => {
+                jsontext::string(field.key("type"), "array");
+                let mut item = Members::object(field.key("items"));
+                jsontext::string(item.key("type"), items);
+                jsontext::raw(item.key("optional"), "false");
+                item.end();
+                return;
+            }
+            (None, FieldRef::Json(_)) => {
+                semantic_field(field, Semantic::Json);
+                return;
+            }
+            // No value to go by: a null string binds to any column type.
+            (None, _) => "string",
+        },
+        ColumnType::Semantic(semantic) => return semantic_field(field, *semantic),
+    };
+    jsontext::string(field.key("type"), plain);
+}
+
+fn semantic_field(field: &mut Members<'_>, semantic: Semantic) {
+    jsontext::string(field.key("type"), semantic.carrier());
+    jsontext::string(field.key("name"), semantic.name());
+    jsontext::raw(field.key("version"), "1");
 }
 
 /// Connect's `Decimal` logical type at `scale`.
@@ -80,31 +161,238 @@ pub fn string_field(schema: &mut Members, column: &str) {
     field.end();
 }
 
-/// `value` as [`field`] declares it: a JSON `array` as itself, any other JSON as its text.
-pub fn payload(out: &mut Vec<u8>, value: &FieldValue, array: bool) {
+/// `value` converted to `target`'s form, exactly, as [`field`] declares it.
+fn payload(
+    out: &mut Vec<u8>,
+    value: &FieldRef<'_>,
+    target: &ColumnType,
+    array: bool,
+) -> Result<(), Unrepresentable> {
+    let refuse = |reason| Unrepresentable {
+        value: describe(value),
+        target: target.clone(),
+        reason,
+    };
+    match (target, value) {
+        (_, FieldRef::Null) => jsontext::raw(out, "null"),
+        (ColumnType::Semantic(semantic), _) if semantic.temporal().is_some() => {
+            temporal_payload(out, value, *semantic).map_err(refuse)?
+        }
+        (ColumnType::Semantic(Semantic::DurationMicros), FieldRef::Int(i)) => {
+            jsontext::int(out, *i)
+        }
+        (ColumnType::Decimal { scale }, _) => {
+            match value.as_decimal().map(|d| d.rescaled(*scale)) {
+                // Within 38 digits, no big integer: the common case allocates nothing.
+                Some(Ok(Some(d))) => {
+                    let mut buffer = [0; DECIMAL_BASE64];
+                    out.push(b'"');
+                    out.extend_from_slice(decimal_bytes(&d, &mut buffer));
+                    out.push(b'"');
+                }
+                Some(Err(_)) => return Err(refuse(MORE_PLACES)),
+                _ => {
+                    let (unscaled, _) = rescaled(value, *scale).map_err(refuse)?;
+                    bytes_base64(out, &unscaled);
+                }
+            }
+        }
+        (ColumnType::VariableScaleDecimal, _) => {
+            let (_, scale) = value.as_wide().ok_or_else(|| refuse("not a number"))?;
+            let (unscaled, scale) = rescaled(value, scale).map_err(refuse)?;
+            let mut members = Members::object(out);
+            jsontext::uint(members.key("scale"), scale.into());
+            bytes_base64(members.key("value"), &unscaled);
+            members.end();
+        }
+        (ColumnType::Integer, FieldRef::Int(i)) => jsontext::int(out, *i),
+        (ColumnType::Integer, _) => {
+            let (unscaled, _) = rescaled(value, 0).map_err(refuse)?;
+            let n = i64::try_from(&unscaled).map_err(|_| refuse("beyond a 64-bit integer"))?;
+            jsontext::int(out, n);
+        }
+        // Float columns are approximate by nature: the nearest double.
+        (ColumnType::Float, FieldRef::Float(f)) => jsontext::float(out, *f),
+        (ColumnType::Float, _) => {
+            let f = match value {
+                FieldRef::WideDecimal(t) => t.parse().ok(),
+                other => other.as_decimal().map(Decimal::to_f64),
+            };
+            jsontext::float(out, f.ok_or_else(|| refuse("not a number"))?);
+        }
+        (ColumnType::Boolean, FieldRef::Bool(b)) => {
+            jsontext::raw(out, if *b { "true" } else { "false" })
+        }
+        (ColumnType::Boolean, _) => return Err(refuse("not a boolean")),
+        (ColumnType::Composite, FieldRef::Json(text)) if array => jsontext::raw(out, text.trim()),
+        (ColumnType::Semantic(Semantic::DurationMicros), _) => {
+            return Err(refuse("not a duration in microseconds"))
+        }
+        // Text of any kind: the value's own text, ISO 8601 for dates and times.
+        _ => text_payload(out, value),
+    }
+    Ok(())
+}
+
+/// Whether `value` can go to a column of type `target` exactly; `scratch` is written over.
+pub fn check(
+    value: &FieldRef<'_>,
+    target: &ColumnType,
+    scratch: &mut Vec<u8>,
+) -> Result<(), Unrepresentable> {
+    scratch.clear();
+    let items = match (target, value) {
+        (ColumnType::Composite, FieldRef::Json(text)) => array_items_type(text),
+        _ => None,
+    };
+    payload(scratch, value, target, items.is_some())
+}
+
+/// A value as text: strings as they are, numbers as their exact digits, dates and times in
+/// ISO 8601, booleans as `true`/`false`.
+fn text_payload(out: &mut Vec<u8>, value: &FieldRef<'_>) {
+    use std::io::Write as _;
     match value {
-        FieldValue::Json(text) if array => jsontext::raw(out, text.trim()),
-        FieldValue::Null => jsontext::raw(out, "null"),
-        FieldValue::Bool(b) => jsontext::raw(out, if *b { "true" } else { "false" }),
-        FieldValue::Int(i) => jsontext::int(out, *i),
-        FieldValue::Float(f) => jsontext::float(out, *f),
-        FieldValue::Decimal(d) => {
-            let mut buffer = [0; DECIMAL_BASE64];
-            out.push(b'"');
-            out.extend_from_slice(decimal_bytes(d, &mut buffer));
-            out.push(b'"');
+        FieldRef::Text(t) | FieldRef::Json(t) | FieldRef::WideDecimal(t) | FieldRef::Bytes(t) => {
+            jsontext::string(out, t)
         }
-        FieldValue::WideDecimal(t) => {
-            use base64::Engine;
-            let bytes = wide_decimal_parts(t)
-                .map(|(unscaled, _)| unscaled.to_signed_bytes_be())
-                .unwrap_or_default();
-            jsontext::string(
-                out,
-                &base64::engine::general_purpose::STANDARD.encode(bytes),
-            );
+        FieldRef::Null => jsontext::raw(out, "null"),
+        FieldRef::Bool(b) => jsontext::string(out, if *b { "true" } else { "false" }),
+        FieldRef::Int(i) => {
+            let _ = write!(out, "\"{i}\"");
         }
-        FieldValue::Text(t) | FieldValue::Json(t) => jsontext::string(out, t),
+        FieldRef::Float(f) => {
+            let _ = write!(out, "\"{f}\"");
+        }
+        FieldRef::Decimal(d) => {
+            let _ = write!(out, "\"{d}\"");
+        }
+        FieldRef::Date(d) => {
+            let _ = write!(out, "\"{d}\"");
+        }
+        FieldRef::Time(t) => {
+            let _ = write!(out, "\"{t}\"");
+        }
+        FieldRef::Timestamp(t) => {
+            let _ = write!(out, "\"{t}\"");
+        }
+    }
+}
+
+/// A date, time of day or timestamp in the unit or text its semantic type carries it in.
+fn temporal_payload(
+    out: &mut Vec<u8>,
+    value: &FieldRef<'_>,
+    semantic: Semantic,
+) -> Result<(), &'static str> {
+    let Some(kind) = semantic.temporal() else {
+        return Err("not a date or time");
+    };
+    let parsed;
+    let value = match value {
+        // Text a schemaless source carried: its ISO reading.
+        FieldRef::Text(text) => {
+            parsed = match kind {
+                Temporal::Date => Date::parse(text).map(FieldRef::Date),
+                Temporal::Time(_) => TimeOfDay::parse(text).map(FieldRef::Time),
+                Temporal::Timestamp(_) | Temporal::Zoned => {
+                    Timestamp::parse(text).map(FieldRef::Timestamp)
+                }
+            }
+            .ok_or("not ISO 8601 text")?;
+            &parsed
+        }
+        other => other,
+    };
+    match (kind, value) {
+        (Temporal::Date, FieldRef::Date(d)) => jsontext::int(out, d.0.into()),
+        (Temporal::Date, FieldRef::Timestamp(t)) => {
+            let date = t
+                .as_date()
+                .ok_or("a timestamp past midnight is not a date")?;
+            jsontext::int(out, date.0.into());
+        }
+        (Temporal::Time(unit), FieldRef::Time(t)) => {
+            jsontext::int(out, t.count(unit).ok_or(FINER)?);
+        }
+        (Temporal::Timestamp(unit), FieldRef::Timestamp(t)) => {
+            jsontext::int(out, t.count(unit).ok_or(FINER)?);
+        }
+        (Temporal::Timestamp(unit), FieldRef::Date(d)) => {
+            jsontext::int(out, Timestamp::from_date(*d).count(unit).ok_or(FINER)?);
+        }
+        (Temporal::Zoned, FieldRef::Timestamp(t)) => jsontext::string(out, &t.to_string()),
+        (Temporal::Zoned, FieldRef::Date(d)) => {
+            jsontext::string(out, &Timestamp::from_date(*d).to_string())
+        }
+        (Temporal::Date, _) => return Err("not a date"),
+        (Temporal::Time(_), _) => return Err("not a time of day"),
+        (Temporal::Timestamp(_) | Temporal::Zoned, _) => return Err("not a timestamp"),
+    }
+    Ok(())
+}
+
+const FINER: &str = "finer than the column's precision";
+const MORE_PLACES: &str = "more decimal places than the column keeps";
+
+/// A number as an unscaled integer at `scale`, if it has no more decimal places.
+fn rescaled(value: &FieldRef<'_>, scale: u32) -> Result<(BigInt, u32), &'static str> {
+    let (unscaled, own) = value.as_wide().ok_or("not a number")?;
+    // Normalized first: `4.50` fits a scale of 1.
+    let (mut unscaled, mut own) = (unscaled, own);
+    let ten = BigInt::from(10);
+    while own > scale && (&unscaled % &ten).sign() == num_bigint::Sign::NoSign {
+        unscaled /= &ten;
+        own -= 1;
+    }
+    if own > scale {
+        return Err(MORE_PLACES);
+    }
+    Ok((unscaled * ten.pow(scale - own), scale))
+}
+
+/// An unscaled integer in the fewest big-endian two's-complement bytes, base64: what
+/// `java.math.BigInteger.toByteArray` gives and Connect's `Decimal.toLogical` reads.
+fn bytes_base64(out: &mut Vec<u8>, unscaled: &BigInt) {
+    use base64::Engine;
+    out.push(b'"');
+    let bytes = unscaled.to_signed_bytes_be();
+    let mut buffer = [0u8; DECIMAL_BASE64];
+    if bytes.len() <= 16 {
+        let written = base64::engine::general_purpose::STANDARD
+            .encode_slice(&bytes, &mut buffer)
+            .unwrap_or(0);
+        out.extend_from_slice(&buffer[..written]);
+    } else {
+        out.extend_from_slice(
+            base64::engine::general_purpose::STANDARD
+                .encode(bytes)
+                .as_bytes(),
+        );
+    }
+    out.push(b'"');
+}
+
+/// A value as an error message shows it.
+fn describe(value: &FieldRef<'_>) -> String {
+    let mut out = Vec::new();
+    text_payload(&mut out, value);
+    String::from_utf8_lossy(&out).trim_matches('"').to_owned()
+}
+
+/// `value` as schemaless JSON holds it: exact decimals as text, as Debezium's
+/// `decimal.handling.mode=string` renders them, dates and times as ISO 8601 text, JSON
+/// documents as themselves.
+pub fn plain_payload(out: &mut Vec<u8>, value: &FieldRef<'_>) {
+    match value {
+        FieldRef::Null => jsontext::raw(out, "null"),
+        FieldRef::Bool(b) => jsontext::raw(out, if *b { "true" } else { "false" }),
+        FieldRef::Int(i) => jsontext::int(out, *i),
+        FieldRef::Float(f) => jsontext::float(out, *f),
+        FieldRef::Json(text) if serde_json::from_str::<&RawValue>(text).is_ok() => {
+            jsontext::raw(out, text.trim())
+        }
+        other => text_payload(out, other),
     }
 }
 
@@ -152,24 +440,29 @@ fn decimal_bytes<'b>(d: &Decimal, buffer: &'b mut [u8; DECIMAL_BASE64]) -> &'b [
     &buffer[..written]
 }
 
-/// One key column (canonical keys are strings or integers), as `value` is JSON text: its
-/// schema into `schema`'s field list.
-pub fn key_field(schema: &mut Members, column: &str, value: &str) {
-    let kind = match value.as_bytes().first() {
-        Some(b'-' | b'0'..=b'9')
-            if value.parse::<i64>().is_ok() || value.parse::<u64>().is_ok() =>
-        {
-            "int64"
+/// A canonical key's value (JSON text: a string, or a number) as a field value.
+pub fn key_value(text: &str) -> FieldRef<'_> {
+    let text = text.trim();
+    match text.as_bytes().first() {
+        Some(b'"') => {
+            let inner = &text[1..text.len().saturating_sub(1).max(1)];
+            if inner.contains('\\') {
+                serde_json::from_str::<String>(text)
+                    .map_or(FieldRef::Null, |s| FieldRef::Text(s.into()))
+            } else {
+                FieldRef::Text(inner.into())
+            }
         }
-        Some(b'-' | b'0'..=b'9') => "double",
-        Some(b't' | b'f') => "boolean",
-        _ => "string",
-    };
-    let mut field = Members::object(schema.item());
-    jsontext::string(field.key("type"), kind);
-    jsontext::raw(field.key("optional"), "false");
-    jsontext::string(field.key("field"), column);
-    field.end();
+        Some(b'-' | b'0'..=b'9') => text
+            .parse::<i64>()
+            .map(FieldRef::Int)
+            .ok()
+            .or_else(|| Decimal::parse(text).map(FieldRef::Decimal))
+            .unwrap_or_else(|| FieldRef::WideDecimal(text.into())),
+        Some(b't') => FieldRef::Bool(true),
+        Some(b'f') => FieldRef::Bool(false),
+        _ => FieldRef::Null,
+    }
 }
 
 /// A struct schema from its fields' schemas.
@@ -280,6 +573,7 @@ impl SchemaText {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::value::FieldValue;
 
     fn unscaled_back(text: &str) -> i128 {
         let bytes = base64::engine::general_purpose::STANDARD
@@ -296,17 +590,106 @@ mod tests {
         String::from_utf8(decimal_bytes(d, &mut buffer).to_vec()).unwrap()
     }
 
-    /// The schema and the payload `field` writes for one column.
+    /// The schema and the payload `field` writes for one column of no known type.
     fn written(column: &str, value: &FieldValue) -> (Json, Json) {
+        written_as(column, &FieldRef::from(value), None).unwrap()
+    }
+
+    /// The schema and the payload `field` writes for one column of type `target`.
+    fn written_as(
+        column: &str,
+        value: &FieldRef<'_>,
+        target: Option<&ColumnType>,
+    ) -> Result<(Json, Json), Unrepresentable> {
         let (mut schema, mut image) = (Vec::new(), Vec::new());
         let mut fields = Members::array(&mut schema);
         let mut row = Members::object(&mut image);
-        field(&mut fields, &mut row, column, value);
+        field(&mut fields, &mut row, column, value, target, true)?;
         fields.end();
         row.end();
         let schema: Json = serde_json::from_slice(&schema).unwrap();
         let image: Json = serde_json::from_slice(&image).unwrap();
-        (schema[0].clone(), image[column].clone())
+        Ok((schema[0].clone(), image[column].clone()))
+    }
+
+    fn typed(name: &str) -> ColumnType {
+        ColumnType::parse(name).unwrap()
+    }
+
+    #[test]
+    fn a_value_goes_out_in_its_target_columns_form() {
+        let moment = Timestamp::parse("2024-02-29T11:34:56.789012Z").unwrap();
+        let value = FieldRef::Timestamp(moment);
+        // The same instant to Postgres timestamptz, timestamp(6), and MariaDB datetime(3).
+        let (schema, payload) = written_as("m", &value, Some(&typed("timestamptz"))).unwrap();
+        assert_eq!(schema["name"], "io.debezium.time.ZonedTimestamp");
+        assert_eq!(schema["type"], "string");
+        assert_eq!(payload, json!("2024-02-29T11:34:56.789012Z"));
+        let (schema, payload) = written_as("m", &value, Some(&typed("timestamp_us"))).unwrap();
+        assert_eq!(schema["name"], "io.debezium.time.MicroTimestamp");
+        assert_eq!(schema["type"], "int64");
+        assert_eq!(payload, json!(1_709_206_496_789_012_i64));
+        let error = written_as("m", &value, Some(&typed("timestamp_ms"))).unwrap_err();
+        assert_eq!(error.reason, FINER, "a microsecond is not dropped silently");
+        let millis = FieldRef::Timestamp(Timestamp::parse("2024-02-29T11:34:56.789Z").unwrap());
+        let (_, payload) = written_as("m", &millis, Some(&typed("timestamp_ms"))).unwrap();
+        assert_eq!(payload, json!(1_709_206_496_789_i64));
+        // A null is typed by its column, not by its (absent) value.
+        let (schema, payload) =
+            written_as("m", &FieldRef::Null, Some(&typed("timestamp_us"))).unwrap();
+        assert_eq!(schema["name"], "io.debezium.time.MicroTimestamp");
+        assert_eq!(payload, Json::Null);
+        // Dates: days; to a timestamp column, midnight; a timestamp past midnight is no date.
+        let day = FieldRef::Date(Date::parse("0001-01-01").unwrap());
+        let (schema, payload) = written_as("d", &day, Some(&typed("date"))).unwrap();
+        assert_eq!(
+            (schema["type"].clone(), payload),
+            (json!("int32"), json!(-719_162))
+        );
+        assert!(written_as("d", &value, Some(&typed("date"))).is_err());
+        // Times of day in the column's unit.
+        let time = FieldRef::Time(TimeOfDay::parse("23:59:59.999").unwrap());
+        let (schema, payload) = written_as("t", &time, Some(&typed("time_ms"))).unwrap();
+        assert_eq!(
+            (schema["type"].clone(), payload),
+            (json!("int32"), json!(86_399_999))
+        );
+        // Decimals at the column's scale, whatever scale the value came with.
+        let price = FieldRef::Decimal(Decimal {
+            unscaled: 49,
+            scale: 1,
+        });
+        let (schema, payload) = written_as("p", &price, Some(&typed("decimal(2)"))).unwrap();
+        assert_eq!(schema["parameters"]["scale"], "2");
+        assert_eq!(unscaled_back(payload.as_str().unwrap()), 490);
+        let fine = FieldRef::Decimal(Decimal {
+            unscaled: 4901,
+            scale: 3,
+        });
+        assert!(written_as("p", &fine, Some(&typed("decimal(2)"))).is_err());
+        let (schema, payload) = written_as("p", &fine, Some(&typed("decimal"))).unwrap();
+        assert_eq!(schema["name"], "io.debezium.data.VariableScaleDecimal");
+        assert_eq!(payload["scale"], 3);
+        // A uuid keeps its semantic name, which the JDBC sink binds as `uuid`.
+        let id = FieldRef::Text("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11".into());
+        let (schema, payload) = written_as("id", &id, Some(&typed("uuid"))).unwrap();
+        assert_eq!(schema["name"], "io.debezium.data.Uuid");
+        assert_eq!(payload, json!("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"));
+        // Integers: exact or refused.
+        assert!(written_as("n", &price, Some(&typed("int"))).is_err());
+        let whole = FieldRef::Decimal(Decimal {
+            unscaled: 4200,
+            scale: 2,
+        });
+        assert_eq!(
+            written_as("n", &whole, Some(&typed("int"))).unwrap().1,
+            json!(42)
+        );
+        // Where the column's type is not known, a timestamp goes out with its offset.
+        assert_eq!(
+            written_as("m", &value, None).unwrap().0["name"],
+            "io.debezium.time.ZonedTimestamp"
+        );
     }
 
     #[test]
@@ -411,16 +794,15 @@ mod tests {
             )
         );
         let key_type = |value: &str| {
-            let mut schema = Vec::new();
-            let mut fields = Members::array(&mut schema);
-            key_field(&mut fields, "id", value);
-            fields.end();
-            serde_json::from_slice::<Json>(&schema).unwrap()[0]["type"].clone()
+            let value = key_value(value);
+            written_as("id", &value, None).unwrap().0["type"].clone()
         };
         assert_eq!(key_type("7"), json!("int64"));
-        assert_eq!(key_type("18446744073709551615"), json!("int64"));
-        assert_eq!(key_type("7.5"), json!("double"));
+        // Beyond 64 bits, and with a fraction: exact decimals.
+        assert_eq!(key_type("18446744073709551615"), json!("bytes"));
+        assert_eq!(key_type("7.5"), json!("bytes"));
         assert_eq!(key_type(r#""A""#), json!("string"));
+        assert_eq!(key_value(r#""a\"b""#), FieldRef::Text("a\"b".into()));
     }
 
     #[test]

@@ -16,18 +16,21 @@ use thiserror::Error;
 
 use crate::config::{Config, RegressionPolicy, Strategy};
 use crate::ingest::envelope::SourcePosition;
-use crate::ingest::internal::InternalChange;
+use crate::ingest::internal::{FieldRef, InternalChange};
 use crate::ingest::mapping::{Catalog, EntityId, FieldId};
 use crate::model::clock::{SystemId, VersionVector};
 use crate::resolve::changelog;
 use crate::resolve::conflict::conflict_record;
+use crate::resolve::connect;
 use crate::resolve::engine::position::{self, PositionVerdict};
 use crate::resolve::engine::{
     apply, entity_rules, erase_if_gone, erased_at, Change, DuplicateReason, EntityRules,
     FieldValue, Outcome, RecordState,
 };
 use crate::resolve::figures::{Figures, Times};
-use crate::resolve::target::{target_plans, target_records, Provenance, Publication, TargetPlan};
+use crate::resolve::target::{
+    target_plans, target_records, Mistyped, Provenance, Publication, TargetPlan,
+};
 
 #[derive(Debug, Error)]
 pub enum ResolveError {
@@ -35,6 +38,15 @@ pub enum ResolveError {
     Invalid(crate::ingest::internal::InternalError),
     #[error("internal record names unknown {what} `{name}`")]
     Unknown { what: &'static str, name: String },
+    /// A value of the change that a target's column cannot hold exactly (ARCHITECTURE.md §2):
+    /// the change is not applied, and its input is dead-lettered.
+    #[error("field `{field}` for {system}'s column `{column}`: {error}")]
+    Unrepresentable {
+        system: String,
+        field: String,
+        column: String,
+        error: crate::resolve::connect::Unrepresentable,
+    },
     /// A record the change would publish (or its changelog value) is larger than the producer
     /// takes: the change is not applied, and its input is dead-lettered.
     #[error(
@@ -74,6 +86,7 @@ impl ResolveError {
             ResolveError::Invalid(_) => "invalid_internal",
             ResolveError::Unknown { .. } => "unknown_name",
             ResolveError::OutputTooLarge { .. } => "output_too_large",
+            ResolveError::Unrepresentable { .. } => "unrepresentable",
             ResolveError::Halted(_) => "position_regression",
         }
     }
@@ -190,6 +203,8 @@ pub struct Resolver {
     max_output_bytes: usize,
     /// `processing.deleted_retention` in milliseconds; `None`: deleted records are kept.
     deleted_retention_ms: Option<i64>,
+    /// Where a value is tried in its target column's form before it is applied.
+    scratch: Vec<u8>,
 }
 
 /// How much larger than the record's values (stored and incoming) its publications can be: a
@@ -260,6 +275,7 @@ impl Resolver {
             deleted_retention_ms: Some(config.processing.deleted_retention.as_millis())
                 .filter(|&ms| ms > 0)
                 .map(|ms| i64::try_from(ms).unwrap_or(i64::MAX)),
+            scratch: Vec::new(),
         }
     }
 
@@ -472,6 +488,16 @@ impl Resolver {
             .systems
             .get(change.system.as_ref())
             .ok_or_else(|| unknown("system", &change.system))?;
+        if !change.types.is_empty() {
+            if let Some(plan) = self.plans.get_mut(&(entity, system)) {
+                let fields = self.catalog.field_names(entity);
+                for (column, captured) in plan.learn_types(&change.types, fields) {
+                    tracing::warn!(system = %change.system, entity = %change.entity, column,
+                        captured = %captured,
+                        "the column's captured type is not the one sources.types declares; the declared type is the one the system is sent");
+                }
+            }
+        }
         let field_ids = &self.fields[entity.0 as usize];
         let mut fields = Vec::with_capacity(change.fields.len());
         for (name, typed) in change.fields {
@@ -481,6 +507,7 @@ impl Resolver {
             fields.push((id, FieldValue::from(typed)));
         }
         fields.sort_by_key(|(f, _)| *f);
+        self.check_representable(entity, &fields)?;
         let context = change
             .context
             .as_deref()
@@ -663,6 +690,42 @@ impl Resolver {
     }
 }
 
+impl Resolver {
+    /// Refuses a value that a target's column could not hold exactly, before anything of the
+    /// change is applied: the state stays as it was and the input is dead-lettered, naming
+    /// the column, rather than a target receiving a truncated value.
+    fn check_representable(
+        &mut self,
+        entity: EntityId,
+        fields: &[(FieldId, FieldValue)],
+    ) -> Result<(), ResolveError> {
+        let rules = &self.rules[entity.0 as usize];
+        for target in &rules.targets {
+            let Some(plan) = self.plans.get(&(entity, *target)) else {
+                continue;
+            };
+            for column in &plan.columns {
+                let Some(column_type) = column.target_type() else {
+                    continue;
+                };
+                let Ok(i) = fields.binary_search_by_key(&column.field, |(f, _)| *f) else {
+                    continue;
+                };
+                let value = FieldRef::from(&fields[i].1);
+                if let Err(error) = connect::check(&value, column_type, &mut self.scratch) {
+                    return Err(ResolveError::Unrepresentable {
+                        system: rules.systems[target.0 as usize].name.clone(),
+                        field: self.catalog.field_name(entity, column.field).to_owned(),
+                        column: column.name.clone(),
+                        error,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The first publication, or the changelog value, larger than `limit` bytes as the producer
 /// counts them (key, value and headers), and its size.
 fn oversized(resolved: &Resolved, limit: usize) -> Option<(String, usize)> {
@@ -704,9 +767,23 @@ fn deliveries(
     resolved: &mut Resolved,
 ) {
     let plans = targets.iter().filter_map(|t| plans.get(&(entity, *t)));
-    resolved
-        .publications
-        .extend(target_records(plans, rules, state, provenance));
+    let mut mistyped = Vec::new();
+    resolved.publications.extend(target_records(
+        plans,
+        rules,
+        state,
+        provenance,
+        &mut mistyped,
+    ));
+    for Mistyped {
+        topic,
+        column,
+        error,
+    } in mistyped
+    {
+        tracing::error!(entity = provenance.entity, %topic, column, %error,
+            "a value the column's type cannot hold exactly, already in the record's state: sent in its own type");
+    }
 }
 
 #[cfg(test)]
@@ -747,6 +824,7 @@ mod tests {
                 .map(|(name, value)| (Cow::Borrowed(*name), FieldRef::from(value)))
                 .collect(),
             context: context.map(Cow::Borrowed),
+            types: Vec::new(),
             origin: Origin {
                 topic: "t".into(),
                 partition: 0,

@@ -18,6 +18,7 @@ use thiserror::Error;
 use crate::ingest::internal::{FieldRef, InternalChange, Origin, Position, FORMAT_VERSION};
 use crate::model::clock::OPERATOR;
 use crate::model::stage::ChangeKind;
+use crate::model::temporal::{Date, TimeOfDay, Timestamp};
 use crate::model::value::{wide_decimal_parts, wide_decimal_text, Decimal};
 
 /// What the operator settles the conflict with.
@@ -131,6 +132,7 @@ pub fn settlement_change<'a>(
         position: Position::Unknown,
         fields: vec![(Cow::Borrowed(&conflict.field), value)],
         context: Some(Cow::Owned(context)),
+        types: Vec::new(),
         origin: Origin {
             topic: Cow::Borrowed("harmony resolve"),
             partition: -1,
@@ -185,6 +187,28 @@ fn typed_like<'a>(
             FieldRef::Bool(parsed.as_bool().ok_or_else(|| wrong("boolean"))?)
         }
         Some(FieldRef::Json(_)) => FieldRef::Json(Cow::Owned(parsed.to_string())),
+        Some(FieldRef::Bytes(_)) => match parsed {
+            serde_json::Value::String(s) => FieldRef::Bytes(Cow::Owned(s)),
+            _ => return Err(wrong("base64 text")),
+        },
+        Some(FieldRef::Date(_)) => FieldRef::Date(
+            parsed
+                .as_str()
+                .and_then(Date::parse)
+                .ok_or_else(|| wrong("date"))?,
+        ),
+        Some(FieldRef::Time(_)) => FieldRef::Time(
+            parsed
+                .as_str()
+                .and_then(TimeOfDay::parse)
+                .ok_or_else(|| wrong("time of day"))?,
+        ),
+        Some(FieldRef::Timestamp(_)) => FieldRef::Timestamp(
+            parsed
+                .as_str()
+                .and_then(Timestamp::parse)
+                .ok_or_else(|| wrong("timestamp"))?,
+        ),
         Some(FieldRef::Text(_)) | Some(FieldRef::Null) | None => match parsed {
             serde_json::Value::String(s) => FieldRef::Text(Cow::Owned(s)),
             _ => return Err(wrong("text")),

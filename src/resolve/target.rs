@@ -11,6 +11,7 @@
 //!
 //! Pure: the record is built from the record's state and the target's column plan.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use serde_json::value::RawValue;
@@ -18,8 +19,8 @@ use serde_json::value::RawValue;
 use crate::config::{Config, OutputFormat};
 use crate::ingest::mapping::{Catalog, EntityId, FieldId};
 use crate::model::clock::SystemId;
-use crate::model::value::FieldValue;
-use crate::resolve::connect::{self, SchemaText};
+use crate::model::value::{ColumnType, FieldRef};
+use crate::resolve::connect::{self, SchemaText, Unrepresentable};
 use crate::resolve::engine::{EntityRules, RecordState};
 use crate::resolve::jsontext::{self, Members};
 
@@ -39,15 +40,84 @@ pub struct TargetPlan {
     pub format: OutputFormat,
     /// The target's table, as its source mapping names it.
     pub table: String,
-    /// The target's columns: the entity field each holds, and its position in the canonical
-    /// key when it is a key column.
-    pub columns: Vec<(String, FieldId, Option<usize>)>,
+    /// The target's columns, in its source mapping's order.
+    pub columns: Vec<TargetColumn>,
     /// Exact echo mode: the column the record's version vector is written to.
     pub version_column: Option<String>,
     /// Schema-wrapped output: the key's and the change event's Connect schemas, serialized
     /// once, around the columns each record's types decide.
     pub key_schema: SchemaText,
     pub value_schema: SchemaText,
+    /// The column types as the target's own capture last declared them (the internal record's
+    /// `types`, as stage 1 read them from the system's schema): an unchanged declaration is
+    /// recognised without being parsed again.
+    captured_types: Vec<(String, String)>,
+}
+
+/// One column of a target's table.
+#[derive(Debug, Clone)]
+pub struct TargetColumn {
+    pub name: String,
+    /// The entity field it holds.
+    pub field: FieldId,
+    /// Its position in the canonical key, when it is a key column.
+    pub key_pos: Option<usize>,
+    /// Its type as the configuration declares it (`sources.types`).
+    pub declared: Option<ColumnType>,
+    /// Its type as the target system's capture declares it, once seen.
+    pub captured: Option<ColumnType>,
+}
+
+impl TargetColumn {
+    /// The type a value goes out as: declared, else captured, else (`None`) the value's own.
+    pub fn target_type(&self) -> Option<&ColumnType> {
+        self.declared.as_ref().or(self.captured.as_ref())
+    }
+}
+
+impl TargetPlan {
+    /// Takes the target system's column types from one of its captured changes (the internal
+    /// record's `types`: field → type name). Returns the fields whose declared type the capture
+    /// contradicts, for a warning; the declaration still wins.
+    pub fn learn_types(
+        &mut self,
+        types: &[(Cow<'_, str>, Cow<'_, str>)],
+        fields: &[String],
+    ) -> Vec<(String, ColumnType)> {
+        let unchanged = types.len() == self.captured_types.len()
+            && types
+                .iter()
+                .zip(&self.captured_types)
+                .all(|((f, t), (g, u))| f == g && t == u);
+        if unchanged {
+            return Vec::new();
+        }
+        self.captured_types = types
+            .iter()
+            .map(|(f, t)| (f.to_string(), t.to_string()))
+            .collect();
+        let mut contradicted = Vec::new();
+        for column in &mut self.columns {
+            let Some(name) = fields.get(column.field.0 as usize) else {
+                continue;
+            };
+            let captured = types
+                .iter()
+                .find(|(field, _)| field == name)
+                .and_then(|(_, t)| ColumnType::parse(t));
+            if let (Some(declared), Some(captured)) = (&column.declared, &captured) {
+                if declared != captured {
+                    contradicted.push((column.name.clone(), captured.clone()));
+                }
+            }
+            // A column the capture no longer names keeps the type it had: its values still go
+            // out in that form rather than churning back to their own.
+            if captured.is_some() {
+                column.captured = captured;
+            }
+        }
+        contradicted
+    }
 }
 
 /// Every (entity, target system) the configuration delivers to.
@@ -75,8 +145,13 @@ pub fn target_plans(
                 .iter()
                 .filter_map(|(column, field)| {
                     let id = fields.iter().position(|f| f == field)?;
-                    let key_pos = entity.key.iter().position(|k| k == field);
-                    Some((column.clone(), FieldId(id as u16), key_pos))
+                    Some(TargetColumn {
+                        name: column.clone(),
+                        field: FieldId(id as u16),
+                        key_pos: entity.key.iter().position(|k| k == field),
+                        declared: source.column_type(column),
+                        captured: None,
+                    })
                 })
                 .collect();
             plans.insert(
@@ -89,28 +164,12 @@ pub fn target_plans(
                     table: source.table.clone(),
                     columns,
                     version_column: source.version_column.clone(),
+                    captured_types: Vec::new(),
                 },
             );
         }
     }
     plans
-}
-
-/// A value in schemaless JSON: exact decimals as text, as Debezium's
-/// `decimal.handling.mode=string` renders them, and JSON documents as themselves.
-fn plain_value(out: &mut Vec<u8>, value: &FieldValue) {
-    match value {
-        FieldValue::Decimal(d) => {
-            use std::io::Write as _;
-            let _ = write!(out, "\"{d}\"");
-        }
-        FieldValue::WideDecimal(t) => jsontext::string(out, t),
-        FieldValue::Json(text) => {
-            let document = serde_json::from_str::<&RawValue>(text).is_ok();
-            connect::payload(out, value, document);
-        }
-        other => connect::payload(out, other, false),
-    }
 }
 
 /// What caused a delivery, for its `harmony` block and headers.
@@ -137,14 +196,25 @@ struct Shared<'a> {
     headers: Vec<(&'static str, Vec<u8>)>,
 }
 
+/// A value a target's column cannot hold exactly, met while its record was being written. The
+/// resolver refuses such values before applying them; one met here got into the state before
+/// the column's type was known (or arose from a `sum`), and goes out in its own type instead.
+#[derive(Debug)]
+pub struct Mistyped {
+    pub topic: String,
+    pub column: String,
+    pub error: Unrepresentable,
+}
+
 /// The records `plans`' targets receive for the record's current state: per target the change
 /// event, and after a delete a tombstone, as Debezium writes one, so that compacted target
-/// topics drop the key.
+/// topics drop the key. Values a column's type cannot hold exactly are listed in `mistyped`.
 pub fn target_records<'p>(
     plans: impl IntoIterator<Item = &'p TargetPlan>,
     rules: &EntityRules,
     state: &RecordState,
     provenance: &Provenance<'_>,
+    mistyped: &mut Vec<Mistyped>,
 ) -> Vec<Publication> {
     let mut plans = plans.into_iter().peekable();
     let mut records = Vec::new();
@@ -190,20 +260,39 @@ pub fn target_records<'p>(
         headers,
     };
     for plan in plans {
-        target_records_of(plan, rules, state, provenance, &shared, &mut records);
+        let strict = target_records_of(plan, rules, state, provenance, &shared, None);
+        match strict {
+            Ok(written) => records.extend(written),
+            Err((column, error)) => {
+                mistyped.push(Mistyped {
+                    topic: plan.topic.clone(),
+                    column,
+                    error,
+                });
+                let mut scratch = Vec::new();
+                if let Ok(written) =
+                    target_records_of(plan, rules, state, provenance, &shared, Some(&mut scratch))
+                {
+                    records.extend(written);
+                }
+            }
+        }
     }
     records
 }
 
-/// One target's records, appended to `records`.
+/// One target's records. `lenient`: a scratch buffer to try each value in first, so that one
+/// its column cannot hold goes out in its own type; without, such a value fails the record
+/// with the column it was meant for.
 fn target_records_of(
     plan: &TargetPlan,
     rules: &EntityRules,
     state: &RecordState,
     provenance: &Provenance<'_>,
     shared: &Shared<'_>,
-    records: &mut Vec<Publication>,
-) {
+    mut lenient: Option<&mut Vec<u8>>,
+) -> Result<Vec<Publication>, (String, Unrepresentable)> {
+    let mut records = Vec::with_capacity(2);
     let key_value = |pos: usize| {
         shared
             .key_values
@@ -223,28 +312,63 @@ fn target_records_of(
         let mut image = Members::object(&mut image);
         let mut key_fields = Members::array(&mut key_fields);
         let mut row_fields = Members::array(&mut row_fields);
-        for (column, field, key_pos) in &plan.columns {
-            if let Some(pos) = key_pos {
-                let value = key_value(*pos);
-                jsontext::raw(key.key(column), value);
-                jsontext::raw(image.key(column), value);
+        for column in &plan.columns {
+            let failed = |error| (column.name.clone(), error);
+            let mut target = column.target_type();
+            if let Some(pos) = column.key_pos {
+                let text = key_value(pos);
                 if wrapped {
-                    connect::key_field(&mut key_fields, column, value);
-                    connect::key_field(&mut row_fields, column, value);
+                    let value = connect::key_value(text);
+                    if let (Some(scratch), Some(t)) = (lenient.as_deref_mut(), target) {
+                        target = connect::check(&value, t, scratch).is_ok().then_some(t);
+                    }
+                    connect::field(
+                        &mut key_fields,
+                        &mut key,
+                        &column.name,
+                        &value,
+                        target,
+                        false,
+                    )
+                    .map_err(failed)?;
+                    connect::field(
+                        &mut row_fields,
+                        &mut image,
+                        &column.name,
+                        &value,
+                        target,
+                        false,
+                    )
+                    .map_err(failed)?;
+                } else {
+                    jsontext::raw(key.key(&column.name), text);
+                    jsontext::raw(image.key(&column.name), text);
                 }
                 continue;
             }
             // Ignored fields (each system's own `updated_at`) are the target's business.
-            if rules.fields[field.0 as usize].ignored {
+            if rules.fields[column.field.0 as usize].ignored {
                 continue;
             }
-            let Some(state) = state.field(*field) else {
+            let Some(state) = state.field(column.field) else {
                 continue;
             };
+            let value = FieldRef::from(&state.value);
             if wrapped {
-                connect::field(&mut row_fields, &mut image, column, &state.value);
+                if let (Some(scratch), Some(t)) = (lenient.as_deref_mut(), target) {
+                    target = connect::check(&value, t, scratch).is_ok().then_some(t);
+                }
+                connect::field(
+                    &mut row_fields,
+                    &mut image,
+                    &column.name,
+                    &value,
+                    target,
+                    true,
+                )
+                .map_err(failed)?;
             } else {
-                plain_value(image.key(column), &state.value);
+                connect::plain_payload(image.key(&column.name), &value);
             }
         }
         if let Some(column) = &plan.version_column {
@@ -321,6 +445,7 @@ fn target_records_of(
             headers: shared.headers.clone(),
         });
     }
+    Ok(records)
 }
 
 #[cfg(test)]
@@ -328,6 +453,7 @@ mod tests {
     use super::*;
     use crate::model::clock::Dot;
     use crate::model::value::Decimal;
+    use crate::model::value::FieldValue;
     use crate::resolve::engine::{entity_rules, FieldState};
     use serde_json::Value as Json;
 
@@ -382,7 +508,7 @@ mod tests {
                 origin: SystemId(origin),
                 conflicts: &[],
             };
-            target_records([plan], rules, state, &provenance)
+            target_records([plan], rules, state, &provenance, &mut Vec::new())
         };
         let json = |bytes: &[u8]| serde_json::from_slice::<Json>(bytes).unwrap();
 

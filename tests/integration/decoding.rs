@@ -9,6 +9,7 @@ use harmony::ingest::envelope::{
     ChangeEvent, Decoded, Decoder, KeyChange, Limits, Op, RecordHeaders, Row, Snapshot,
     SourcePosition,
 };
+use harmony::model::temporal::{Timestamp, Unit};
 use harmony::model::value::{Decimal, Value};
 use serde::Deserialize;
 
@@ -66,6 +67,32 @@ fn change<'f>(decoder: &mut Decoder, f: &'f Fixture) -> ChangeEvent<'f> {
 
 fn dec(text: &str) -> Decimal {
     Decimal::parse(text).unwrap().normalized()
+}
+
+/// A date's days, whether it came as a count (schemaless) or as the date its schema names.
+fn days(v: &Value<'_>) -> Option<i64> {
+    match v {
+        Value::Date(d) => Some(d.0.into()),
+        other => other.as_i64(),
+    }
+}
+
+/// A timestamp in microseconds, whether it came as a count or as the timestamp its schema names.
+fn micros(v: &Value<'_>) -> Option<i64> {
+    match v {
+        Value::Timestamp(t) => t.count(Unit::Micros),
+        other => other.as_i64(),
+    }
+}
+
+/// A zoned timestamp as one instant's text, whether it came as text or as the timestamp its
+/// schema names.
+fn zoned(v: &Value<'_>) -> Option<String> {
+    match v {
+        Value::Timestamp(t) => Some(t.to_string()),
+        Value::Text(t) => Timestamp::parse(t).map(|t| t.to_string()),
+        _ => None,
+    }
 }
 
 fn col<'r>(row: &'r Row<'_>, name: &str) -> &'r Value<'r> {
@@ -174,11 +201,11 @@ fn assert_row(row: &Row<'_>, e: &Expected, context: &str) {
         Some(s) => assert_eq!(col(row, "score").as_f64(), Some(s), "{}", ctx("score")),
         None => assert_eq!(col(row, "score"), &Value::Null, "{}", ctx("score")),
     }
-    assert_eq!(col(row, "born").as_i64(), e.born_days, "{}", ctx("born"));
-    assert_eq!(col(row, "seen").as_i64(), e.seen_micros, "{}", ctx("seen"));
+    assert_eq!(days(col(row, "born")), e.born_days, "{}", ctx("born"));
+    assert_eq!(micros(col(row, "seen")), e.seen_micros, "{}", ctx("seen"));
     assert_eq!(
-        col(row, "seen_tz").as_str(),
-        e.seen_tz,
+        zoned(col(row, "seen_tz")),
+        e.seen_tz.and_then(Timestamp::parse).map(|t| t.to_string()),
         "{}",
         ctx("seen_tz")
     );
@@ -715,8 +742,8 @@ fn assert_mariadb(connector: &str, with_schema: bool) {
         "BOOLEAN is TINYINT(1) in MariaDB"
     );
     assert_eq!(col(row, "score").as_f64(), Some(2.5));
-    assert_eq!(col(row, "born").as_i64(), Some(19782));
-    assert_eq!(col(row, "seen").as_i64(), Some(1_709_210_096_789_012));
+    assert_eq!(days(col(row, "born")), Some(19782));
+    assert_eq!(micros(col(row, "seen")), Some(1_709_210_096_789_012));
     assert_eq!(col(row, "doc").as_str(), Some(r#"{"k": [1, 2]}"#));
     assert_eq!(col(row, "bin").as_str(), Some("3q2+7w=="));
 
@@ -885,4 +912,63 @@ fn numerics_beyond_38_digits_decode_exactly() {
     assert_eq!(row(&mut d, 1)[1].1, format!("WideDecimal(\"-{wide}\")"));
     // All null.
     assert!(row(&mut d, 2)[1..].iter().all(|(_, v)| v == "Null"));
+}
+
+/// `every_type`'s dates, times and timestamps, captured by the schema-wrapped connector and by
+/// the schemaless one: each reads to one canonical value, from its schema's semantic name in
+/// the one and from the type a configuration declares (`sources.types`) in the other. Before,
+/// a date was a bare count of days and a `timestamptz` a string, so the same instant from two
+/// systems compared unequal.
+#[test]
+fn dates_times_and_timestamps_read_the_same_with_a_schema_or_declared() {
+    use harmony::model::value::{as_declared, ColumnType};
+    const EXPECTED: [(&str, &str, &str); 6] = [
+        ("day", "date", "Date(0001-01-01)"),
+        ("clock", "time_ms", "Time(23:59:59.999)"),
+        ("clock_us", "time_us", "Time(00:00:00.000001)"),
+        (
+            "moment_ms",
+            "timestamp_ms",
+            "Timestamp(2024-02-29T12:34:56.789Z)",
+        ),
+        (
+            "moment_us",
+            "timestamp_us",
+            "Timestamp(1969-12-31T23:59:59.999999Z)",
+        ),
+        (
+            "moment_tz",
+            "timestamptz",
+            "Timestamp(2024-02-29T11:34:56.789012Z)",
+        ),
+    ];
+    let shown = |v: &Value<'_>| match v {
+        Value::Date(d) => format!("Date({d})"),
+        Value::Time(t) => format!("Time({t})"),
+        Value::Timestamp(t) => format!("Timestamp({t})"),
+        other => format!("{other:?}"),
+    };
+    let wrapped = load("fx_schema");
+    let plain = load("fx_plain");
+    let mut d = Decoder::new(Limits::default());
+    let with_schema = change(&mut d, find(&wrapped, ".public.every_type", 0));
+    let without = change(&mut d, find(&plain, ".public.every_type", 0));
+    assert!(with_schema.schema.is_some() && without.schema.is_none());
+    for (column, declared, expected) in EXPECTED {
+        let from_schema = col(with_schema.after.as_ref().unwrap(), column);
+        assert_eq!(shown(from_schema), expected, "{column}, schema-wrapped");
+        let raw = col(without.after.as_ref().unwrap(), column).clone();
+        let declared = ColumnType::parse(declared).unwrap();
+        let from_declared = as_declared(raw, &declared).unwrap();
+        assert_eq!(
+            shown(&from_declared),
+            expected,
+            "{column}, declared {declared}"
+        );
+    }
+    // The all-null row stays null, typed or not.
+    let nulls = change(&mut d, find(&wrapped, ".public.every_type", 2));
+    for (column, _, _) in EXPECTED {
+        assert_eq!(col(nulls.after.as_ref().unwrap(), column), &Value::Null);
+    }
 }

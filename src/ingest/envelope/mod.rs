@@ -207,6 +207,8 @@ pub struct ChangeEvent<'a> {
     pub message: Option<&'a RawValue>,
     /// Decoded from the flattened form of `ExtractNewRecordState`.
     pub flattened: bool,
+    /// What the record's schema declares (schema-wrapped JSON); `None` when schemaless.
+    pub schema: Option<std::sync::Arc<crate::ingest::schema::ValueSchema>>,
 }
 
 /// A BEGIN or END record of the transaction metadata topic.

@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
@@ -14,7 +15,7 @@ use super::{
     ChangeEvent, DecodeError, Decoded, KeyChange, Op, RecordHeaders, Snapshot, Source,
     SourcePosition, TransactionMarker,
 };
-use crate::ingest::schema::{RowSchema, SchemaCache, ValueSchema};
+use crate::ingest::schema::{SchemaCache, ValueSchema};
 
 /// Decodes a record's value text: unwraps the JSON converter's `{"schema", "payload"}`
 /// wrapper (the schema parsed once per distinct text), then sorts the record into its kind.
@@ -54,7 +55,7 @@ pub(super) fn decode_text<'a>(
             classify(
                 record,
                 payload.get(),
-                schema.as_deref(),
+                schema.as_ref(),
                 key,
                 headers,
                 max_depth,
@@ -181,7 +182,7 @@ impl RawRecord<'_> {
 fn classify<'a>(
     record: RawRecord<'a>,
     text: &'a str,
-    schema: Option<&ValueSchema>,
+    schema: Option<&Arc<ValueSchema>>,
     key: Option<&'a RawValue>,
     headers: RecordHeaders<'a>,
     max_depth: usize,
@@ -189,7 +190,7 @@ fn classify<'a>(
     if let Some(op) = &record.op {
         let op =
             Op::from_code(op).ok_or_else(|| DecodeError::UnknownOp(op.clone().into_owned()))?;
-        return change_from_envelope(record, op, schema.map(|s| &s.row), key, headers, max_depth);
+        return change_from_envelope(record, op, schema, key, headers, max_depth);
     }
     if record.ddl {
         return Ok(Decoded::SchemaChange);
@@ -207,14 +208,7 @@ fn classify<'a>(
         }
     }
     if record.is_flattened() {
-        return change_from_flattened(
-            record,
-            text,
-            schema.map(|s| &s.row),
-            key,
-            headers,
-            max_depth,
-        );
+        return change_from_flattened(record, text, schema, key, headers, max_depth);
     }
     if let (Some(ts_ms), true) = (
         record.ts_ms,
@@ -237,13 +231,14 @@ fn key_change<'a>(op: Op, headers: RecordHeaders<'a>) -> KeyChange<'a> {
 fn change_from_envelope<'a>(
     record: RawRecord<'a>,
     op: Op,
-    row_schema: Option<&RowSchema>,
+    schema: Option<&Arc<ValueSchema>>,
     key: Option<&'a RawValue>,
     headers: RecordHeaders<'a>,
     max_depth: usize,
 ) -> Result<Decoded<'a>, DecodeError> {
     let source_raw = record.source.ok_or(DecodeError::MissingField("source"))?;
     let source = decode_source(source_raw)?;
+    let row_schema = schema.map(|s| &s.row);
     let before = image(record.before, row_schema, max_depth)?;
     let after = image(record.after, row_schema, max_depth)?;
     match op {
@@ -284,13 +279,14 @@ fn change_from_envelope<'a>(
         key_change: key_change(op, headers),
         message,
         flattened: false,
+        schema: schema.cloned(),
     }))
 }
 
 fn change_from_flattened<'a>(
     record: RawRecord<'a>,
     text: &'a str,
-    row_schema: Option<&RowSchema>,
+    schema: Option<&Arc<ValueSchema>>,
     key: Option<&'a RawValue>,
     headers: RecordHeaders<'a>,
     max_depth: usize,
@@ -316,7 +312,7 @@ fn change_from_flattened<'a>(
     };
     // The flattened record *is* the row (plus `__` fields): read it again, column by column.
     let raw: &RawValue = serde_json::from_str(text).map_err(DecodeError::json)?;
-    let row = row(raw, row_schema, true, max_depth)?;
+    let row = row(raw, schema.map(|s| &s.row), true, max_depth)?;
     let (before, after) = if op == Op::Delete {
         (Some(row), None)
     } else {
@@ -348,5 +344,6 @@ fn change_from_flattened<'a>(
         key_change: key_change(op, headers),
         message: None,
         flattened: true,
+        schema: schema.cloned(),
     }))
 }

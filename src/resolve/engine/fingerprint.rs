@@ -41,6 +41,15 @@ pub fn value(v: &FieldValue) -> u64 {
         FieldValue::Json(j) => xxh3_64_with_seed(j.as_bytes(), 5),
         // Normalized text: equal numbers, equal bytes.
         FieldValue::WideDecimal(t) => xxh3_64_with_seed(t.as_bytes(), 6),
+        FieldValue::Date(d) => xxh3_64_with_seed(&d.0.to_le_bytes(), 7),
+        FieldValue::Time(t) => xxh3_64_with_seed(&t.0.to_le_bytes(), 8),
+        FieldValue::Timestamp(t) => {
+            let mut bytes = [0u8; 12];
+            bytes[..8].copy_from_slice(&t.seconds.to_le_bytes());
+            bytes[8..].copy_from_slice(&t.nanos.to_le_bytes());
+            xxh3_64_with_seed(&bytes, 9)
+        }
+        FieldValue::Bytes(b) => xxh3_64_with_seed(b.as_bytes(), 10),
     }
 }
 

@@ -6,6 +6,7 @@ use std::cmp::Ordering;
 
 use super::{Candidate, FieldRule, FieldValue, SystemInfo};
 use crate::config::Strategy;
+use crate::model::temporal::Timestamp;
 
 /// What a change does to a field.
 #[derive(Debug, Clone, PartialEq)]
@@ -104,7 +105,8 @@ fn tie_break(systems: &[SystemInfo], a: &Candidate, b: &Candidate) -> Ordering {
     info(a).cmp(&info(b)).then(a.system.cmp(&b.system))
 }
 
-/// Numbers by value, text by its characters; other kinds are not comparable.
+/// Numbers by value, text by its characters, dates, times and timestamps by time (a date as
+/// its midnight beside a timestamp); other kinds are not comparable.
 fn compare_values(a: &FieldValue, b: &FieldValue) -> Option<Ordering> {
     match (a.as_decimal(), b.as_decimal()) {
         (Some(x), Some(y)) => Some(x.cmp_value(&y)),
@@ -116,6 +118,16 @@ fn compare_values(a: &FieldValue, b: &FieldValue) -> Option<Ordering> {
         _ => match (a, b) {
             (FieldValue::Text(x), FieldValue::Text(y)) => Some(x.cmp(y)),
             (FieldValue::Float(x), FieldValue::Float(y)) => x.partial_cmp(y),
+            (FieldValue::Date(x), FieldValue::Date(y)) => Some(x.cmp(y)),
+            (FieldValue::Bytes(x), FieldValue::Bytes(y)) => Some(x.cmp(y)),
+            (FieldValue::Time(x), FieldValue::Time(y)) => Some(x.cmp(y)),
+            (FieldValue::Timestamp(x), FieldValue::Timestamp(y)) => Some(x.cmp(y)),
+            (FieldValue::Date(x), FieldValue::Timestamp(y)) => {
+                Some(Timestamp::from_date(*x).cmp(y))
+            }
+            (FieldValue::Timestamp(x), FieldValue::Date(y)) => {
+                Some(x.cmp(&Timestamp::from_date(*y)))
+            }
             _ => None,
         },
     }
