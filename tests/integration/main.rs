@@ -19,3 +19,4 @@ mod product;
 mod resnapshot;
 mod stack;
 mod support;
+mod types;

@@ -725,6 +725,17 @@ impl Connectors {
     /// changes only (`snapshot.mode=no_data`), from a slot of its own; returns once every slot
     /// streams, so that no later change is missed.
     pub fn stream_tables(&mut self, run: &str, tables: &[(&'static str, &str)]) -> Result<()> {
+        self.stream_tables_with(run, tables, &[])
+    }
+
+    /// [`Connectors::stream_tables`] with `settings` over the deployed ones (e.g. schemaless
+    /// converters).
+    pub fn stream_tables_with(
+        &mut self,
+        run: &str,
+        tables: &[(&'static str, &str)],
+        settings: &[(&str, &str)],
+    ) -> Result<()> {
         let mut sources = Vec::new();
         for (system, table) in tables {
             let name = format!("{run}_{system}");
@@ -736,7 +747,10 @@ impl Connectors {
                 ("publication.name", &name),
                 ("snapshot.mode", "no_data"),
                 ("heartbeat.interval.ms", "1000"),
-            ] {
+            ]
+            .into_iter()
+            .chain(settings.iter().copied())
+            {
                 config.insert(key.into(), serde_json::json!(value));
             }
             self.slots.push((system, name.clone()));

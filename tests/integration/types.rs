@@ -1,0 +1,374 @@
+//! Real column types through the closed loop on the real stack: the erp, the shop and the
+//! warehouse hold the same record in columns of differing types — `timestamptz`,
+//! `timestamp(6)` and `timestamp(3)`; `jsonb` and `json`; `time(6)` and `time(3)`; numerics of
+//! differing precision — plus dates, uuids and binary. Debezium captures each, harmony
+//! resolves, Debezium's JDBC sink writes each target back. Every value must arrive equal
+//! (compared column by column in each database's own reading of it), the loop must go quiet,
+//! and a value one target cannot hold exactly (a microsecond for a `timestamp(3)`) must be
+//! refused with the column named rather than rounded.
+//!
+//! Both converter modes: schema-wrapped JSON, where harmony reads each column's type from the
+//! captured schema, and schemaless JSON, where the configuration declares them
+//! (`sources.types`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::support::{
+    self, deployed_connector, psql, unique, wait_until, Connectors, Harmony, HarmonyOptions,
+    TopicReader,
+};
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    SchemaWrapped,
+    Schemaless,
+}
+
+/// (system, table suffix, key column, DDL of the other columns, declared types)
+struct Table {
+    system: &'static str,
+    suffix: &'static str,
+    key: &'static str,
+    columns: &'static str,
+    /// What `sources.types` declares in schemaless mode.
+    types: &'static str,
+}
+
+const TABLES: [Table; 3] = [
+    Table {
+        system: "erp",
+        suffix: "products",
+        key: "sku",
+        columns: "moment timestamptz, day date, clock time(6), ident uuid, amount numeric(12,3), doc jsonb, raw bytea",
+        types: r#"{ moment = "timestamptz", day = "date", clock = "time_us", ident = "uuid", amount = "decimal(3)", doc = "json", raw = "bytes" }"#,
+    },
+    Table {
+        system: "shop",
+        suffix: "items",
+        key: "item_sku",
+        columns: "moment timestamp(6), day date, clock time(6), ident uuid, amount numeric(14,3), doc json, raw bytea",
+        types: r#"{ moment = "timestamp_us", day = "date", clock = "time_us", ident = "uuid", amount = "decimal(3)", doc = "json", raw = "bytes" }"#,
+    },
+    Table {
+        system: "wms",
+        suffix: "skus",
+        key: "sku",
+        columns: "moment timestamp(3), day date, clock time(3), ident uuid, amount numeric(16,3), doc jsonb, raw bytea",
+        types: r#"{ moment = "timestamp_ms", day = "date", clock = "time_ms", ident = "uuid", amount = "decimal(3)", doc = "json", raw = "bytes" }"#,
+    },
+];
+
+const FIELDS: [&str; 7] = ["moment", "day", "clock", "ident", "amount", "doc", "raw"];
+
+fn table_name(mode: Mode, table: &Table) -> String {
+    let prefix = match mode {
+        Mode::SchemaWrapped => "typed_wrapped",
+        Mode::Schemaless => "typed_plain",
+    };
+    format!("{prefix}_{}", table.suffix)
+}
+
+/// The entity over the three tables: the same field names everywhere but the key.
+fn entity_toml(mode: Mode) -> String {
+    let mut out = String::from(
+        "\n[[entities]]\nname = \"product\"\nkey = [\"sku\"]\ndefault_strategy = \"lww\"\n",
+    );
+    for table in &TABLES {
+        let columns: Vec<String> = std::iter::once(format!("{} = \"sku\"", table.key))
+            .chain(FIELDS.iter().map(|f| format!("{f} = \"{f}\"")))
+            .collect();
+        out.push_str(&format!(
+            "\n  [[entities.sources]]\n  system = \"{}\"\n  table = \"public.{}\"\n  columns = {{ {} }}\n",
+            table.system,
+            table_name(mode, table),
+            columns.join(", ")
+        ));
+        if mode == Mode::Schemaless {
+            out.push_str(&format!("  types = {}\n", table.types));
+        }
+    }
+    out
+}
+
+/// Each column as one reading every database gives the same for the same value: timestamps as
+/// their UTC wall clock to the microsecond, JSON through `jsonb`, binary as hex.
+const READING: &str = "to_char(moment_utc, 'YYYY-MM-DD\"T\"HH24:MI:SS.US'), day::text, clock::text, ident::text, amount::text, doc::jsonb::text, encode(raw, 'hex')";
+
+fn row(mode: Mode, table: &Table, sku: &str) -> Result<Option<String>> {
+    let moment_utc = if table.system == "erp" {
+        "moment AT TIME ZONE 'UTC'"
+    } else {
+        "moment"
+    };
+    let sql = format!(
+        "SELECT {} FROM {} WHERE {} = '{sku}'",
+        READING.replace("moment_utc", moment_utc),
+        table_name(mode, table),
+        table.key
+    );
+    let out = psql(table.system, &sql)?;
+    Ok((!out.is_empty()).then_some(out))
+}
+
+fn rows(mode: Mode, sku: &str) -> Result<Vec<Option<String>>> {
+    TABLES.iter().map(|t| row(mode, t, sku)).collect()
+}
+
+fn wait_rows(mode: Mode, sku: &str, expected: &str, what: &str, harmony: &Harmony) {
+    let result = wait_until(Duration::from_secs(90), what, || {
+        Ok(rows(mode, sku)?
+            .iter()
+            .all(|r| r.as_deref() == Some(expected)))
+    });
+    if let Err(error) = result {
+        panic!(
+            "{error}: rows now {:?}, expected {expected}\n{}",
+            rows(mode, sku),
+            harmony.log()
+        );
+    }
+}
+
+/// Records on `readers`' topics so far for `sku`.
+fn delivered(readers: &mut BTreeMap<String, TopicReader>, sku: &str) -> Result<usize> {
+    let mut count = 0;
+    for reader in readers.values_mut() {
+        reader.read_for(Duration::from_millis(500))?;
+        count += reader.records.iter().filter(|r| r.keyed_by(sku)).count();
+    }
+    Ok(count)
+}
+
+fn typed_columns_travel_the_closed_loop(mode: Mode) {
+    let label = match mode {
+        Mode::SchemaWrapped => "typed columns, schema-wrapped",
+        Mode::Schemaless => "typed columns, schemaless",
+    };
+    if !support::stack_available(label) {
+        return;
+    }
+    for table in &TABLES {
+        psql(
+            table.system,
+            &format!(
+                "CREATE TABLE IF NOT EXISTS {} ({} text PRIMARY KEY, {})",
+                table_name(mode, table),
+                table.key,
+                table.columns
+            ),
+        )
+        .unwrap();
+    }
+    let run = unique(match mode {
+        Mode::SchemaWrapped => "typw",
+        Mode::Schemaless => "typp",
+    })
+    .replace('-', "_");
+    let mut stack = Connectors::default();
+    let names: Vec<String> = TABLES.iter().map(|t| table_name(mode, t)).collect();
+    let tables: Vec<(&'static str, &str)> = TABLES
+        .iter()
+        .zip(&names)
+        .map(|(t, name)| (t.system, name.as_str()))
+        .collect();
+    let schemas = if mode == Mode::Schemaless {
+        "false"
+    } else {
+        "true"
+    };
+    stack
+        .stream_tables_with(
+            &run,
+            &tables,
+            &[
+                ("key.converter.schemas.enable", schemas),
+                ("value.converter.schemas.enable", schemas),
+            ],
+        )
+        .unwrap();
+
+    let group = run.replace('_', "-");
+    let mut options = HarmonyOptions::stack(group.clone());
+    options.systems = tables
+        .iter()
+        .map(|(system, table)| {
+            (
+                (*system).to_owned(),
+                vec![format!("{run}_{system}.public.{table}")],
+            )
+        })
+        .collect();
+    let systems: Vec<&str> = TABLES.iter().map(|t| t.system).collect();
+    let targets = support::product_targets(&group, &systems, "");
+    options.extra_toml = format!("{}{targets}", entity_toml(mode));
+    let mut harmony = Harmony::start(&options).unwrap();
+    wait_until(Duration::from_secs(30), "harmony's topics", || {
+        Ok(TopicReader::new(&harmony.dead_letter_topic).is_ok())
+    })
+    .unwrap();
+    let mut sinks = Vec::new();
+    for (table, name) in TABLES.iter().zip(&names) {
+        let sink = format!("{run}_{}_sink", table.system);
+        let mut config = deployed_connector(&format!("{}-sink", table.system)).unwrap();
+        config.insert(
+            "topics".into(),
+            serde_json::json!(format!("{group}.{}.product", table.system)),
+        );
+        config.insert("table.name.format".into(), serde_json::json!(name));
+        stack.register(&sink, config).unwrap();
+        sinks.push(sink);
+    }
+    stack.wait_state(&sinks, "RUNNING").unwrap();
+
+    // 1. Created in the erp, with a zone: the same instant everywhere, in each one's column.
+    let sku = unique("TYPED");
+    psql(
+        "erp",
+        &format!(
+            "INSERT INTO {} VALUES ('{sku}', '2024-02-29 12:34:56.789+01', '0001-01-01', '23:59:59.999', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 12.345, '{{\"k\": [1, 2]}}', '\\x00ff')",
+            names[0]
+        ),
+    )
+    .unwrap();
+    let first = "2024-02-29T11:34:56.789000|0001-01-01|23:59:59.999|a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11|12.345|{\"k\": [1, 2]}|00ff";
+    wait_rows(
+        mode,
+        &sku,
+        first,
+        "the erp's typed row in every database",
+        &harmony,
+    );
+
+    // 2. Updated in the shop, in its own types: back in the erp and the warehouse.
+    psql(
+        "shop",
+        &format!(
+            "UPDATE {} SET moment = '1969-12-31 23:59:59.999', day = '2024-02-29', clock = '00:00:00.001', amount = -0.5, doc = '{{\"k\": null}}', raw = '\\xdeadbeef' WHERE item_sku = '{sku}'",
+            names[1]
+        ),
+    )
+    .unwrap();
+    let second = "1969-12-31T23:59:59.999000|2024-02-29|00:00:00.001|a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11|-0.500|{\"k\": null}|deadbeef";
+    wait_rows(
+        mode,
+        &sku,
+        second,
+        "the shop's update in every database",
+        &harmony,
+    );
+
+    // 3. Quiet: every database's write of a delivery comes back as an echo.
+    let mut readers: BTreeMap<String, TopicReader> = systems
+        .iter()
+        .map(|s| {
+            let topic = format!("{group}.{s}.product");
+            (topic.clone(), TopicReader::new(&topic).unwrap())
+        })
+        .collect();
+    let mut last = delivered(&mut readers, &sku).unwrap();
+    wait_until(Duration::from_secs(60), "no further deliveries", || {
+        std::thread::sleep(Duration::from_secs(6));
+        let now = delivered(&mut readers, &sku)?;
+        let quiet = now == last;
+        last = now;
+        Ok(quiet)
+    })
+    .unwrap();
+
+    // The warehouse's deliveries carry its own column types: milliseconds for its
+    // `timestamp(3)`, its time(3) in milliseconds; a null there would be typed the same.
+    let wms_topic = format!("{group}.wms.product");
+    let last_wms = readers[&wms_topic]
+        .records
+        .iter()
+        .rev()
+        .find(|r| r.keyed_by(&sku) && r.value.is_some())
+        .unwrap()
+        .json();
+    let after = last_wms["schema"]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["field"] == "after")
+        .unwrap()
+        .clone();
+    let column = |name: &str| {
+        after["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["field"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(column("moment")["name"], "io.debezium.time.Timestamp");
+    assert_eq!(column("clock")["name"], "io.debezium.time.Time");
+    assert_eq!(column("day")["name"], "io.debezium.time.Date");
+    assert_eq!(column("ident")["name"], "io.debezium.data.Uuid");
+    assert_eq!(column("raw")["type"], "bytes");
+    assert_eq!(
+        last_wms["payload"]["after"]["moment"],
+        serde_json::json!(-1),
+        "1969-12-31T23:59:59.999 in milliseconds"
+    );
+
+    // 4. A microsecond the warehouse's timestamp(3) cannot hold: refused, the column named, and
+    // nothing of the change applied anywhere (no target is rounded).
+    let mut dlq = TopicReader::new(&harmony.dead_letter_topic).unwrap();
+    psql(
+        "erp",
+        &format!(
+            "UPDATE {} SET moment = '2030-01-01 00:00:00.000001+00' WHERE sku = '{sku}'",
+            names[0]
+        ),
+    )
+    .unwrap();
+    assert!(
+        dlq.read_until(Duration::from_secs(60), |records| records.iter().any(|r| r
+            .headers
+            .get("harmony.error.kind")
+            .map(String::as_str)
+            == Some("unrepresentable")))
+            .unwrap(),
+        "the change is dead-lettered\n{}",
+        harmony.log()
+    );
+    let refused = dlq
+        .records
+        .iter()
+        .find(|r| {
+            r.headers.get("harmony.error.kind").map(String::as_str) == Some("unrepresentable")
+        })
+        .unwrap();
+    let message = &refused.headers["harmony.error.message"];
+    assert!(
+        message.contains("wms") && message.contains("`moment`"),
+        "{message}"
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    let now = rows(mode, &sku).unwrap();
+    assert_eq!(now[1].as_deref(), Some(second), "the shop keeps its value");
+    assert_eq!(
+        now[2].as_deref(),
+        Some(second),
+        "the warehouse is not rounded"
+    );
+
+    assert!(harmony
+        .terminate(Duration::from_secs(30))
+        .unwrap()
+        .success());
+}
+
+#[test]
+fn typed_columns_travel_the_closed_loop_schema_wrapped() {
+    typed_columns_travel_the_closed_loop(Mode::SchemaWrapped);
+}
+
+#[test]
+fn typed_columns_travel_the_closed_loop_schemaless_with_declared_types() {
+    typed_columns_travel_the_closed_loop(Mode::Schemaless);
+}
