@@ -248,6 +248,40 @@ pub struct SystemConfig {
     /// (`harmony_position_regressions_total`); never dropped as a replay.
     #[serde(default)]
     pub on_position_regression: RegressionPolicy,
+    /// What a change of a mapped table's shape means (a column added, dropped, renamed, its
+    /// type changed), seen in the schema a record carries (ARCHITECTURE.md §2). Counted either
+    /// way (`harmony_schema_changes_total`); a mapped column that disappears is never dropped
+    /// silently.
+    #[serde(default)]
+    pub on_schema_change: SchemaChangePolicy,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SchemaChangePolicy {
+    /// The new shape is taken: a changed column type reaches the targets' schemas, an added
+    /// column is reported once, and a mapped column that is gone raises the alert
+    /// (`harmony_schema_missing_columns`) while its field keeps its last value.
+    #[default]
+    Evolve,
+    /// Counted and reported as under `evolve` (a mapped column gone still raises the alert), but
+    /// the targets keep the column types they had.
+    Ignore,
+    /// A change touching a mapped column stops the partition at the first record of the new
+    /// shape (read again every back-off, never skipped) until an operator updates the mapping
+    /// or the policy; an added unmapped column only is reported.
+    Stop,
+}
+
+impl SchemaChangePolicy {
+    /// As the configuration and the logs name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SchemaChangePolicy::Evolve => "evolve",
+            SchemaChangePolicy::Ignore => "ignore",
+            SchemaChangePolicy::Stop => "stop",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

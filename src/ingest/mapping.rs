@@ -33,6 +33,9 @@ pub struct MappedChange<'e, 'a> {
     pub fields: Vec<(FieldId, &'e Value<'a>)>,
     /// The version the row was based on, as the version column holds it (exact mode).
     pub context: Option<&'e str>,
+    /// Whether the row carries every column the source maps (and its version column): an
+    /// upsert that does not lost some to DDL ([`Catalog::missing_columns`] names them).
+    pub complete: bool,
 }
 
 /// Why a change cannot become a record change. Permanent: the row breaks the mapping.
@@ -197,6 +200,44 @@ impl Catalog {
             .map_or(&[], |t| t.plans.as_slice())
     }
 
+    /// Whether any entity maps the change's table.
+    pub fn maps_table(&self, system: usize, event: &ChangeEvent<'_>) -> bool {
+        !self.plans_for(system, event).is_empty()
+    }
+
+    /// Whether a source of the change's table maps `column` (or keeps its version in it).
+    pub fn maps_column(&self, system: usize, event: &ChangeEvent<'_>, column: &str) -> bool {
+        self.plans_for(system, event)
+            .iter()
+            .any(|p| p.columns.contains_key(column) || p.version_column.as_deref() == Some(column))
+    }
+
+    /// The columns `entity`'s source maps that the change's row does not carry, sorted.
+    pub fn missing_columns(
+        &self,
+        system: usize,
+        event: &ChangeEvent<'_>,
+        entity: EntityId,
+    ) -> Vec<String> {
+        let row = event.after.as_ref().or(event.before.as_ref());
+        let Some(plan) = self
+            .plans_for(system, event)
+            .iter()
+            .find(|p| p.entity == entity)
+        else {
+            return Vec::new();
+        };
+        let mut missing: Vec<String> = plan
+            .columns
+            .keys()
+            .chain(plan.version_column.as_ref())
+            .filter(|c| row.is_none_or(|r| r.get(c).is_none()))
+            .cloned()
+            .collect();
+        missing.sort();
+        missing
+    }
+
     /// The types a table's captured schema declares for the fields it maps onto `entity`
     /// (field → `ColumnType` text), for the internal record.
     pub fn field_types(
@@ -284,8 +325,10 @@ impl Catalog {
         let mut key_values: Vec<Option<&Value<'a>>> = vec![None; plan.key_columns.len()];
         let mut fields = Vec::with_capacity(row.columns.len());
         let mut context = None;
+        let mut carried = 0;
         for (column, value) in &row.columns {
             if plan.version_column.as_deref() == Some(column.as_ref()) {
+                carried += 1;
                 context = match value {
                     Value::Text(text) => Some(text.as_ref()),
                     // A row harmony never wrote: it is based on no version of harmony's.
@@ -297,6 +340,7 @@ impl Catalog {
             let Some(&(field, key_pos)) = plan.columns.get(column.as_ref()) else {
                 continue;
             };
+            carried += 1;
             match key_pos {
                 Some(pos) => key_values[pos] = Some(value),
                 // A delete's before-image holds the key; under the default replica identity its
@@ -331,6 +375,7 @@ impl Catalog {
             kind,
             fields,
             context,
+            complete: carried == plan.columns.len() + usize::from(plan.version_column.is_some()),
         })
     }
 }

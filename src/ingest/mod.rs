@@ -5,4 +5,5 @@ pub mod internal;
 pub mod mapping;
 pub mod output;
 pub mod schema;
+pub mod shape;
 pub mod stage;

@@ -2,14 +2,18 @@
 //! declared, one internal record per entity its table feeds (keyed `entity:key`); without,
 //! harmony's Debezium-shaped output record. What cannot be handled is rejected with its kind.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::config::SchemaChangePolicy;
 use crate::config::{Config, TopicRouter};
+use crate::ingest::envelope::Op;
 use crate::ingest::envelope::{ChangeEvent, Decoded, Decoder, Limits, RecordHeaders};
 use crate::ingest::internal::{self, InternalChange};
-use crate::ingest::mapping::{Catalog, EntityId};
+use crate::ingest::mapping::{Catalog, EntityId, MappedChange};
 use crate::ingest::output::{encode_change, output_key, Origin};
 use crate::ingest::schema::ValueSchema;
+use crate::ingest::shape::Shapes;
 use crate::model::clock::SystemId;
 use crate::model::stage::{Count, Effects, Input, Stage, Topic};
 
@@ -25,6 +29,15 @@ pub struct Ingest {
     max_message_bytes: usize,
     /// The field types each captured schema declares, per entity, rendered once per schema.
     field_types: FieldTypes,
+    /// Each system's `on_schema_change`.
+    schema_policies: Vec<SchemaChangePolicy>,
+    /// Mapped tables' shapes as last seen, and the mapped columns their changes lack.
+    shapes: Shapes,
+    /// Under `ignore`: the shape whose types the targets keep, by system and table.
+    kept_types: HashMap<(usize, String), Arc<ValueSchema>>,
+    /// Under `stop`: the shape a table's partition stopped at, so that reading the record
+    /// again does not count the change again.
+    stopped_at: HashMap<(usize, String), Arc<ValueSchema>>,
 }
 
 /// [`Catalog::field_types`] by schema (its parsed form's address, the form kept alive here so
@@ -46,8 +59,9 @@ impl FieldTypes {
         system: usize,
         event: &ChangeEvent<'_>,
         entity: EntityId,
+        schema: Option<&Arc<ValueSchema>>,
     ) -> &[(String, String)] {
-        let Some(schema) = &event.schema else {
+        let Some(schema) = schema else {
             return &[];
         };
         let found = self
@@ -83,6 +97,10 @@ impl Ingest {
             catalog,
             max_message_bytes: config.kafka.max_message_bytes(),
             field_types: FieldTypes::default(),
+            schema_policies: config.systems.iter().map(|s| s.on_schema_change).collect(),
+            shapes: Shapes::default(),
+            kept_types: HashMap::new(),
+            stopped_at: HashMap::new(),
         }
     }
 
@@ -110,7 +128,9 @@ impl Ingest {
             return effects.reject("invalid_value", format!("column `{column}`: {error}"));
         }
         let event = &*event;
-        let name = self.systems[system].as_str();
+        if self.shape_stops(catalog, system, event, effects) {
+            return;
+        }
         let changes = match catalog.map(system, event) {
             Ok(changes) => changes,
             Err(error) => return effects.reject(error.kind(), error.to_string()),
@@ -121,8 +141,19 @@ impl Ingest {
             });
             return;
         }
+        if self.missing_stops(catalog, system, event, &changes, effects) {
+            return;
+        }
+        let name = self.systems[system].as_str();
+        let table = table_label(event);
+        let types_of = event
+            .schema
+            .as_ref()
+            .map(|schema| self.kept_types.get(&(system, table)).unwrap_or(schema));
         for mapped in &changes {
-            let types = self.field_types.get(catalog, system, event, mapped.entity);
+            let types = self
+                .field_types
+                .get(catalog, system, event, mapped.entity, types_of);
             let internal = InternalChange::from_mapped(
                 catalog,
                 mapped,
@@ -151,6 +182,138 @@ impl Ingest {
                 );
             }
         }
+    }
+}
+
+impl Ingest {
+    /// Notices a change of a mapped table's shape in the record's schema (ARCHITECTURE.md §2):
+    /// counts it, and under the system's `stop` policy, when it touches a mapped column,
+    /// halts the partition at the record (true). Under `ignore` the targets keep the column
+    /// types of the shape before.
+    fn shape_stops(
+        &mut self,
+        catalog: &Catalog,
+        system: usize,
+        event: &ChangeEvent<'_>,
+        effects: &mut Effects,
+    ) -> bool {
+        let (Some(schema), Some(table)) = (&event.schema, event.source.table.as_deref()) else {
+            return false;
+        };
+        let qualifier = event
+            .source
+            .schema
+            .as_deref()
+            .unwrap_or(event.source.db.as_ref());
+        let at = (qualifier, table);
+        if self.shapes.is_current(system, at, schema) || !catalog.maps_table(system, event) {
+            return false;
+        }
+        let policy = self.schema_policies[system];
+        let label = table_label(event);
+        let key = (system, label.clone());
+        if self
+            .stopped_at
+            .get(&key)
+            .is_some_and(|s| Arc::ptr_eq(s, schema))
+        {
+            effects.halt = Some(format!(
+                "{label} changed shape under on_schema_change = \"stop\""
+            ));
+            return true;
+        }
+        let changes = self
+            .shapes
+            .differences(system, at, schema, |c| {
+                catalog.maps_column(system, event, c)
+            })
+            .unwrap_or_default();
+        let stopped = policy == SchemaChangePolicy::Stop && changes.iter().any(|c| c.mapped);
+        for change in &changes {
+            effects.counts.push(Count::SchemaChange {
+                system: SystemId(system as u16),
+                table: label.clone(),
+                kind: change.kind,
+                column: change.column.clone(),
+                stopped,
+            });
+        }
+        if stopped {
+            let columns: Vec<&str> = changes
+                .iter()
+                .filter(|c| c.mapped)
+                .map(|c| c.column.as_str())
+                .collect();
+            effects.halt = Some(format!(
+                "{label} changed shape ({}) under on_schema_change = \"stop\"",
+                columns.join(", ")
+            ));
+            self.stopped_at.insert(key, Arc::clone(schema));
+            return true;
+        }
+        self.stopped_at.remove(&key);
+        if policy == SchemaChangePolicy::Ignore && !changes.is_empty() {
+            if let Some(previous) = self.shapes.current(system, at) {
+                self.kept_types.entry(key).or_insert(previous);
+            }
+        }
+        self.shapes.remember(system, at, schema);
+        false
+    }
+
+    /// Reports the mapped columns an upsert lacks when that changes, and under the system's
+    /// `stop` policy halts the partition at it while any are missing (true).
+    fn missing_stops(
+        &mut self,
+        catalog: &Catalog,
+        system: usize,
+        event: &ChangeEvent<'_>,
+        changes: &[MappedChange<'_, '_>],
+        effects: &mut Effects,
+    ) -> bool {
+        if !matches!(event.op, Op::Create | Op::Update | Op::Read) {
+            return false;
+        }
+        let incomplete = changes.iter().find(|c| !c.complete);
+        if incomplete.is_none() && !self.shapes.any_missing() {
+            return false;
+        }
+        let missing = incomplete.map_or_else(Vec::new, |c| {
+            catalog.missing_columns(system, event, c.entity)
+        });
+        let stopped =
+            !missing.is_empty() && self.schema_policies[system] == SchemaChangePolicy::Stop;
+        let label = table_label(event);
+        if let Some(columns) = self.shapes.missing_news(system, &label, missing.clone()) {
+            effects.counts.push(Count::MissingColumns {
+                system: SystemId(system as u16),
+                table: label.clone(),
+                columns,
+                stopped,
+            });
+        }
+        if stopped {
+            effects.halt = Some(format!(
+                "{label}'s changes lack mapped columns {missing:?} under on_schema_change = \"stop\""
+            ));
+        }
+        stopped
+    }
+}
+
+/// A change's table as metrics and logs name it: `schema.table` (Postgres) or
+/// `database.table` (MySQL, MariaDB).
+fn table_label(event: &ChangeEvent<'_>) -> String {
+    let qualifier = event
+        .source
+        .schema
+        .as_deref()
+        .unwrap_or(event.source.db.as_ref());
+    let table = event.source.table.as_deref().unwrap_or("?");
+    if qualifier.is_empty() {
+        table.to_owned()
+    } else {
+        format!("{qualifier}.{table}")
     }
 }
 
@@ -341,5 +504,143 @@ mod tests {
                 system: SystemId(0)
             }]
         );
+    }
+
+    /// A schema-wrapped update of the shop's `items` whose row has `columns` (name, type).
+    fn shop_wrapped(columns: &[(&str, &str)], after: &str) -> String {
+        let fields: Vec<String> = columns
+            .iter()
+            .map(|(n, t)| format!(r#"{{"type":"{t}","optional":true,"field":"{n}"}}"#))
+            .collect();
+        let after_schema = format!(
+            r#"{{"type":"struct","fields":[{}],"optional":true,"name":"shop.public.items.Value","field":"after"}}"#,
+            fields.join(",")
+        );
+        let before_schema = after_schema.replace(r#""field":"after""#, r#""field":"before""#);
+        format!(
+            r#"{{"schema":{{"type":"struct","fields":[{before_schema},{after_schema},{{"type":"string","optional":false,"field":"op"}}],"optional":false,"name":"shop.public.items.Envelope"}},"payload":{{"before":null,"after":{after},"source":{{"connector":"postgresql","name":"shop","db":"shop","schema":"public","table":"items","ts_ms":1,"sequence":"[null,\"1\"]"}},"op":"u"}}}}"#
+        )
+    }
+
+    fn schema_counts(effects: &Effects) -> Vec<String> {
+        effects
+            .counts
+            .iter()
+            .filter_map(|c| match c {
+                Count::SchemaChange {
+                    kind,
+                    column,
+                    stopped,
+                    table,
+                    ..
+                } => Some(format!("{table} {kind} {column} stopped={stopped}")),
+                Count::MissingColumns {
+                    columns, stopped, ..
+                } => Some(format!("missing {columns:?} stopped={stopped}")),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ddl_on_a_mapped_table_is_counted_and_a_dropped_mapped_column_is_never_silent() {
+        const FULL: [(&str, &str); 6] = [
+            ("item_sku", "string"),
+            ("title", "string"),
+            ("price", "string"),
+            ("stock", "int32"),
+            ("active", "boolean"),
+            ("updated_at", "string"),
+        ];
+        let row = r#"{"item_sku":"SKU-1","title":"Cup","price":"4.90","stock":95,"active":true,"updated_at":"t"}"#;
+        for policy in [SchemaChangePolicy::Evolve, SchemaChangePolicy::Stop] {
+            let mut config = config(&[]);
+            config.systems[1].on_schema_change = policy;
+            let mut ingest = ingest(&config, true);
+            let stop = policy == SchemaChangePolicy::Stop;
+            let first = handle(&mut ingest, "shop.public.items", &shop_wrapped(&FULL, row));
+            assert!(
+                schema_counts(&first).is_empty(),
+                "the first shape is the baseline"
+            );
+            assert_eq!(first.publish.len(), 1);
+
+            // ALTER TABLE items ADD COLUMN note text: reported once, under every policy.
+            let mut with_note = FULL.to_vec();
+            with_note.push(("note", "string"));
+            let noted = row.replace('}', r#","note":"n"}"#);
+            let added = handle(
+                &mut ingest,
+                "shop.public.items",
+                &shop_wrapped(&with_note, &noted),
+            );
+            assert_eq!(
+                schema_counts(&added),
+                ["public.items add note stopped=false"]
+            );
+            assert!(added.halt.is_none() && added.publish.len() == 1);
+            let again = handle(
+                &mut ingest,
+                "shop.public.items",
+                &shop_wrapped(&with_note, &noted),
+            );
+            assert!(schema_counts(&again).is_empty(), "reported once");
+
+            // ALTER TABLE items DROP COLUMN title: the field `name` loses its column.
+            let without_title: Vec<_> = with_note
+                .iter()
+                .copied()
+                .filter(|(n, _)| *n != "title")
+                .collect();
+            let dropped_row = noted.replace(r#""title":"Cup","#, "");
+            let dropped = handle(
+                &mut ingest,
+                "shop.public.items",
+                &shop_wrapped(&without_title, &dropped_row),
+            );
+            if stop {
+                assert_eq!(
+                    schema_counts(&dropped),
+                    ["public.items drop title stopped=true"]
+                );
+                assert!(dropped.halt.as_deref().unwrap().contains("title"));
+                assert!(dropped.publish.is_empty(), "nothing of the record goes out");
+                // Read again after the back-off: still stopped, not counted twice.
+                let retried = handle(
+                    &mut ingest,
+                    "shop.public.items",
+                    &shop_wrapped(&without_title, &dropped_row),
+                );
+                assert!(retried.halt.is_some() && schema_counts(&retried).is_empty());
+            } else {
+                assert_eq!(
+                    schema_counts(&dropped),
+                    [
+                        "public.items drop title stopped=false",
+                        "missing [\"title\"] stopped=false"
+                    ]
+                );
+                assert!(dropped.halt.is_none());
+                let value = dropped.publish[0].value.as_deref().unwrap();
+                let change = InternalChange::decode(value).unwrap();
+                assert!(
+                    change.fields.iter().all(|(f, _)| f != "name"),
+                    "the field keeps its value: not sent, never sent as null"
+                );
+                // The column comes back (ADD COLUMN title): the alert clears.
+                let back = handle(
+                    &mut ingest,
+                    "shop.public.items",
+                    &shop_wrapped(&with_note, &noted),
+                );
+                assert_eq!(
+                    schema_counts(&back),
+                    [
+                        "public.items add title stopped=false",
+                        "missing [] stopped=false"
+                    ]
+                );
+            }
+        }
     }
 }

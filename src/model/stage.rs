@@ -145,6 +145,23 @@ pub enum Count {
         incoming: String,
         stopped: bool,
     },
+    /// A mapped table's shape changed (`kind`: `add`, `drop`, `rename`, `type`), as its records'
+    /// schema shows; `stopped` under the system's `stop` policy (the effects then halt).
+    SchemaChange {
+        system: SystemId,
+        table: String,
+        kind: &'static str,
+        column: String,
+        stopped: bool,
+    },
+    /// The mapped columns a table's changes lack, when that changes (empty: none any more);
+    /// `stopped` under the `stop` policy.
+    MissingColumns {
+        system: SystemId,
+        table: String,
+        columns: Vec<String>,
+        stopped: bool,
+    },
     GuardRejection {
         entity: EntityId,
         field: FieldId,

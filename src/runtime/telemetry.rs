@@ -42,6 +42,8 @@ pub struct Metrics {
     unsettled: IntGaugeVec,
     unsettled_age: GaugeVec,
     position_regressions: IntCounterVec,
+    schema_changes: IntCounterVec,
+    missing_columns: IntGaugeVec,
     guard_rejections: IntCounterVec,
 }
 
@@ -91,6 +93,16 @@ impl Metrics {
                 "harmony_position_regressions_total",
                 "Changes whose source position was behind what harmony had applied from their system, yet committed later (a restored database, a promoted replica, a binlog reset), by system and the policy that met them (accept: applied; stop: the partition waits at the change).",
                 &["system", "policy"],
+            )?,
+            schema_changes: counter(
+                "harmony_schema_changes_total",
+                "Changes of a mapped table's shape seen in its records' schema (a column added, dropped, renamed, its type changed), by system, table and kind.",
+                &["system", "table", "kind"],
+            )?,
+            missing_columns: gauge(
+                "harmony_schema_missing_columns",
+                "Mapped columns that a table's latest changes no longer carry (dropped or renamed by DDL), by system and table: their fields keep their last values, or under `on_schema_change = \"stop\"` the partition waits. 0 once the mapping or the table is repaired.",
+                &["system", "table"],
             )?,
             events_consumed: counter(
                 "harmony_events_consumed_total",
@@ -351,6 +363,50 @@ impl Metrics {
         self.position_regressions
             .with_label_values(&[system, policy.name()])
             .inc();
+    }
+
+    /// A mapped table's shape changed.
+    pub fn schema_change(
+        &self,
+        system: &str,
+        table: &str,
+        kind: &str,
+        column: &str,
+        stopped: bool,
+    ) {
+        if stopped {
+            tracing::error!(system, table, kind, column,
+                "a mapped column's table changed shape; systems.on_schema_change = \"stop\": the partition waits at the first record of the new shape until the mapping or the policy changes");
+        } else if kind == "add" {
+            tracing::info!(
+                system,
+                table,
+                column,
+                "a column was added to a mapped table; it is not mapped"
+            );
+        } else {
+            tracing::warn!(system, table, kind, column, "a mapped table changed shape");
+        }
+        self.schema_changes
+            .with_label_values(&[system, table, kind])
+            .inc();
+    }
+
+    /// The mapped columns a table's changes lack, now.
+    pub fn missing_columns(&self, system: &str, table: &str, columns: &[String], stopped: bool) {
+        let gauge = self.missing_columns.with_label_values(&[system, table]);
+        gauge.set(columns.len() as i64);
+        match (columns.is_empty(), stopped) {
+            (true, _) => tracing::info!(
+                system,
+                table,
+                "every mapped column is back in the table's changes"
+            ),
+            (false, true) => tracing::error!(system, table, columns = ?columns,
+                "mapped columns are gone from the table's changes; systems.on_schema_change = \"stop\": the partition waits until the mapping or the table is repaired"),
+            (false, false) => tracing::error!(system, table, columns = ?columns,
+                "mapped columns are gone from the table's changes (dropped or renamed?): their fields keep their last values until the mapping or the table is repaired"),
+        }
     }
 
     /// The dead-letter series, at zero before the first dead letter: a counter that appears

@@ -17,6 +17,7 @@ mod pipeline;
 mod poison;
 mod product;
 mod resnapshot;
+mod schema_changes;
 mod stack;
 mod support;
 mod types;

@@ -346,6 +346,8 @@ pub struct HarmonyOptions {
     pub extra_toml: String,
     /// Lines added to the generated `[processing]` table.
     pub extra_processing: String,
+    /// Lines added to a system's `[[systems]]` table: (system, lines).
+    pub system_settings: Vec<(String, String)>,
 }
 
 impl HarmonyOptions {
@@ -362,6 +364,7 @@ impl HarmonyOptions {
             exactly_once: false,
             extra_toml: String::new(),
             extra_processing: String::new(),
+            system_settings: Vec::new(),
         }
     }
 }
@@ -391,6 +394,10 @@ impl Harmony {
             toml.push_str(&format!(
                 "\n[[systems]]\nname = \"{system}\"\ntopics = {topics:?}\n"
             ));
+            for (_, lines) in options.system_settings.iter().filter(|(s, _)| s == system) {
+                toml.push_str(lines);
+                toml.push('\n');
+            }
         }
         toml.push('\n');
         toml.push_str(&options.extra_toml);

@@ -281,6 +281,30 @@ impl<'a, S: Stage> Pipeline<'a, S> {
                         RegressionPolicy::Accept
                     },
                 ),
+                Count::SchemaChange {
+                    system,
+                    table,
+                    kind,
+                    column,
+                    stopped,
+                } => self.metrics.schema_change(
+                    stage.system_name(*system),
+                    table,
+                    kind,
+                    column,
+                    *stopped,
+                ),
+                Count::MissingColumns {
+                    system,
+                    table,
+                    columns,
+                    stopped,
+                } => self.metrics.missing_columns(
+                    stage.system_name(*system),
+                    table,
+                    columns,
+                    *stopped,
+                ),
                 &Count::GuardRejection {
                     entity,
                     field,
