@@ -643,4 +643,54 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn under_ignore_the_targets_keep_the_column_types_they_had() {
+        fn with_price(price_type: &str) -> [(&str, &str); 6] {
+            [
+                ("item_sku", "string"),
+                ("title", "string"),
+                ("price", price_type),
+                ("stock", "int32"),
+                ("active", "boolean"),
+                ("updated_at", "string"),
+            ]
+        }
+        let row = r#"{"item_sku":"SKU-1","title":"Cup","price":"4.90","stock":95,"active":true,"updated_at":"t"}"#;
+        let price_type = |effects: &Effects| {
+            let value = effects.publish[0].value.as_deref().unwrap();
+            let change = InternalChange::decode(value).unwrap();
+            change
+                .types
+                .iter()
+                .find(|(f, _)| f == "price")
+                .map(|(_, t)| t.to_string())
+        };
+        for (policy, expected) in [
+            (SchemaChangePolicy::Evolve, "int"),
+            (SchemaChangePolicy::Ignore, "string"),
+        ] {
+            let mut config = config(&[]);
+            config.systems[1].on_schema_change = policy;
+            let mut ingest = ingest(&config, true);
+            let before = handle(
+                &mut ingest,
+                "shop.public.items",
+                &shop_wrapped(&with_price("string"), row),
+            );
+            assert_eq!(price_type(&before).as_deref(), Some("string"));
+            // ALTER TABLE items ALTER COLUMN price TYPE bigint (and the value with it).
+            let retyped = row.replace(r#""price":"4.90""#, r#""price":5"#);
+            let after = handle(
+                &mut ingest,
+                "shop.public.items",
+                &shop_wrapped(&with_price("int64"), &retyped),
+            );
+            assert_eq!(
+                schema_counts(&after),
+                ["public.items type price (string→int) stopped=false"]
+            );
+            assert_eq!(price_type(&after).as_deref(), Some(expected), "{policy:?}");
+        }
+    }
 }

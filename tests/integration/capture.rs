@@ -11,17 +11,18 @@
 //! plus whatever heartbeats and transaction markers the connectors write meanwhile.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 use serde_json::{json, Value};
 
-use crate::support::{bootstrap, connect_rest as curl, psql, wait_until, Record, TopicReader};
+use crate::support::{
+    bootstrap, connect_rest as curl, mariadb, psql, wait_until, Record, TopicReader,
+};
 
 /// The connectors, their converter modes and decimal handling.
 const CONNECTORS: [(&str, &str); 3] = [
@@ -219,32 +220,6 @@ fn capture_postgres_fixtures() -> Result<()> {
 /// MariaDB through Debezium's MariaDB connector (binlog): schema-wrapped with precise decimals,
 /// and schemaless with string decimals.
 const MARIADB_CONNECTORS: [(&str, &str); 2] = [("mdb_schema", "schema"), ("mdb_plain", "plain")];
-
-fn mariadb(sql: &str) -> Result<String> {
-    let port = std::env::var("MARIADB_PORT").unwrap_or_else(|_| "53306".into());
-    let password = std::env::var("PG_PASSWORD").unwrap_or_else(|_| "harmony".into());
-    let out = Command::new("mariadb")
-        .args([
-            "--no-defaults",
-            "-h",
-            "127.0.0.1",
-            "-P",
-            &port,
-            "-u",
-            "harmony",
-            &format!("-p{password}"),
-            "-N",
-            "-B",
-            "-e",
-            sql,
-        ])
-        .output()
-        .context("running the mariadb client")?;
-    if !out.status.success() {
-        bail!("mariadb: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
 
 fn mariadb_connector_config(name: &str, mode: &str) -> Value {
     let port = std::env::var("MARIADB_PORT").unwrap_or_else(|_| "53306".into());

@@ -51,6 +51,51 @@ pub fn stack_available(test: &str) -> bool {
     false
 }
 
+/// Whether MariaDB (`scripts/stack up --with-mariadb`) is up. Required when `HARMONY_E2E=1`
+/// (`scripts/test` starts it); otherwise a test leaves its MariaDB part out, saying so.
+pub fn mariadb_available(test: &str) -> bool {
+    let port = env_or("MARIADB_PORT", "53306");
+    let up = TcpStream::connect_timeout(
+        &format!("127.0.0.1:{port}")
+            .parse()
+            .expect("MARIADB_PORT is a port"),
+        Duration::from_secs(2),
+    )
+    .is_ok();
+    if !up && std::env::var("HARMONY_E2E").is_ok_and(|v| v == "1") {
+        panic!("{test}: MariaDB is not reachable on 127.0.0.1:{port}; start it with scripts/stack up --with-mariadb");
+    }
+    if !up {
+        eprintln!("{test}: without its MariaDB part, no MariaDB on 127.0.0.1:{port} (scripts/stack up --with-mariadb)");
+    }
+    up
+}
+
+/// Runs `sql` on the stack's MariaDB as `harmony`; the rows tab-separated, one per line.
+pub fn mariadb(sql: &str) -> Result<String> {
+    let out = std::process::Command::new("mariadb")
+        .args([
+            "--no-defaults",
+            "-h",
+            "127.0.0.1",
+            "-P",
+            &env_or("MARIADB_PORT", "53306"),
+            "-u",
+            "harmony",
+            &format!("-p{}", env_or("PG_PASSWORD", "harmony")),
+            "-N",
+            "-B",
+            "-e",
+            sql,
+        ])
+        .output()
+        .context("running the mariadb client")?;
+    if !out.status.success() {
+        bail!("mariadb: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
 /// The opening of a test on the stack: its worker's options under a group of its own (named
 /// from `prefix`), or `None` when the test is skipped for want of the stack (see
 /// [`stack_available`]). The closing is the fixtures' own: a [`Harmony`] stops its process and
