@@ -55,6 +55,7 @@ fn change(system: &str, n: u64, sku: u64, fields: &[(&str, FieldValue)]) -> Vec<
         system: system.into(),
         kind: ChangeKind::Upsert,
         ts_ms: 1_700_000_000_000 + n as i64,
+        ts_us: None,
         snapshot: false,
         position: Position::Postgres([n, n]),
         fields: fields

@@ -38,6 +38,9 @@ pub struct InternalChange<'a> {
     pub system: Cow<'a, str>,
     pub kind: ChangeKind,
     pub ts_ms: i64,
+    /// The commit time in microseconds, where the source gives it finer than `ts_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ts_us: Option<i64>,
     pub snapshot: bool,
     pub position: Position,
     #[serde(borrow)]
@@ -158,6 +161,10 @@ impl<'a> InternalChange<'a> {
             system: Cow::Borrowed(system),
             kind: mapped.kind,
             ts_ms: event.source.ts_ms,
+            ts_us: event
+                .source
+                .ts_us
+                .filter(|&us| us.div_euclid(1000) == event.source.ts_ms && us % 1000 != 0),
             snapshot: event.source.snapshot == Snapshot::Yes,
             position: event.source.position.into(),
             fields,
@@ -238,6 +245,7 @@ mod tests {
                 system: "shop".into(),
                 kind: ChangeKind::Upsert,
                 ts_ms: ts,
+                ts_us: None,
                 snapshot: false,
                 position: Position::Postgres([lsn / 2, lsn]),
                 fields: values.iter().enumerate().map(|(i, v)| (Cow::Owned(format!("f{i}")), FieldRef::from(v))).collect(),
@@ -264,6 +272,7 @@ mod tests {
                 system: "s".into(),
                 kind: ChangeKind::Delete,
                 ts_ms: 1,
+                ts_us: None,
                 snapshot: false,
                 position: Position::Unknown,
                 fields: vec![],

@@ -29,8 +29,10 @@ use crate::resolve::engine::{
     delivery_fingerprint, Delivery, FieldState, FieldValue, RecordState, SystemInfo, SystemState,
 };
 
-/// Version of the encoding; a reader refuses versions it does not know.
-pub const FORMAT: u8 = 3;
+/// Version of the encoding; a reader refuses versions it does not know. A state whose fields'
+/// commit times are whole milliseconds is written in format 3, byte for byte as before (so that
+/// compaction sees equal states as equal bytes); format 4 adds their microseconds.
+pub const FORMAT: u8 = 4;
 
 /// How names map to the running configuration's ids, for one entity.
 pub struct Names<'a> {
@@ -103,6 +105,14 @@ struct WireApplied<'a> {
     /// Exact mode: per system, its row's version column as last captured.
     #[serde(borrow)]
     row_versions: Vec<(Cow<'a, str>, WireClock<'a>)>,
+}
+
+/// Format 4's appendix, after format 3's: the microseconds (0–999) past the millisecond of
+/// each field's commit time that has any.
+#[derive(Serialize, Deserialize, Default)]
+struct WireMicros<'a> {
+    #[serde(borrow)]
+    field_us: Vec<(Cow<'a, str>, u16)>,
 }
 
 /// Format 2's appendix to the format-1 body.
@@ -215,7 +225,7 @@ pub fn encode(state: &RecordState, names: &Names<'_>) -> Vec<u8> {
                 name: names.field(*f),
                 value: FieldRef::from(&s.value),
                 dot: names.dot(s.dot),
-                ts_ms: s.ts_ms,
+                ts_ms: s.ts_us.div_euclid(1000),
                 tags: s
                     .tags
                     .iter()
@@ -277,10 +287,26 @@ pub fn encode(state: &RecordState, names: &Names<'_>) -> Vec<u8> {
             })
             .collect(),
     };
+    let micros = WireMicros {
+        field_us: state
+            .fields
+            .iter()
+            .filter(|(_, s)| s.ts_us.rem_euclid(1000) != 0)
+            .map(|(f, s)| (names.field(*f), s.ts_us.rem_euclid(1000) as u16))
+            .collect(),
+    };
+    let format = if micros.field_us.is_empty() {
+        3
+    } else {
+        FORMAT
+    };
     // Serialising plain in-memory data into a vector cannot fail.
-    let mut out = postcard::to_extend(&wire, vec![FORMAT]).unwrap_or_default();
+    let mut out = postcard::to_extend(&wire, vec![format]).unwrap_or_default();
     out = postcard::to_extend(&times, out).unwrap_or_default();
     out = postcard::to_extend(&applied, out).unwrap_or_default();
+    if format == FORMAT {
+        out = postcard::to_extend(&micros, out).unwrap_or_default();
+    }
     out
 }
 
@@ -308,8 +334,13 @@ pub fn decode(bytes: &[u8], names: &Names<'_>) -> Result<RecordState, DecodeErro
     } else {
         postcard::take_from_bytes(rest).map_err(DecodeError::Body)?
     };
-    let applied: WireApplied<'_> = if format < 3 {
-        WireApplied::default()
+    let (applied, rest): (WireApplied<'_>, &[u8]) = if format < 3 {
+        (WireApplied::default(), rest)
+    } else {
+        postcard::take_from_bytes(rest).map_err(DecodeError::Body)?
+    };
+    let micros: WireMicros<'_> = if format < 4 {
+        WireMicros::default()
     } else {
         postcard::from_bytes(rest).map_err(DecodeError::Body)?
     };
@@ -341,13 +372,23 @@ pub fn decode(bytes: &[u8], names: &Names<'_>) -> Result<RecordState, DecodeErro
             FieldState {
                 value: f.value.into(),
                 dot,
-                ts_ms: f.ts_ms,
+                ts_us: f.ts_ms.saturating_mul(1000)
+                    + micros
+                        .field_us
+                        .iter()
+                        .find(|(name, _)| *name == f.name)
+                        .map_or(0, |(_, us)| i64::from(*us)),
                 tags,
             },
         );
     }
     // Format 1 kept no delivery times: the record's latest write is the closest known.
-    let latest_write = state.fields.iter().map(|(_, f)| f.ts_ms).max().unwrap_or(0);
+    let latest_write = state
+        .fields
+        .iter()
+        .map(|(_, f)| f.ts_us.div_euclid(1000))
+        .max()
+        .unwrap_or(0);
     for s in wire.systems {
         let Some(&id) = names.system_ids.get(s.name.as_ref()) else {
             continue;

@@ -122,7 +122,7 @@ pub fn conflict_record<'a>(
                 system: name(c.system),
                 value: FieldRef::from(&c.value),
                 dot: (name(c.dot.system), c.dot.counter),
-                ts_ms: c.ts_ms,
+                ts_ms: c.ts_us.div_euclid(1000),
             })
             .collect(),
         winner: conflict
@@ -134,7 +134,7 @@ pub fn conflict_record<'a>(
         ts_ms: conflict
             .candidates
             .iter()
-            .map(|c| c.ts_ms)
+            .map(|c| c.ts_us.div_euclid(1000))
             .max()
             .unwrap_or_default(),
     }
@@ -223,7 +223,7 @@ mod tests {
                 system: SystemId(s),
                 counter: 2,
             },
-            ts_ms: ts,
+            ts_us: ts * 1000,
         };
         Conflict {
             field: FieldId(2),

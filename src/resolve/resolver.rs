@@ -535,6 +535,9 @@ impl Resolver {
             system,
             position: change.position.into(),
             ts_ms: change.ts_ms,
+            ts_us: change
+                .ts_us
+                .unwrap_or_else(|| change.ts_ms.saturating_mul(1000)),
             snapshot: change.snapshot,
             kind: change.kind,
             fields: &fields,
@@ -817,6 +820,7 @@ mod tests {
             system: system.into(),
             kind: ChangeKind::Upsert,
             ts_ms: 1_000 + lsn as i64,
+            ts_us: None,
             snapshot: false,
             position: Position::Postgres([lsn, lsn]),
             fields: fields
@@ -1152,6 +1156,42 @@ mod tests {
             log.iter().map(|(k, v)| (k.as_bytes(), Some(v.as_slice()))),
         );
         assert_eq!(behind(&restored), behind(&live));
+    }
+
+    /// Commit times finer than a millisecond survive a restore (format 4), so that `lww`
+    /// decides the same after a restart; a state without them is written in format 3, as
+    /// before.
+    #[test]
+    fn microsecond_commit_times_survive_the_changelog() {
+        let created = [("name", FieldValue::Text("Cup".into()))];
+        let mut live = resolver(true);
+        let plain = record("erp", 1, &created, None);
+        let mut fine = InternalChange::decode(&plain).unwrap();
+        fine.ts_us = Some(1_001_250);
+        let bytes = serde_json::to_vec(&fine).unwrap();
+        let (key, value) = live.resolve(0, &bytes).unwrap().changelog.unwrap();
+        assert_eq!(value[0], 4, "format 4: it has microseconds to keep");
+        let mut restored = resolver(true);
+        assert_eq!(
+            restored.install(0, [(key.as_bytes(), Some(value.as_slice()))]),
+            (1, 0)
+        );
+        let time = |r: &Resolver| {
+            r.partitions[&0].records[&EntityId(0)]["[\"SKU-1\"]"]
+                .fields
+                .iter()
+                .map(|(_, f)| f.ts_us)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(time(&restored), vec![1_001_250]);
+        assert_eq!(time(&restored), time(&live));
+        // Whole milliseconds: format 3, byte for byte what earlier builds write.
+        let (_, plain) = resolver(true)
+            .resolve(0, &record("erp", 1, &created, None))
+            .unwrap()
+            .changelog
+            .unwrap();
+        assert_eq!(plain[0], 3);
     }
 
     #[test]

@@ -128,6 +128,7 @@ pub fn settlement_change<'a>(
         system: Cow::Borrowed(OPERATOR),
         kind: ChangeKind::Upsert,
         ts_ms: now_ms,
+        ts_us: None,
         snapshot: false,
         position: Position::Unknown,
         fields: vec![(Cow::Borrowed(&conflict.field), value)],

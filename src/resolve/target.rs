@@ -252,7 +252,7 @@ pub fn target_records<'p>(
         ts_ms: state
             .fields
             .iter()
-            .map(|(_, f)| f.ts_ms)
+            .map(|(_, f)| f.ts_us.div_euclid(1000))
             .max()
             .unwrap_or_default(),
         deleted: state.deleted.is_some(),
@@ -495,7 +495,7 @@ mod tests {
                         system: SystemId(2),
                         counter: 1,
                     },
-                    ts_ms: 1_700,
+                    ts_us: 1_700_000,
                     tags: Vec::new(),
                 },
             );

@@ -146,6 +146,9 @@ pub struct Source<'a> {
     pub table: Option<Cow<'a, str>>,
     /// When the change was committed in the source database.
     pub ts_ms: i64,
+    /// The same in microseconds (`ts_us`, or `ts_ns` / 1000), where the connector sends it
+    /// (Debezium 2.6 and later).
+    pub ts_us: Option<i64>,
     pub snapshot: Snapshot,
     pub position: SourcePosition,
     /// Postgres `txId`, MySQL/MariaDB `gtid` is kept raw in `source_raw`.

@@ -330,6 +330,7 @@ fn change_from_flattened<'a>(
             schema: None,
             table: record.flat_table,
             ts_ms,
+            ts_us: None,
             snapshot: if op == Op::Read {
                 Snapshot::Yes
             } else {

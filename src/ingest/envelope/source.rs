@@ -22,6 +22,10 @@ struct RawSource<'a> {
     #[serde(borrow, default)]
     table: Option<Cow<'a, str>>,
     ts_ms: i64,
+    #[serde(default)]
+    ts_us: Option<i64>,
+    #[serde(default)]
+    ts_ns: Option<i64>,
     #[serde(default, deserialize_with = "snapshot_marker")]
     snapshot: Option<Snapshot>,
     // Postgres
@@ -63,6 +67,7 @@ pub(super) fn decode_source(raw: &RawValue) -> Result<Source<'_>, DecodeError> {
         schema: src.schema,
         table: src.table,
         ts_ms: src.ts_ms,
+        ts_us: src.ts_us.or(src.ts_ns.map(|ns| ns.div_euclid(1000))),
         snapshot: src.snapshot.unwrap_or(Snapshot::No),
         position,
         tx_id: src.tx_id,

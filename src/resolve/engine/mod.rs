@@ -102,6 +102,9 @@ pub struct Change<'c> {
     pub position: SourcePosition,
     /// Source commit time.
     pub ts_ms: i64,
+    /// Source commit time in microseconds, as fine as the source gives it (`ts_us`, else
+    /// `ts_ms` × 1000): what `lww`, `fww` and `merge` compare.
+    pub ts_us: i64,
     pub snapshot: bool,
     pub kind: ChangeKind,
     /// Fields the change carries, sorted by id; a field absent here was not sent.
@@ -116,7 +119,8 @@ pub struct Candidate {
     pub system: SystemId,
     pub value: FieldValue,
     pub dot: Dot,
-    pub ts_ms: i64,
+    /// Source commit time in microseconds.
+    pub ts_us: i64,
 }
 
 /// A detected conflict on one field and how it was resolved.
@@ -432,7 +436,7 @@ fn apply_change(state: &mut RecordState, rules: &EntityRules, change: &Change<'_
             system: s,
             value: value.clone(),
             dot,
-            ts_ms: change.ts_ms,
+            ts_us: change.ts_us,
         };
         if rule.strategy == Strategy::Merge {
             let current = state.field(field);
@@ -459,7 +463,7 @@ fn apply_change(state: &mut RecordState, rules: &EntityRules, change: &Change<'_
                                 system: current.dot.system,
                                 value: current.value.clone(),
                                 dot: current.dot,
-                                ts_ms: current.ts_ms,
+                                ts_us: current.ts_us,
                             },
                             incoming.clone(),
                         ],
@@ -480,7 +484,7 @@ fn apply_change(state: &mut RecordState, rules: &EntityRules, change: &Change<'_
                     FieldState {
                         value: merged_value,
                         dot,
-                        ts_ms: change.ts_ms,
+                        ts_us: change.ts_us,
                         tags,
                     },
                 );
@@ -512,7 +516,7 @@ fn apply_change(state: &mut RecordState, rules: &EntityRules, change: &Change<'_
                     system: current.dot.system,
                     value: current.value.clone(),
                     dot: current.dot,
-                    ts_ms: current.ts_ms,
+                    ts_us: current.ts_us,
                 };
                 let (resolution, winner) =
                     strategy::resolve(rule, &rules.systems, &current, &incoming, base);
@@ -551,7 +555,7 @@ fn apply_change(state: &mut RecordState, rules: &EntityRules, change: &Change<'_
                 FieldState {
                     value,
                     dot,
-                    ts_ms: change.ts_ms,
+                    ts_us: change.ts_us,
                     tags: Vec::new(),
                 },
             );

@@ -14,8 +14,9 @@ use crate::model::value::FieldValue;
 pub struct FieldState {
     pub value: FieldValue,
     pub dot: Dot,
-    /// Source commit time of the change that wrote it.
-    pub ts_ms: i64,
+    /// Source commit time of the change that wrote it, in microseconds (as fine as its source
+    /// gave it): `lww` between two writes in one millisecond goes by it.
+    pub ts_us: i64,
     /// `merge` fields: each element with the dots that added it; empty otherwise.
     pub tags: super::orset::Tags,
 }

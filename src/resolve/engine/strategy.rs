@@ -54,11 +54,11 @@ pub fn resolve(
     };
     let later = || tie_break(systems, incoming, current) == Ordering::Greater;
     match rule.strategy {
-        Strategy::Lww => pick(match incoming.ts_ms.cmp(&current.ts_ms) {
+        Strategy::Lww => pick(match incoming.ts_us.cmp(&current.ts_us) {
             Ordering::Equal => later(),
             order => order == Ordering::Greater,
         }),
-        Strategy::Fww => pick(match incoming.ts_ms.cmp(&current.ts_ms) {
+        Strategy::Fww => pick(match incoming.ts_us.cmp(&current.ts_us) {
             Ordering::Equal => later(),
             order => order == Ordering::Less,
         }),
@@ -87,7 +87,7 @@ pub fn resolve(
         },
         // Sets merge before this (engine::orset); a value that is not a set is taken
         // like `lww`.
-        Strategy::Merge => pick(match incoming.ts_ms.cmp(&current.ts_ms) {
+        Strategy::Merge => pick(match incoming.ts_us.cmp(&current.ts_us) {
             Ordering::Equal => later(),
             order => order == Ordering::Greater,
         }),

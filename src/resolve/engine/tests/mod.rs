@@ -91,6 +91,7 @@ fn change<'c>(
         system: s,
         position: src.position(s),
         ts_ms,
+        ts_us: ts_ms * 1000,
         snapshot: false,
         kind: ChangeKind::Upsert,
         fields,

@@ -33,6 +33,7 @@ fn at_position<'c>(
         system: s,
         position: SourcePosition::Postgres { commit_lsn, lsn },
         ts_ms,
+        ts_us: ts_ms * 1000,
         snapshot,
         kind: ChangeKind::Upsert,
         fields,

@@ -107,6 +107,43 @@ fn a_guard_rejects_a_negative_quantity_and_the_sender_is_corrected() {
     assert_eq!(value(&state2, QUANTITY), int(90));
 }
 
+/// Two writes in one millisecond: the source's microseconds decide, in either order, and rank
+/// only where those are equal too. Before, `lww` compared milliseconds alone and the
+/// warehouse's rank won over the shop's later write.
+#[test]
+fn lww_and_fww_go_by_the_microsecond_where_the_source_gives_it() {
+    for (strategy, shop_us, wms_us, expected) in [
+        (Strategy::Lww, 2_000_700, 2_000_300, int(95)),
+        (Strategy::Lww, 2_000_300, 2_000_700, int(98)),
+        (Strategy::Fww, 2_000_700, 2_000_300, int(98)),
+        (Strategy::Lww, 2_000_500, 2_000_500, int(98)),
+    ] {
+        let rules = rules(strategy, vec![]);
+        for shop_first in [true, false] {
+            let mut src = Source { next: [0; 3] };
+            let mut state = synced(&rules, &mut src);
+            let shop_change = [(QUANTITY, int(95))];
+            let wms_change = [(QUANTITY, int(98))];
+            let order = if shop_first { [SHOP, WMS] } else { [WMS, SHOP] };
+            for s in order {
+                let (fields, us) = if s == SHOP {
+                    (&shop_change[..], shop_us)
+                } else {
+                    (&wms_change[..], wms_us)
+                };
+                let mut c = change(&mut src, s, 2_000, fields);
+                c.ts_us = us;
+                apply(&mut state, &rules, &c);
+            }
+            assert_eq!(
+                value(&state, QUANTITY),
+                expected,
+                "{strategy:?} shop {shop_us} µs, wms {wms_us} µs, shop first: {shop_first}"
+            );
+        }
+    }
+}
+
 #[test]
 fn concurrent_writes_of_the_same_value_are_no_conflict() {
     let rules = rules(Strategy::Lww, vec![]);
@@ -134,8 +171,8 @@ fn concurrent_writes_of_the_same_value_are_no_conflict() {
     }
     assert_eq!(value(&state, NAME), text("Mug"));
     assert_eq!(
-        state.field(NAME).unwrap().ts_ms,
-        2_001,
+        state.field(NAME).unwrap().ts_us,
+        2_001_000,
         "lww keeps the later write's time"
     );
     // Under sum, equal values are two movements, and both count.
