@@ -212,6 +212,18 @@ impl Catalog {
             .any(|p| p.columns.contains_key(column) || p.version_column.as_deref() == Some(column))
     }
 
+    /// How the change's table maps onto `entity`.
+    fn plan_of(
+        &self,
+        system: usize,
+        event: &ChangeEvent<'_>,
+        entity: EntityId,
+    ) -> Option<&SourcePlan> {
+        self.plans_for(system, event)
+            .iter()
+            .find(|p| p.entity == entity)
+    }
+
     /// The columns `entity`'s source maps that the change's row does not carry, sorted.
     pub fn missing_columns(
         &self,
@@ -220,11 +232,7 @@ impl Catalog {
         entity: EntityId,
     ) -> Vec<String> {
         let row = event.after.as_ref().or(event.before.as_ref());
-        let Some(plan) = self
-            .plans_for(system, event)
-            .iter()
-            .find(|p| p.entity == entity)
-        else {
+        let Some(plan) = self.plan_of(system, event, entity) else {
             return Vec::new();
         };
         let mut missing: Vec<String> = plan
@@ -247,11 +255,7 @@ impl Catalog {
         entity: EntityId,
         schema: &RowSchema,
     ) -> Vec<(String, String)> {
-        let Some(plan) = self
-            .plans_for(system, event)
-            .iter()
-            .find(|p| p.entity == entity)
-        else {
+        let Some(plan) = self.plan_of(system, event, entity) else {
             return Vec::new();
         };
         let fields = &self.field_names[entity.0 as usize];

@@ -592,15 +592,7 @@ pub fn as_declared<'a>(value: Value<'a>, declared: &ColumnType) -> Result<Value<
         (ColumnType::Decimal { scale }, Value::Text(text)) => match Decimal::parse(&text) {
             Some(d) => Ok(Value::Decimal(d)),
             None if text.contains('.') => Ok(wide_text(&text).unwrap_or(Value::Text(text))),
-            None => {
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(text.as_bytes())
-                    .map_err(|error| ValueError::NotBase64 {
-                        what: "decimal",
-                        error,
-                    })?;
-                Ok(decimal_of_bytes(&bytes, *scale))
-            }
+            None => decimal_of_base64(&text, *scale),
         },
         (ColumnType::VariableScaleDecimal, Value::Text(text)) => Ok(match Decimal::parse(&text) {
             Some(d) => Value::Decimal(d),
@@ -656,13 +648,7 @@ fn decode_plain<'a>(
             if encoded == UNAVAILABLE_PLACEHOLDER_BASE64 || encoded == UNAVAILABLE_PLACEHOLDER {
                 return Ok(Value::Unavailable);
             }
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(encoded.as_bytes())
-                .map_err(|error| ValueError::NotBase64 {
-                    what: "decimal",
-                    error,
-                })?;
-            Ok(decimal_of_bytes(&bytes, *scale))
+            decimal_of_base64(&encoded, *scale)
         }
         (Some(ColumnType::VariableScaleDecimal), b'{') => variable_scale_decimal(raw),
         (Some(ColumnType::Integer), b'"') => {
@@ -705,6 +691,17 @@ fn decode_plain<'a>(
         (_, b'[') if text.contains(UNAVAILABLE_PLACEHOLDER) => Ok(Value::Unavailable),
         _ => Ok(Value::Raw(raw)),
     }
+}
+
+/// Connect's decimal bytes in base64, as the JSON converter writes them, at `scale`.
+fn decimal_of_base64(encoded: &str, scale: u32) -> Result<Value<'static>, ValueError> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded.as_bytes())
+        .map_err(|error| ValueError::NotBase64 {
+            what: "decimal",
+            error,
+        })?;
+    Ok(decimal_of_bytes(&bytes, scale))
 }
 
 /// Connect's decimal bytes (the unscaled value, big-endian two's complement) at `scale`: a

@@ -281,6 +281,19 @@ pub fn target_records<'p>(
     records
 }
 
+/// The column's type, or none (the value's own) where a `lenient` writer finds the value
+/// does not fit it.
+fn leniently<'t>(
+    target: Option<&'t ColumnType>,
+    value: &FieldRef<'_>,
+    lenient: Option<&mut Vec<u8>>,
+) -> Option<&'t ColumnType> {
+    match (lenient, target) {
+        (Some(scratch), Some(t)) => connect::check(value, t, scratch).is_ok().then_some(t),
+        _ => target,
+    }
+}
+
 /// One target's records. `lenient`: a scratch buffer to try each value in first, so that one
 /// its column cannot hold goes out in its own type; without, such a value fails the record
 /// with the column it was meant for.
@@ -314,32 +327,18 @@ fn target_records_of(
         let mut row_fields = Members::array(&mut row_fields);
         for column in &plan.columns {
             let failed = |error| (column.name.clone(), error);
-            let mut target = column.target_type();
+            let target = column.target_type();
             if let Some(pos) = column.key_pos {
                 let text = key_value(pos);
                 if wrapped {
                     let value = connect::key_value(text);
-                    if let (Some(scratch), Some(t)) = (lenient.as_deref_mut(), target) {
-                        target = connect::check(&value, t, scratch).is_ok().then_some(t);
+                    let target = leniently(target, &value, lenient.as_deref_mut());
+                    for (fields, members) in
+                        [(&mut key_fields, &mut key), (&mut row_fields, &mut image)]
+                    {
+                        connect::field(fields, members, &column.name, &value, target, false)
+                            .map_err(failed)?;
                     }
-                    connect::field(
-                        &mut key_fields,
-                        &mut key,
-                        &column.name,
-                        &value,
-                        target,
-                        false,
-                    )
-                    .map_err(failed)?;
-                    connect::field(
-                        &mut row_fields,
-                        &mut image,
-                        &column.name,
-                        &value,
-                        target,
-                        false,
-                    )
-                    .map_err(failed)?;
                 } else {
                     jsontext::raw(key.key(&column.name), text);
                     jsontext::raw(image.key(&column.name), text);
@@ -355,9 +354,7 @@ fn target_records_of(
             };
             let value = FieldRef::from(&state.value);
             if wrapped {
-                if let (Some(scratch), Some(t)) = (lenient.as_deref_mut(), target) {
-                    target = connect::check(&value, t, scratch).is_ok().then_some(t);
-                }
+                let target = leniently(target, &value, lenient.as_deref_mut());
                 connect::field(
                     &mut row_fields,
                     &mut image,
