@@ -8,6 +8,7 @@
 //! this worker is [`Resolver::install`]ed from its changelog before any of its changes is
 //! applied, and dropped when it is revoked (ARCHITECTURE.md §1 "Partition ownership").
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -694,6 +695,23 @@ impl Resolver {
 }
 
 impl Resolver {
+    /// Column types a target system's capture declares, read outside its changes (at start,
+    /// from its topics' newest records: `runtime::worker::captured`).
+    pub fn learn_captured_types(
+        &mut self,
+        system: SystemId,
+        entity: EntityId,
+        types: &[(String, String)],
+    ) {
+        if let Some(plan) = self.plans.get_mut(&(entity, system)) {
+            let types: Vec<(Cow<'_, str>, Cow<'_, str>)> = types
+                .iter()
+                .map(|(f, t)| (Cow::Borrowed(f.as_str()), Cow::Borrowed(t.as_str())))
+                .collect();
+            plan.learn_types(&types, self.catalog.field_names(entity));
+        }
+    }
+
     /// Refuses a value that a target's column could not hold exactly, before anything of the
     /// change is applied: the state stays as it was and the input is dead-lettered, naming
     /// the column, rather than a target receiving a truncated value.

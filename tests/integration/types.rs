@@ -449,7 +449,61 @@ fn typed_columns_travel_the_closed_loop(mode: Mode) {
         "1969-12-31T23:59:59.999 in milliseconds"
     );
 
-    // 4. A microsecond the warehouse's timestamp(3) cannot hold: refused, the column named, and
+    // 5. Restarted, the first delivery to the warehouse is in its captured column types
+    // already (read at start from the newest records of its topic; it has captured nothing
+    // since), not in the value's own: the schema does not churn across a restart.
+    assert!(harmony
+        .terminate(Duration::from_secs(30))
+        .unwrap()
+        .success());
+    let wms_before = readers[&wms_topic].records.len();
+    harmony = Harmony::start(&options).unwrap();
+    psql(
+        "erp",
+        &format!(
+            "UPDATE {} SET moment = '2030-06-01 00:00:00.5+00' WHERE sku = '{sku}'",
+            names[0]
+        ),
+    )
+    .unwrap();
+    let third = second.replace("1969-12-31T23:59:59.999000", "2030-06-01T00:00:00.500000");
+    wait_rows(
+        mode,
+        &tables,
+        &sku,
+        &third,
+        "the erp's change after the restart everywhere",
+        &harmony,
+    );
+    let wms_reader = readers.get_mut(&wms_topic).unwrap();
+    wms_reader.read_for(Duration::from_secs(1)).unwrap();
+    let first_after = wms_reader.records[wms_before..]
+        .iter()
+        .find(|r| r.keyed_by(&sku) && r.value.is_some())
+        .unwrap()
+        .json();
+    let moment_schema = first_after["schema"]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["field"] == "after")
+        .and_then(|after| {
+            after["fields"]
+                .as_array()?
+                .iter()
+                .find(|f| f["field"] == "moment")
+                .cloned()
+        })
+        .unwrap();
+    assert_eq!(
+        moment_schema["name"],
+        "io.debezium.time.Timestamp",
+        "{first_after}\n{}",
+        harmony.log()
+    );
+    let second = third.as_str();
+
+    // 6. A microsecond the warehouse's timestamp(3) cannot hold: refused, the column named, and
     // nothing of the change applied anywhere (no target is rounded).
     let mut dlq = TopicReader::new(&harmony.dead_letter_topic).unwrap();
     psql(

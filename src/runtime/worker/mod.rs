@@ -215,10 +215,17 @@ pub async fn run(
     // With entities declared, stage 1 re-keys changes into the internal topic and stage 2
     // resolves them into target and conflict records; without, each change is published as
     // it is to the output topic.
-    let resolver = plan
+    let mut resolver = plan
         .catalog
         .clone()
         .map(|catalog| Resolver::with_catalog(config, catalog));
+    if let (Some(resolver), Some(catalog)) = (resolver.as_mut(), plan.catalog.as_deref()) {
+        let learned = captured::learn_captured_types(&consumer_config, config, catalog, resolver);
+        tracing::info!(
+            learned,
+            "target column types read from the newest records of their systems' topics"
+        );
+    }
     let mut own_topics: Vec<String> = vec![plan.dead_letter_topic.clone()];
     match &resolver {
         Some(r) => {
@@ -454,6 +461,7 @@ fn run_stage<S: Stage>(
 }
 
 mod acks;
+mod captured;
 mod dead_letter;
 mod delivery;
 mod durability;
