@@ -145,11 +145,15 @@ impl Ingest {
             return;
         }
         let name = self.systems[system].as_str();
-        let table = table_label(event);
-        let types_of = event
-            .schema
-            .as_ref()
-            .map(|schema| self.kept_types.get(&(system, table)).unwrap_or(schema));
+        // The table's label is made only when some table keeps its types (rare): it allocates.
+        let types_of = event.schema.as_ref().map(|schema| {
+            if self.kept_types.is_empty() {
+                return schema;
+            }
+            self.kept_types
+                .get(&(system, table_label(event)))
+                .unwrap_or(schema)
+        });
         for mapped in &changes {
             let types = self
                 .field_types
