@@ -17,6 +17,7 @@ impl FieldValue {
         value(self)
     }
 }
+use crate::model::temporal::Timestamp;
 use crate::model::value::Decimal;
 
 /// A value's fingerprint. Numbers are fingerprinted by value, so `42` and `42.00` from two
@@ -41,16 +42,21 @@ pub fn value(v: &FieldValue) -> u64 {
         FieldValue::Json(j) => xxh3_64_with_seed(j.as_bytes(), 5),
         // Normalized text: equal numbers, equal bytes.
         FieldValue::WideDecimal(t) => xxh3_64_with_seed(t.as_bytes(), 6),
-        FieldValue::Date(d) => xxh3_64_with_seed(&d.0.to_le_bytes(), 7),
+        // A date is its midnight: a field a `date` column holds in one system and a timestamp
+        // column in another (sent midnight, ARCHITECTURE.md §2) is the same content in both,
+        // so the echo of one is recognised in the other.
+        FieldValue::Date(d) => timestamp(Timestamp::from_date(*d)),
         FieldValue::Time(t) => xxh3_64_with_seed(&t.0.to_le_bytes(), 8),
-        FieldValue::Timestamp(t) => {
-            let mut bytes = [0u8; 12];
-            bytes[..8].copy_from_slice(&t.seconds.to_le_bytes());
-            bytes[8..].copy_from_slice(&t.nanos.to_le_bytes());
-            xxh3_64_with_seed(&bytes, 9)
-        }
+        FieldValue::Timestamp(t) => timestamp(*t),
         FieldValue::Bytes(b) => xxh3_64_with_seed(b.as_bytes(), 10),
     }
+}
+
+fn timestamp(t: Timestamp) -> u64 {
+    let mut bytes = [0u8; 12];
+    bytes[..8].copy_from_slice(&t.seconds.to_le_bytes());
+    bytes[8..].copy_from_slice(&t.nanos.to_le_bytes());
+    xxh3_64_with_seed(&bytes, 9)
 }
 
 /// A field name's fingerprint, computed once per field when the rules are built.
@@ -122,5 +128,20 @@ mod tests {
             "values belong to their fields"
         );
         assert_ne!(Content::new(false).finish(), Content::new(true).finish());
+    }
+
+    #[test]
+    fn a_date_is_the_same_content_as_its_midnight() {
+        use crate::model::temporal::Date;
+        let day = Date::parse("2024-02-29").unwrap();
+        let midnight = FieldValue::Timestamp(Timestamp::from_date(day));
+        assert_eq!(value(&FieldValue::Date(day)), value(&midnight));
+        let later = FieldValue::Timestamp(Timestamp::parse("2024-02-29T00:00:01Z").unwrap());
+        assert_ne!(value(&FieldValue::Date(day)), value(&later));
+        // A time of day is not a timestamp of the epoch's day.
+        assert_ne!(
+            value(&FieldValue::Time(crate::model::temporal::TimeOfDay(0))),
+            value(&FieldValue::Timestamp(Timestamp::from_date(Date(0))))
+        );
     }
 }
