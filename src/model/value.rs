@@ -394,6 +394,8 @@ pub enum Semantic {
     ZonedTime,
     /// A duration in microseconds (`int64`): `io.debezium.time.MicroDuration`.
     DurationMicros,
+    /// A year (`int32`): `io.debezium.time.Year`, MySQL's and MariaDB's `year`.
+    Year,
     /// A duration as ISO 8601 text: `io.debezium.time.Interval`.
     Interval,
     Uuid,
@@ -407,7 +409,7 @@ pub enum Semantic {
 }
 
 impl Semantic {
-    pub const ALL: [Semantic; 17] = [
+    pub const ALL: [Semantic; 18] = [
         Semantic::Date,
         Semantic::TimeMillis,
         Semantic::TimeMicros,
@@ -418,6 +420,7 @@ impl Semantic {
         Semantic::ZonedTimestamp,
         Semantic::ZonedTime,
         Semantic::DurationMicros,
+        Semantic::Year,
         Semantic::Interval,
         Semantic::Uuid,
         Semantic::Json,
@@ -442,6 +445,7 @@ impl Semantic {
             "io.debezium.time.ZonedTimestamp" => Semantic::ZonedTimestamp,
             "io.debezium.time.ZonedTime" => Semantic::ZonedTime,
             "io.debezium.time.MicroDuration" => Semantic::DurationMicros,
+            "io.debezium.time.Year" => Semantic::Year,
             "io.debezium.time.Interval" => Semantic::Interval,
             "io.debezium.data.Uuid" => Semantic::Uuid,
             "io.debezium.data.Json" => Semantic::Json,
@@ -482,6 +486,7 @@ impl Semantic {
             Semantic::ZonedTimestamp => "timestamptz",
             Semantic::ZonedTime => "timetz",
             Semantic::DurationMicros => "duration_us",
+            Semantic::Year => "year",
             Semantic::Interval => "interval",
             Semantic::Uuid => "uuid",
             Semantic::Json => "json",
@@ -495,7 +500,7 @@ impl Semantic {
     /// The Connect type Debezium carries it in.
     pub fn carrier(self) -> &'static str {
         match self {
-            Semantic::Date | Semantic::TimeMillis => "int32",
+            Semantic::Date | Semantic::TimeMillis | Semantic::Year => "int32",
             Semantic::TimeMicros
             | Semantic::TimeNanos
             | Semantic::TimestampMillis
@@ -527,6 +532,7 @@ impl Semantic {
             Semantic::ZonedTimestamp => "io.debezium.time.ZonedTimestamp",
             Semantic::ZonedTime => "io.debezium.time.ZonedTime",
             Semantic::DurationMicros => "io.debezium.time.MicroDuration",
+            Semantic::Year => "io.debezium.time.Year",
             Semantic::Interval => "io.debezium.time.Interval",
             Semantic::Uuid => "io.debezium.data.Uuid",
             Semantic::Json => "io.debezium.data.Json",

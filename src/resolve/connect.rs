@@ -178,6 +178,8 @@ fn payload(
         (ColumnType::Semantic(semantic), _) if semantic.temporal().is_some() => {
             temporal_payload(out, value, *semantic).map_err(refuse)?
         }
+        (ColumnType::Semantic(Semantic::Year), FieldRef::Int(i)) => jsontext::int(out, *i),
+        (ColumnType::Semantic(Semantic::Year), _) => return Err(refuse("not a year")),
         (ColumnType::Semantic(Semantic::DurationMicros), FieldRef::Int(i)) => {
             jsontext::int(out, *i)
         }

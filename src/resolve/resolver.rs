@@ -492,11 +492,7 @@ impl Resolver {
         if !change.types.is_empty() {
             if let Some(plan) = self.plans.get_mut(&(entity, system)) {
                 let fields = self.catalog.field_names(entity);
-                for (column, captured) in plan.learn_types(&change.types, fields) {
-                    tracing::warn!(system = %change.system, entity = %change.entity, column,
-                        captured = %captured,
-                        "the column's captured type is not the one sources.types declares; the declared type is the one the system is sent");
-                }
+                warn_contradicted(&change.system, plan.learn_types(&change.types, fields));
             }
         }
         let field_ids = &self.fields[entity.0 as usize];
@@ -708,7 +704,8 @@ impl Resolver {
                 .iter()
                 .map(|(f, t)| (Cow::Borrowed(f.as_str()), Cow::Borrowed(t.as_str())))
                 .collect();
-            plan.learn_types(&types, self.catalog.field_names(entity));
+            let contradicted = plan.learn_types(&types, self.catalog.field_names(entity));
+            warn_contradicted(self.system_name(entity, system), contradicted);
         }
     }
 
@@ -744,6 +741,15 @@ impl Resolver {
             }
         }
         Ok(())
+    }
+}
+
+/// Columns whose captured type contradicts the one `sources.types` declares: the declared one
+/// is kept, and the operator told.
+fn warn_contradicted(system: &str, contradicted: Vec<(String, crate::model::value::ColumnType)>) {
+    for (column, captured) in contradicted {
+        tracing::warn!(system, column, captured = %captured,
+            "the column's captured type is not the one sources.types declares; the declared type is the one the system is sent");
     }
 }
 

@@ -80,7 +80,7 @@ const TABLES: [Table; 4] = [
         suffix: "tills",
         key: "sku",
         columns: "moment datetime(3), day date, clock time(3), ident char(36), amount decimal(16,3), doc json, raw varbinary(16), opened year",
-        types: r#"{ moment = "timestamp_ms", day = "date", clock = "time_us", ident = "string", amount = "decimal(3)", doc = "string", raw = "bytes", opened = "int" }"#,
+        types: r#"{ moment = "timestamp_ms", day = "date", clock = "time_us", ident = "string", amount = "decimal(3)", doc = "string", raw = "bytes", opened = "year" }"#,
     },
 ];
 
