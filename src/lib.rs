@@ -11,13 +11,15 @@
 //! |---|---|
 //! | [`model`] | the vocabulary every layer shares (pure) |
 //! | [`model::clock`] | version vectors and dots: concurrent or causally ordered; system ids |
-//! | [`model::value`] | exact column values (64-bit integers, decimals, the unavailable placeholder), field values, and `FieldRef`, a field value as any topic's record holds it |
+//! | [`model::value`] | exact column values (64-bit integers, decimals, the unavailable placeholder), column types and semantic names, field values, and `FieldRef`, a field value as any topic's record holds it |
+//! | [`model::temporal`] | dates, times of day and timestamps in one canonical form, whatever unit or text a connector carried them in |
 //! | [`model::stage`] | what a stage is to the runtime: an input record in, its [`model::stage::Effects`] (records to publish, a rejection, changelog writes, counts) out; entity and field ids |
 //! | [`config`] | the TOML file and its `HARMONY__…` overrides, as a typed, validated tree; [`config::guard`]: CEL guards |
 //! | [`ingest`] | stage 1 (pure) |
 //! | [`ingest::envelope`] | bytes of a Debezium record → typed [`ingest::envelope::Decoded`] record |
 //! | [`ingest::schema`] | the Connect schema of schema-wrapped records: declared column types, cached |
-//! | [`ingest::mapping`] | a table's change → entity, canonical key, entity fields |
+//! | [`ingest::shape`] | a mapped table's shape over time: DDL changes seen in its records' schema, mapped columns gone |
+//! | [`ingest::mapping`] | a table's change → entity, canonical key, entity fields; declared column types of schemaless input |
 //! | [`ingest::internal`] | the internal topic's record: one logical record change, exact values, versioned |
 //! | [`ingest::output`] | without entities: a change → harmony's Debezium-shaped output record |
 //! | [`ingest::stage`] | stage 1 as a `Stage`: route by topic → decode → map (or pass through); reject what cannot be handled |
@@ -26,14 +28,14 @@
 //! | [`resolve::engine`] | one record change applied to the record's state — dedup, echo, conflicts, strategies |
 //! | [`resolve::figures`] | a partition's state metrics (records, bytes, targets behind, unsettled conflicts), kept change by change |
 //! | [`resolve::target`] | the record a target system receives, in its own columns |
-//! | [`resolve::connect`] | Kafka Connect's JSON-with-schema format of target records, for schema-aware sinks |
+//! | [`resolve::connect`] | Kafka Connect's JSON-with-schema format of target records, each column in its target type, converted exactly or refused |
 //! | [`resolve::jsontext`] | JSON text written straight into a record's bytes, without a value tree |
 //! | [`resolve::conflict`] | the conflicts-topic record: deterministic id, candidates, winner |
 //! | [`resolve::changelog`] | a record's state as the changelog topic keeps it: compact, versioned, by name |
 //! | [`resolve::settlement`] | an operator's settling of a held conflict, as a record change from `operator` |
 //! | [`resolve::stage`] | stage 2 as a `Stage`: the resolver's outcome as effects |
 //! | [`runtime`] | the only code on Kafka and tokio |
-//! | [`runtime::worker`] | one `Pipeline<S: Stage>` per stage: consume → stage → produce → acknowledge under its delivery mode; the partitions' life cycle and readiness; the settings resolved once |
+//! | [`runtime::worker`] | one `Pipeline<S: Stage>` per stage: consume → stage → produce → acknowledge under its delivery mode; the partitions' life cycle and readiness; the settings resolved once; the targets' captured column types read at start |
 //! | [`runtime::kafka`] | client settings that carry the delivery guarantee, topic creation, [`runtime::kafka::preflight`] (settings of its own topics that would lose data, refused at start), and [`runtime::kafka::offsets`], the one owner of input offsets |
 //! | [`runtime::settle`] | `harmony resolve`: finds the conflict record, publishes the operator's change |
 //! | [`runtime::telemetry`] | named events: each logs and counts together; the Prometheus registry |
