@@ -459,16 +459,18 @@ fn flattened_records_decode_with_their_op_source_and_exact_values() {
     );
 }
 
+/// Every fixture file: (directory, connector), each captured in its converter mode.
+const FIXTURE_FILES: [(&str, &str); 5] = [
+    ("postgres", "fx_schema"),
+    ("postgres", "fx_plain"),
+    ("postgres", "fx_flat"),
+    ("mariadb", "mdb_schema"),
+    ("mariadb", "mdb_plain"),
+];
+
 #[test]
 fn every_captured_record_decodes() {
-    let all = [
-        ("postgres", "fx_schema"),
-        ("postgres", "fx_plain"),
-        ("postgres", "fx_flat"),
-        ("mariadb", "mdb_schema"),
-        ("mariadb", "mdb_plain"),
-    ];
-    for (dir, connector) in all {
+    for (dir, connector) in FIXTURE_FILES {
         let fixtures = load_from(dir, connector);
         assert!(
             fixtures.len() >= 14,
@@ -985,15 +987,8 @@ fn every_captured_value_goes_out_in_its_own_type_and_reads_back_the_same() {
     use harmony::model::value::{decode_value, FieldRef};
     use harmony::resolve::connect;
     use harmony::resolve::jsontext::Members;
-    let all = [
-        ("postgres", "fx_schema"),
-        ("postgres", "fx_plain"),
-        ("postgres", "fx_flat"),
-        ("mariadb", "mdb_schema"),
-        ("mariadb", "mdb_plain"),
-    ];
     let mut checked = 0;
-    for (dir, connector) in all {
+    for (dir, connector) in FIXTURE_FILES {
         let fixtures = load_from(dir, connector);
         let mut d = Decoder::new(Limits::default());
         for f in &fixtures {

@@ -240,6 +240,17 @@ fn mariadb_sink(topic: &str, table: &str) -> serde_json::Map<String, serde_json:
     config
 }
 
+/// The Connect schema a delivered change event gives `column` of its row.
+fn column_schema(event: &serde_json::Value, column: &str) -> serde_json::Value {
+    event["schema"]["fields"]
+        .as_array()
+        .and_then(|fields| fields.iter().find(|f| f["field"] == "after"))
+        .and_then(|after| after["fields"].as_array())
+        .and_then(|fields| fields.iter().find(|f| f["field"] == column))
+        .cloned()
+        .unwrap_or_else(|| panic!("no schema for `{column}` in {event}"))
+}
+
 /// Records on `readers`' topics so far for `sku`.
 fn delivered(readers: &mut BTreeMap<String, TopicReader>, sku: &str) -> Result<usize> {
     let mut count = 0;
@@ -422,22 +433,7 @@ fn typed_columns_travel_the_closed_loop(mode: Mode) {
         .find(|r| r.keyed_by(&sku) && r.value.is_some())
         .unwrap()
         .json();
-    let after = last_wms["schema"]["fields"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["field"] == "after")
-        .unwrap()
-        .clone();
-    let column = |name: &str| {
-        after["fields"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|f| f["field"] == name)
-            .unwrap()
-            .clone()
-    };
+    let column = |name: &str| column_schema(&last_wms, name);
     assert_eq!(column("moment")["name"], "io.debezium.time.Timestamp");
     assert_eq!(column("clock")["name"], "io.debezium.time.Time");
     assert_eq!(column("day")["name"], "io.debezium.time.Date");
@@ -482,19 +478,7 @@ fn typed_columns_travel_the_closed_loop(mode: Mode) {
         .find(|r| r.keyed_by(&sku) && r.value.is_some())
         .unwrap()
         .json();
-    let moment_schema = first_after["schema"]["fields"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["field"] == "after")
-        .and_then(|after| {
-            after["fields"]
-                .as_array()?
-                .iter()
-                .find(|f| f["field"] == "moment")
-                .cloned()
-        })
-        .unwrap();
+    let moment_schema = column_schema(&first_after, "moment");
     assert_eq!(
         moment_schema["name"],
         "io.debezium.time.Timestamp",
