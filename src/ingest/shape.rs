@@ -10,9 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::ingest::schema::ValueSchema;
-
-/// A table's qualifier (its schema or database) and its shape.
-type QualifiedShape = (String, Arc<ValueSchema>);
+use crate::model::value::ColumnType;
 
 /// One difference between two shapes of a table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,85 +23,82 @@ pub struct ShapeChange {
     pub mapped: bool,
 }
 
-/// The shapes last seen, by system, then table and its qualifier (schema or database).
+/// What is known of one table: its qualifier (schema or database), the shape last seen, and
+/// the mapped columns its changes lacked when last reported.
+#[derive(Default)]
+struct Table {
+    qualifier: String,
+    shape: Option<Arc<ValueSchema>>,
+    missing: Vec<String>,
+}
+
+/// The tables seen, by system, then table name (then qualifier: a handful per name).
 #[derive(Default)]
 pub struct Shapes {
-    seen: Vec<HashMap<String, Vec<QualifiedShape>>>,
-    /// Mapped columns a table's changes lacked when last reported, by system and table.
-    missing: HashMap<(usize, String), Vec<String>>,
+    seen: Vec<HashMap<String, Vec<Table>>>,
+    /// How many tables have mapped columns missing: the per-record check is skipped at 0.
+    tables_missing: usize,
 }
 
 impl Shapes {
+    fn table(&self, system: usize, (qualifier, table): (&str, &str)) -> Option<&Table> {
+        self.seen
+            .get(system)?
+            .get(table)?
+            .iter()
+            .find(|t| t.qualifier == qualifier)
+    }
+
+    fn table_mut(&mut self, system: usize, (qualifier, table): (&str, &str)) -> &mut Table {
+        if self.seen.len() <= system {
+            self.seen.resize_with(system + 1, HashMap::new);
+        }
+        let tables = self.seen[system].entry(table.to_owned()).or_default();
+        let index = match tables.iter().position(|t| t.qualifier == qualifier) {
+            Some(index) => index,
+            None => {
+                tables.push(Table {
+                    qualifier: qualifier.to_owned(),
+                    ..Table::default()
+                });
+                tables.len() - 1
+            }
+        };
+        &mut tables[index]
+    }
+
+    /// The shape remembered for the table.
+    pub fn current(&self, system: usize, at: (&str, &str)) -> Option<&Arc<ValueSchema>> {
+        self.table(system, at)?.shape.as_ref()
+    }
+
+    /// Whether `schema` is the shape remembered for the table: the per-record fast path.
+    pub fn is_current(&self, system: usize, at: (&str, &str), schema: &Arc<ValueSchema>) -> bool {
+        self.current(system, at)
+            .is_some_and(|s| Arc::ptr_eq(s, schema))
+    }
+
     /// How `schema` differs from the shape last remembered for the table; `None` when it is
     /// that shape, or the first one seen (nothing to compare it with).
     pub fn differences(
         &self,
         system: usize,
-        (qualifier, table): (&str, &str),
+        at: (&str, &str),
         schema: &Arc<ValueSchema>,
         mapped: impl Fn(&str) -> bool,
     ) -> Option<Vec<ShapeChange>> {
-        let previous = self
-            .seen
-            .get(system)?
-            .get(table)?
-            .iter()
-            .find(|(q, _)| q == qualifier)
-            .map(|(_, s)| s)?;
-        if Arc::ptr_eq(previous, schema) {
-            return None;
-        }
-        Some(diff(previous, schema, mapped))
+        let previous = self.current(system, at)?;
+        (!Arc::ptr_eq(previous, schema)).then(|| diff(previous, schema, mapped))
     }
 
-    /// Whether `schema` is the shape remembered for the table: the per-record fast path.
-    pub fn is_current(
-        &self,
-        system: usize,
-        (qualifier, table): (&str, &str),
-        schema: &Arc<ValueSchema>,
-    ) -> bool {
-        self.seen
-            .get(system)
-            .and_then(|tables| tables.get(table))
-            .and_then(|shapes| shapes.iter().find(|(q, _)| q == qualifier))
-            .is_some_and(|(_, s)| Arc::ptr_eq(s, schema))
-    }
-
-    /// The shape remembered for the table.
-    pub fn current(
-        &self,
-        system: usize,
-        (qualifier, table): (&str, &str),
-    ) -> Option<Arc<ValueSchema>> {
-        self.seen
-            .get(system)?
-            .get(table)?
-            .iter()
-            .find(|(q, _)| q == qualifier)
-            .map(|(_, s)| Arc::clone(s))
+    /// `schema` is now the table's shape.
+    pub fn remember(&mut self, system: usize, at: (&str, &str), schema: &Arc<ValueSchema>) {
+        self.table_mut(system, at).shape = Some(Arc::clone(schema));
     }
 
     /// Whether any table's changes lack mapped columns, as last reported.
     pub fn any_missing(&self) -> bool {
-        !self.missing.is_empty()
-    }
-
-    /// `schema` is now the table's shape.
-    pub fn remember(
-        &mut self,
-        system: usize,
-        (qualifier, table): (&str, &str),
-        schema: &Arc<ValueSchema>,
-    ) {
-        if self.seen.len() <= system {
-            self.seen.resize_with(system + 1, HashMap::new);
-        }
-        let shapes = self.seen[system].entry(table.to_owned()).or_default();
-        match shapes.iter_mut().find(|(q, _)| q == qualifier) {
-            Some((_, s)) => *s = Arc::clone(schema),
-            None => shapes.push((qualifier.to_owned(), Arc::clone(schema))),
-        }
+        self.tables_missing > 0
     }
 
     /// The mapped columns a table's change lacks (`missing`, empty when it has them all), if
@@ -111,21 +106,21 @@ impl Shapes {
     pub fn missing_news(
         &mut self,
         system: usize,
-        table: &str,
+        at: (&str, &str),
         missing: Vec<String>,
     ) -> Option<Vec<String>> {
-        if missing.is_empty() && self.missing.is_empty() {
-            return None;
-        }
-        let key = (system, table.to_owned());
-        let before = self.missing.get(&key).map_or(&[][..], Vec::as_slice);
+        let before = self
+            .table(system, at)
+            .map_or(&[][..], |t| t.missing.as_slice());
         if before == missing.as_slice() {
             return None;
         }
-        if missing.is_empty() {
-            self.missing.remove(&key);
-        } else {
-            self.missing.insert(key, missing.clone());
+        let was_missing = !before.is_empty();
+        self.table_mut(system, at).missing = missing.clone();
+        match (was_missing, missing.is_empty()) {
+            (false, false) => self.tables_missing += 1,
+            (true, true) => self.tables_missing -= 1,
+            _ => {}
         }
         Some(missing)
     }
@@ -140,12 +135,9 @@ fn diff(
 ) -> Vec<ShapeChange> {
     let old = &before.row.columns;
     let new = &after.row.columns;
-    let find = |columns: &[(String, crate::model::value::ColumnType)], name: &str| {
-        columns
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, t)| t.clone())
-    };
+    fn find<'c>(columns: &'c [(String, ColumnType)], name: &str) -> Option<&'c ColumnType> {
+        columns.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+    }
     let dropped: Vec<_> = old.iter().filter(|(n, _)| find(new, n).is_none()).collect();
     let added: Vec<_> = new.iter().filter(|(n, _)| find(old, n).is_none()).collect();
     let mut changes = Vec::new();
@@ -172,7 +164,7 @@ fn diff(
     }
     for (name, new_type) in new {
         if let Some(old_type) = find(old, name) {
-            if &old_type != new_type {
+            if old_type != new_type {
                 changes.push(ShapeChange {
                     kind: "type",
                     column: format!("{name} ({old_type}→{new_type})"),
@@ -188,7 +180,6 @@ fn diff(
 mod tests {
     use super::*;
     use crate::ingest::schema::RowSchema;
-    use crate::model::value::ColumnType;
 
     fn shape(columns: &[(&str, ColumnType)]) -> Arc<ValueSchema> {
         Arc::new(ValueSchema {
@@ -279,13 +270,19 @@ mod tests {
     #[test]
     fn missing_mapped_columns_are_news_only_when_they_change() {
         let mut shapes = Shapes::default();
-        assert_eq!(shapes.missing_news(0, "items", vec![]), None);
+        assert_eq!(shapes.missing_news(0, ("public", "items"), vec![]), None);
         assert_eq!(
-            shapes.missing_news(0, "items", vec!["price".into()]),
+            shapes.missing_news(0, ("public", "items"), vec!["price".into()]),
             Some(vec!["price".into()])
         );
-        assert_eq!(shapes.missing_news(0, "items", vec!["price".into()]), None);
-        assert_eq!(shapes.missing_news(0, "items", vec![]), Some(vec![]));
-        assert_eq!(shapes.missing_news(0, "items", vec![]), None);
+        assert_eq!(
+            shapes.missing_news(0, ("public", "items"), vec!["price".into()]),
+            None
+        );
+        assert_eq!(
+            shapes.missing_news(0, ("public", "items"), vec![]),
+            Some(vec![])
+        );
+        assert_eq!(shapes.missing_news(0, ("public", "items"), vec![]), None);
     }
 }

@@ -201,15 +201,9 @@ impl Ingest {
         event: &ChangeEvent<'_>,
         effects: &mut Effects,
     ) -> bool {
-        let (Some(schema), Some(table)) = (&event.schema, event.source.table.as_deref()) else {
+        let (Some(schema), Some(at)) = (&event.schema, table_of(event)) else {
             return false;
         };
-        let qualifier = event
-            .source
-            .schema
-            .as_deref()
-            .unwrap_or(event.source.db.as_ref());
-        let at = (qualifier, table);
         if self.shapes.is_current(system, at, schema) || !catalog.maps_table(system, event) {
             return false;
         }
@@ -258,7 +252,9 @@ impl Ingest {
         self.stopped_at.remove(&key);
         if policy == SchemaChangePolicy::Ignore && !changes.is_empty() {
             if let Some(previous) = self.shapes.current(system, at) {
-                self.kept_types.entry(key).or_insert(previous);
+                self.kept_types
+                    .entry(key)
+                    .or_insert_with(|| Arc::clone(previous));
             }
         }
         self.shapes.remember(system, at, schema);
@@ -279,6 +275,9 @@ impl Ingest {
             return false;
         }
         let incomplete = changes.iter().find(|c| !c.complete);
+        let Some(at) = table_of(event) else {
+            return false;
+        };
         if incomplete.is_none() && !self.shapes.any_missing() {
             return false;
         }
@@ -287,37 +286,43 @@ impl Ingest {
         });
         let stopped =
             !missing.is_empty() && self.schema_policies[system] == SchemaChangePolicy::Stop;
-        let label = table_label(event);
-        if let Some(columns) = self.shapes.missing_news(system, &label, missing.clone()) {
+        if stopped {
+            effects.halt = Some(format!(
+                "{}'s changes lack mapped columns {missing:?} under on_schema_change = \"stop\"",
+                table_label(event)
+            ));
+        }
+        // The table's label is made only for news: while any table lacks columns, every upsert
+        // comes here.
+        if let Some(columns) = self.shapes.missing_news(system, at, missing) {
             effects.counts.push(Count::MissingColumns {
                 system: SystemId(system as u16),
-                table: label.clone(),
+                table: table_label(event),
                 columns,
                 stopped,
             });
-        }
-        if stopped {
-            effects.halt = Some(format!(
-                "{label}'s changes lack mapped columns {missing:?} under on_schema_change = \"stop\""
-            ));
         }
         stopped
     }
 }
 
-/// A change's table as metrics and logs name it: `schema.table` (Postgres) or
-/// `database.table` (MySQL, MariaDB).
-fn table_label(event: &ChangeEvent<'_>) -> String {
+/// A change's table: its qualifier (the schema in Postgres, the database in MySQL and
+/// MariaDB) and its name.
+fn table_of<'e>(event: &'e ChangeEvent<'_>) -> Option<(&'e str, &'e str)> {
     let qualifier = event
         .source
         .schema
         .as_deref()
         .unwrap_or(event.source.db.as_ref());
-    let table = event.source.table.as_deref().unwrap_or("?");
-    if qualifier.is_empty() {
-        table.to_owned()
-    } else {
-        format!("{qualifier}.{table}")
+    Some((qualifier, event.source.table.as_deref()?))
+}
+
+/// A change's table as metrics and logs name it: `schema.table` or `database.table`.
+fn table_label(event: &ChangeEvent<'_>) -> String {
+    match table_of(event) {
+        Some(("", table)) => table.to_owned(),
+        Some((qualifier, table)) => format!("{qualifier}.{table}"),
+        None => "?".to_owned(),
     }
 }
 
