@@ -210,8 +210,15 @@ impl Timestamp {
             return None;
         }
         let has_offset = rest.ends_with(['Z', 'z']) || rest.contains(['+', '-']);
-        let normalized = format!("{date}T{rest}{}", if has_offset { "" } else { "Z" });
-        let parsed = time::OffsetDateTime::parse(&normalized, &Rfc3339).ok()?;
+        // Debezium's own form (`T`, an offset) is parsed as it stands: it is read for every
+        // `ZonedTimestamp` value, and building another text would allocate each time.
+        let parsed = if has_offset && text.as_bytes()[10] != b' ' {
+            time::OffsetDateTime::parse(text, &Rfc3339)
+        } else {
+            let normalized = format!("{date}T{rest}{}", if has_offset { "" } else { "Z" });
+            time::OffsetDateTime::parse(&normalized, &Rfc3339)
+        }
+        .ok()?;
         Self::new(parsed.unix_timestamp(), parsed.nanosecond())
     }
 

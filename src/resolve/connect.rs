@@ -186,12 +186,7 @@ fn payload(
         (ColumnType::Decimal { scale }, _) => {
             match value.as_decimal().map(|d| d.rescaled(*scale)) {
                 // Within 38 digits, no big integer: the common case allocates nothing.
-                Some(Ok(Some(d))) => {
-                    let mut buffer = [0; DECIMAL_BASE64];
-                    out.push(b'"');
-                    out.extend_from_slice(decimal_bytes(&d, &mut buffer));
-                    out.push(b'"');
-                }
+                Some(Ok(Some(d))) => decimal_base64(out, &d),
                 Some(Err(_)) => return Err(refuse(MORE_PLACES)),
                 _ => {
                     let (unscaled, _) = rescaled(value, *scale).map_err(refuse)?;
@@ -199,19 +194,31 @@ fn payload(
                 }
             }
         }
+        // At the value's own scale; within 38 digits without a big integer.
         (ColumnType::VariableScaleDecimal, _) => {
-            let (_, scale) = value.as_wide().ok_or_else(|| refuse("not a number"))?;
-            let (unscaled, scale) = rescaled(value, scale).map_err(refuse)?;
             let mut members = Members::object(out);
-            jsontext::uint(members.key("scale"), scale.into());
-            bytes_base64(members.key("value"), &unscaled);
+            match value.as_decimal() {
+                Some(d) => {
+                    jsontext::uint(members.key("scale"), d.scale.into());
+                    decimal_base64(members.key("value"), &d);
+                }
+                None => {
+                    let (unscaled, scale) =
+                        value.as_wide().ok_or_else(|| refuse("not a number"))?;
+                    jsontext::uint(members.key("scale"), scale.into());
+                    bytes_base64(members.key("value"), &unscaled);
+                }
+            }
             members.end();
         }
         (ColumnType::Integer, FieldRef::Int(i)) => jsontext::int(out, *i),
         (ColumnType::Integer, _) => {
-            let (unscaled, _) = rescaled(value, 0).map_err(refuse)?;
-            let n = i64::try_from(&unscaled).map_err(|_| refuse("beyond a 64-bit integer"))?;
-            jsontext::int(out, n);
+            let n = match value.as_decimal().map(|d| d.rescaled(0)) {
+                Some(Ok(Some(d))) => i64::try_from(d.unscaled).ok(),
+                Some(Err(_)) => return Err(refuse(MORE_PLACES)),
+                _ => i64::try_from(&rescaled(value, 0).map_err(refuse)?.0).ok(),
+            };
+            jsontext::int(out, n.ok_or_else(|| refuse("beyond a 64-bit integer"))?);
         }
         // Float columns are approximate by nature: the nearest double.
         (ColumnType::Float, FieldRef::Float(f)) => jsontext::float(out, *f),
@@ -253,31 +260,18 @@ pub fn check(
 /// A value as text: strings as they are, numbers as their exact digits, dates and times in
 /// ISO 8601, booleans as `true`/`false`.
 fn text_payload(out: &mut Vec<u8>, value: &FieldRef<'_>) {
-    use std::io::Write as _;
     match value {
         FieldRef::Text(t) | FieldRef::Json(t) | FieldRef::WideDecimal(t) | FieldRef::Bytes(t) => {
             jsontext::string(out, t)
         }
         FieldRef::Null => jsontext::raw(out, "null"),
         FieldRef::Bool(b) => jsontext::string(out, if *b { "true" } else { "false" }),
-        FieldRef::Int(i) => {
-            let _ = write!(out, "\"{i}\"");
-        }
-        FieldRef::Float(f) => {
-            let _ = write!(out, "\"{f}\"");
-        }
-        FieldRef::Decimal(d) => {
-            let _ = write!(out, "\"{d}\"");
-        }
-        FieldRef::Date(d) => {
-            let _ = write!(out, "\"{d}\"");
-        }
-        FieldRef::Time(t) => {
-            let _ = write!(out, "\"{t}\"");
-        }
-        FieldRef::Timestamp(t) => {
-            let _ = write!(out, "\"{t}\"");
-        }
+        FieldRef::Int(i) => iso_text(out, i),
+        FieldRef::Float(f) => iso_text(out, f),
+        FieldRef::Decimal(d) => iso_text(out, d),
+        FieldRef::Date(d) => iso_text(out, d),
+        FieldRef::Time(t) => iso_text(out, t),
+        FieldRef::Timestamp(t) => iso_text(out, t),
     }
 }
 
@@ -323,15 +317,28 @@ fn temporal_payload(
         (Temporal::Timestamp(unit), FieldRef::Date(d)) => {
             jsontext::int(out, Timestamp::from_date(*d).count(unit).ok_or(FINER)?);
         }
-        (Temporal::Zoned, FieldRef::Timestamp(t)) => jsontext::string(out, &t.to_string()),
-        (Temporal::Zoned, FieldRef::Date(d)) => {
-            jsontext::string(out, &Timestamp::from_date(*d).to_string())
-        }
+        (Temporal::Zoned, FieldRef::Timestamp(t)) => iso_text(out, t),
+        (Temporal::Zoned, FieldRef::Date(d)) => iso_text(out, &Timestamp::from_date(*d)),
         (Temporal::Date, _) => return Err("not a date"),
         (Temporal::Time(_), _) => return Err("not a time of day"),
         (Temporal::Timestamp(_) | Temporal::Zoned, _) => return Err("not a timestamp"),
     }
     Ok(())
+}
+
+/// A value's text as a JSON string, written in place: numbers and ISO 8601 text need no
+/// escaping.
+fn iso_text(out: &mut Vec<u8>, value: &impl std::fmt::Display) {
+    use std::io::Write as _;
+    let _ = write!(out, "\"{value}\"");
+}
+
+/// A decimal within 38 digits as Connect's base64 bytes, a JSON string.
+fn decimal_base64(out: &mut Vec<u8>, d: &Decimal) {
+    let mut buffer = [0; DECIMAL_BASE64];
+    out.push(b'"');
+    out.extend_from_slice(decimal_bytes(d, &mut buffer));
+    out.push(b'"');
 }
 
 const FINER: &str = "finer than the column's precision";

@@ -8,7 +8,6 @@
 //! this worker is [`Resolver::install`]ed from its changelog before any of its changes is
 //! applied, and dropped when it is revoked (ARCHITECTURE.md §1 "Partition ownership").
 
-use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -700,11 +699,7 @@ impl Resolver {
         types: &[(String, String)],
     ) {
         if let Some(plan) = self.plans.get_mut(&(entity, system)) {
-            let types: Vec<(Cow<'_, str>, Cow<'_, str>)> = types
-                .iter()
-                .map(|(f, t)| (Cow::Borrowed(f.as_str()), Cow::Borrowed(t.as_str())))
-                .collect();
-            let contradicted = plan.learn_types(&types, self.catalog.field_names(entity));
+            let contradicted = plan.learn_types(types, self.catalog.field_names(entity));
             warn_contradicted(self.system_name(entity, system), contradicted);
         }
     }

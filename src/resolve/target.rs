@@ -11,7 +11,6 @@
 //!
 //! Pure: the record is built from the record's state and the target's column plan.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 
 use serde_json::value::RawValue;
@@ -81,20 +80,20 @@ impl TargetPlan {
     /// contradicts, for a warning; the declaration still wins.
     pub fn learn_types(
         &mut self,
-        types: &[(Cow<'_, str>, Cow<'_, str>)],
+        types: &[(impl AsRef<str>, impl AsRef<str>)],
         fields: &[String],
     ) -> Vec<(String, ColumnType)> {
         let unchanged = types.len() == self.captured_types.len()
             && types
                 .iter()
                 .zip(&self.captured_types)
-                .all(|((f, t), (g, u))| f == g && t == u);
+                .all(|((f, t), (g, u))| f.as_ref() == g && t.as_ref() == u);
         if unchanged {
             return Vec::new();
         }
         self.captured_types = types
             .iter()
-            .map(|(f, t)| (f.to_string(), t.to_string()))
+            .map(|(f, t)| (f.as_ref().to_owned(), t.as_ref().to_owned()))
             .collect();
         let mut contradicted = Vec::new();
         for column in &mut self.columns {
@@ -103,8 +102,8 @@ impl TargetPlan {
             };
             let captured = types
                 .iter()
-                .find(|(field, _)| field == name)
-                .and_then(|(_, t)| ColumnType::parse(t));
+                .find(|(field, _)| field.as_ref() == name)
+                .and_then(|(_, t)| ColumnType::parse(t.as_ref()));
             if let (Some(declared), Some(captured)) = (&column.declared, &captured) {
                 if declared != captured {
                     contradicted.push((column.name.clone(), captured.clone()));
