@@ -71,7 +71,8 @@ fn change(system: &str, n: u64, sku: u64, fields: &[(&str, FieldValue)]) -> Vec<
         ]
         .iter()
         .map(|(f, t)| (Cow::Borrowed(*f), Cow::Borrowed(*t)))
-        .collect(),
+        .collect::<Vec<_>>()
+        .into(),
         origin: Origin {
             topic: "t".into(),
             partition: 0,

@@ -22,6 +22,14 @@ use crate::ingest::envelope::{ChangeEvent, Snapshot, SourcePosition};
 use crate::ingest::mapping::{Catalog, ChangeKind, MappedChange};
 pub use crate::model::value::FieldRef;
 
+/// A field and its source column's type name. Stage 1 keeps them per schema, and stage 2
+/// compares them with the types it has, so neither borrows them from the record.
+pub type FieldType = (Cow<'static, str>, Cow<'static, str>);
+
+fn no_types(types: &[FieldType]) -> bool {
+    types.is_empty()
+}
+
 /// Version of the encoding; a reader refuses versions it does not know.
 pub const FORMAT_VERSION: u8 = 1;
 
@@ -51,9 +59,9 @@ pub struct InternalChange<'a> {
     pub context: Option<Cow<'a, str>>,
     /// The source's column types of the fields (field → type name, `ColumnType`'s text), as its
     /// captured schema declares them: how the system is sent the fields as a target. Empty
-    /// for schemaless input.
-    #[serde(borrow, default, skip_serializing_if = "Vec::is_empty")]
-    pub types: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    /// for schemaless input. Stage 1 lends them from its cache of each schema's types.
+    #[serde(default, skip_serializing_if = "no_types")]
+    pub types: Cow<'a, [FieldType]>,
     #[serde(borrow)]
     pub origin: Origin<'a>,
 }
@@ -143,7 +151,7 @@ impl<'a> InternalChange<'a> {
         mapped: &'a MappedChange<'_, '_>,
         system: &'a str,
         event: &ChangeEvent<'_>,
-        types: &'a [(String, String)],
+        types: &'a [FieldType],
         origin: Origin<'a>,
     ) -> Self {
         let fields = mapped
@@ -169,10 +177,7 @@ impl<'a> InternalChange<'a> {
             position: event.source.position.into(),
             fields,
             context: mapped.context.map(Cow::Borrowed),
-            types: types
-                .iter()
-                .map(|(field, name)| (Cow::Borrowed(field.as_str()), Cow::Borrowed(name.as_str())))
-                .collect(),
+            types: Cow::Borrowed(types),
             origin,
         }
     }
@@ -250,7 +255,7 @@ mod tests {
                 position: Position::Postgres([lsn / 2, lsn]),
                 fields: values.iter().enumerate().map(|(i, v)| (Cow::Owned(format!("f{i}")), FieldRef::from(v))).collect(),
                 context: (lsn % 2 == 0).then(|| Cow::Owned(format!(r#"{{"erp":{ts}}}"#))),
-                types: Vec::new(),
+                types: Cow::Borrowed(&[]),
                 origin: Origin { topic: "shop.public.items".into(), partition: 0, offset: 17 },
             };
             let bytes = change.encode();
@@ -277,7 +282,7 @@ mod tests {
                 position: Position::Unknown,
                 fields: vec![],
                 context: None,
-                types: Vec::new(),
+                types: Cow::Borrowed(&[]),
                 origin: Origin {
                     topic: "t".into(),
                     partition: 0,

@@ -2,6 +2,7 @@
 //! declared, one internal record per entity its table feeds (keyed `entity:key`); without,
 //! harmony's Debezium-shaped output record. What cannot be handled is rejected with its kind.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -9,7 +10,7 @@ use crate::config::SchemaChangePolicy;
 use crate::config::{Config, TopicRouter};
 use crate::ingest::envelope::Op;
 use crate::ingest::envelope::{ChangeEvent, Decoded, Decoder, Limits, RecordHeaders};
-use crate::ingest::internal::{self, InternalChange};
+use crate::ingest::internal::{self, FieldType, InternalChange};
 use crate::ingest::mapping::{Catalog, EntityId, MappedChange};
 use crate::ingest::output::{encode_change, output_key, Origin};
 use crate::ingest::schema::ValueSchema;
@@ -48,7 +49,7 @@ struct FieldTypes {
 }
 
 /// One schema's field types for one system's entity: (schema, system, entity, field → type).
-type FieldTypesOf = (Arc<ValueSchema>, usize, EntityId, Vec<(String, String)>);
+type FieldTypesOf = (Arc<ValueSchema>, usize, EntityId, Vec<FieldType>);
 
 const MAX_FIELD_TYPES: usize = 256;
 
@@ -60,7 +61,7 @@ impl FieldTypes {
         event: &ChangeEvent<'_>,
         entity: EntityId,
         schema: Option<&Arc<ValueSchema>>,
-    ) -> &[(String, String)] {
+    ) -> &[FieldType] {
         let Some(schema) = schema else {
             return &[];
         };
@@ -74,7 +75,11 @@ impl FieldTypes {
                 if self.entries.len() >= MAX_FIELD_TYPES {
                     self.entries.clear();
                 }
-                let types = catalog.field_types(system, event, entity, &schema.row);
+                let types = catalog
+                    .field_types(system, event, entity, &schema.row)
+                    .into_iter()
+                    .map(|(field, name)| (Cow::Owned(field), Cow::Owned(name)))
+                    .collect();
                 self.entries
                     .push((Arc::clone(schema), system, entity, types));
                 self.entries.len() - 1

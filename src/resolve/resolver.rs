@@ -847,7 +847,7 @@ mod tests {
                 .map(|(name, value)| (Cow::Borrowed(*name), FieldRef::from(value)))
                 .collect(),
             context: context.map(Cow::Borrowed),
-            types: Vec::new(),
+            types: Cow::Borrowed(&[]),
             origin: Origin {
                 topic: "t".into(),
                 partition: 0,

@@ -133,7 +133,7 @@ pub fn settlement_change<'a>(
         position: Position::Unknown,
         fields: vec![(Cow::Borrowed(&conflict.field), value)],
         context: Some(Cow::Owned(context)),
-        types: Vec::new(),
+        types: Cow::Borrowed(&[]),
         origin: Origin {
             topic: Cow::Borrowed("harmony resolve"),
             partition: -1,
