@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Deserialize;
 
 use super::{is_valid_topic_name, ConfigError};
-use crate::model::value::ColumnType;
+use crate::model::value::{ColumnType, ValueKind};
 
 /// How a conflict on a field is resolved (ARCHITECTURE.md §4, "Strategies").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -118,6 +118,20 @@ pub struct FieldConfig {
     pub priority: Vec<String>,
     /// An expression over `value` that rejects a candidate before the strategy picks.
     pub guard: Option<String>,
+    /// The field's canonical type (`decimal`, `timestamp_us`, `boolean`, … as the README's type
+    /// table names them): every source's value of the field is read as it — a decimal that
+    /// one connector sends as text (`decimal.handling.mode=string`) is the same number as
+    /// another's bytes — and every source's captured column type is checked against it at
+    /// start. Undeclared, the sources' captured types must agree among themselves.
+    #[serde(rename = "type")]
+    pub value_type: Option<String>,
+}
+
+impl FieldConfig {
+    /// The declared canonical type, once validated.
+    pub fn canonical_type(&self) -> Option<ColumnType> {
+        self.value_type.as_deref().and_then(ColumnType::parse)
+    }
 }
 
 /// One system's table as a source of an entity.
@@ -316,6 +330,40 @@ pub(super) fn validate(
                         at_field(&format!("priority[{k}]")),
                         format!("`{system}` is not a declared system"),
                     ));
+                }
+            }
+            if let Some(type_name) = &field.value_type {
+                let Some(canonical) = ColumnType::parse(type_name) else {
+                    return Err(key_error(
+                        at_field("type"),
+                        format!("`{type_name}` is not a column type (see the README's type table)"),
+                    ));
+                };
+                if canonical.kind() == ValueKind::Composite {
+                    return Err(key_error(
+                        at_field("type"),
+                        "structs, arrays and maps pass through as they are: declare no type",
+                    ));
+                }
+                // A source's declared column type must hold what the field is.
+                for (j, source) in entity.sources.iter().enumerate() {
+                    let declared = source
+                        .columns
+                        .iter()
+                        .find(|(_, f)| *f == name)
+                        .and_then(|(column, _)| Some((column, source.column_type(column)?)));
+                    if let Some((column, declared)) = declared {
+                        if !declared.reads_as(&canonical) {
+                            return Err(key_error(
+                                at(&format!("sources[{j}].types.{column}")),
+                                format!(
+                                    "`{declared}` holds {}, but fields.{name}.type is `{canonical}`, {}",
+                                    declared.kind().name(),
+                                    canonical.kind().name()
+                                ),
+                            ));
+                        }
+                    }
                 }
             }
             if let Some(guard) = &field.guard {

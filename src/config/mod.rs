@@ -1054,6 +1054,48 @@ mod tests {
     }
 
     #[test]
+    fn a_fields_type_is_named_when_bad_or_when_a_sources_declared_type_cannot_hold_it() {
+        let err = with_inventory_edit(
+            "[entities.fields.price]",
+            "[entities.fields.price]\n  type = \"decimel\"",
+        );
+        assert!(err.starts_with("entities[0].fields.price.type"), "{err}");
+        assert!(err.contains("`decimel` is not a column type"), "{err}");
+        let text = include_str!("../../examples/inventory.toml")
+            .replacen(
+                "[entities.fields.price]",
+                "[entities.fields.price]\n  type = \"decimal\"",
+                1,
+            )
+            .replacen(
+                "required = [\"name\", \"price\"]",
+                "required = [\"name\", \"price\"]\n  types = { price = \"date\" }",
+                1,
+            );
+        let err = parse(&text, &[]).unwrap_err().to_string();
+        assert!(
+            err.starts_with("entities[0].sources[0].types.price"),
+            "{err}"
+        );
+        assert!(
+            err.contains(
+                "`date` holds a date or timestamp, but fields.price.type is `decimal`, a number"
+            ),
+            "{err}"
+        );
+        // Text a connector sends for a number (`decimal.handling.mode=string`) reads as one.
+        let text = text.replace(
+            "types = { price = \"date\" }",
+            "types = { price = \"string\" }",
+        );
+        let config = parse(&text, &[]).unwrap();
+        assert_eq!(
+            config.entities[0].fields["price"].canonical_type(),
+            Some(crate::model::value::ColumnType::VariableScaleDecimal)
+        );
+    }
+
+    #[test]
     fn bad_topic_pattern_is_named() {
         let err = parse(
             &MINIMAL.replace("^erp[.]inventory[.].*", "^erp[.inventory"),

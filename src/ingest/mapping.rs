@@ -16,7 +16,7 @@ use thiserror::Error;
 use crate::config::Config;
 use crate::ingest::envelope::{ChangeEvent, Op, Row};
 use crate::ingest::schema::RowSchema;
-use crate::model::value::{as_declared, ColumnType, Value, ValueError};
+use crate::model::value::{as_canonical, as_declared, ColumnType, Value, ValueError};
 
 pub use crate::model::stage::{ChangeKind, EntityId, FieldId};
 
@@ -70,6 +70,8 @@ struct SourcePlan {
     version_column: Option<String>,
     /// Column types the configuration declares (`sources.types`).
     declared: HashMap<String, ColumnType>,
+    /// Column → its field's canonical type (`fields.<f>.type`), where declared.
+    canonical: HashMap<String, ColumnType>,
 }
 
 /// The entities one configured table feeds.
@@ -85,6 +87,8 @@ pub struct Catalog {
     entity_names: Vec<String>,
     entity_key_fields: Vec<Vec<String>>,
     field_names: Vec<Vec<String>>,
+    /// Per entity, per `FieldId`: the field's declared canonical type.
+    canonical_types: Vec<Vec<Option<ColumnType>>>,
     /// Per system index: (schema or database, table) as configured → the entities that
     /// table feeds. A handful of tables per system: scanned, so a lookup never allocates.
     plans: Vec<Vec<TablePlans>>,
@@ -96,6 +100,7 @@ impl Catalog {
             entity_names: Vec::new(),
             entity_key_fields: Vec::new(),
             field_names: Vec::new(),
+            canonical_types: Vec::new(),
             plans: (0..config.systems.len()).map(|_| Vec::new()).collect(),
         };
         for (e, entity) in config.entities.iter().enumerate() {
@@ -145,6 +150,14 @@ impl Catalog {
                         .keys()
                         .filter_map(|c| Some((c.clone(), source.column_type(c)?)))
                         .collect(),
+                    canonical: source
+                        .columns
+                        .iter()
+                        .filter_map(|(column, field)| {
+                            let declared = entity.fields.get(field)?.canonical_type()?;
+                            Some((column.clone(), declared))
+                        })
+                        .collect(),
                 };
                 let tables = &mut catalog.plans[system];
                 match tables
@@ -161,6 +174,12 @@ impl Catalog {
             }
             catalog.entity_names.push(entity.name.clone());
             catalog.entity_key_fields.push(entity.key.clone());
+            catalog.canonical_types.push(
+                fields
+                    .iter()
+                    .map(|f| entity.fields.get(f).and_then(|c| c.canonical_type()))
+                    .collect(),
+            );
             catalog.field_names.push(fields);
         }
         catalog
@@ -177,6 +196,11 @@ impl Catalog {
 
     pub fn field_name(&self, entity: EntityId, field: FieldId) -> &str {
         &self.field_names[entity.0 as usize][field.0 as usize]
+    }
+
+    /// The field's declared canonical type (`fields.<f>.type`).
+    pub fn canonical_type(&self, entity: EntityId, field: FieldId) -> Option<&ColumnType> {
+        self.canonical_types[entity.0 as usize][field.0 as usize].as_ref()
     }
 
     /// The plans for a change's table: configured as `schema.table` (Postgres), as
@@ -269,30 +293,44 @@ impl Catalog {
             .collect()
     }
 
-    /// Reads a schemaless change's columns as the configuration declares their types
-    /// (`sources.types`): a count of microseconds as the timestamp it is, base64 or text as the
-    /// decimal it is. A schema-wrapped change has its types from its schema already.
+    /// Reads a change's columns as the configuration declares their types. A schemaless
+    /// change's by `sources.types` (else the field's type): a count of microseconds as the
+    /// timestamp it is, base64 or text as the decimal it is. A schema-wrapped change has its
+    /// columns' types from its schema; a field's declared type (`fields.<f>.type`) still reads
+    /// a string-mode decimal as the number it writes, so two systems' values compare as
+    /// numbers.
     pub fn apply_declared_types(
         &self,
         system: usize,
         event: &mut ChangeEvent<'_>,
     ) -> Result<(), (String, ValueError)> {
-        if event.schema.is_some() {
-            return Ok(());
-        }
+        let schema_wrapped = event.schema.is_some();
         let plans = self.plans_for(system, event);
-        if plans.iter().all(|p| p.declared.is_empty()) {
+        if plans
+            .iter()
+            .all(|p| p.canonical.is_empty() && (schema_wrapped || p.declared.is_empty()))
+        {
             return Ok(());
         }
         let rows = [event.before.as_mut(), event.after.as_mut()];
         for row in rows.into_iter().flatten() {
             for (column, value) in &mut row.columns {
-                let declared = plans.iter().find_map(|p| p.declared.get(column.as_ref()));
-                if let Some(declared) = declared {
-                    let taken = std::mem::replace(value, Value::Null);
-                    *value = as_declared(taken, declared)
-                        .map_err(|error| (column.to_string(), error))?;
-                }
+                let column = column.as_ref();
+                let read = if schema_wrapped {
+                    let Some(canonical) = plans.iter().find_map(|p| p.canonical.get(column)) else {
+                        continue;
+                    };
+                    as_canonical(std::mem::replace(value, Value::Null), canonical)
+                } else {
+                    let Some(declared) = plans
+                        .iter()
+                        .find_map(|p| p.declared.get(column).or_else(|| p.canonical.get(column)))
+                    else {
+                        continue;
+                    };
+                    as_declared(std::mem::replace(value, Value::Null), declared)
+                };
+                *value = read.map_err(|error| (column.to_owned(), error))?;
             }
         }
         Ok(())

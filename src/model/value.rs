@@ -352,6 +352,83 @@ impl ColumnType {
     }
 }
 
+impl ColumnType {
+    /// What its values are, whatever unit or carrier holds them.
+    pub fn kind(&self) -> ValueKind {
+        match self {
+            ColumnType::Boolean => ValueKind::Boolean,
+            ColumnType::Integer
+            | ColumnType::Float
+            | ColumnType::Decimal { .. }
+            | ColumnType::VariableScaleDecimal
+            | ColumnType::Semantic(Semantic::Year) => ValueKind::Number,
+            ColumnType::String => ValueKind::Text,
+            ColumnType::Bytes | ColumnType::Semantic(Semantic::Bits) => ValueKind::Bytes,
+            ColumnType::Composite => ValueKind::Composite,
+            ColumnType::Semantic(semantic) => match semantic.temporal() {
+                Some(Temporal::Date | Temporal::Timestamp(_) | Temporal::Zoned) => {
+                    ValueKind::Instant
+                }
+                Some(Temporal::Time(_)) => ValueKind::TimeOfDay,
+                None => match semantic {
+                    Semantic::ZonedTime => ValueKind::TimeOfDay,
+                    Semantic::DurationMicros | Semantic::Interval => ValueKind::Duration,
+                    _ => ValueKind::Text,
+                },
+            },
+        }
+    }
+
+    /// Whether a column captured as `self` can be read as a field of type `canonical`
+    /// ([`as_declared`]): the same kind of value, or text that parses into it (Debezium's
+    /// `decimal.handling.mode=string`, a date kept in a `varchar`), or MySQL's `tinyint(1)`
+    /// as a boolean.
+    pub fn reads_as(&self, canonical: &ColumnType) -> bool {
+        use ValueKind::*;
+        match (self.kind(), canonical.kind()) {
+            (a, b) if a == b => true,
+            (Text, Instant | TimeOfDay) => true,
+            (Text, Number) => matches!(
+                canonical,
+                ColumnType::Integer | ColumnType::Decimal { .. } | ColumnType::VariableScaleDecimal
+            ),
+            (Number, Boolean) => matches!(self, ColumnType::Integer),
+            _ => false,
+        }
+    }
+}
+
+/// What a column's values are, whatever unit or carrier a connector gives them: two systems'
+/// columns of one field hold the same kind (a `timestamp(3)` and a `timestamptz` both hold
+/// instants; `numeric(12,2)` and `bigint` both numbers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueKind {
+    Boolean,
+    Number,
+    Text,
+    Bytes,
+    /// Dates and timestamps: a date is its midnight.
+    Instant,
+    TimeOfDay,
+    Duration,
+    Composite,
+}
+
+impl ValueKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ValueKind::Boolean => "a boolean",
+            ValueKind::Number => "a number",
+            ValueKind::Text => "text",
+            ValueKind::Bytes => "bytes",
+            ValueKind::Instant => "a date or timestamp",
+            ValueKind::TimeOfDay => "a time of day",
+            ValueKind::Duration => "a duration",
+            ValueKind::Composite => "a struct, array or map",
+        }
+    }
+}
+
 /// The name [`ColumnType::parse`] reads back.
 impl fmt::Display for ColumnType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -564,7 +641,13 @@ pub fn canonical(value: Value<'_>, semantic: Semantic) -> Result<Value<'_>, Valu
         return Ok(value);
     };
     let converted = match (kind, &value) {
-        (_, Value::Null | Value::Unavailable) => return Ok(value),
+        // Already read: a field's declared type applied over a schema's.
+        (_, Value::Null | Value::Unavailable)
+        | (Temporal::Time(_), Value::Time(_))
+        | (Temporal::Date | Temporal::Timestamp(_) | Temporal::Zoned, Value::Date(_))
+        | (Temporal::Date | Temporal::Timestamp(_) | Temporal::Zoned, Value::Timestamp(_)) => {
+            return Ok(value)
+        }
         (Temporal::Date, Value::Int(days)) => Date::new(*days).map(Value::Date),
         (Temporal::Date, Value::Text(text)) => Date::parse(text).map(Value::Date),
         (Temporal::Time(unit), Value::Int(count)) => {
@@ -609,7 +692,39 @@ pub fn as_declared<'a>(value: Value<'a>, declared: &ColumnType) -> Result<Value<
             .parse()
             .map(Value::Int)
             .map_err(|_| unparsable("integer", &text)),
+        // MySQL's `tinyint(1)`, as Debezium captures it.
+        (ColumnType::Boolean, Value::Int(n @ (0 | 1))) => Ok(Value::Bool(n == 1)),
+        (ColumnType::Boolean, Value::Int(n)) => Err(unparsable("boolean", &n.to_string())),
         (_, value) => Ok(value),
+    }
+}
+
+/// A value a schema-wrapped record carried, as its field's declared type reads it
+/// (`entities.fields.<f>.type`): text in a number's place parsed as the number it writes (never
+/// as base64 bytes, which only schemaless `precise` decimals are), else as [`as_declared`].
+pub fn as_canonical<'a>(value: Value<'a>, canonical: &ColumnType) -> Result<Value<'a>, ValueError> {
+    match (canonical.kind(), value) {
+        (ValueKind::Number, Value::Text(text)) => {
+            if let Some(d) = Decimal::parse(&text) {
+                Ok(match canonical {
+                    ColumnType::Integer => {
+                        let d = d.normalized();
+                        let whole = (d.scale == 0).then_some(d.unscaled);
+                        Value::Int(
+                            whole
+                                .and_then(|n| i64::try_from(n).ok())
+                                .ok_or_else(|| unparsable("integer", &text))?,
+                        )
+                    }
+                    _ => Value::Decimal(d),
+                })
+            } else if *canonical == ColumnType::Integer {
+                Err(unparsable("integer", &text))
+            } else {
+                wide_text(&text).ok_or_else(|| unparsable("number", &text))
+            }
+        }
+        (_, value) => as_declared(value, canonical),
     }
 }
 
@@ -997,6 +1112,79 @@ mod tests {
         use base64::Engine;
         let text = base64::engine::general_purpose::STANDARD.encode(unscaled.to_signed_bytes_be());
         raw(&format!("\"{text}\""))
+    }
+
+    #[test]
+    fn a_captured_column_reads_as_a_field_type_of_its_kind_or_from_text() {
+        let t = |name| ColumnType::parse(name).unwrap();
+        for (captured, canonical) in [
+            ("timestamp_ms", "timestamptz"),
+            ("date", "timestamp_us"),
+            ("decimal(2)", "decimal"),
+            ("year", "int"),
+            ("string", "decimal(3)"),
+            ("string", "timestamp_us"),
+            ("string", "uuid"),
+            ("json", "string"),
+            ("int", "boolean"),
+            ("bits", "bytes"),
+            ("interval", "duration_us"),
+        ] {
+            assert!(
+                t(captured).reads_as(&t(canonical)),
+                "{captured} as {canonical}"
+            );
+        }
+        for (captured, canonical) in [
+            ("bytes", "uuid"),
+            ("boolean", "int"),
+            ("timestamp_ms", "time_us"),
+            ("string", "boolean"),
+            ("string", "float"),
+            ("decimal(2)", "timestamptz"),
+        ] {
+            assert!(
+                !t(captured).reads_as(&t(canonical)),
+                "{captured} as {canonical}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_field_type_reads_a_schemas_text_as_the_number_it_writes() {
+        let decimal = ColumnType::VariableScaleDecimal;
+        let read = |text: &'static str, canonical: &ColumnType| {
+            as_canonical(Value::Text(text.into()), canonical)
+        };
+        let (a, b) = (
+            read("12.50", &decimal).unwrap(),
+            read("12.500", &decimal).unwrap(),
+        );
+        assert_eq!(
+            a.as_decimal().map(Decimal::normalized),
+            b.as_decimal().map(Decimal::normalized)
+        );
+        assert_eq!(read("-7", &ColumnType::Integer).unwrap(), Value::Int(-7));
+        assert!(matches!(
+            read("123456789012345678901234567890123456789.5", &decimal).unwrap(),
+            Value::WideDecimal(_)
+        ));
+        // Never base64 (only schemaless `precise` decimals are): text that is no number is an
+        // error, not a number decoded from its letters.
+        assert!(read("BNI=", &ColumnType::Decimal { scale: 2 }).is_err());
+        assert!(read("12.5", &ColumnType::Integer).is_err());
+        // Values read already pass through; MySQL's tinyint(1) is a boolean.
+        let at = Value::Timestamp(crate::model::temporal::Timestamp {
+            seconds: 1,
+            nanos: 5,
+        });
+        let as_us = ColumnType::Semantic(Semantic::TimestampMicros);
+        assert_eq!(as_canonical(at.clone(), &as_us).unwrap(), at);
+        assert_eq!(
+            as_canonical(Value::Int(1), &ColumnType::Boolean).unwrap(),
+            Value::Bool(true)
+        );
+        assert!(as_canonical(Value::Int(2), &ColumnType::Boolean).is_err());
     }
 
     #[test]

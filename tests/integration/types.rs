@@ -8,6 +8,11 @@
 //! and a value one target cannot hold exactly (a microsecond for a `timestamp(3)`) must be
 //! refused with the column named rather than rounded.
 //!
+//! Every connector sends decimals as text (`decimal.handling.mode=string`) and the tables'
+//! scales differ — "12.345" in the erp is "12.3450" in the warehouse — so the field declares
+//! its type (`fields.amount.type = "decimal"`) and is compared as a number: as text, every
+//! write-back would read as a new value and the loop would never go quiet.
+//!
 //! Both converter modes: schema-wrapped JSON, where harmony reads each column's type from the
 //! captured schema, and schemaless JSON, where the configuration declares them
 //! (`sources.types`).
@@ -68,8 +73,8 @@ const TABLES: [Table; 4] = [
         db: Db::Postgres,
         suffix: "skus",
         key: "sku",
-        columns: "moment timestamp(3), day date, clock time(3), ident uuid, amount numeric(16,3), doc jsonb, raw bytea, opened smallint",
-        types: r#"{ moment = "timestamp_ms", day = "date", clock = "time_ms", ident = "uuid", amount = "decimal(3)", doc = "json", raw = "bytes", opened = "int" }"#,
+        columns: "moment timestamp(3), day date, clock time(3), ident uuid, amount numeric(16,4), doc jsonb, raw bytea, opened smallint",
+        types: r#"{ moment = "timestamp_ms", day = "date", clock = "time_ms", ident = "uuid", amount = "decimal(4)", doc = "json", raw = "bytes", opened = "int" }"#,
     },
     // MariaDB: `datetime(3)`, a uuid in `char(36)`, `year`; Debezium's binlog connector counts
     // every `time` in microseconds, and MariaDB's `json` is text (`longtext`): declared
@@ -79,8 +84,8 @@ const TABLES: [Table; 4] = [
         db: Db::MariaDb,
         suffix: "tills",
         key: "sku",
-        columns: "moment datetime(3), day date, clock time(3), ident char(36), amount decimal(16,3), doc json, raw varbinary(16), opened year",
-        types: r#"{ moment = "timestamp_ms", day = "date", clock = "time_us", ident = "string", amount = "decimal(3)", doc = "string", raw = "bytes", opened = "year" }"#,
+        columns: "moment datetime(3), day date, clock time(3), ident char(36), amount decimal(16,4), doc json, raw varbinary(16), opened year",
+        types: r#"{ moment = "timestamp_ms", day = "date", clock = "time_us", ident = "string", amount = "decimal(4)", doc = "string", raw = "bytes", opened = "year" }"#,
     },
 ];
 
@@ -106,8 +111,11 @@ fn table_name(mode: Mode, table: &Table) -> String {
 
 /// The entity over the tables: the same field names everywhere but the key.
 fn entity_toml(mode: Mode, tables: &[&Table]) -> String {
+    // Every connector here sends decimals as text (`decimal.handling.mode=string`): "12.345"
+    // from the erp is "12.3450" from the warehouse. Declared a decimal, the field is read as
+    // the number both write.
     let mut out = String::from(
-        "\n[[entities]]\nname = \"product\"\nkey = [\"sku\"]\ndefault_strategy = \"lww\"\n",
+        "\n[[entities]]\nname = \"product\"\nkey = [\"sku\"]\ndefault_strategy = \"lww\"\n\n  [entities.fields.amount]\n  type = \"decimal\"\n",
     );
     for table in tables {
         let columns: Vec<String> = std::iter::once(format!("{} = \"sku\"", table.key))
@@ -133,8 +141,8 @@ fn entity_toml(mode: Mode, tables: &[&Table]) -> String {
 /// Each column as one reading every database gives the same for the same value: timestamps as
 /// their UTC wall clock to the microsecond, JSON through `jsonb` (MariaDB keeps the text it
 /// was sent), binary as hex.
-const READING: &str = "to_char(moment_utc, 'YYYY-MM-DD\"T\"HH24:MI:SS.US'), day::text, clock::text, ident::text, amount::text, doc::jsonb::text, encode(raw, 'hex'), opened::text";
-const MARIADB_READING: &str = "CONCAT_WS('|', DATE_FORMAT(moment, '%Y-%m-%dT%H:%i:%s.%f'), DATE_FORMAT(day, '%Y-%m-%d'), TRIM(TRAILING '.' FROM TRIM(TRAILING '0' FROM CAST(clock AS CHAR))), ident, CAST(amount AS CHAR), doc, LOWER(HEX(raw)), CAST(opened AS CHAR))";
+const READING: &str = "to_char(moment_utc, 'YYYY-MM-DD\"T\"HH24:MI:SS.US'), day::text, clock::text, ident::text, trim_scale(amount)::text, doc::jsonb::text, encode(raw, 'hex'), opened::text";
+const MARIADB_READING: &str = "CONCAT_WS('|', DATE_FORMAT(moment, '%Y-%m-%dT%H:%i:%s.%f'), DATE_FORMAT(day, '%Y-%m-%d'), TRIM(TRAILING '.' FROM TRIM(TRAILING '0' FROM CAST(clock AS CHAR))), ident, TRIM(TRAILING '.' FROM TRIM(TRAILING '0' FROM CAST(amount AS CHAR))), doc, LOWER(HEX(raw)), CAST(opened AS CHAR))";
 
 fn row(mode: Mode, table: &Table, sku: &str) -> Result<Option<String>> {
     let out = match table.db {
@@ -395,7 +403,7 @@ fn typed_columns_travel_the_closed_loop(mode: Mode) {
         ),
     )
     .unwrap();
-    let second = "1969-12-31T23:59:59.999000|2024-02-29|00:00:00.001|a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11|-0.500|{\"k\": null}|deadbeef|1999";
+    let second = "1969-12-31T23:59:59.999000|2024-02-29|00:00:00.001|a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11|-0.5|{\"k\": null}|deadbeef|1999";
     wait_rows(
         mode,
         &tables,
@@ -535,6 +543,32 @@ fn typed_columns_travel_the_closed_loop(mode: Mode) {
         .terminate(Duration::from_secs(30))
         .unwrap()
         .success());
+
+    // 7. A field declared a type that a system's captured column cannot be read as: refused
+    // at start, the field and each system's captured type named. (Schemaless, the sources'
+    // declared types are checked when the configuration is read.)
+    if mode == Mode::SchemaWrapped {
+        options.group_id = format!("{group}-refused");
+        options.extra_toml = options.extra_toml.replacen(
+            "[entities.fields.amount]",
+            "[entities.fields.raw]\n  type = \"uuid\"\n\n  [entities.fields.amount]",
+            1,
+        );
+        let log = match Harmony::start(&options) {
+            Err(error) => error.to_string(),
+            Ok(mut refused) => {
+                wait_until(Duration::from_secs(30), "harmony to stop", || {
+                    Ok(refused.exited().is_some())
+                })
+                .unwrap();
+                refused.log()
+            }
+        };
+        assert!(
+            log.contains("entities[0].fields.raw.type is `uuid` (text), but erp captures it as `bytes` (bytes)"),
+            "{log}"
+        );
+    }
 }
 
 #[test]

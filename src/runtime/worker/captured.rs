@@ -15,8 +15,9 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use crate::config::Config;
 use crate::ingest::envelope::{Decoded, Decoder, Limits, RecordHeaders};
-use crate::ingest::mapping::Catalog;
+use crate::ingest::mapping::{Catalog, EntityId, FieldId};
 use crate::model::clock::SystemId;
+use crate::model::value::{ColumnType, ValueKind};
 use crate::resolve::resolver::Resolver;
 
 /// The newest records read per partition: enough to pass a delete's tombstone and a heartbeat.
@@ -26,28 +27,100 @@ const DEADLINE: Duration = Duration::from_secs(5);
 
 /// Reads the tails of every source topic and gives `resolver` the column types their newest
 /// schema-wrapped changes declare. Returns how many (system, entity) pairs it learned.
+///
+/// Fails when a field's captured types cannot be read as one ([`disagreements`]): its values
+/// from two systems would never compare equal, and every echo would read as a new write.
 pub fn learn_captured_types(
     consumer_config: &ClientConfig,
     config: &Config,
     catalog: &Catalog,
     resolver: &mut Resolver,
-) -> usize {
+) -> Result<usize, Vec<String>> {
     match read_tails(consumer_config, config, catalog) {
         Ok(types) => {
+            let disagreements = disagreements(config, catalog, &types);
+            if !disagreements.is_empty() {
+                return Err(disagreements);
+            }
             let learned = types.len();
             for ((system, entity), (_, types)) in types {
                 resolver.learn_captured_types(SystemId(system as u16), entity, &types);
             }
-            learned
+            Ok(learned)
         }
         Err(error) => {
             tracing::warn!(%error, "cannot read the source topics' newest records for their column types; targets learn them as changes come");
-            0
+            Ok(0)
         }
     }
 }
 
-type Learned = HashMap<(usize, crate::ingest::mapping::EntityId), (i64, Vec<(String, String)>)>;
+/// Fields whose sources' captured column types cannot be read as one type: each against the
+/// field's declared type (`fields.<f>.type`), or, undeclared, against each other (values of
+/// two kinds — text and a number, a number and a boolean — never compare equal). One message
+/// per field, naming the systems and their types.
+fn disagreements(config: &Config, catalog: &Catalog, captured: &Learned) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in 0..config.entities.len() {
+        let entity_id = EntityId(e as u16);
+        for (f, field) in catalog.field_names(entity_id).iter().enumerate() {
+            let mut types: Vec<(&str, ColumnType)> = Vec::new();
+            for ((system, _), (_, fields)) in
+                captured.iter().filter(|((_, id), _)| *id == entity_id)
+            {
+                let captured = fields
+                    .iter()
+                    .find(|(name, _)| name == field)
+                    .and_then(|(_, t)| ColumnType::parse(t));
+                if let Some(captured) = captured {
+                    types.push((config.systems[*system].name.as_str(), captured));
+                }
+            }
+            types.sort_by(|a, b| a.0.cmp(b.0));
+            let at = format!("entities[{e}].fields.{field}");
+            let listed = |types: &[&(&str, ColumnType)]| {
+                types
+                    .iter()
+                    .map(|(system, t)| {
+                        format!("{system} captures it as `{t}` ({})", t.kind().name())
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            match catalog.canonical_type(entity_id, FieldId(f as u16)) {
+                Some(canonical) => {
+                    let unreadable: Vec<_> = types
+                        .iter()
+                        .filter(|(_, t)| !t.reads_as(canonical))
+                        .collect();
+                    if !unreadable.is_empty() {
+                        found.push(format!(
+                            "{at}.type is `{canonical}` ({}), but {}: change the declared type or the connector's setting",
+                            canonical.kind().name(),
+                            listed(&unreadable)
+                        ));
+                    }
+                }
+                None => {
+                    let first = types.first().map(|(_, t)| t.kind());
+                    if types.iter().any(|(_, t)| Some(t.kind()) != first) {
+                        let suggested = types
+                            .iter()
+                            .find(|(_, t)| t.kind() != ValueKind::Text)
+                            .map_or_else(|| "string".to_owned(), |(_, t)| t.to_string());
+                        found.push(format!(
+                            "{at}: {}; values of different kinds never compare equal: declare {at}.type (e.g. \"{suggested}\") to read them as one",
+                            listed(&types.iter().collect::<Vec<_>>())
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    found
+}
+
+type Learned = HashMap<(usize, EntityId), (i64, Vec<(String, String)>)>;
 
 fn read_tails(
     consumer_config: &ClientConfig,
@@ -131,4 +204,65 @@ fn read_tails(
         }
     }
     Ok(learned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(price_type: Option<&str>) -> Config {
+        let mut text = include_str!("../../../examples/inventory.toml").to_owned();
+        if let Some(t) = price_type {
+            text = text.replacen(
+                "[entities.fields.price]",
+                &format!("[entities.fields.price]\n  type = \"{t}\""),
+                1,
+            );
+        }
+        Config::from_toml(&text, "inventory.toml", std::iter::empty()).unwrap()
+    }
+
+    /// What the erp (0) and the shop (1) captured for the product's fields.
+    fn captured(erp: &[(&str, &str)], shop: &[(&str, &str)]) -> Learned {
+        let types = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(f, t)| ((*f).to_owned(), (*t).to_owned()))
+                .collect()
+        };
+        Learned::from([
+            ((0, EntityId(0)), (1, types(erp))),
+            ((1, EntityId(0)), (1, types(shop))),
+        ])
+    }
+
+    #[test]
+    fn undeclared_a_fields_captured_types_must_be_of_one_kind() {
+        let config = config(None);
+        let catalog = Catalog::new(&config);
+        let agreeing = captured(
+            &[("price", "decimal(2)"), ("updated_at", "timestamp_us")],
+            &[("price", "decimal(3)"), ("updated_at", "timestamptz")],
+        );
+        assert!(disagreements(&config, &catalog, &agreeing).is_empty());
+        // A string-mode decimal in the shop: "4.90" never equals 4.9.
+        let text = captured(&[("price", "decimal(2)")], &[("price", "string")]);
+        assert_eq!(
+            disagreements(&config, &catalog, &text),
+            ["entities[0].fields.price: erp captures it as `decimal(2)` (a number), shop captures it as `string` (text); values of different kinds never compare equal: declare entities[0].fields.price.type (e.g. \"decimal(2)\") to read them as one"]
+        );
+    }
+
+    #[test]
+    fn declared_every_captured_type_must_read_as_the_fields() {
+        let config = config(Some("decimal"));
+        let catalog = Catalog::new(&config);
+        let text = captured(&[("price", "decimal(2)")], &[("price", "string")]);
+        assert!(disagreements(&config, &catalog, &text).is_empty());
+        let wrong = captured(&[("price", "decimal(2)")], &[("price", "timestamptz")]);
+        assert_eq!(
+            disagreements(&config, &catalog, &wrong),
+            ["entities[0].fields.price.type is `decimal` (a number), but shop captures it as `timestamptz` (a date or timestamp): change the declared type or the connector's setting"]
+        );
+    }
 }

@@ -62,6 +62,9 @@ pub enum WorkerError {
     /// same instance id) or failed fatally.
     #[error("transactional producer failed: {0} (each live worker needs its own processing.instance_id / HARMONY_INSTANCE_ID)")]
     Transaction(String),
+    /// Fields whose sources' captured column types cannot be read as one type.
+    #[error("the sources' captured column types disagree:\n  {}", .0.join("\n  "))]
+    FieldTypes(Vec<String>),
     /// A setting of harmony's own topics under which the broker would lose its data.
     #[error("{0}")]
     TopicSettings(String),
@@ -98,6 +101,7 @@ impl WorkerError {
             | WorkerError::StatePartitions { .. }
             | WorkerError::Transaction(_)
             | WorkerError::TopicSettings(_)
+            | WorkerError::FieldTypes(_)
             | WorkerError::StateLost { .. } => false,
         }
     }
@@ -220,7 +224,8 @@ pub async fn run(
         .clone()
         .map(|catalog| Resolver::with_catalog(config, catalog));
     if let (Some(resolver), Some(catalog)) = (resolver.as_mut(), plan.catalog.as_deref()) {
-        let learned = captured::learn_captured_types(&consumer_config, config, catalog, resolver);
+        let learned = captured::learn_captured_types(&consumer_config, config, catalog, resolver)
+            .map_err(WorkerError::FieldTypes)?;
         tracing::info!(
             learned,
             "target column types read from the newest records of their systems' topics"
