@@ -56,17 +56,24 @@ struct ConnectSchema<'a> {
 }
 
 fn column_type(schema: &ConnectSchema<'_>) -> ColumnType {
+    let parameter = |name: &str| {
+        schema
+            .parameters
+            .as_ref()
+            .and_then(|p| p.get(name))
+            .and_then(|s| s.parse().ok())
+    };
+    if schema.name.as_deref() == Some("io.debezium.data.Bits") {
+        if let Some(length) = parameter("length") {
+            return ColumnType::Bits { length };
+        }
+    }
     if let Some(semantic) = schema.name.as_deref().and_then(Semantic::from_name) {
         return ColumnType::Semantic(semantic);
     }
     match (schema.kind.as_ref(), schema.name.as_deref()) {
         (_, Some("org.apache.kafka.connect.data.Decimal")) => {
-            let scale = schema
-                .parameters
-                .as_ref()
-                .and_then(|p| p.get("scale"))
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
+            let scale = parameter("scale").unwrap_or(0);
             ColumnType::Decimal { scale }
         }
         (_, Some("io.debezium.data.VariableScaleDecimal")) => ColumnType::VariableScaleDecimal,
@@ -215,7 +222,7 @@ mod tests {
         assert_eq!(of("doc_json"), semantic(Semantic::Json));
         assert_eq!(of("raw"), Some(ColumnType::Bytes));
         assert_eq!(of("state"), semantic(Semantic::Enum));
-        assert_eq!(of("flags"), semantic(Semantic::Bits));
+        assert_eq!(of("flags"), Some(ColumnType::Bits { length: 8 }));
         assert_eq!(of("ints"), Some(ColumnType::Composite));
         assert_eq!(of("address"), Some(ColumnType::String));
         assert_eq!(of("markup"), semantic(Semantic::Xml));

@@ -311,6 +311,11 @@ pub enum ColumnType {
     VariableScaleDecimal,
     /// Struct, array, map: passed through.
     Composite,
+    /// `io.debezium.data.Bits` with its `length` parameter (bits), which Debezium's JDBC sink
+    /// needs to bind a `bit(n)` column.
+    Bits {
+        length: u32,
+    },
     /// A Debezium or Connect logical type: what the connector's schema names the column's
     /// value, over the plain type it is carried in.
     Semantic(Semantic),
@@ -332,6 +337,16 @@ impl ColumnType {
             "decimal" => ColumnType::VariableScaleDecimal,
             "composite" => ColumnType::Composite,
             _ => {
+                if let Some(length) = name
+                    .strip_prefix("bits(")
+                    .and_then(|rest| rest.strip_suffix(')'))
+                {
+                    return length
+                        .trim()
+                        .parse()
+                        .ok()
+                        .map(|length| ColumnType::Bits { length });
+                }
                 if let Some(scale) = name
                     .strip_prefix("decimal(")
                     .and_then(|rest| rest.strip_suffix(')'))
@@ -363,7 +378,9 @@ impl ColumnType {
             | ColumnType::VariableScaleDecimal
             | ColumnType::Semantic(Semantic::Year) => ValueKind::Number,
             ColumnType::String => ValueKind::Text,
-            ColumnType::Bytes | ColumnType::Semantic(Semantic::Bits) => ValueKind::Bytes,
+            ColumnType::Bytes | ColumnType::Bits { .. } | ColumnType::Semantic(Semantic::Bits) => {
+                ValueKind::Bytes
+            }
             ColumnType::Composite => ValueKind::Composite,
             ColumnType::Semantic(semantic) => match semantic.temporal() {
                 Some(Temporal::Date | Temporal::Timestamp(_) | Temporal::Zoned) => {
@@ -441,6 +458,7 @@ impl fmt::Display for ColumnType {
             ColumnType::Decimal { scale } => write!(f, "decimal({scale})"),
             ColumnType::VariableScaleDecimal => f.write_str("decimal"),
             ColumnType::Composite => f.write_str("composite"),
+            ColumnType::Bits { length } => write!(f, "bits({length})"),
             ColumnType::Semantic(s) => f.write_str(s.short_name()),
         }
     }
@@ -638,7 +656,12 @@ pub fn decode_value<'a>(
 /// whose column types a configuration declares.
 pub fn canonical(value: Value<'_>, semantic: Semantic) -> Result<Value<'_>, ValueError> {
     let Some(kind) = semantic.temporal() else {
-        return Ok(value);
+        return Ok(match (semantic, value) {
+            // Binary, as a `bytea` is: a `bit(8)` in one system and a `binary(1)` in another
+            // hold the same bytes.
+            (Semantic::Bits, Value::Text(text)) => Value::Bytes(text),
+            (_, value) => value,
+        });
     };
     let converted = match (kind, &value) {
         // Already read: a field's declared type applied over a schema's.
@@ -687,7 +710,7 @@ pub fn as_declared<'a>(value: Value<'a>, declared: &ColumnType) -> Result<Value<
             Some(d) => Value::Decimal(d),
             None => wide_text(&text).unwrap_or(Value::Text(text)),
         }),
-        (ColumnType::Bytes, Value::Text(text)) => Ok(Value::Bytes(text)),
+        (ColumnType::Bytes | ColumnType::Bits { .. }, Value::Text(text)) => Ok(Value::Bytes(text)),
         (ColumnType::Integer, Value::Text(text)) => text
             .parse()
             .map(Value::Int)
@@ -786,7 +809,7 @@ fn decode_plain<'a>(
                 .map_err(|_| unparsable("float", &s))
         }
         (Some(ColumnType::Composite), _) => Ok(Value::Raw(raw)),
-        (Some(ColumnType::Bytes), b'"') => {
+        (Some(ColumnType::Bytes | ColumnType::Bits { .. }), b'"') => {
             let s = string_of(raw)?;
             if s == UNAVAILABLE_PLACEHOLDER_BASE64 || s == UNAVAILABLE_PLACEHOLDER {
                 Ok(Value::Unavailable)

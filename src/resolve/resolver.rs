@@ -493,6 +493,7 @@ impl Resolver {
                 let fields = self.catalog.field_names(entity);
                 warn_contradicted(&change.system, plan.learn_types(&change.types, fields));
             }
+            self.borrow_types(entity, system, &change.types);
         }
         let field_ids = &self.fields[entity.0 as usize];
         let mut fields = Vec::with_capacity(change.fields.len());
@@ -702,6 +703,26 @@ impl Resolver {
             let contradicted = plan.learn_types(types, self.catalog.field_names(entity));
             warn_contradicted(self.system_name(entity, system), contradicted);
         }
+        self.borrow_types(entity, system, types);
+    }
+
+    /// Lends `system`'s captured column types to the entity's other targets whose own are not
+    /// known yet.
+    fn borrow_types(
+        &mut self,
+        entity: EntityId,
+        system: SystemId,
+        types: &[(impl AsRef<str>, impl AsRef<str>)],
+    ) {
+        let fields = self.catalog.field_names(entity);
+        for target in &self.rules[entity.0 as usize].targets {
+            if *target == system {
+                continue;
+            }
+            if let Some(plan) = self.plans.get_mut(&(entity, *target)) {
+                plan.borrow_types(types, fields);
+            }
+        }
     }
 
     /// Refuses a value that a target's column could not hold exactly, before anything of the
@@ -718,7 +739,7 @@ impl Resolver {
                 continue;
             };
             for column in &plan.columns {
-                let Some(column_type) = column.target_type() else {
+                let Some(column_type) = column.known_type() else {
                     continue;
                 };
                 let Ok(i) = fields.binary_search_by_key(&column.field, |(f, _)| *f) else {
@@ -923,6 +944,51 @@ mod tests {
             "content mode cannot tell the two apart"
         );
         assert_eq!(erp_gets, serde_json::Value::Null);
+    }
+
+    #[test]
+    fn a_target_not_yet_captured_is_sent_bits_as_another_system_captured_them() {
+        let mut resolver = resolver(false);
+        let with_types = |lsn, price: FieldValue| {
+            // The shop's table needs a name to create the row.
+            let fields = [("name", FieldValue::Text("Cup".into())), ("price", price)];
+            let bytes = record("erp", lsn, &fields, None);
+            let mut change = InternalChange::decode(&bytes).unwrap();
+            change.types = Cow::Owned(vec![
+                (Cow::Borrowed("name"), Cow::Borrowed("json")),
+                (Cow::Borrowed("price"), Cow::Borrowed("bits(16)")),
+            ]);
+            change.encode()
+        };
+        let price_to_shop = |resolver: &mut Resolver, payload: &[u8]| {
+            let out = resolver.resolve(0, payload).unwrap();
+            let to_shop = out
+                .publications
+                .iter()
+                .find(|p| p.topic == "harmony.demo.shop.product")
+                .unwrap();
+            let value: serde_json::Value =
+                serde_json::from_slice(to_shop.value.as_deref().unwrap()).unwrap();
+            let schema = value["schema"]["fields"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|f| f["field"] == "after")
+                .unwrap()["fields"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|f| f["field"] == "price")
+                .unwrap()
+                .clone();
+            (schema, value["payload"]["after"]["price"].clone())
+        };
+        // The erp's bit(16), not the value's own bytes, which a `bit` column refuses.
+        let flags = FieldValue::Bytes("pQE=".into());
+        let (schema, value) = price_to_shop(&mut resolver, &with_types(1, flags));
+        assert_eq!(schema["name"], "io.debezium.data.Bits", "{schema}");
+        assert_eq!(schema["parameters"]["length"], "16", "{schema}");
+        assert_eq!(value, "pQE=");
     }
 
     #[test]

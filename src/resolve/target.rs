@@ -51,6 +51,8 @@ pub struct TargetPlan {
     /// `types`, as stage 1 read them from the system's schema): an unchanged declaration is
     /// recognised without being parsed again.
     captured_types: Vec<(String, String)>,
+    /// Columns of no known type whose field no other system has given a type for yet.
+    unasked: usize,
 }
 
 /// One column of a target's table.
@@ -65,16 +67,72 @@ pub struct TargetColumn {
     pub declared: Option<ColumnType>,
     /// Its type as the target system's capture declares it, once seen.
     pub captured: Option<ColumnType>,
+    /// Until then, the type another system captured the field in: the form its values came
+    /// in. A value alone does not tell a `bit(8)` from a `bytea`, and a `bit` column refuses
+    /// plain bytes.
+    pub borrowed: Option<ColumnType>,
+    /// Whether another system's type for the field has been looked at (once is enough).
+    pub borrow_asked: bool,
 }
 
 impl TargetColumn {
-    /// The type a value goes out as: declared, else captured, else (`None`) the value's own.
+    /// The type a value goes out as: declared, else captured, else borrowed from another
+    /// system's capture, else (`None`) the value's own.
     pub fn target_type(&self) -> Option<&ColumnType> {
+        self.known_type().or(self.borrowed.as_ref())
+    }
+
+    /// The type the target's own column is known to have (declared or captured): a value it
+    /// cannot hold is refused. A borrowed type is only a better guess than the value's own.
+    pub fn known_type(&self) -> Option<&ColumnType> {
         self.declared.as_ref().or(self.captured.as_ref())
+    }
+
+    /// The type `value` goes out as: a borrowed type only where it holds the value exactly
+    /// (another system's `datetime(3)` says nothing of this one's precision).
+    fn type_for<'c>(&'c self, value: &FieldRef<'_>) -> Option<&'c ColumnType> {
+        match (self.known_type(), &self.borrowed) {
+            (Some(known), _) => Some(known),
+            (None, Some(borrowed)) => connect::check(value, borrowed, &mut Vec::new())
+                .is_ok()
+                .then_some(borrowed),
+            (None, None) => None,
+        }
     }
 }
 
 impl TargetPlan {
+    /// Takes, for each column whose type is neither declared nor captured nor borrowed yet,
+    /// the type another system's capture gives its field (`types`: field → type name). The
+    /// first one taken stays, so the schema does not churn with whichever system changed last.
+    pub fn borrow_types(
+        &mut self,
+        types: &[(impl AsRef<str>, impl AsRef<str>)],
+        fields: &[String],
+    ) {
+        if self.unasked == 0 {
+            return;
+        }
+        for column in &mut self.columns {
+            if column.borrow_asked || column.known_type().is_some() {
+                continue;
+            }
+            let Some(name) = fields.get(column.field.0 as usize) else {
+                continue;
+            };
+            let Some((_, lent)) = types.iter().find(|(field, _)| field.as_ref() == name) else {
+                continue;
+            };
+            column.borrow_asked = true;
+            column.borrowed = ColumnType::parse(lent.as_ref()).filter(lendable);
+        }
+        self.unasked = self
+            .columns
+            .iter()
+            .filter(|c| !c.borrow_asked && c.known_type().is_none())
+            .count();
+    }
+
     /// Takes the target system's column types from one of its captured changes (the internal
     /// record's `types`: field → type name). Returns the fields whose declared type the capture
     /// contradicts, for a warning; the declaration still wins.
@@ -119,6 +177,15 @@ impl TargetPlan {
     }
 }
 
+/// Whether another system's column type is a better guess for a target's column than the
+/// value's own: only where the value cannot tell (bits are bytes to look at, and a `bit`
+/// column refuses plain bytes). Others are not: a semantic type one database has may be one
+/// the target's lacks (Postgres `json` to a MariaDB `json`, which is text, makes Debezium's
+/// JDBC sink write `CAST(? AS json)`, which MariaDB refuses).
+fn lendable(column_type: &ColumnType) -> bool {
+    matches!(column_type, ColumnType::Bits { .. })
+}
+
 /// Every (entity, target system) the configuration delivers to.
 pub fn target_plans(
     config: &Config,
@@ -150,9 +217,11 @@ pub fn target_plans(
                         key_pos: entity.key.iter().position(|k| k == field),
                         declared: source.column_type(column),
                         captured: None,
+                        borrowed: None,
+                        borrow_asked: false,
                     })
                 })
-                .collect();
+                .collect::<Vec<_>>();
             plans.insert(
                 (entity_id, SystemId(system as u16)),
                 TargetPlan {
@@ -161,9 +230,10 @@ pub fn target_plans(
                     topic: target.topic.clone(),
                     format: target.format,
                     table: source.table.clone(),
-                    columns,
                     version_column: source.version_column.clone(),
                     captured_types: Vec::new(),
+                    unasked: columns.iter().filter(|c| c.declared.is_none()).count(),
+                    columns,
                 },
             );
         }
@@ -326,12 +396,11 @@ fn target_records_of(
         let mut row_fields = Members::array(&mut row_fields);
         for column in &plan.columns {
             let failed = |error| (column.name.clone(), error);
-            let target = column.target_type();
             if let Some(pos) = column.key_pos {
                 let text = key_value(pos);
                 if wrapped {
                     let value = connect::key_value(text);
-                    let target = leniently(target, &value, lenient.as_deref_mut());
+                    let target = leniently(column.type_for(&value), &value, lenient.as_deref_mut());
                     for (fields, members) in
                         [(&mut key_fields, &mut key), (&mut row_fields, &mut image)]
                     {
@@ -353,7 +422,7 @@ fn target_records_of(
             };
             let value = FieldRef::from(&state.value);
             if wrapped {
-                let target = leniently(target, &value, lenient.as_deref_mut());
+                let target = leniently(column.type_for(&value), &value, lenient.as_deref_mut());
                 connect::field(
                     &mut row_fields,
                     &mut image,
@@ -452,6 +521,37 @@ mod tests {
     use crate::model::value::FieldValue;
     use crate::resolve::engine::{entity_rules, FieldState};
     use serde_json::Value as Json;
+
+    #[test]
+    fn a_borrowed_type_is_a_guess_a_value_it_cannot_hold_goes_in_its_own() {
+        let mut column = TargetColumn {
+            name: "price".into(),
+            field: FieldId(0),
+            key_pos: None,
+            declared: None,
+            captured: None,
+            borrowed: ColumnType::parse("decimal(2)"),
+            borrow_asked: true,
+        };
+        let fine = FieldRef::Decimal(crate::model::value::Decimal {
+            unscaled: 4999,
+            scale: 3,
+        });
+        let whole = FieldRef::Int(5);
+        assert_eq!(column.type_for(&whole), column.borrowed.as_ref());
+        assert_eq!(
+            column.type_for(&fine),
+            None,
+            "not refused: the value's own type"
+        );
+        assert_eq!(
+            column.known_type(),
+            None,
+            "so the resolver refuses nothing for it"
+        );
+        column.captured = ColumnType::parse("decimal(2)");
+        assert_eq!(column.type_for(&fine), column.captured.as_ref());
+    }
 
     #[test]
     fn each_target_gets_the_record_in_its_own_columns() {

@@ -2,7 +2,8 @@
 //! warehouse (Postgres) and a point-of-sale on MariaDB hold the same record in columns of
 //! differing types — `timestamptz`, `timestamp(6)`, `timestamp(3)` and `datetime(3)`; `jsonb`
 //! and `json`; `time(6)` and `time(3)`; `uuid` and `char(36)`; `smallint` and `year`; numerics
-//! of differing precision — plus dates and binary. Debezium captures each, harmony
+//! of differing precision; `bit(8)` in both; MariaDB's `bigint unsigned` beyond 2^63 and a
+//! Postgres `numeric(20,0)` — plus dates (the year 0001 among them) and binary. Debezium captures each, harmony
 //! resolves, Debezium's JDBC sink writes each target back. Every value must arrive equal
 //! (compared column by column in each database's own reading of it), the loop must go quiet,
 //! and a value one target cannot hold exactly (a microsecond for a `timestamp(3)`) must be
@@ -57,24 +58,24 @@ const TABLES: [Table; 4] = [
         db: Db::Postgres,
         suffix: "products",
         key: "sku",
-        columns: "moment timestamptz, day date, clock time(6), ident uuid, amount numeric(12,3), doc jsonb, raw bytea, opened smallint",
-        types: r#"{ moment = "timestamptz", day = "date", clock = "time_us", ident = "uuid", amount = "decimal(3)", doc = "json", raw = "bytes", opened = "int" }"#,
+        columns: "moment timestamptz, day date, clock time(6), ident uuid, amount numeric(12,3), doc jsonb, raw bytea, opened smallint, flags bit(8), big numeric(20,0)",
+        types: r#"{ moment = "timestamptz", day = "date", clock = "time_us", ident = "uuid", amount = "decimal(3)", doc = "json", raw = "bytes", opened = "int", flags = "bits(8)", big = "decimal(0)" }"#,
     },
     Table {
         system: "shop",
         db: Db::Postgres,
         suffix: "items",
         key: "item_sku",
-        columns: "moment timestamp(6), day date, clock time(6), ident uuid, amount numeric(14,3), doc json, raw bytea, opened smallint",
-        types: r#"{ moment = "timestamp_us", day = "date", clock = "time_us", ident = "uuid", amount = "decimal(3)", doc = "json", raw = "bytes", opened = "int" }"#,
+        columns: "moment timestamp(6), day date, clock time(6), ident uuid, amount numeric(14,3), doc json, raw bytea, opened smallint, flags bit(8), big numeric(20,0)",
+        types: r#"{ moment = "timestamp_us", day = "date", clock = "time_us", ident = "uuid", amount = "decimal(3)", doc = "json", raw = "bytes", opened = "int", flags = "bits(8)", big = "decimal(0)" }"#,
     },
     Table {
         system: "wms",
         db: Db::Postgres,
         suffix: "skus",
         key: "sku",
-        columns: "moment timestamp(3), day date, clock time(3), ident uuid, amount numeric(16,4), doc jsonb, raw bytea, opened smallint",
-        types: r#"{ moment = "timestamp_ms", day = "date", clock = "time_ms", ident = "uuid", amount = "decimal(4)", doc = "json", raw = "bytes", opened = "int" }"#,
+        columns: "moment timestamp(3), day date, clock time(3), ident uuid, amount numeric(16,4), doc jsonb, raw bytea, opened smallint, flags bit(8), big numeric(20,0)",
+        types: r#"{ moment = "timestamp_ms", day = "date", clock = "time_ms", ident = "uuid", amount = "decimal(4)", doc = "json", raw = "bytes", opened = "int", flags = "bits(8)", big = "decimal(0)" }"#,
     },
     // MariaDB: `datetime(3)`, a uuid in `char(36)`, `year`; Debezium's binlog connector counts
     // every `time` in microseconds, and MariaDB's `json` is text (`longtext`): declared
@@ -84,13 +85,13 @@ const TABLES: [Table; 4] = [
         db: Db::MariaDb,
         suffix: "tills",
         key: "sku",
-        columns: "moment datetime(3), day date, clock time(3), ident char(36), amount decimal(16,4), doc json, raw varbinary(16), opened year",
-        types: r#"{ moment = "timestamp_ms", day = "date", clock = "time_us", ident = "string", amount = "decimal(4)", doc = "string", raw = "bytes", opened = "year" }"#,
+        columns: "moment datetime(3), day date, clock time(3), ident char(36), amount decimal(16,4), doc json, raw varbinary(16), opened year, flags bit(8), big bigint unsigned",
+        types: r#"{ moment = "timestamp_ms", day = "date", clock = "time_us", ident = "string", amount = "decimal(4)", doc = "string", raw = "bytes", opened = "year", flags = "bits(8)", big = "decimal(0)" }"#,
     },
 ];
 
-const FIELDS: [&str; 8] = [
-    "moment", "day", "clock", "ident", "amount", "doc", "raw", "opened",
+const FIELDS: [&str; 10] = [
+    "moment", "day", "clock", "ident", "amount", "doc", "raw", "opened", "flags", "big",
 ];
 
 /// The tables of the run: the MariaDB one only where MariaDB is up.
@@ -113,9 +114,10 @@ fn table_name(mode: Mode, table: &Table) -> String {
 fn entity_toml(mode: Mode, tables: &[&Table]) -> String {
     // Every connector here sends decimals as text (`decimal.handling.mode=string`): "12.345"
     // from the erp is "12.3450" from the warehouse. Declared a decimal, the field is read as
-    // the number both write.
+    // the number both write. MariaDB's `bigint unsigned` (`precise`) is a decimal, the
+    // Postgres `numeric(20,0)` text: declared, one number too.
     let mut out = String::from(
-        "\n[[entities]]\nname = \"product\"\nkey = [\"sku\"]\ndefault_strategy = \"lww\"\n\n  [entities.fields.amount]\n  type = \"decimal\"\n",
+        "\n[[entities]]\nname = \"product\"\nkey = [\"sku\"]\ndefault_strategy = \"lww\"\n\n  [entities.fields.amount]\n  type = \"decimal\"\n\n  [entities.fields.big]\n  type = \"decimal\"\n",
     );
     for table in tables {
         let columns: Vec<String> = std::iter::once(format!("{} = \"sku\"", table.key))
@@ -141,8 +143,8 @@ fn entity_toml(mode: Mode, tables: &[&Table]) -> String {
 /// Each column as one reading every database gives the same for the same value: timestamps as
 /// their UTC wall clock to the microsecond, JSON through `jsonb` (MariaDB keeps the text it
 /// was sent), binary as hex.
-const READING: &str = "to_char(moment_utc, 'YYYY-MM-DD\"T\"HH24:MI:SS.US'), day::text, clock::text, ident::text, trim_scale(amount)::text, doc::jsonb::text, encode(raw, 'hex'), opened::text";
-const MARIADB_READING: &str = "CONCAT_WS('|', DATE_FORMAT(moment, '%Y-%m-%dT%H:%i:%s.%f'), DATE_FORMAT(day, '%Y-%m-%d'), TRIM(TRAILING '.' FROM TRIM(TRAILING '0' FROM CAST(clock AS CHAR))), ident, TRIM(TRAILING '.' FROM TRIM(TRAILING '0' FROM CAST(amount AS CHAR))), doc, LOWER(HEX(raw)), CAST(opened AS CHAR))";
+const READING: &str = "to_char(moment_utc, 'YYYY-MM-DD\"T\"HH24:MI:SS.US'), day::text, clock::text, ident::text, trim_scale(amount)::text, doc::jsonb::text, encode(raw, 'hex'), opened::text, flags::text, big::text";
+const MARIADB_READING: &str = "CONCAT_WS('|', DATE_FORMAT(moment, '%Y-%m-%dT%H:%i:%s.%f'), DATE_FORMAT(day, '%Y-%m-%d'), TRIM(TRAILING '.' FROM TRIM(TRAILING '0' FROM CAST(clock AS CHAR))), ident, TRIM(TRAILING '.' FROM TRIM(TRAILING '0' FROM CAST(amount AS CHAR))), doc, LOWER(HEX(raw)), CAST(opened AS CHAR), LPAD(BIN(flags), 8, '0'), CAST(big AS CHAR))";
 
 fn row(mode: Mode, table: &Table, sku: &str) -> Result<Option<String>> {
     let out = match table.db {
@@ -221,6 +223,12 @@ fn mariadb_source(
         "schema.history.internal.kafka.bootstrap.servers": support::bootstrap(),
         "schema.history.internal.kafka.topic": format!("_schema-history.{run}_pos"),
         "decimal.handling.mode": "string",
+        // Beyond 2^63: `long` would wrap an unsigned bigint into a negative number.
+        "bigint.unsigned.handling.mode": "precise",
+        // On by default, it reads the years 0000-0069 as 2000-2069 (MySQL's two-digit years):
+        // the sink writes 0001-01-01, its capture says 2001-01-01, and harmony would carry
+        // that as the point of sale's change to every system.
+        "enable.time.adjuster": "false",
         "heartbeat.interval.ms": "1000",
         "topic.creation.default.replication.factor": "1",
         "topic.creation.default.partitions": "3",
@@ -379,12 +387,12 @@ fn typed_columns_travel_the_closed_loop(mode: Mode) {
     psql(
         "erp",
         &format!(
-            "INSERT INTO {} VALUES ('{sku}', '2024-02-29 12:34:56.789+01', '0001-01-01', '23:59:59.999', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 12.345, '{{\"k\": [1, 2]}}', '\\x00ff', 2024)",
+            "INSERT INTO {} VALUES ('{sku}', '2024-02-29 12:34:56.789+01', '0001-01-01', '23:59:59.999', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 12.345, '{{\"k\": [1, 2]}}', '\\x00ff', 2024, B'01011010', 18446744073709551615)",
             names[0]
         ),
     )
     .unwrap();
-    let first = "2024-02-29T11:34:56.789000|0001-01-01|23:59:59.999|a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11|12.345|{\"k\": [1, 2]}|00ff|2024";
+    let first = "2024-02-29T11:34:56.789000|0001-01-01|23:59:59.999|a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11|12.345|{\"k\": [1, 2]}|00ff|2024|01011010|18446744073709551615";
     wait_rows(
         mode,
         &tables,
@@ -398,12 +406,12 @@ fn typed_columns_travel_the_closed_loop(mode: Mode) {
     psql(
         "shop",
         &format!(
-            "UPDATE {} SET moment = '1969-12-31 23:59:59.999', day = '2024-02-29', clock = '00:00:00.001', amount = -0.5, doc = '{{\"k\": null}}', raw = '\\xdeadbeef', opened = 1999 WHERE item_sku = '{sku}'",
+            "UPDATE {} SET moment = '1969-12-31 23:59:59.999', clock = '00:00:00.001', amount = -0.5, doc = '{{\"k\": null}}', raw = '\\xdeadbeef', opened = 1999, flags = B'00000001', big = 9223372036854775808 WHERE item_sku = '{sku}'",
             names[1]
         ),
     )
     .unwrap();
-    let second = "1969-12-31T23:59:59.999000|2024-02-29|00:00:00.001|a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11|-0.5|{\"k\": null}|deadbeef|1999";
+    let second = "1969-12-31T23:59:59.999000|0001-01-01|00:00:00.001|a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11|-0.5|{\"k\": null}|deadbeef|1999|00000001|9223372036854775808";
     wait_rows(
         mode,
         &tables,
