@@ -3,8 +3,9 @@
 //! differing types — `timestamptz`, `timestamp(6)`, `timestamp(3)` and `datetime(3)`; `jsonb`
 //! and `json`; `time(6)` and `time(3)`; `uuid` and `char(36)`; `smallint` and `year`; numerics
 //! of differing precision; `bit(8)` in both; MariaDB's `bigint unsigned` beyond 2^63 and a
-//! Postgres `numeric(20,0)` — plus dates (the year 0001 among them) and binary. Debezium captures each, harmony
-//! resolves, Debezium's JDBC sink writes each target back. Every value must arrive equal
+//! Postgres `numeric(20,0)` — plus dates (the year 0001 among them) and binary. Debezium
+//! captures each, harmony resolves, Debezium's JDBC sink writes each target back. Every value
+//! must arrive equal
 //! (compared column by column in each database's own reading of it), the loop must go quiet,
 //! and a value one target cannot hold exactly (a microsecond for a `timestamp(3)`) must be
 //! refused with the column named rather than rounded.
