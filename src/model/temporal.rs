@@ -16,6 +16,11 @@
 
 use std::fmt;
 
+/// Why an instant or a time does not go to a column's unit.
+pub const FINER: &str = "finer than the column's precision";
+pub const BEYOND_64_BITS: &str =
+    "beyond a 64-bit count of the column's unit (nanoseconds span 1677 to 2262)";
+
 /// Units a connector counts times in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unit {
@@ -187,10 +192,17 @@ impl Timestamp {
         }
     }
 
-    /// Units since the epoch, if the instant is a whole number of them.
-    pub fn count(self, unit: Unit) -> Option<i64> {
+    /// Units since the epoch, if the instant is a whole number of them and the count fits 64
+    /// bits (nanoseconds do only between 1677 and 2262); else why not.
+    pub fn count(self, unit: Unit) -> Result<i64, &'static str> {
         let nanos = i64::from(self.nanos);
-        (nanos % unit.nanos() == 0).then(|| self.seconds * unit.per_second() + nanos / unit.nanos())
+        if nanos % unit.nanos() != 0 {
+            return Err(FINER);
+        }
+        self.seconds
+            .checked_mul(unit.per_second())
+            .and_then(|n| n.checked_add(nanos / unit.nanos()))
+            .ok_or(BEYOND_64_BITS)
     }
 
     /// The date, if the instant is its midnight.
@@ -349,16 +361,19 @@ mod tests {
         // moment_us of every_type: 1969-12-31 23:59:59.999999, one microsecond before the epoch.
         let before_epoch = Timestamp::from_count(-1, Unit::Micros).unwrap();
         assert_eq!(text(before_epoch), "1969-12-31T23:59:59.999999Z");
-        assert_eq!(before_epoch.count(Unit::Micros), Some(-1));
-        assert_eq!(before_epoch.count(Unit::Nanos), Some(-1000));
+        assert_eq!(before_epoch.count(Unit::Micros), Ok(-1));
+        assert_eq!(before_epoch.count(Unit::Nanos), Ok(-1000));
         assert_eq!(
             before_epoch.count(Unit::Millis),
-            None,
+            Err(FINER),
             "not a whole millisecond"
         );
         let ms = Timestamp::from_count(1_709_210_096_789, Unit::Millis).unwrap();
         assert_eq!(text(ms), "2024-02-29T12:34:56.789Z");
-        assert_eq!(ms.count(Unit::Micros), Some(1_709_210_096_789_000));
+        assert_eq!(ms.count(Unit::Micros), Ok(1_709_210_096_789_000));
+        let far = Timestamp::parse("9999-12-31T23:59:59Z").unwrap();
+        assert_eq!(far.count(Unit::Nanos), Err(BEYOND_64_BITS));
+        assert!(far.count(Unit::Micros).is_ok());
         assert_eq!(
             Timestamp::parse("2024-02-29T11:34:56.789012Z").unwrap(),
             Timestamp::parse("2024-02-29T12:34:56.789012+01:00").unwrap()

@@ -326,10 +326,10 @@ fn temporal_payload(
             jsontext::int(out, t.count(unit).ok_or(FINER)?);
         }
         (Temporal::Timestamp(unit), FieldRef::Timestamp(t)) => {
-            jsontext::int(out, t.count(unit).ok_or(FINER)?);
+            jsontext::int(out, t.count(unit)?);
         }
         (Temporal::Timestamp(unit), FieldRef::Date(d)) => {
-            jsontext::int(out, Timestamp::from_date(*d).count(unit).ok_or(FINER)?);
+            jsontext::int(out, Timestamp::from_date(*d).count(unit)?);
         }
         (Temporal::Zoned, FieldRef::Timestamp(t)) => iso_text(out, t),
         (Temporal::Zoned, FieldRef::Date(d)) => iso_text(out, &Timestamp::from_date(*d)),
@@ -355,7 +355,7 @@ fn decimal_base64(out: &mut Vec<u8>, d: &Decimal) {
     out.push(b'"');
 }
 
-const FINER: &str = "finer than the column's precision";
+use crate::model::temporal::FINER;
 const MORE_PLACES: &str = "more decimal places than the column keeps";
 
 /// A number as an unscaled integer at `scale`, if it has no more decimal places.

@@ -5,10 +5,9 @@
 //! of differing precision; `bit(8)` in both; MariaDB's `bigint unsigned` beyond 2^63 and a
 //! Postgres `numeric(20,0)` — plus dates (the year 0001 among them) and binary. Debezium
 //! captures each, harmony resolves, Debezium's JDBC sink writes each target back. Every value
-//! must arrive equal
-//! (compared column by column in each database's own reading of it), the loop must go quiet,
-//! and a value one target cannot hold exactly (a microsecond for a `timestamp(3)`) must be
-//! refused with the column named rather than rounded.
+//! must arrive equal (compared column by column in each database's own reading of it), the
+//! loop must go quiet, and a value one target cannot hold exactly (a microsecond for a
+//! `timestamp(3)`) must be refused with the column named rather than rounded.
 //!
 //! Every connector sends decimals as text (`decimal.handling.mode=string`) and the tables'
 //! scales differ — "12.345" in the erp is "12.3450" in the warehouse — so the field declares
