@@ -18,7 +18,7 @@ use serde_json::value::RawValue;
 use crate::config::{Config, OutputFormat};
 use crate::ingest::mapping::{Catalog, EntityId, FieldId};
 use crate::model::clock::SystemId;
-use crate::model::value::{ColumnType, FieldRef};
+use crate::model::value::{ColumnType, FieldRef, Semantic};
 use crate::resolve::connect::{self, SchemaText, Unrepresentable};
 use crate::resolve::engine::{EntityRules, RecordState};
 use crate::resolve::jsontext::{self, Members};
@@ -179,11 +179,15 @@ impl TargetPlan {
 
 /// Whether another system's column type is a better guess for a target's column than the
 /// value's own: only where the value cannot tell (bits are bytes to look at, and a `bit`
-/// column refuses plain bytes). Others are not: a semantic type one database has may be one
+/// column refuses plain bytes; an interval in microseconds is a number to look at, and an
+/// `interval` column refuses a `bigint`). Others are not: a semantic type one database has may be one
 /// the target's lacks (Postgres `json` to a MariaDB `json`, which is text, makes Debezium's
 /// JDBC sink write `CAST(? AS json)`, which MariaDB refuses).
 fn lendable(column_type: &ColumnType) -> bool {
-    matches!(column_type, ColumnType::Bits { .. })
+    matches!(
+        column_type,
+        ColumnType::Bits { .. } | ColumnType::Semantic(Semantic::DurationMicros)
+    )
 }
 
 /// Every (entity, target system) the configuration delivers to.
