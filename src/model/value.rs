@@ -337,25 +337,16 @@ impl ColumnType {
             "decimal" => ColumnType::VariableScaleDecimal,
             "composite" => ColumnType::Composite,
             _ => {
-                if let Some(length) = name
-                    .strip_prefix("bits(")
-                    .and_then(|rest| rest.strip_suffix(')'))
+                // `bits(8)`, `decimal(2)`: the name and its one parameter.
+                if let Some((kind, parameter)) =
+                    name.strip_suffix(')').and_then(|rest| rest.split_once('('))
                 {
-                    return length
-                        .trim()
-                        .parse()
-                        .ok()
-                        .map(|length| ColumnType::Bits { length });
-                }
-                if let Some(scale) = name
-                    .strip_prefix("decimal(")
-                    .and_then(|rest| rest.strip_suffix(')'))
-                {
-                    return scale
-                        .trim()
-                        .parse()
-                        .ok()
-                        .map(|scale| ColumnType::Decimal { scale });
+                    let parameter = parameter.trim().parse().ok()?;
+                    return match kind.trim() {
+                        "bits" => Some(ColumnType::Bits { length: parameter }),
+                        "decimal" => Some(ColumnType::Decimal { scale: parameter }),
+                        _ => None,
+                    };
                 }
                 let semantic = Semantic::ALL
                     .into_iter()

@@ -979,15 +979,9 @@ fn dates_times_and_timestamps_read_the_same_with_a_schema_or_declared() {
     }
 }
 
-/// Every column value of every captured record, sent in its own type as a target's Connect
-/// JSON would carry it, reads back as the same value: what harmony publishes for a target whose
-/// column types it does not know yet loses nothing, whatever the source's type was.
-#[test]
-fn every_captured_value_goes_out_in_its_own_type_and_reads_back_the_same() {
-    use harmony::model::value::{decode_value, FieldRef};
-    use harmony::resolve::connect;
-    use harmony::resolve::jsontext::Members;
-    let mut checked = 0;
+/// Calls `check` with every column value of every captured record (`at` names its place).
+fn each_captured_value(mut check: impl FnMut(&str, &str, harmony::model::value::FieldRef<'_>)) {
+    use harmony::model::value::FieldRef;
     for (dir, connector) in FIXTURE_FILES {
         let fixtures = load_from(dir, connector);
         let mut d = Decoder::new(Limits::default());
@@ -999,57 +993,92 @@ fn every_captured_value_goes_out_in_its_own_type_and_reads_back_the_same() {
             ) else {
                 continue;
             };
+            let at = format!("{connector} {}@{}", f.topic, f.offset);
             for row in [&event.before, &event.after].into_iter().flatten() {
                 for (column, value) in &row.columns {
-                    let Some(sent) = FieldRef::from_value(value) else {
-                        continue;
-                    };
-                    // NaN and infinities have no JSON number; JSON documents are compared as
-                    // documents below.
-                    if matches!(sent, FieldRef::Float(f) if !f.is_finite()) {
-                        continue;
+                    if let Some(sent) = FieldRef::from_value(value) {
+                        check(&at, column, sent);
                     }
-                    let own = connect::own_type(&sent);
-                    let (mut schema, mut image) = (Vec::new(), Vec::new());
-                    let mut fields = Members::array(&mut schema);
-                    let mut members = Members::object(&mut image);
-                    connect::field(&mut fields, &mut members, column, &sent, None, true)
-                        .unwrap_or_else(|e| panic!("{connector} {column}: {e}"));
-                    fields.end();
-                    members.end();
-                    let image: std::collections::HashMap<String, Box<serde_json::value::RawValue>> =
-                        serde_json::from_slice(&image).unwrap();
-                    let back = decode_value(&image[column.as_ref()], Some(&own))
-                        .unwrap_or_else(|e| panic!("{connector} {column}: {e}"));
-                    let back = FieldRef::from_value(&back).unwrap();
-                    let same = match (&sent, &back) {
-                        (FieldRef::Json(a), FieldRef::Json(b)) => {
-                            serde_json::from_str::<serde_json::Value>(a).ok()
-                                == serde_json::from_str::<serde_json::Value>(b).ok()
-                        }
-                        (a, b) => a == b,
-                    };
-                    assert!(
-                        same,
-                        "{connector} {}@{} {column}: sent {sent:?} as {own}, read back {back:?}",
-                        f.topic, f.offset
-                    );
-                    checked += 1;
                 }
             }
         }
     }
+}
+
+/// `value` written as a target's Connect JSON gives `column` of type `target` (its own type
+/// when `None`), and read back in that type; `Err` when the column cannot hold it.
+fn written_and_read_back(
+    column: &str,
+    value: &harmony::model::value::FieldRef<'_>,
+    target: Option<&harmony::model::value::ColumnType>,
+) -> Result<harmony::model::value::FieldValue, harmony::resolve::connect::Unrepresentable> {
+    use harmony::model::value::{decode_value, FieldRef, FieldValue};
+    use harmony::resolve::connect;
+    use harmony::resolve::jsontext::Members;
+    let own = connect::own_type(value);
+    let (mut schema, mut image) = (Vec::new(), Vec::new());
+    let mut fields = Members::array(&mut schema);
+    let mut members = Members::object(&mut image);
+    let result = connect::field(&mut fields, &mut members, column, value, target, true);
+    fields.end();
+    members.end();
+    result?;
+    let image: std::collections::HashMap<String, Box<serde_json::value::RawValue>> =
+        serde_json::from_slice(&image).unwrap();
+    let back = decode_value(&image[column], Some(target.unwrap_or(&own)))
+        .unwrap_or_else(|e| panic!("{column}: {e}"));
+    Ok(FieldValue::from(FieldRef::from_value(&back).unwrap()))
+}
+
+/// Whether two values are the same content: JSON documents as documents, anything else as its
+/// fingerprint says (a date as its midnight, `4.90` as `4.9`).
+fn same_content(
+    a: &harmony::model::value::FieldValue,
+    b: &harmony::model::value::FieldValue,
+) -> bool {
+    use harmony::model::value::FieldValue;
+    match (a, b) {
+        (FieldValue::Json(a), FieldValue::Json(b) | FieldValue::Text(b)) => {
+            serde_json::from_str::<serde_json::Value>(a).ok()
+                == serde_json::from_str::<serde_json::Value>(b).ok()
+        }
+        (a, b) => a.fingerprint() == b.fingerprint(),
+    }
+}
+
+/// Every column value of every captured record, sent in its own type as a target's Connect
+/// JSON would carry it, reads back as the same value: what harmony publishes for a target whose
+/// column types it does not know yet loses nothing, whatever the source's type was.
+#[test]
+fn every_captured_value_goes_out_in_its_own_type_and_reads_back_the_same() {
+    use harmony::model::value::{FieldRef, FieldValue};
+    let mut checked = 0;
+    each_captured_value(|at, column, sent| {
+        // NaN and infinities have no JSON number.
+        if matches!(sent, FieldRef::Float(f) if !f.is_finite()) {
+            return;
+        }
+        let back = written_and_read_back(column, &sent, None)
+            .unwrap_or_else(|e| panic!("{at} {column}: {e}"));
+        let sent = FieldValue::from(sent);
+        // In its own type, the very value: `4.90` stays `4.90`.
+        let exact = matches!(sent, FieldValue::Json(_)) || sent == back;
+        assert!(
+            exact && same_content(&sent, &back),
+            "{at} {column}: sent {sent:?}, read back {back:?}"
+        );
+        checked += 1;
+    });
     assert!(checked > 500, "{checked} values");
 }
 
 /// Every captured value, sent to every column type of its kind that a target may have (the
 /// README's type table), is written exactly or refused: never rounded. What is written reads
-/// back, in that column type, as the same content (a date as its midnight, `4.90` as `4.9`).
+/// back, in that column type, as the same content.
 #[test]
 fn every_captured_value_goes_to_every_column_type_of_its_kind_exactly_or_not_at_all() {
-    use harmony::model::value::{decode_value, ColumnType, FieldRef, FieldValue};
+    use harmony::model::value::{ColumnType, FieldRef, FieldValue};
     use harmony::resolve::connect;
-    use harmony::resolve::jsontext::Members;
     // Floats are approximate by nature, composites pass through: neither converts.
     const TARGETS: [&str; 24] = [
         "boolean",
@@ -1082,70 +1111,24 @@ fn every_captured_value_goes_to_every_column_type_of_its_kind_exactly_or_not_at_
         .map(|t| ColumnType::parse(t).unwrap_or_else(|| panic!("{t}")))
         .collect();
     let (mut written, mut refused) = (0, 0);
-    for (dir, connector) in FIXTURE_FILES {
-        let fixtures = load_from(dir, connector);
-        let mut d = Decoder::new(Limits::default());
-        for f in &fixtures {
-            let Ok(Decoded::Change(event)) = d.decode(
-                f.key.as_deref().map(str::as_bytes),
-                f.value.as_deref().map(str::as_bytes),
-                headers(f),
-            ) else {
+    each_captured_value(|at, column, sent| {
+        if matches!(sent, FieldRef::Null | FieldRef::Float(_)) {
+            return;
+        }
+        let kind = connect::own_type(&sent).kind();
+        for target in targets.iter().filter(|t| t.kind() == kind) {
+            let Ok(back) = written_and_read_back(column, &sent, Some(target)) else {
+                refused += 1;
                 continue;
             };
-            for row in [&event.before, &event.after].into_iter().flatten() {
-                for (column, value) in &row.columns {
-                    let Some(sent) = FieldRef::from_value(value) else {
-                        continue;
-                    };
-                    let kind = connect::own_type(&sent).kind();
-                    if matches!(sent, FieldRef::Null | FieldRef::Float(_)) {
-                        continue;
-                    }
-                    for target in targets.iter().filter(|t| t.kind() == kind) {
-                        let (mut schema, mut image) = (Vec::new(), Vec::new());
-                        let mut fields = Members::array(&mut schema);
-                        let mut members = Members::object(&mut image);
-                        let result = connect::field(
-                            &mut fields,
-                            &mut members,
-                            column,
-                            &sent,
-                            Some(target),
-                            true,
-                        );
-                        fields.end();
-                        members.end();
-                        if result.is_err() {
-                            refused += 1;
-                            continue;
-                        }
-                        let image: std::collections::HashMap<
-                            String,
-                            Box<serde_json::value::RawValue>,
-                        > = serde_json::from_slice(&image).unwrap();
-                        let back = decode_value(&image[column.as_ref()], Some(target))
-                            .unwrap_or_else(|e| panic!("{connector} {column} as {target}: {e}"));
-                        let back = FieldValue::from(FieldRef::from_value(&back).unwrap());
-                        let sent_value = FieldValue::from(sent.clone());
-                        let same = match (&sent_value, &back) {
-                            (FieldValue::Json(a), FieldValue::Json(b) | FieldValue::Text(b)) => {
-                                serde_json::from_str::<serde_json::Value>(a).ok()
-                                    == serde_json::from_str::<serde_json::Value>(b).ok()
-                            }
-                            (a, b) => a.fingerprint() == b.fingerprint(),
-                        };
-                        assert!(
-                            same,
-                            "{connector} {}@{} {column}: sent {sent:?} as {target}, read back {back:?}",
-                            f.topic, f.offset
-                        );
-                        written += 1;
-                    }
-                }
-            }
+            let sent = FieldValue::from(sent.clone());
+            assert!(
+                same_content(&sent, &back),
+                "{at} {column}: sent {sent:?} as {target}, read back {back:?}"
+            );
+            written += 1;
         }
-    }
+    });
     assert!(
         written > 1000 && refused > 100,
         "{written} written, {refused} refused"
