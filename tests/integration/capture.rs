@@ -396,7 +396,8 @@ fn capture_mariadb_fixtures() -> Result<()> {
          DELETE FROM kinds WHERE id = 3; \
          ALTER TABLE kinds ADD COLUMN note varchar(20); \
          INSERT INTO kinds (id, name, note) VALUES (4, 'after ddl', 'new column'); \
-         TRUNCATE kinds;",
+         TRUNCATE kinds; \
+         INSERT INTO every_type VALUES (2, '1970-01-01 00:00:00.001', '2038-01-19 03:14:07.999999', '-838:59:59.000000', 1901, b'000000000001', b'0', 0, 'calm', '', 0, -0.000000000000000000000000000001, 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a12', '', X'');",
     )?;
     std::thread::sleep(Duration::from_secs(5));
     for (name, _) in MARIADB_CONNECTORS {

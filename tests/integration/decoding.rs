@@ -484,6 +484,16 @@ fn every_captured_record_decodes() {
                 f.value.as_deref().map(str::as_bytes),
                 headers(f),
             );
+            // MariaDB's `time` holds durations too (-838:59:59 to 838:59:59), which Debezium
+            // counts as a `MicroTime` beyond a day: no time of day, so refused by name.
+            if connector == "mdb_schema" && f.topic.ends_with(".every_type") && f.offset == 1 {
+                let error = decoded.map(|_| ()).unwrap_err().to_string();
+                assert!(
+                    error.contains("clock") && error.contains("time of day"),
+                    "{error}"
+                );
+                continue;
+            }
             assert!(
                 decoded.is_ok(),
                 "{connector} {}@{}: {decoded:?}",
@@ -1133,4 +1143,66 @@ fn every_captured_value_goes_to_every_column_type_of_its_kind_exactly_or_not_at_
         written > 1000 && refused > 100,
         "{written} written, {refused} refused"
     );
+}
+
+/// MariaDB's further types, captured schema-wrapped and schemaless: with a schema each is read
+/// from its semantic name; without, from the type a configuration declares; the same values.
+#[test]
+fn mariadb_types_read_the_same_with_a_schema_or_declared() {
+    use harmony::model::value::{as_declared, ColumnType};
+    let expected: [(&str, &str, &str); 10] = [
+        (
+            "moment3",
+            "timestamp_ms",
+            "Timestamp(2024-02-29T12:34:56.789Z)",
+        ),
+        (
+            "moment_tz",
+            "timestamptz",
+            "Timestamp(2024-02-29T12:34:56.789012Z)",
+        ),
+        ("clock", "time_us", "Time(23:59:59.999999)"),
+        ("opened", "year", "Int(2024)"),
+        // b'101000000101', the connector's little-endian bytes.
+        ("flags", "bits(12)", "Bytes(\"BQo=\")"),
+        ("one_bit", "boolean", "Bool(true)"),
+        // `tinyint(1)` is a number; a field declared `boolean` reads it as one.
+        ("tiny_flag", "int", "Int(1)"),
+        ("mood", "enum", "Text(\"busy\")"),
+        ("moods", "enum_set", "Text(\"calm,away\")"),
+        (
+            "wide",
+            "decimal(30)",
+            "WideDecimal(\"12345678901234567890123456789012345.123456789012345678901234567891\")",
+        ),
+    ];
+    for connector in ["mdb_schema", "mdb_plain"] {
+        let fixtures = load_from("mariadb", connector);
+        let f = fixtures
+            .iter()
+            .find(|f| f.topic.ends_with(".every_type") && f.offset == 0)
+            .unwrap_or_else(|| panic!("{connector}: no every_type row"));
+        let Ok(Decoded::Change(event)) = Decoder::new(Limits::default()).decode(
+            f.key.as_deref().map(str::as_bytes),
+            f.value.as_deref().map(str::as_bytes),
+            headers(f),
+        ) else {
+            panic!("{connector}: not a change")
+        };
+        let row = event.after.as_ref().unwrap();
+        for (column, declared, reading) in expected {
+            let value = col(row, column).clone();
+            let value = if event.schema.is_some() {
+                value
+            } else {
+                as_declared(value, &ColumnType::parse(declared).unwrap()).unwrap()
+            };
+            let shown = match &value {
+                Value::Timestamp(t) => format!("Timestamp({t})"),
+                Value::Time(t) => format!("Time({t})"),
+                other => format!("{other:?}"),
+            };
+            assert_eq!(shown, reading, "{connector} {column}");
+        }
+    }
 }
