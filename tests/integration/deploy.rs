@@ -111,13 +111,18 @@ fn the_check_refuses_unknown_fields_wrong_types_and_broken_references() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// docker-compose.yml and the native stack run the same Kafka and Debezium.
+/// docker-compose.yml and the native stack run the same Kafka, Debezium and schema registry.
 #[test]
 fn the_compose_images_match_the_native_stack_versions() {
     let compose = std::fs::read_to_string(format!("{ROOT}/docker-compose.yml")).unwrap();
     for (pom, property, image) in [
         ("kafka", "kafka.version", "apache/kafka:"),
         ("debezium", "debezium.version", "quay.io/debezium/connect:"),
+        (
+            "registry",
+            "apicurio.version",
+            "apicurio/apicurio-registry-mem:",
+        ),
     ] {
         let text = std::fs::read_to_string(format!("{ROOT}/scripts/maven/{pom}/pom.xml")).unwrap();
         let open = format!("<{property}>");

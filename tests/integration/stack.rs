@@ -60,7 +60,10 @@ fn stack_and_harmony_listen_on_loopback_only() {
         port("CONNECT_PORT", 8083),
         port("PG_PORT", 55432),
         http_port,
-    ];
+    ]
+    .into_iter()
+    .chain(support::registry_available("loopback").then(|| port("REGISTRY_PORT", 8081)))
+    .collect::<Vec<_>>();
     let sockets = listening_sockets();
     for port in ours {
         let bound: Vec<&(String, u16)> = sockets.iter().filter(|(_, p)| *p == port).collect();
@@ -84,4 +87,53 @@ fn loopback_addresses_are_recognised() {
     assert!(!is_loopback("00000000"));
     assert!(is_loopback("0000000000000000FFFF00000100007F"));
     assert!(!is_loopback("00000000000000000000000000000000"));
+}
+
+/// The stack's schema registry (Apicurio, built from Maven Central by `scripts/stack`) answers
+/// the Confluent API as harmony and Debezium's converters use it: a schema registered under a
+/// subject is served back by its id; an unknown id is 404 with Confluent's error code 40403; under
+/// BACKWARD compatibility a new required field is refused (409) and an optional one accepted.
+#[test]
+fn the_stacks_registry_answers_the_confluent_api() {
+    if !support::stack_available("registry") || !support::registry_available("registry") {
+        return;
+    }
+    let name = format!("{}-value", unique("registry-probe"));
+    let subject = format!("/subjects/{name}");
+    let record = |fields: serde_json::Value| serde_json::json!({"schema": serde_json::json!({"type": "record", "name": "Probe", "fields": fields}).to_string()});
+    let first = record(serde_json::json!([{"name": "a", "type": "int"}]));
+    let (code, body) =
+        support::registry_rest("POST", &format!("{subject}/versions"), Some(&first)).unwrap();
+    assert_eq!(code, 200, "{body}");
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let (code, body) = support::registry_rest("GET", &format!("/schemas/ids/{id}"), None).unwrap();
+    assert_eq!(code, 200, "{body}");
+    let served: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(served["schema"], first["schema"]);
+    let (code, body) = support::registry_rest("GET", "/schemas/ids/999999999", None).unwrap();
+    assert_eq!(code, 404, "{body}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["error_code"],
+        40403
+    );
+    let backward = serde_json::json!({"compatibility": "BACKWARD"});
+    let (code, body) =
+        support::registry_rest("PUT", &format!("/config/{name}"), Some(&backward)).unwrap();
+    assert_eq!(code, 200, "{body}");
+    let required =
+        record(serde_json::json!([{"name": "a", "type": "int"}, {"name": "b", "type": "string"}]));
+    let (code, body) =
+        support::registry_rest("POST", &format!("{subject}/versions"), Some(&required)).unwrap();
+    assert_eq!(
+        code, 409,
+        "a new field without a default is not backward compatible: {body}"
+    );
+    let optional = record(
+        serde_json::json!([{"name": "a", "type": "int"}, {"name": "b", "type": ["null", "string"], "default": null}]),
+    );
+    let (code, body) =
+        support::registry_rest("POST", &format!("{subject}/versions"), Some(&optional)).unwrap();
+    assert_eq!(code, 200, "{body}");
 }

@@ -687,6 +687,51 @@ pub fn connect_rest(
     path: &str,
     body: Option<&serde_json::Value>,
 ) -> Result<(u16, String)> {
+    let url = format!("http://127.0.0.1:{}{path}", env_or("CONNECT_PORT", "8083"));
+    rest(method, &url, "application/json", body)
+}
+
+/// The schema registry's Confluent-compatible API on the stack (`scripts/stack up
+/// --with-registry`): status code and body.
+pub fn registry_rest(
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<(u16, String)> {
+    let url = format!("{}{path}", registry_url());
+    rest(method, &url, "application/vnd.schemaregistry.v1+json", body)
+}
+
+/// The base URL of the stack's schema registry API.
+pub fn registry_url() -> String {
+    format!(
+        "http://127.0.0.1:{}/apis/ccompat/v7",
+        env_or("REGISTRY_PORT", "8081")
+    )
+}
+
+/// Whether the schema registry (`scripts/stack up --with-registry`) is up. Required when
+/// `HARMONY_E2E=1` (`scripts/test` starts it); otherwise the test is skipped, saying so.
+pub fn registry_available(test: &str) -> bool {
+    let up = registry_rest("GET", "/subjects", None).is_ok_and(|(code, _)| code == 200);
+    if !up && std::env::var("HARMONY_E2E").is_ok_and(|v| v == "1") {
+        panic!(
+            "{test}: no schema registry at {}; start it with scripts/stack up --with-registry",
+            registry_url()
+        );
+    }
+    if !up {
+        eprintln!("{test}: SKIPPED, no schema registry at {}", registry_url());
+    }
+    up
+}
+
+fn rest(
+    method: &str,
+    url: &str,
+    content_type: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<(u16, String)> {
     let mut cmd = Command::new("curl");
     cmd.args([
         "-sS",
@@ -697,12 +742,11 @@ pub fn connect_rest(
         "-X",
         method,
         "-H",
-        "Content-Type: application/json",
+        &format!("Content-Type: {content_type}"),
     ]);
     if let Some(b) = body {
         cmd.args(["--data-binary", &b.to_string()]);
     }
-    let url = format!("http://127.0.0.1:{}{path}", env_or("CONNECT_PORT", "8083"));
     let out = cmd.arg(url).output()?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').context("curl printed no status")?;
