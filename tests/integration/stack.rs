@@ -137,3 +137,88 @@ fn the_stacks_registry_answers_the_confluent_api() {
         support::registry_rest("POST", &format!("{subject}/versions"), Some(&optional)).unwrap();
     assert_eq!(code, 200, "{body}");
 }
+
+/// Debezium with the registry's Avro converter (`apicurio.registry.as-confluent`), as the
+/// stack's Connect offers it: each change is Confluent's wire format — magic byte 0, then the
+/// 4-byte id of its writer schema — and that id is served by the registry's Confluent API,
+/// with Debezium's semantic names (`connect.name`) in the schema.
+#[test]
+fn debezium_writes_avro_in_the_confluent_wire_format_through_the_stacks_registry() {
+    if !support::stack_available("avro capture") || !support::registry_available("avro capture") {
+        return;
+    }
+    let table = unique("avro_probe").replace('-', "_");
+    support::psql(
+        "erp",
+        &format!(
+            "CREATE TABLE {table} (sku text PRIMARY KEY, price numeric(10,2), seen timestamptz)"
+        ),
+    )
+    .unwrap();
+    let run = unique("avro").replace('-', "_");
+    let url = "http://127.0.0.1:8081/apis/registry/v2".replace(
+        "8081",
+        &std::env::var("REGISTRY_PORT").unwrap_or_else(|_| "8081".into()),
+    );
+    let mut settings = Vec::new();
+    for side in ["key", "value"] {
+        for (key, value) in [
+            ("", "io.apicurio.registry.utils.converter.AvroConverter"),
+            (".apicurio.registry.url", url.as_str()),
+            (".apicurio.registry.auto-register", "true"),
+            (".apicurio.registry.find-latest", "true"),
+            (".apicurio.registry.as-confluent", "true"),
+            (".apicurio.registry.use-id", "contentId"),
+            (".apicurio.registry.headers.enabled", "false"),
+        ] {
+            settings.push((format!("{side}.converter{key}"), value));
+        }
+    }
+    let mut settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    // Avro's decimal logical type, rather than the deployed connectors' text.
+    settings.push(("decimal.handling.mode", "precise"));
+    let mut connectors = support::Connectors::default();
+    connectors
+        .stream_tables_with(&run, &[("erp", table.as_str())], &settings)
+        .unwrap();
+    support::psql(
+        "erp",
+        &format!("INSERT INTO {table} VALUES ('SKU-1', 4.90, '2024-02-29 12:34:56+01')"),
+    )
+    .unwrap();
+    let topic = format!("{run}_erp.public.{table}");
+    // Debezium creates the topic with its first record.
+    support::wait_until(Duration::from_secs(60), "the captured topic", || {
+        Ok(support::TopicReader::new(&topic).is_ok())
+    })
+    .unwrap();
+    let mut reader = support::TopicReader::new(&topic).unwrap();
+    assert!(
+        reader
+            .read_until(Duration::from_secs(60), |records| !records.is_empty())
+            .unwrap(),
+        "no change on {topic}"
+    );
+    let value = reader.records[0]
+        .value
+        .as_deref()
+        .expect("a change, not a tombstone");
+    assert_eq!(value[0], 0, "Confluent's magic byte");
+    let id = u32::from_be_bytes(value[1..5].try_into().unwrap());
+    let (code, body) = support::registry_rest("GET", &format!("/schemas/ids/{id}"), None).unwrap();
+    assert_eq!(code, 200, "{body}");
+    let schema: serde_json::Value = serde_json::from_str(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["schema"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let text = schema.to_string();
+    assert!(
+        text.contains("org.apache.kafka.connect.data.Decimal")
+            && text.contains("io.debezium.time.ZonedTimestamp"),
+        "{text}"
+    );
+    drop(connectors);
+    support::psql("erp", &format!("DROP TABLE {table}")).unwrap();
+}
