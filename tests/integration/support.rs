@@ -502,7 +502,10 @@ impl Harmony {
             .spawn()
             .context("starting harmony")?;
         self.child = Some(child);
-        self.wait_for_log("subscribed", Duration::from_secs(30))
+        // A worker started just after a broker restart waits, rightly, until the group
+        // coordinator has loaded its offsets; on a broker holding thousands of partitions that
+        // took more than 30 s here (the chaos test's kill after its broker restart).
+        self.wait_for_log("subscribed", Duration::from_secs(90))
     }
 
     pub fn log(&self) -> String {
