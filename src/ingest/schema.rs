@@ -64,9 +64,9 @@ fn column_type(schema: &ConnectSchema<'_>) -> ColumnType {
             .and_then(|s| s.parse().ok())
     };
     if schema.name.as_deref() == Some("io.debezium.data.Bits") {
-        if let Some(length) = parameter("length") {
-            return ColumnType::Bits { length };
-        }
+        return ColumnType::Bits {
+            length: parameter("length"),
+        };
     }
     if let Some(semantic) = schema.name.as_deref().and_then(Semantic::from_name) {
         return ColumnType::Semantic(semantic);
@@ -222,7 +222,7 @@ mod tests {
         assert_eq!(of("doc_json"), semantic(Semantic::Json));
         assert_eq!(of("raw"), Some(ColumnType::Bytes));
         assert_eq!(of("state"), semantic(Semantic::Enum));
-        assert_eq!(of("flags"), Some(ColumnType::Bits { length: 8 }));
+        assert_eq!(of("flags"), Some(ColumnType::Bits { length: Some(8) }));
         assert_eq!(of("ints"), Some(ColumnType::Composite));
         assert_eq!(of("address"), Some(ColumnType::String));
         assert_eq!(of("markup"), semantic(Semantic::Xml));

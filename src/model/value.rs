@@ -311,10 +311,11 @@ pub enum ColumnType {
     VariableScaleDecimal,
     /// Struct, array, map: passed through.
     Composite,
-    /// `io.debezium.data.Bits` with its `length` parameter (bits), which Debezium's JDBC sink
-    /// needs to bind a `bit(n)` column.
+    /// `io.debezium.data.Bits`: base64 bytes, least significant byte first, with the
+    /// `length` parameter (bits) where known, which Debezium's JDBC sink needs to bind a
+    /// `bit(n)` column.
     Bits {
-        length: u32,
+        length: Option<u32>,
     },
     /// A Debezium or Connect logical type: what the connector's schema names the column's
     /// value, over the plain type it is carried in.
@@ -336,6 +337,7 @@ impl ColumnType {
             "bytes" => ColumnType::Bytes,
             "decimal" => ColumnType::VariableScaleDecimal,
             "composite" => ColumnType::Composite,
+            "bits" | "io.debezium.data.Bits" => ColumnType::Bits { length: None },
             _ => {
                 // `bits(8)`, `decimal(2)`: the name and its one parameter.
                 if let Some((kind, parameter)) =
@@ -343,7 +345,9 @@ impl ColumnType {
                 {
                     let parameter = parameter.trim().parse().ok()?;
                     return match kind.trim() {
-                        "bits" => Some(ColumnType::Bits { length: parameter }),
+                        "bits" => Some(ColumnType::Bits {
+                            length: Some(parameter),
+                        }),
                         "decimal" => Some(ColumnType::Decimal { scale: parameter }),
                         _ => None,
                     };
@@ -369,9 +373,7 @@ impl ColumnType {
             | ColumnType::VariableScaleDecimal
             | ColumnType::Semantic(Semantic::Year) => ValueKind::Number,
             ColumnType::String => ValueKind::Text,
-            ColumnType::Bytes | ColumnType::Bits { .. } | ColumnType::Semantic(Semantic::Bits) => {
-                ValueKind::Bytes
-            }
+            ColumnType::Bytes | ColumnType::Bits { .. } => ValueKind::Bytes,
             ColumnType::Composite => ValueKind::Composite,
             ColumnType::Semantic(semantic) => match semantic.temporal() {
                 Some(Temporal::Date | Temporal::Timestamp(_) | Temporal::Zoned) => {
@@ -449,7 +451,10 @@ impl fmt::Display for ColumnType {
             ColumnType::Decimal { scale } => write!(f, "decimal({scale})"),
             ColumnType::VariableScaleDecimal => f.write_str("decimal"),
             ColumnType::Composite => f.write_str("composite"),
-            ColumnType::Bits { length } => write!(f, "bits({length})"),
+            ColumnType::Bits { length: None } => f.write_str("bits"),
+            ColumnType::Bits {
+                length: Some(length),
+            } => write!(f, "bits({length})"),
             ColumnType::Semantic(s) => f.write_str(s.short_name()),
         }
     }
@@ -489,13 +494,11 @@ pub enum Semantic {
     Json,
     Enum,
     EnumSet,
-    /// Bits, base64 bytes, least significant byte first: `io.debezium.data.Bits`.
-    Bits,
     Xml,
 }
 
 impl Semantic {
-    pub const ALL: [Semantic; 18] = [
+    pub const ALL: [Semantic; 17] = [
         Semantic::Date,
         Semantic::TimeMillis,
         Semantic::TimeMicros,
@@ -512,7 +515,6 @@ impl Semantic {
         Semantic::Json,
         Semantic::Enum,
         Semantic::EnumSet,
-        Semantic::Bits,
         Semantic::Xml,
     ];
 
@@ -537,7 +539,6 @@ impl Semantic {
             "io.debezium.data.Json" => Semantic::Json,
             "io.debezium.data.Enum" => Semantic::Enum,
             "io.debezium.data.EnumSet" => Semantic::EnumSet,
-            "io.debezium.data.Bits" => Semantic::Bits,
             "io.debezium.data.Xml" => Semantic::Xml,
             _ => return None,
         })
@@ -578,7 +579,6 @@ impl Semantic {
             Semantic::Json => "json",
             Semantic::Enum => "enum",
             Semantic::EnumSet => "enum_set",
-            Semantic::Bits => "bits",
             Semantic::Xml => "xml",
         }
     }
@@ -593,7 +593,6 @@ impl Semantic {
             | Semantic::TimestampMicros
             | Semantic::TimestampNanos
             | Semantic::DurationMicros => "int64",
-            Semantic::Bits => "bytes",
             Semantic::ZonedTimestamp
             | Semantic::ZonedTime
             | Semantic::Interval
@@ -624,7 +623,6 @@ impl Semantic {
             Semantic::Json => "io.debezium.data.Json",
             Semantic::Enum => "io.debezium.data.Enum",
             Semantic::EnumSet => "io.debezium.data.EnumSet",
-            Semantic::Bits => "io.debezium.data.Bits",
             Semantic::Xml => "io.debezium.data.Xml",
         }
     }
@@ -647,12 +645,7 @@ pub fn decode_value<'a>(
 /// whose column types a configuration declares.
 pub fn canonical(value: Value<'_>, semantic: Semantic) -> Result<Value<'_>, ValueError> {
     let Some(kind) = semantic.temporal() else {
-        return Ok(match (semantic, value) {
-            // Binary, as a `bytea` is: a `bit(8)` in one system and a `binary(1)` in another
-            // hold the same bytes.
-            (Semantic::Bits, Value::Text(text)) => Value::Bytes(text),
-            (_, value) => value,
-        });
+        return Ok(value);
     };
     let converted = match (kind, &value) {
         // Already read: a field's declared type applied over a schema's.

@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value as Json};
 
 use num_bigint::BigInt;
 
-use crate::model::temporal::{Date, TimeOfDay, Timestamp, Unit};
+use crate::model::temporal::{Date, TimeOfDay, Timestamp, Unit, FINER};
 use crate::model::value::{wide_decimal_parts, ColumnType, Decimal, FieldRef, Semantic, Temporal};
 use crate::resolve::jsontext::{self, Members};
 
@@ -130,10 +130,12 @@ fn field_type(
         },
         ColumnType::Semantic(semantic) => return semantic_field(field, *semantic),
         ColumnType::Bits { length } => {
-            semantic_field(field, Semantic::Bits);
-            let mut parameters = Members::object(field.key("parameters"));
-            iso_text(parameters.key("length"), length);
-            parameters.end();
+            jsontext::string(field.key("type"), "bytes");
+            jsontext::string(field.key("name"), "io.debezium.data.Bits");
+            jsontext::raw(field.key("version"), "1");
+            if let Some(length) = length {
+                numeric_parameter(field, "length", *length);
+            }
             return;
         }
     };
@@ -151,10 +153,15 @@ fn decimal_field(field: &mut Members<'_>, scale: u32) {
     jsontext::string(field.key("type"), "bytes");
     jsontext::string(field.key("name"), "org.apache.kafka.connect.data.Decimal");
     jsontext::raw(field.key("version"), "1");
+    numeric_parameter(field, "scale", scale);
+}
+
+/// A schema's `parameters` holding one number, as Connect writes it: as a string.
+fn numeric_parameter(field: &mut Members<'_>, name: &str, value: u32) {
     let mut parameters = Members::object(field.key("parameters"));
-    let key = parameters.key("scale");
+    let key = parameters.key(name);
     key.push(b'"');
-    jsontext::uint(key, scale.into());
+    jsontext::uint(key, value.into());
     key.push(b'"');
     parameters.end();
 }
@@ -242,7 +249,7 @@ fn payload(
         (ColumnType::Boolean, _) => return Err(refuse("not a boolean")),
         (ColumnType::Composite, FieldRef::Json(text)) if array => jsontext::raw(out, text.trim()),
         (ColumnType::Bits { length }, FieldRef::Bytes(base64)) => {
-            if base64_len(base64) > length.div_ceil(8) as usize {
+            if length.is_some_and(|bits| base64_len(base64) > bits.div_ceil(8) as usize) {
                 return Err(refuse("more bits than the column holds"));
             }
             jsontext::string(out, base64);
@@ -355,7 +362,6 @@ fn decimal_base64(out: &mut Vec<u8>, d: &Decimal) {
     out.push(b'"');
 }
 
-use crate::model::temporal::FINER;
 const MORE_PLACES: &str = "more decimal places than the column keeps";
 
 /// A number as an unscaled integer at `scale`, if it has no more decimal places.
