@@ -70,8 +70,9 @@ struct SourcePlan {
     version_column: Option<String>,
     /// Column types the configuration declares (`sources.types`).
     declared: HashMap<String, ColumnType>,
-    /// Column → its field's canonical type (`fields.<f>.type`), where declared.
-    canonical: HashMap<String, ColumnType>,
+    /// Whether a field this source maps declares its canonical type (`fields.<f>.type`): a
+    /// change of a table none of whose fields do is read as it came.
+    any_canonical: bool,
 }
 
 /// The entities one configured table feeds.
@@ -150,14 +151,12 @@ impl Catalog {
                         .keys()
                         .filter_map(|c| Some((c.clone(), source.column_type(c)?)))
                         .collect(),
-                    canonical: source
-                        .columns
-                        .iter()
-                        .filter_map(|(column, field)| {
-                            let declared = entity.fields.get(field)?.canonical_type()?;
-                            Some((column.clone(), declared))
-                        })
-                        .collect(),
+                    any_canonical: source.columns.values().any(|field| {
+                        entity
+                            .fields
+                            .get(field)
+                            .is_some_and(|f| f.canonical_type().is_some())
+                    }),
                 };
                 let tables = &mut catalog.plans[system];
                 match tables
@@ -308,24 +307,29 @@ impl Catalog {
         let plans = self.plans_for(system, event);
         if plans
             .iter()
-            .all(|p| p.canonical.is_empty() && (schema_wrapped || p.declared.is_empty()))
+            .all(|p| !p.any_canonical && (schema_wrapped || p.declared.is_empty()))
         {
             return Ok(());
         }
+        // A column's field's canonical type, by the source that maps it.
+        let canonical = |column: &str| {
+            plans.iter().find_map(|p| {
+                let (field, _) = p.columns.get(column)?;
+                self.canonical_type(p.entity, *field)
+            })
+        };
         let rows = [event.before.as_mut(), event.after.as_mut()];
         for row in rows.into_iter().flatten() {
             for (column, value) in &mut row.columns {
                 let column = column.as_ref();
                 let read = if schema_wrapped {
-                    let Some(canonical) = plans.iter().find_map(|p| p.canonical.get(column)) else {
+                    let Some(canonical) = canonical(column) else {
                         continue;
                     };
                     as_canonical(std::mem::replace(value, Value::Null), canonical)
                 } else {
-                    let Some(declared) = plans
-                        .iter()
-                        .find_map(|p| p.declared.get(column).or_else(|| p.canonical.get(column)))
-                    else {
+                    let declared = plans.iter().find_map(|p| p.declared.get(column));
+                    let Some(declared) = declared.or_else(|| canonical(column)) else {
                         continue;
                     };
                     as_declared(std::mem::replace(value, Value::Null), declared)

@@ -89,14 +89,16 @@ impl TargetColumn {
     }
 
     /// The type `value` goes out as: a borrowed type only where it holds the value exactly
-    /// (another system's `datetime(3)` says nothing of this one's precision).
-    fn type_for<'c>(&'c self, value: &FieldRef<'_>) -> Option<&'c ColumnType> {
-        match (self.known_type(), &self.borrowed) {
-            (Some(known), _) => Some(known),
-            (None, Some(borrowed)) => connect::check(value, borrowed, &mut Vec::new())
-                .is_ok()
-                .then_some(borrowed),
-            (None, None) => None,
+    /// (another system's `datetime(3)` says nothing of this one's precision), tried in
+    /// `scratch`.
+    fn type_for<'c>(
+        &'c self,
+        value: &FieldRef<'_>,
+        scratch: &mut Vec<u8>,
+    ) -> Option<&'c ColumnType> {
+        match self.known_type() {
+            Some(known) => Some(known),
+            None => leniently(self.borrowed.as_ref(), value, Some(scratch)),
         }
     }
 }
@@ -393,6 +395,8 @@ fn target_records_of(
     let wrapped = plan.format == OutputFormat::Json;
     let (mut key, mut image) = (Vec::with_capacity(64), Vec::with_capacity(512));
     let (mut key_fields, mut row_fields) = (Vec::new(), Vec::new());
+    // Where a borrowed type is tried (never allocated while no column borrows).
+    let mut guess = Vec::new();
     {
         let mut key = Members::object(&mut key);
         let mut image = Members::object(&mut image);
@@ -404,7 +408,8 @@ fn target_records_of(
                 let text = key_value(pos);
                 if wrapped {
                     let value = connect::key_value(text);
-                    let target = leniently(column.type_for(&value), &value, lenient.as_deref_mut());
+                    let target = column.type_for(&value, &mut guess);
+                    let target = leniently(target, &value, lenient.as_deref_mut());
                     for (fields, members) in
                         [(&mut key_fields, &mut key), (&mut row_fields, &mut image)]
                     {
@@ -426,7 +431,8 @@ fn target_records_of(
             };
             let value = FieldRef::from(&state.value);
             if wrapped {
-                let target = leniently(column.type_for(&value), &value, lenient.as_deref_mut());
+                let target = column.type_for(&value, &mut guess);
+                let target = leniently(target, &value, lenient.as_deref_mut());
                 connect::field(
                     &mut row_fields,
                     &mut image,
@@ -542,9 +548,10 @@ mod tests {
             scale: 3,
         });
         let whole = FieldRef::Int(5);
-        assert_eq!(column.type_for(&whole), column.borrowed.as_ref());
+        let scratch = &mut Vec::new();
+        assert_eq!(column.type_for(&whole, scratch), column.borrowed.as_ref());
         assert_eq!(
-            column.type_for(&fine),
+            column.type_for(&fine, scratch),
             None,
             "not refused: the value's own type"
         );
@@ -554,7 +561,7 @@ mod tests {
             "so the resolver refuses nothing for it"
         );
         column.captured = ColumnType::parse("decimal(2)");
-        assert_eq!(column.type_for(&fine), column.captured.as_ref());
+        assert_eq!(column.type_for(&fine, scratch), column.captured.as_ref());
     }
 
     #[test]
