@@ -926,6 +926,41 @@ fn numerics_beyond_38_digits_decode_exactly() {
     assert!(row(&mut d, 2)[1..].iter().all(|(_, v)| v == "Null"));
 }
 
+/// Each `(column, declared type, reading)` of `table`'s first captured row, by the
+/// schema-wrapped connector (read from its schema) and by the schemaless one (read as the type
+/// declared): both read as `reading`.
+fn read_the_same_with_a_schema_or_declared(
+    dir: &str,
+    [wrapped, plain]: [&str; 2],
+    table: &str,
+    expected: &[(&str, &str, &str)],
+) {
+    use harmony::model::value::{as_declared, ColumnType};
+    let shown = |v: &Value<'_>| match v {
+        Value::Date(d) => format!("Date({d})"),
+        Value::Time(t) => format!("Time({t})"),
+        Value::Timestamp(t) => format!("Timestamp({t})"),
+        other => format!("{other:?}"),
+    };
+    let (wrapped_fixtures, plain_fixtures) = (load_from(dir, wrapped), load_from(dir, plain));
+    let mut d = Decoder::new(Limits::default());
+    let with_schema = change(&mut d, find(&wrapped_fixtures, table, 0));
+    let without = change(&mut d, find(&plain_fixtures, table, 0));
+    assert!(with_schema.schema.is_some() && without.schema.is_none());
+    for (column, declared, reading) in expected {
+        let from_schema = col(with_schema.after.as_ref().unwrap(), column);
+        assert_eq!(shown(from_schema), *reading, "{wrapped} {column}");
+        let raw = col(without.after.as_ref().unwrap(), column).clone();
+        let declared = ColumnType::parse(declared).unwrap();
+        let from_declared = as_declared(raw, &declared).unwrap();
+        assert_eq!(
+            shown(&from_declared),
+            *reading,
+            "{plain} {column}, declared {declared}"
+        );
+    }
+}
+
 /// `every_type`'s dates, times and timestamps, captured by the schema-wrapped connector and by
 /// the schemaless one: each reads to one canonical value, from its schema's semantic name in
 /// the one and from the type a configuration declares (`sources.types`) in the other. Before,
@@ -933,7 +968,6 @@ fn numerics_beyond_38_digits_decode_exactly() {
 /// systems compared unequal.
 #[test]
 fn dates_times_and_timestamps_read_the_same_with_a_schema_or_declared() {
-    use harmony::model::value::{as_declared, ColumnType};
     const EXPECTED: [(&str, &str, &str); 6] = [
         ("day", "date", "Date(0001-01-01)"),
         ("clock", "time_ms", "Time(23:59:59.999)"),
@@ -954,34 +988,19 @@ fn dates_times_and_timestamps_read_the_same_with_a_schema_or_declared() {
             "Timestamp(2024-02-29T11:34:56.789012Z)",
         ),
     ];
-    let shown = |v: &Value<'_>| match v {
-        Value::Date(d) => format!("Date({d})"),
-        Value::Time(t) => format!("Time({t})"),
-        Value::Timestamp(t) => format!("Timestamp({t})"),
-        other => format!("{other:?}"),
-    };
     let wrapped = load("fx_schema");
-    let plain = load("fx_plain");
     let mut d = Decoder::new(Limits::default());
     let with_schema = change(&mut d, find(&wrapped, ".public.every_type", 0));
-    let without = change(&mut d, find(&plain, ".public.every_type", 0));
-    assert!(with_schema.schema.is_some() && without.schema.is_none());
     // Debezium 3's commit time in microseconds, which `lww` compares where two writes share a
     // millisecond.
     let ts_us = with_schema.source.ts_us.unwrap();
     assert_eq!(ts_us.div_euclid(1000), with_schema.source.ts_ms);
-    for (column, declared, expected) in EXPECTED {
-        let from_schema = col(with_schema.after.as_ref().unwrap(), column);
-        assert_eq!(shown(from_schema), expected, "{column}, schema-wrapped");
-        let raw = col(without.after.as_ref().unwrap(), column).clone();
-        let declared = ColumnType::parse(declared).unwrap();
-        let from_declared = as_declared(raw, &declared).unwrap();
-        assert_eq!(
-            shown(&from_declared),
-            expected,
-            "{column}, declared {declared}"
-        );
-    }
+    read_the_same_with_a_schema_or_declared(
+        "postgres",
+        ["fx_schema", "fx_plain"],
+        ".public.every_type",
+        &EXPECTED,
+    );
     // The all-null row stays null, typed or not.
     let nulls = change(&mut d, find(&wrapped, ".public.every_type", 2));
     for (column, _, _) in EXPECTED {
@@ -1149,7 +1168,6 @@ fn every_captured_value_goes_to_every_column_type_of_its_kind_exactly_or_not_at_
 /// from its semantic name; without, from the type a configuration declares; the same values.
 #[test]
 fn mariadb_types_read_the_same_with_a_schema_or_declared() {
-    use harmony::model::value::{as_declared, ColumnType};
     let expected: [(&str, &str, &str); 10] = [
         (
             "moment3",
@@ -1176,33 +1194,10 @@ fn mariadb_types_read_the_same_with_a_schema_or_declared() {
             "WideDecimal(\"12345678901234567890123456789012345.123456789012345678901234567891\")",
         ),
     ];
-    for connector in ["mdb_schema", "mdb_plain"] {
-        let fixtures = load_from("mariadb", connector);
-        let f = fixtures
-            .iter()
-            .find(|f| f.topic.ends_with(".every_type") && f.offset == 0)
-            .unwrap_or_else(|| panic!("{connector}: no every_type row"));
-        let Ok(Decoded::Change(event)) = Decoder::new(Limits::default()).decode(
-            f.key.as_deref().map(str::as_bytes),
-            f.value.as_deref().map(str::as_bytes),
-            headers(f),
-        ) else {
-            panic!("{connector}: not a change")
-        };
-        let row = event.after.as_ref().unwrap();
-        for (column, declared, reading) in expected {
-            let value = col(row, column).clone();
-            let value = if event.schema.is_some() {
-                value
-            } else {
-                as_declared(value, &ColumnType::parse(declared).unwrap()).unwrap()
-            };
-            let shown = match &value {
-                Value::Timestamp(t) => format!("Timestamp({t})"),
-                Value::Time(t) => format!("Time({t})"),
-                other => format!("{other:?}"),
-            };
-            assert_eq!(shown, reading, "{connector} {column}");
-        }
-    }
+    read_the_same_with_a_schema_or_declared(
+        "mariadb",
+        ["mdb_schema", "mdb_plain"],
+        ".every_type",
+        &expected,
+    );
 }
