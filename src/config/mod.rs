@@ -69,6 +69,9 @@ pub struct Config {
     pub processing: ProcessingConfig,
     #[serde(default)]
     pub input: InputConfig,
+    /// Where Avro records' writer schemas are read (and targets' Avro schemas registered).
+    #[serde(default)]
+    pub schema_registry: Option<SchemaRegistryConfig>,
     /// Logical record types and how each system's tables map onto them.
     #[serde(default)]
     pub entities: Vec<EntityConfig>,
@@ -113,6 +116,39 @@ fn default_max_nesting_depth() -> usize {
 
 fn default_max_record_bytes() -> usize {
     DEFAULT_MAX_RECORD_BYTES
+}
+
+/// A schema registry serving Confluent's REST API (Confluent's, Apicurio's `ccompat` API,
+/// Karapace, Redpanda's).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaRegistryConfig {
+    /// The API's base URL: `http://registry:8081`, or Apicurio's
+    /// `http://registry:8080/apis/ccompat/v7`.
+    pub url: String,
+    /// HTTP basic authentication (Confluent Cloud's API key and secret).
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// One request's budget; a registry slower than this counts as unavailable.
+    #[serde(default = "default_registry_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+fn default_registry_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl std::fmt::Debug for SchemaRegistryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchemaRegistryConfig")
+            .field("url", &self.url)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
 }
 
 #[derive(Clone, Deserialize)]
@@ -538,6 +574,27 @@ impl Config {
                         "is set by harmony to keep its delivery guarantee and cannot be overridden",
                     ));
                 }
+            }
+        }
+        if let Some(registry) = &self.schema_registry {
+            let url = registry.url.trim();
+            if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 9 {
+                return Err(key_error(
+                    "schema_registry.url".into(),
+                    "must be an http:// or https:// URL",
+                ));
+            }
+            if registry.password.is_some() && registry.username.is_none() {
+                return Err(key_error(
+                    "schema_registry.username".into(),
+                    "is needed with schema_registry.password",
+                ));
+            }
+            if registry.request_timeout.is_zero() {
+                return Err(key_error(
+                    "schema_registry.request_timeout".into(),
+                    "must be more than zero",
+                ));
             }
         }
         if self.systems.is_empty() {

@@ -56,26 +56,31 @@ struct ConnectSchema<'a> {
 }
 
 fn column_type(schema: &ConnectSchema<'_>) -> ColumnType {
-    let parameter = |name: &str| {
-        schema
-            .parameters
-            .as_ref()
-            .and_then(|p| p.get(name))
-            .and_then(|s| s.parse().ok())
-    };
-    if schema.name.as_deref() == Some("io.debezium.data.Bits") {
+    connect_column_type(&schema.kind, schema.name.as_deref(), |name| {
+        schema.parameters.as_ref()?.get(name)?.parse().ok()
+    })
+}
+
+/// A Connect schema's type (`int32`, `struct`, …), name and numeric parameters → the column
+/// type harmony reads its values as. Shared by the JSON converter's schemas and the Avro
+/// converter's (which carry the same in `connect.name` and `connect.parameters`).
+pub(crate) fn connect_column_type(
+    kind: &str,
+    name: Option<&str>,
+    parameter: impl Fn(&str) -> Option<u32>,
+) -> ColumnType {
+    if name == Some("io.debezium.data.Bits") {
         return ColumnType::Bits {
             length: parameter("length"),
         };
     }
-    if let Some(semantic) = schema.name.as_deref().and_then(Semantic::from_name) {
+    if let Some(semantic) = name.and_then(Semantic::from_name) {
         return ColumnType::Semantic(semantic);
     }
-    match (schema.kind.as_ref(), schema.name.as_deref()) {
-        (_, Some("org.apache.kafka.connect.data.Decimal")) => {
-            let scale = parameter("scale").unwrap_or(0);
-            ColumnType::Decimal { scale }
-        }
+    match (kind, name) {
+        (_, Some("org.apache.kafka.connect.data.Decimal")) => ColumnType::Decimal {
+            scale: parameter("scale").unwrap_or(0),
+        },
         (_, Some("io.debezium.data.VariableScaleDecimal")) => ColumnType::VariableScaleDecimal,
         ("int8" | "int16" | "int32" | "int64", _) => ColumnType::Integer,
         // The JSON converter names Connect's FLOAT32 and FLOAT64 `float` and `double`.

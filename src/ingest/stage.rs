@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use crate::config::SchemaChangePolicy;
 use crate::config::{Config, TopicRouter};
+use crate::ingest::avro::AvroSchemas;
 use crate::ingest::envelope::Op;
-use crate::ingest::envelope::{ChangeEvent, Decoded, Decoder, Limits, RecordHeaders};
+use crate::ingest::envelope::{ChangeEvent, Decoded, Decoder, Limits, RecordHeaders, Transcoded};
 use crate::ingest::internal::{self, FieldType, InternalChange};
 use crate::ingest::mapping::{Catalog, EntityId, MappedChange};
 use crate::ingest::output::{encode_change, output_key, Origin};
@@ -24,6 +25,8 @@ pub struct Ingest {
     routed: std::collections::HashMap<String, Option<usize>>,
     systems: Vec<String>,
     decoder: Decoder,
+    /// Where an Avro record is written as JSON text; taken for each record and put back.
+    transcoded: Transcoded,
     /// With entities declared: the mapping onto them.
     catalog: Option<Arc<Catalog>>,
     /// The producer's `message.max.bytes`: an internal record beyond it is refused here.
@@ -99,6 +102,7 @@ impl Ingest {
                 max_record_bytes: config.input.max_record_bytes,
                 max_nesting_depth: config.input.max_nesting_depth,
             }),
+            transcoded: Transcoded::default(),
             catalog,
             max_message_bytes: config.kafka.max_message_bytes(),
             field_types: FieldTypes::default(),
@@ -107,6 +111,12 @@ impl Ingest {
             kept_types: HashMap::new(),
             stopped_at: HashMap::new(),
         }
+    }
+
+    /// Reads Avro records with the writer schemas the registry gave (`runtime::registry`).
+    pub fn with_avro(mut self, schemas: Arc<AvroSchemas>) -> Self {
+        self.decoder = std::mem::take(&mut self.decoder).with_avro(schemas);
+        self
     }
 
     fn system_of(&mut self, topic: &str) -> Option<usize> {
@@ -331,11 +341,13 @@ fn table_label(event: &ChangeEvent<'_>) -> String {
     }
 }
 
-impl Stage for Ingest {
-    const NAME: &'static str = "ingest";
-    const KEEPS_STATE: bool = false;
-
-    fn handle(&mut self, input: &Input<'_>, effects: &mut Effects) {
+impl Ingest {
+    fn handle_record<'a>(
+        &mut self,
+        input: &Input<'a>,
+        effects: &mut Effects,
+        transcoded: &'a mut Transcoded,
+    ) {
         let Some(system) = self.system_of(input.topic) else {
             return effects.reject(
                 "unroutable",
@@ -347,21 +359,25 @@ impl Stage for Ingest {
             new_key: input.headers.header(RecordHeaders::NEW_KEY),
             old_key: input.headers.header(RecordHeaders::OLD_KEY),
         };
-        let mut event = match self.decoder.decode(input.key, input.payload, headers) {
-            Ok(Decoded::Change(event)) => event,
-            Ok(Decoded::Tombstone) => {
-                return effects.counts.push(Count::TombstoneSkipped { system: id });
-            }
-            Ok(
-                control @ (Decoded::Heartbeat { .. }
-                | Decoded::Transaction(_)
-                | Decoded::SchemaChange),
-            ) => {
-                let kind = control.kind();
-                return effects.counts.push(Count::Control { system: id, kind });
-            }
-            Err(error) => return effects.reject(error.kind(), error.to_string()),
-        };
+        let mut event =
+            match self
+                .decoder
+                .decode_with(input.key, input.payload, headers, transcoded)
+            {
+                Ok(Decoded::Change(event)) => event,
+                Ok(Decoded::Tombstone) => {
+                    return effects.counts.push(Count::TombstoneSkipped { system: id });
+                }
+                Ok(
+                    control @ (Decoded::Heartbeat { .. }
+                    | Decoded::Transaction(_)
+                    | Decoded::SchemaChange),
+                ) => {
+                    let kind = control.kind();
+                    return effects.counts.push(Count::Control { system: id, kind });
+                }
+                Err(error) => return effects.reject(error.kind(), error.to_string()),
+            };
         effects.counts.push(Count::Consumed {
             system: id,
             op: event.op.code(),
@@ -389,6 +405,18 @@ impl Stage for Ingest {
             None => record.key = None,
         }
         effects.add_header("harmony.system", name.as_bytes());
+    }
+}
+
+impl Stage for Ingest {
+    const NAME: &'static str = "ingest";
+    const KEEPS_STATE: bool = false;
+
+    fn handle(&mut self, input: &Input<'_>, effects: &mut Effects) {
+        // Out of `self` while the decoded record borrows it, so the rest of `self` stays free.
+        let mut transcoded = std::mem::take(&mut self.transcoded);
+        self.handle_record(input, effects, &mut transcoded);
+        self.transcoded = transcoded;
     }
 
     fn system_name(&self, system: SystemId) -> &str {

@@ -45,6 +45,7 @@ pub struct Metrics {
     schema_changes: IntCounterVec,
     missing_columns: IntGaugeVec,
     guard_rejections: IntCounterVec,
+    registry_lookups: IntCounterVec,
 }
 
 impl Metrics {
@@ -143,6 +144,11 @@ impl Metrics {
                 "harmony_decode_failures_total",
                 "Input records sent to the dead-letter topic, by kind of failure (decode errors, output_too_large).",
                 &["topic", "kind"],
+            )?,
+            registry_lookups: counter(
+                "harmony_schema_registry_lookups_total",
+                "Writer schemas asked of the schema registry by id, by outcome (found, refused: unknown or unreadable, unavailable: the partition waits and asks again).",
+                &["outcome"],
             )?,
             dead_letters: counter(
                 "harmony_dead_letter_records_total",
@@ -553,6 +559,10 @@ impl Metrics {
     /// The per-partition lag series, for the consumers' statistics callbacks.
     pub fn consumer_lag(&self) -> IntGaugeVec {
         self.consumer_lag.clone()
+    }
+
+    pub fn registry_lookup(&self, outcome: &str) {
+        self.registry_lookups.with_label_values(&[outcome]).inc();
     }
 
     pub fn rebalanced(&self) {

@@ -3,6 +3,7 @@
 //! linked once.
 
 mod architecture;
+mod avro;
 mod capture;
 mod chaos;
 mod closed_loop;

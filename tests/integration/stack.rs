@@ -156,25 +156,11 @@ fn debezium_writes_avro_in_the_confluent_wire_format_through_the_stacks_registry
     )
     .unwrap();
     let run = unique("avro").replace('-', "_");
-    let url = "http://127.0.0.1:8081/apis/registry/v2".replace(
-        "8081",
-        &std::env::var("REGISTRY_PORT").unwrap_or_else(|_| "8081".into()),
-    );
-    let mut settings = Vec::new();
-    for side in ["key", "value"] {
-        for (key, value) in [
-            ("", "io.apicurio.registry.utils.converter.AvroConverter"),
-            (".apicurio.registry.url", url.as_str()),
-            (".apicurio.registry.auto-register", "true"),
-            (".apicurio.registry.find-latest", "true"),
-            (".apicurio.registry.as-confluent", "true"),
-            (".apicurio.registry.use-id", "contentId"),
-            (".apicurio.registry.headers.enabled", "false"),
-        ] {
-            settings.push((format!("{side}.converter{key}"), value));
-        }
-    }
-    let mut settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    let settings = support::avro_converter_settings();
+    let mut settings: Vec<(&str, &str)> = settings
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     // Avro's decimal logical type, rather than the deployed connectors' text.
     settings.push(("decimal.handling.mode", "precise"));
     let mut connectors = support::Connectors::default();

@@ -242,6 +242,8 @@ pub fn produce_raw_with(
 #[derive(Debug, Clone)]
 pub struct Record {
     pub key: Option<String>,
+    /// The key as written (an Avro key is not text).
+    pub key_bytes: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
     pub headers: BTreeMap<String, String>,
     pub partition: i32,
@@ -348,6 +350,7 @@ impl TopicReader {
                     key: message
                         .key()
                         .map(|k| String::from_utf8_lossy(k).into_owned()),
+                    key_bytes: message.key().map(<[u8]>::to_vec),
                     value: message.payload().map(<[u8]>::to_vec),
                     headers,
                     partition: message.partition(),
@@ -711,6 +714,30 @@ pub fn registry_url() -> String {
         "http://127.0.0.1:{}/apis/ccompat/v7",
         env_or("REGISTRY_PORT", "8081")
     )
+}
+
+/// Connector settings that make Debezium write Avro in Confluent's wire format through the
+/// stack's registry (Apicurio's converter: `as-confluent`, ids of content, no id headers).
+pub fn avro_converter_settings() -> Vec<(String, String)> {
+    let url = format!(
+        "http://127.0.0.1:{}/apis/registry/v2",
+        env_or("REGISTRY_PORT", "8081")
+    );
+    let mut settings = Vec::new();
+    for side in ["key", "value"] {
+        for (key, value) in [
+            ("", "io.apicurio.registry.utils.converter.AvroConverter"),
+            (".apicurio.registry.url", url.as_str()),
+            (".apicurio.registry.auto-register", "true"),
+            (".apicurio.registry.find-latest", "true"),
+            (".apicurio.registry.as-confluent", "true"),
+            (".apicurio.registry.use-id", "contentId"),
+            (".apicurio.registry.headers.enabled", "false"),
+        ] {
+            settings.push((format!("{side}.converter{key}"), value.to_owned()));
+        }
+    }
+    settings
 }
 
 /// Whether the schema registry (`scripts/stack up --with-registry`) is up. Required when

@@ -23,11 +23,13 @@
 //! serde_json's recursion limit (128) fails without recursing further.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use thiserror::Error;
 
+use crate::ingest::avro::{self, AvroError, AvroSchemas, Lookup, WriterSchema};
 use crate::ingest::schema::SchemaCache;
 use crate::model::value::Value;
 
@@ -284,6 +286,14 @@ pub enum DecodeError {
     Source(String),
     #[error("schema: {0}")]
     Schema(serde_json::Error),
+    #[error(
+        "record is Avro in Confluent's wire format (schema id {id}) and no schema registry is configured (`schema_registry.url`)"
+    )]
+    AvroWithoutRegistry { id: u32 },
+    #[error("schema id {id}: {reason}")]
+    UnknownSchema { id: u32, reason: Arc<str> },
+    #[error("{0}")]
+    Avro(AvroError),
     #[error("column `(row image)`: is not an object")]
     RowImage,
     #[error("column `{column}`: {error}")]
@@ -309,6 +319,10 @@ impl DecodeError {
             DecodeError::Source(_) => "invalid_source",
             DecodeError::Schema(_) => "invalid_schema",
             DecodeError::Column { .. } | DecodeError::RowImage => "invalid_value",
+            DecodeError::AvroWithoutRegistry { .. } => "avro_without_registry",
+            DecodeError::UnknownSchema { .. } => "unknown_schema",
+            DecodeError::Avro(AvroError::Schema { .. }) => "invalid_avro_schema",
+            DecodeError::Avro(AvroError::Datum { .. }) => "invalid_avro",
         }
     }
 
@@ -368,11 +382,21 @@ impl<'a> RecordHeaders<'a> {
     }
 }
 
-/// Decodes records; keeps the parsed schemas of schema-wrapped records between calls.
+/// Decodes records; keeps the parsed schemas of schema-wrapped records between calls, and
+/// reads Avro records with the writer schemas the registry gave.
 #[derive(Debug, Default)]
 pub struct Decoder {
     limits: Limits,
     schemas: SchemaCache,
+    avro: Option<Arc<AvroSchemas>>,
+}
+
+/// Where an Avro record's key and value are written as JSON text: the decoded record borrows
+/// them, and the caller reuses them for the next record.
+#[derive(Debug, Default)]
+pub struct Transcoded {
+    key: Vec<u8>,
+    value: Vec<u8>,
 }
 
 impl Decoder {
@@ -380,14 +404,47 @@ impl Decoder {
         Self {
             limits,
             schemas: SchemaCache::default(),
+            avro: None,
         }
     }
 
+    /// Reads Avro records (Confluent's wire format) with the writer schemas in `schemas`,
+    /// which the caller fills from the registry before it hands a record over.
+    pub fn with_avro(mut self, schemas: Arc<AvroSchemas>) -> Self {
+        self.avro = Some(schemas);
+        self
+    }
+
+    /// Decodes a JSON record; an Avro one is refused as [`DecodeError::AvroWithoutRegistry`].
     pub fn decode<'a>(
         &mut self,
         key: Option<&'a [u8]>,
         value: Option<&'a [u8]>,
         headers: RecordHeaders<'a>,
+    ) -> Result<Decoded<'a>, DecodeError> {
+        let avro = self.avro.take();
+        let decoded = self.decode_any(key, value, headers, &mut None);
+        self.avro = avro;
+        decoded
+    }
+
+    /// Decodes a JSON or Avro record; an Avro record's text is written into `scratch`.
+    pub fn decode_with<'a>(
+        &mut self,
+        key: Option<&'a [u8]>,
+        value: Option<&'a [u8]>,
+        headers: RecordHeaders<'a>,
+        scratch: &'a mut Transcoded,
+    ) -> Result<Decoded<'a>, DecodeError> {
+        self.decode_any(key, value, headers, &mut Some(scratch))
+    }
+
+    fn decode_any<'a>(
+        &mut self,
+        key: Option<&'a [u8]>,
+        value: Option<&'a [u8]>,
+        headers: RecordHeaders<'a>,
+        scratch: &mut Option<&'a mut Transcoded>,
     ) -> Result<Decoded<'a>, DecodeError> {
         let Some(value) = value else {
             return Ok(Decoded::Tombstone);
@@ -400,14 +457,66 @@ impl Decoder {
                 });
             }
         }
-        let text = std::str::from_utf8(value).map_err(|_| DecodeError::NotUtf8)?;
-        decode_text(
-            text,
-            &mut self.schemas,
-            key,
-            headers,
-            self.limits.max_nesting_depth,
-        )
+        let value_frame = avro::framed(value);
+        let key_frame = key.and_then(avro::framed);
+        if value_frame.is_none() && key_frame.is_none() {
+            let text = std::str::from_utf8(value).map_err(|_| DecodeError::NotUtf8)?;
+            return decode_text(
+                text,
+                &mut self.schemas,
+                key,
+                headers,
+                self.limits.max_nesting_depth,
+            );
+        }
+        let Some(Transcoded {
+            key: key_text,
+            value: value_text,
+        }) = scratch.take()
+        else {
+            let (id, _) = value_frame.or(key_frame).expect("one is framed");
+            return Err(DecodeError::AvroWithoutRegistry { id });
+        };
+        let key = match key_frame {
+            Some((id, datum)) => {
+                self.writer(id)?
+                    .to_json(datum, key_text)
+                    .map_err(DecodeError::Avro)?;
+                Some(&key_text[..])
+            }
+            None => key,
+        };
+        let depth = self.limits.max_nesting_depth;
+        match value_frame {
+            Some((id, datum)) => {
+                let writer = self.writer(id)?;
+                writer
+                    .to_json(datum, value_text)
+                    .map_err(DecodeError::Avro)?;
+                let value_text: &'a Vec<u8> = value_text;
+                // serde_json writes UTF-8 only.
+                let text = std::str::from_utf8(value_text).map_err(|_| DecodeError::NotUtf8)?;
+                decode_payload(text, Some(&writer.value), key, headers, depth)
+            }
+            None => {
+                let text = std::str::from_utf8(value).map_err(|_| DecodeError::NotUtf8)?;
+                decode_text(text, &mut self.schemas, key, headers, depth)
+            }
+        }
+    }
+
+    fn writer(&self, id: u32) -> Result<Arc<WriterSchema>, DecodeError> {
+        let Some(schemas) = &self.avro else {
+            return Err(DecodeError::AvroWithoutRegistry { id });
+        };
+        match schemas.get(id) {
+            Some(Lookup::Found(writer)) => Ok(writer),
+            Some(Lookup::Refused(reason)) => Err(DecodeError::UnknownSchema { id, reason }),
+            None => Err(DecodeError::UnknownSchema {
+                id,
+                reason: "not fetched from the registry".into(),
+            }),
+        }
     }
 }
 
@@ -423,4 +532,4 @@ mod record;
 mod row;
 mod source;
 
-use record::decode_text;
+use record::{decode_payload, decode_text};

@@ -65,6 +65,19 @@ pub(super) fn decode_text<'a>(
     }
 }
 
+/// Decodes a record's payload, its schema given: the text an Avro record was written into.
+pub(super) fn decode_payload<'a>(
+    text: &'a str,
+    schema: Option<&Arc<ValueSchema>>,
+    key: Option<&'a [u8]>,
+    headers: RecordHeaders<'a>,
+    max_depth: usize,
+) -> Result<Decoded<'a>, DecodeError> {
+    let record: RawRecord<'_> = serde_json::from_str(text).map_err(DecodeError::json)?;
+    let key = key.map(unwrap_key).transpose()?.flatten();
+    classify(record, text, schema, key, headers, max_depth)
+}
+
 /// Every top-level field harmony may look at, across all record shapes, read in one pass; the
 /// columns of a flattened row are collected in a second pass only when the record is one.
 #[derive(Default)]

@@ -14,11 +14,13 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use crate::config::Config;
-use crate::ingest::envelope::{Decoded, Decoder, Limits, RecordHeaders};
+use crate::ingest::envelope::{Decoded, Decoder, Limits, RecordHeaders, Transcoded};
 use crate::ingest::mapping::{Catalog, EntityId, FieldId};
 use crate::model::clock::SystemId;
 use crate::model::value::{ColumnType, ValueKind};
 use crate::resolve::resolver::Resolver;
+use crate::runtime::registry::Registry;
+use crate::runtime::telemetry::Metrics;
 
 /// The newest records read per partition: enough to pass a delete's tombstone and a heartbeat.
 const TAIL: i64 = 8;
@@ -30,13 +32,14 @@ const DEADLINE: Duration = Duration::from_secs(5);
 ///
 /// Fails when a field's captured types cannot be read as one ([`disagreements`]): its values
 /// from two systems would never compare equal, and every echo would read as a new write.
-pub fn learn_captured_types(
+pub async fn learn_captured_types(
     consumer_config: &ClientConfig,
     config: &Config,
     catalog: &Catalog,
     resolver: &mut Resolver,
+    registry: Option<(&Registry, &Metrics)>,
 ) -> Result<usize, Vec<String>> {
-    match read_tails(consumer_config, config, catalog) {
+    match read_tails(consumer_config, config, catalog, registry).await {
         Ok(types) => {
             let disagreements = disagreements(config, catalog, &types);
             if !disagreements.is_empty() {
@@ -122,10 +125,11 @@ fn disagreements(config: &Config, catalog: &Catalog, captured: &Learned) -> Vec<
 
 type Learned = HashMap<(usize, EntityId), (i64, Vec<(String, String)>)>;
 
-fn read_tails(
+async fn read_tails(
     consumer_config: &ClientConfig,
     config: &Config,
     catalog: &Catalog,
+    registry: Option<(&Registry, &Metrics)>,
 ) -> Result<Learned, rdkafka::error::KafkaError> {
     let mut client = consumer_config.clone();
     // A reader of its own: it joins no group and commits nothing.
@@ -164,6 +168,10 @@ fn read_tails(
         max_record_bytes: config.input.max_record_bytes,
         max_nesting_depth: config.input.max_nesting_depth,
     });
+    if let Some((registry, _)) = registry {
+        decoder = decoder.with_avro(registry.schemas());
+    }
+    let mut scratch = Transcoded::default();
     while !ends.is_empty() && started.elapsed() < DEADLINE {
         let Some(message) = consumer.poll(Duration::from_millis(200)) else {
             continue;
@@ -179,9 +187,22 @@ fn read_tails(
         let Some(system) = router.system_index(topic) else {
             continue;
         };
-        let Ok(Decoded::Change(event)) =
-            decoder.decode(message.key(), message.payload(), RecordHeaders::default())
-        else {
+        if let Some((registry, metrics)) = registry {
+            // A record whose schema cannot be had now tells nothing; the next one may.
+            if let Err(error) = registry
+                .ensure(message.key(), message.payload(), metrics)
+                .await
+            {
+                tracing::debug!(%error, "no writer schema for a record's types");
+                continue;
+            }
+        }
+        let Ok(Decoded::Change(event)) = decoder.decode_with(
+            message.key(),
+            message.payload(),
+            RecordHeaders::default(),
+            &mut scratch,
+        ) else {
             continue;
         };
         let Some(schema) = &event.schema else {

@@ -31,6 +31,7 @@ use crate::resolve::resolver::Resolver;
 use crate::runtime::http::Health;
 use crate::runtime::kafka::offsets::Ticket;
 use crate::runtime::kafka::{self, preflight, topics};
+use crate::runtime::registry::Registry;
 use crate::runtime::telemetry::Metrics;
 
 #[derive(Debug, Error)]
@@ -65,6 +66,8 @@ pub enum WorkerError {
     /// Fields whose sources' captured column types cannot be read as one type.
     #[error("the sources' captured column types disagree:\n  {}", .0.join("\n  "))]
     FieldTypes(Vec<String>),
+    #[error("cannot set up the schema registry client")]
+    Registry(#[source] crate::runtime::registry::RegistryError),
     /// A setting of harmony's own topics under which the broker would lose its data.
     #[error("{0}")]
     TopicSettings(String),
@@ -102,6 +105,7 @@ impl WorkerError {
             | WorkerError::Transaction(_)
             | WorkerError::TopicSettings(_)
             | WorkerError::FieldTypes(_)
+            | WorkerError::Registry(_)
             | WorkerError::StateLost { .. } => false,
         }
     }
@@ -215,6 +219,17 @@ pub async fn run(
         ))
         .map_err(WorkerError::Setup)?;
 
+    // A corrupt length in an Avro datum must not make the reader allocate more than a record
+    // may hold (apache-avro's default bound is 512 MiB). The first setting holds.
+    apache_avro::util::max_allocation_bytes(config.input.max_record_bytes);
+    let registry = config
+        .schema_registry
+        .as_ref()
+        .map(Registry::new)
+        .transpose()
+        .map_err(WorkerError::Registry)?
+        .map(Arc::new);
+
     let (internal_topic, state_topic) = (&plan.internal_topic, &plan.state_topic);
     // With entities declared, stage 1 re-keys changes into the internal topic and stage 2
     // resolves them into target and conflict records; without, each change is published as
@@ -224,8 +239,15 @@ pub async fn run(
         .clone()
         .map(|catalog| Resolver::with_catalog(config, catalog));
     if let (Some(resolver), Some(catalog)) = (resolver.as_mut(), plan.catalog.as_deref()) {
-        let learned = captured::learn_captured_types(&consumer_config, config, catalog, resolver)
-            .map_err(WorkerError::FieldTypes)?;
+        let learned = captured::learn_captured_types(
+            &consumer_config,
+            config,
+            catalog,
+            resolver,
+            registry.as_deref().map(|r| (r, metrics)),
+        )
+        .await
+        .map_err(WorkerError::FieldTypes)?;
         tracing::info!(
             learned,
             "target column types read from the newest records of their systems' topics"
@@ -370,8 +392,12 @@ pub async fn run(
         metrics.position_regression_series(&systems);
     }
 
+    let mut ingest_stage = Ingest::new(config, plan.catalog.clone());
+    if let Some(registry) = &registry {
+        ingest_stage = ingest_stage.with_avro(registry.schemas());
+    }
     let mut ingest = Pipeline::new(
-        Ingest::new(config, plan.catalog.clone()),
+        ingest_stage,
         config,
         &plan,
         metrics,
@@ -379,6 +405,7 @@ pub async fn run(
         &consumer,
         ingest_delivery.clone(),
     );
+    ingest.registry = registry.clone();
     let mut resolve = match (resolver, resolve_consumer.as_ref(), &resolve_delivery) {
         (Some(resolver), Some(c), Some(delivery)) => Some(Pipeline::new(
             resolver,

@@ -23,6 +23,7 @@ use super::{Completion, Destination, Phase, Sent, WorkerError};
 use crate::config::{Config, RegressionPolicy};
 use crate::model::stage::{ChangelogWrites, Count, Effects, HeaderSource, Input, Stage, Topic};
 use crate::runtime::kafka::offsets::{OffsetStore, Ticket};
+use crate::runtime::registry::Registry;
 use crate::runtime::telemetry::Metrics;
 
 pub(super) struct Pipeline<'a, S: Stage> {
@@ -42,6 +43,8 @@ pub(super) struct Pipeline<'a, S: Stage> {
     pub(super) rewinds: Rewinds,
     /// A stage with state: when its state gauges are next published.
     pub(super) next_state_metrics: Instant,
+    /// Stage 1 with `schema_registry`: where Avro records' writer schemas come from.
+    pub(super) registry: Option<Arc<Registry>>,
 }
 
 /// An input record's headers, read without copying.
@@ -75,6 +78,7 @@ impl<'a, S: Stage> Pipeline<'a, S> {
             effects: Effects::default(),
             rewinds: Rewinds::default(),
             next_state_metrics: Instant::now(),
+            registry: None,
         }
     }
 
@@ -149,6 +153,16 @@ impl<'a, S: Stage> Pipeline<'a, S> {
     async fn handle(&mut self, message: &BorrowedMessage<'_>) -> Result<(), WorkerError> {
         let started = Instant::now();
         let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
+        if let Some(registry) = &self.registry {
+            if let Err(error) = registry
+                .ensure(message.key(), message.payload(), self.metrics)
+                .await
+            {
+                // Never dead-lettered: the record is fine, the registry is not. The partition
+                // waits and reads it again, as after a failed delivery.
+                return self.halt(topic, partition, offset, &error.to_string());
+            }
+        }
         let headers = MessageHeaders(message.headers());
         let input = Input {
             topic,
