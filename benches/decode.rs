@@ -1,5 +1,7 @@
 //! Decoding speed on records captured from the real Debezium Postgres connector
-//! (tests/fixtures/postgres): the three converter shapes, per record, single-threaded.
+//! (tests/fixtures/postgres): the three converter shapes, per record, single-threaded; and the
+//! same changes written by the JSON converter with schemas and by the Avro converter
+//! (tests/fixtures/avro: 19 columns of every type, writer schemas from the registry).
 //!
 //!     cargo bench --bench decode
 //!
@@ -8,7 +10,8 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use harmony::ingest::envelope::{Decoded, Decoder, Limits, RecordHeaders};
+use harmony::ingest::avro::{AvroSchemas, Lookup, WriterSchema};
+use harmony::ingest::envelope::{Decoded, Decoder, Limits, RecordHeaders, Transcoded};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -60,7 +63,80 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    avro_beside_json(&mut group);
     group.finish();
+}
+
+#[derive(Deserialize)]
+struct AvroFixture {
+    schemas: std::collections::BTreeMap<u32, String>,
+    records: Vec<AvroRecord>,
+}
+
+#[derive(Deserialize)]
+struct AvroRecord {
+    json_key: String,
+    json_value: String,
+    avro_key: String,
+    avro_value: String,
+}
+
+fn avro_beside_json(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
+    use base64::Engine;
+    let path = format!(
+        "{}/tests/fixtures/avro/postgres_types.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let fixture: AvroFixture =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let schemas = std::sync::Arc::new(AvroSchemas::default());
+    for (id, text) in &fixture.schemas {
+        let writer = WriterSchema::parse(*id, text).unwrap();
+        schemas.insert(*id, Lookup::Found(std::sync::Arc::new(writer)));
+    }
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.decode(s).unwrap();
+    let avro: Vec<(Vec<u8>, Vec<u8>)> = fixture
+        .records
+        .iter()
+        .map(|r| (b64(&r.avro_key), b64(&r.avro_value)))
+        .collect();
+    let json: Vec<(Vec<u8>, Vec<u8>)> = fixture
+        .records
+        .iter()
+        .map(|r| {
+            (
+                r.json_key.clone().into_bytes(),
+                r.json_value.clone().into_bytes(),
+            )
+        })
+        .collect();
+    for (name, records) in [("types_json_with_schema", &json), ("types_avro", &avro)] {
+        let bytes: usize = records.iter().map(|(k, v)| k.len() + v.len()).sum();
+        println!(
+            "{name}: {} records, {} bytes on average",
+            records.len(),
+            bytes / records.len()
+        );
+        let mut decoder =
+            Decoder::new(Limits::default()).with_avro(std::sync::Arc::clone(&schemas));
+        let mut scratch = Transcoded::default();
+        group.throughput(Throughput::Elements(records.len() as u64));
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                for (key, value) in records.iter() {
+                    let decoded = decoder
+                        .decode_with(
+                            Some(key),
+                            Some(value),
+                            RecordHeaders::default(),
+                            &mut scratch,
+                        )
+                        .unwrap();
+                    black_box(matches!(decoded, Decoded::Change(_)));
+                }
+            })
+        });
+    }
 }
 
 criterion_group!(benches, bench);

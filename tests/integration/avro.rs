@@ -353,7 +353,8 @@ fn write_fixture(
         .map(|id| {
             let (_, body) =
                 support::registry_rest("GET", &format!("/schemas/ids/{id}"), None).unwrap();
-            let schema = serde_json::from_str::<serde_json::Value>(&body).unwrap()["schema"].clone();
+            let schema =
+                serde_json::from_str::<serde_json::Value>(&body).unwrap()["schema"].clone();
             (id.to_string(), schema)
         })
         .collect();
