@@ -280,7 +280,10 @@ fn undecodable_records_are_dead_lettered_and_the_partition_moves_on() {
         )
     };
     let (v1, v2) = (valid(1), valid(2));
-    let poison: &[u8] = b"\x00\x01 definitely not json";
+    // Not starting with byte 0, which would make it Avro in Confluent's wire format.
+    let poison: &[u8] = b"\x01\x02 definitely not json";
+    // Avro (magic byte 0, schema id 7) reaching a harmony with no schema registry.
+    let avro: &[u8] = b"\x00\x00\x00\x00\x07\x02";
     let unknown_op = br#"{"op":"z","after":{"sku":"P-x"},"source":{"ts_ms":1}}"#;
     produce_raw(
         &source,
@@ -288,6 +291,7 @@ fn undecodable_records_are_dead_lettered_and_the_partition_moves_on() {
             (Some(br#"{"sku":"P-1"}"#), Some(v1.as_bytes())),
             (Some(b"k-poison"), Some(poison)),
             (None, Some(unknown_op)),
+            (None, Some(avro)),
             (Some(br#"{"sku":"P-2"}"#), Some(v2.as_bytes())),
         ],
     )
@@ -314,7 +318,7 @@ fn undecodable_records_are_dead_lettered_and_the_partition_moves_on() {
     assert_eq!(skus, ["P-1", "P-2"]);
 
     let mut dlq = TopicReader::new(&harmony.dead_letter_topic).unwrap();
-    assert!(dlq.read_until(WAIT, |r| r.len() >= 2).unwrap());
+    assert!(dlq.read_until(WAIT, |r| r.len() >= 3).unwrap());
     // The dead-letter topic has several partitions: find each copy by its reason.
     let by_kind = |kind: &str| {
         dlq.records
@@ -323,6 +327,13 @@ fn undecodable_records_are_dead_lettered_and_the_partition_moves_on() {
             .unwrap()
             .clone()
     };
+    let unreadable = by_kind("avro_without_registry");
+    assert_eq!(unreadable.value.as_deref(), Some(avro));
+    assert!(
+        unreadable.headers["harmony.error.message"].contains("schema_registry.url"),
+        "{:?}",
+        unreadable.headers
+    );
     let first = &by_kind("invalid_json");
     assert_eq!(
         first.value.as_deref(),
