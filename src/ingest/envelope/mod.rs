@@ -422,10 +422,8 @@ impl Decoder {
         value: Option<&'a [u8]>,
         headers: RecordHeaders<'a>,
     ) -> Result<Decoded<'a>, DecodeError> {
-        let avro = self.avro.take();
-        let decoded = self.decode_any(key, value, headers, &mut None);
-        self.avro = avro;
-        decoded
+        // No buffer for an Avro record's text: `decode_any` refuses one before it reads it.
+        self.decode_any(key, value, headers, &mut None)
     }
 
     /// Decodes a JSON or Avro record; an Avro record's text is written into `scratch`.
